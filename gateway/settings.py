@@ -1,0 +1,427 @@
+"""Typed, frozen configuration loaded from YAML plus the environment.
+
+A config file may reference the environment as ``${NAME}`` or ``${NAME:-default}``. Secrets
+belong in the environment (or in files named by ``*_file`` keys), never in the YAML itself.
+Every validation error names the dotted key and the problem, so ``gateway check-config`` can
+tell an operator exactly what to fix.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+EMBEDDED = "embedded"
+HS256_MIN_SECRET_BYTES = 32
+SUPPORTED_ALGORITHMS = ("HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384")
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_KEY_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class SettingsError(ValueError):
+    """A configuration problem; the message starts with the offending key."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"{key}: {problem}")
+        self.key = key
+        self.problem = problem
+
+
+@dataclass(frozen=True, kw_only=True)
+class UpstreamKey:
+    id: str
+    secret: str = field(repr=False)
+
+
+@dataclass(frozen=True, kw_only=True)
+class UpstreamSettings:
+    base_url: str = "https://api.crazyrouter.com"
+    keys: tuple[UpstreamKey, ...] = ()
+    connect_timeout: float = 5.0
+    # Between bytes, not for the whole answer: a streamed chat may run for minutes.
+    read_timeout: float = 300.0
+    max_connections: int = 512
+    cooldown_seconds: float = 30.0
+    quarantine_seconds: float = 3600.0
+    health_cache_seconds: float = 1.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class RedisSettings:
+    url: str = field(default=EMBEDDED, repr=False)
+    socket_timeout: float = 0.5
+    connect_timeout: float = 0.5
+    max_connections: int = 32
+    pool_timeout: float = 0.5
+    data_dir: str = ".gateway-data"
+
+    @property
+    def embedded(self) -> bool:
+        return self.url == EMBEDDED
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuthSettings:
+    hs256_secrets: tuple[str, ...] = field(default=(), repr=False)
+    public_keys: tuple[str, ...] = ()
+    jwks_url: str | None = None
+    jwks_cache_seconds: float = 300.0
+    jwks_refetch_cooldown: float = 30.0
+    jwks_timeout: float = 3.0
+    algorithms: tuple[str, ...] = ("HS256",)
+    issuer: str | None = None
+    audience: str | None = None
+    leeway: float = 30.0
+    team_claim: str = "team"
+    roles_claim: str = "roles"
+    user_claim: str = "sub"
+    admin_role: str = "gateway-admin"
+    cache_size: int = 10_000
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = 1
+    max_body_bytes: int = 32 * 1024 * 1024
+    max_header_bytes: int = 16 * 1024
+    allowed_path_prefixes: tuple[str, ...] = ("/v1",)
+    metrics_token: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    upstream: UpstreamSettings = field(default_factory=UpstreamSettings)
+    redis: RedisSettings = field(default_factory=RedisSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    server: ServerSettings = field(default_factory=ServerSettings)
+    teams: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: {"default": {}})
+
+
+# -- loading ---------------------------------------------------------------------------------
+
+
+def interpolate(value: str, env: Mapping[str, str], key: str) -> str:
+    """Expand ``${NAME}`` and ``${NAME:-default}``; an unset NAME without default is an error."""
+
+    def repl(m: re.Match[str]) -> str:
+        name, default = m.group(1), m.group(2)
+        got = env.get(name)
+        if got is not None and got != "":
+            return got
+        if default is not None:
+            return default
+        if got == "":
+            return ""
+        raise SettingsError(key, f"environment variable {name} is not set")
+
+    return _ENV_REF.sub(repl, value)
+
+
+def _expand(node: Any, env: Mapping[str, str], key: str) -> Any:
+    if isinstance(node, str):
+        return interpolate(node, env, key)
+    if isinstance(node, list):
+        return [_expand(v, env, f"{key}[{i}]") for i, v in enumerate(node)]
+    if isinstance(node, dict):
+        return {k: _expand(v, env, f"{key}.{k}" if key else str(k)) for k, v in node.items()}
+    return node
+
+
+class _Section:
+    """Reads typed values out of one mapping and remembers which keys were consumed."""
+
+    def __init__(self, data: Any, path: str) -> None:
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise SettingsError(path, "must be a mapping")
+        self.data: dict[str, Any] = data
+        self.path = path
+        self.used: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.path}.{name}" if self.path else name
+
+    def raw(self, name: str, default: Any = None) -> Any:
+        self.used.add(name)
+        return self.data.get(name, default)
+
+    def string(self, name: str, default: str | None) -> str | None:
+        v = self.raw(name, default)
+        if v is None:
+            return None
+        if not isinstance(v, str | int | float) or isinstance(v, bool):
+            raise SettingsError(self.key(name), "must be a string")
+        return str(v)
+
+    def req_string(self, name: str, default: str) -> str:
+        v = self.string(name, default)
+        if not v:
+            raise SettingsError(self.key(name), "must not be empty")
+        return v
+
+    def number(self, name: str, default: float, *, minimum: float = 0.0) -> float:
+        v = self.raw(name, default)
+        if isinstance(v, str):
+            try:
+                v = float(v)
+            except ValueError:
+                raise SettingsError(self.key(name), f"must be a number, got {v!r}") from None
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            raise SettingsError(self.key(name), "must be a number")
+        if v < minimum:
+            raise SettingsError(self.key(name), f"must be >= {minimum:g}")
+        return float(v)
+
+    def integer(self, name: str, default: int, *, minimum: int = 0) -> int:
+        v = self.raw(name, default)
+        if isinstance(v, str) and v.strip().lstrip("-").isdigit():
+            v = int(v)
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise SettingsError(self.key(name), "must be an integer")
+        if v < minimum:
+            raise SettingsError(self.key(name), f"must be >= {minimum}")
+        return v
+
+    def strings(self, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        v = self.raw(name, list(default))
+        if v is None:
+            return ()
+        if isinstance(v, str):
+            v = [s.strip() for s in v.split(",")]
+        if not isinstance(v, list) or not all(isinstance(s, str) for s in v):
+            raise SettingsError(self.key(name), "must be a list of strings")
+        return tuple(s for s in v if s)
+
+    def section(self, name: str) -> _Section:
+        self.used.add(name)
+        return _Section(self.data.get(name), self.key(name))
+
+    def finish(self) -> None:
+        unknown = sorted(set(self.data) - self.used)
+        if unknown:
+            raise SettingsError(self.key(unknown[0]), "unknown setting")
+
+
+def _read_secret_file(path: str, key: str) -> str:
+    try:
+        return Path(path).read_text().strip()
+    except OSError as exc:
+        raise SettingsError(key, f"cannot read secret file {path!r}: {exc.strerror}") from None
+
+
+def parse_key_list(spec: str, key: str = "CRAZYROUTER_API_KEYS") -> tuple[UpstreamKey, ...]:
+    """``id1:sk-...,id2:sk-...`` or a plain comma list (ids become key1, key2, ...)."""
+    keys: list[UpstreamKey] = []
+    for i, item in enumerate(s.strip() for s in spec.split(",")):
+        if not item:
+            continue
+        kid, sep, secret = item.partition(":")
+        if not sep or not _KEY_ID.match(kid) or kid.startswith("sk-"):
+            kid, secret = f"key{i + 1}", item
+        if not secret:
+            raise SettingsError(f"{key}[{i}]", "empty secret")
+        keys.append(UpstreamKey(id=kid, secret=secret))
+    return tuple(keys)
+
+
+def _upstream(sec: _Section, env: Mapping[str, str]) -> UpstreamSettings:
+    base_url = sec.req_string("base_url", UpstreamSettings.base_url) or ""
+    parts = urlsplit(base_url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise SettingsError(sec.key("base_url"), "must be an http(s) URL")
+    if parts.query or parts.fragment:
+        raise SettingsError(sec.key("base_url"), "must not have a query or fragment")
+    raw_keys = sec.raw("keys", [])
+    if raw_keys is None:
+        raw_keys = []
+    if not isinstance(raw_keys, list):
+        raise SettingsError(sec.key("keys"), "must be a list of {id, secret}")
+    keys: list[UpstreamKey] = []
+    for i, item in enumerate(raw_keys):
+        k = _Section(item, f"{sec.key('keys')}[{i}]")
+        kid = k.req_string("id", "") or ""
+        if not _KEY_ID.match(kid):
+            raise SettingsError(k.key("id"), "must be 1-64 of [A-Za-z0-9_.-]")
+        secret = k.string("secret", None)
+        secret_file = k.string("secret_file", None)
+        if secret_file:
+            secret = _read_secret_file(secret_file, k.key("secret_file"))
+        k.finish()
+        if not secret:
+            raise SettingsError(k.key("secret"), "is empty (set it from the environment)")
+        keys.append(UpstreamKey(id=kid, secret=secret))
+    shortcut = env.get("CRAZYROUTER_API_KEYS", "").strip()
+    if shortcut:
+        keys = list(parse_key_list(shortcut))
+    ids = [k.id for k in keys]
+    dup = next((i for i in ids if ids.count(i) > 1), None)
+    if dup:
+        raise SettingsError(sec.key("keys"), f"duplicate key id {dup!r}")
+    out = UpstreamSettings(
+        base_url=base_url.rstrip("/"),
+        keys=tuple(keys),
+        connect_timeout=sec.number("connect_timeout", 5.0, minimum=0.01),
+        read_timeout=sec.number("read_timeout", 300.0, minimum=0.01),
+        max_connections=sec.integer("max_connections", 512, minimum=1),
+        cooldown_seconds=sec.number("cooldown_seconds", 30.0),
+        quarantine_seconds=sec.number("quarantine_seconds", 3600.0),
+        health_cache_seconds=sec.number("health_cache_seconds", 1.0),
+    )
+    sec.finish()
+    return out
+
+
+def _redis(sec: _Section) -> RedisSettings:
+    url = sec.req_string("url", EMBEDDED) or EMBEDDED
+    if url != EMBEDDED and urlsplit(url).scheme not in ("redis", "rediss", "unix"):
+        raise SettingsError(sec.key("url"), "must be 'embedded' or a redis://, rediss:// URL")
+    out = RedisSettings(
+        url=url,
+        socket_timeout=sec.number("socket_timeout", 0.5, minimum=0.01),
+        connect_timeout=sec.number("connect_timeout", 0.5, minimum=0.01),
+        max_connections=sec.integer("max_connections", 32, minimum=1),
+        pool_timeout=sec.number("pool_timeout", 0.5, minimum=0.01),
+        data_dir=sec.req_string("data_dir", ".gateway-data") or ".gateway-data",
+    )
+    sec.finish()
+    return out
+
+
+def _auth(sec: _Section) -> AuthSettings:
+    secrets = list(sec.strings("hs256_secrets", ()))
+    for path in sec.strings("hs256_secret_files", ()):
+        secrets.append(_read_secret_file(path, sec.key("hs256_secret_files")))
+    for i, s in enumerate(secrets):
+        if len(s.encode()) < HS256_MIN_SECRET_BYTES:
+            raise SettingsError(
+                f"{sec.key('hs256_secrets')}[{i}]",
+                f"must be at least {HS256_MIN_SECRET_BYTES} bytes",
+            )
+    public_keys: list[str] = []
+    for i, pk in enumerate(sec.strings("public_keys", ())):
+        if "-----BEGIN" not in pk:
+            pk = _read_secret_file(pk, f"{sec.key('public_keys')}[{i}]")
+        public_keys.append(pk)
+    algorithms = sec.strings("algorithms", ("HS256",))
+    if not algorithms:
+        raise SettingsError(sec.key("algorithms"), "must name at least one algorithm")
+    for alg in algorithms:
+        if alg not in SUPPORTED_ALGORITHMS:
+            raise SettingsError(sec.key("algorithms"), f"unsupported algorithm {alg!r}")
+    jwks_url = sec.string("jwks_url", None) or None
+    if jwks_url and urlsplit(jwks_url).scheme not in ("http", "https"):
+        raise SettingsError(sec.key("jwks_url"), "must be an http(s) URL")
+    if any(a.startswith("HS") for a in algorithms) and not secrets:
+        raise SettingsError(sec.key("hs256_secrets"), "HS algorithms need at least one secret")
+    if any(not a.startswith("HS") for a in algorithms) and not (public_keys or jwks_url):
+        raise SettingsError(sec.key("public_keys"), "RS/ES algorithms need public_keys or jwks_url")
+    out = AuthSettings(
+        hs256_secrets=tuple(secrets),
+        public_keys=tuple(public_keys),
+        jwks_url=jwks_url,
+        jwks_cache_seconds=sec.number("jwks_cache_seconds", 300.0),
+        jwks_refetch_cooldown=sec.number("jwks_refetch_cooldown", 30.0),
+        jwks_timeout=sec.number("jwks_timeout", 3.0, minimum=0.01),
+        algorithms=algorithms,
+        issuer=sec.string("issuer", None) or None,
+        audience=sec.string("audience", None) or None,
+        leeway=sec.number("leeway", 30.0),
+        team_claim=sec.req_string("team_claim", "team") or "team",
+        roles_claim=sec.req_string("roles_claim", "roles") or "roles",
+        user_claim=sec.req_string("user_claim", "sub") or "sub",
+        admin_role=sec.req_string("admin_role", "gateway-admin") or "gateway-admin",
+        cache_size=sec.integer("cache_size", 10_000),
+    )
+    sec.finish()
+    return out
+
+
+def _server(sec: _Section) -> ServerSettings:
+    prefixes = sec.strings("allowed_path_prefixes", ("/v1",))
+    for p in prefixes:
+        if not p.startswith("/") or p.endswith("/") or ".." in p:
+            raise SettingsError(sec.key("allowed_path_prefixes"), f"bad prefix {p!r}")
+    token = sec.string("metrics_token", None) or None
+    token_file = sec.string("metrics_token_file", None)
+    if token_file:
+        token = _read_secret_file(token_file, sec.key("metrics_token_file"))
+    out = ServerSettings(
+        host=sec.req_string("host", "127.0.0.1") or "127.0.0.1",
+        port=sec.integer("port", 8080, minimum=0),
+        workers=sec.integer("workers", 1, minimum=1),
+        max_body_bytes=sec.integer("max_body_bytes", 32 * 1024 * 1024, minimum=1024),
+        max_header_bytes=sec.integer("max_header_bytes", 16 * 1024, minimum=1024),
+        allowed_path_prefixes=prefixes,
+        metrics_token=token,
+    )
+    if out.port > 65535:
+        raise SettingsError(sec.key("port"), "must be <= 65535")
+    sec.finish()
+    return out
+
+
+def _teams(sec: _Section) -> dict[str, dict[str, Any]]:
+    teams: dict[str, dict[str, Any]] = {}
+    for name in list(sec.data):
+        body = sec.raw(name) or {}
+        if not isinstance(body, dict):
+            raise SettingsError(sec.key(str(name)), "must be a mapping of limits")
+        teams[str(name)] = dict(body)
+    teams.setdefault("default", {})
+    return teams
+
+
+def settings_from_mapping(data: Any, env: Mapping[str, str] | None = None) -> Settings:
+    """Build validated Settings from a parsed YAML document."""
+    env = dict(os.environ) if env is None else env
+    root = _Section(_expand(data, env, ""), "")
+    settings = Settings(
+        upstream=_upstream(root.section("upstream"), env),
+        redis=_redis(root.section("redis")),
+        auth=_auth(root.section("auth")),
+        server=_server(root.section("server")),
+        teams=_teams(root.section("teams")),
+    )
+    root.finish()
+    return settings
+
+
+def load_settings(path: str | Path | None, env: Mapping[str, str] | None = None) -> Settings:
+    """Load a YAML config file (or only defaults and environment when path is None)."""
+    data: Any = {}
+    if path is not None:
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise SettingsError(str(path), f"cannot read config: {exc.strerror}") from None
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise SettingsError(str(path), f"invalid YAML: {exc}") from None
+    return settings_from_mapping(data, env)
+
+
+def production_problems(settings: Settings) -> list[str]:
+    """What a production start lacks; the development fallbacks cover exactly these."""
+    problems = []
+    if not settings.upstream.keys:
+        problems.append(
+            "upstream.keys: no upstream key configured (set CRAZYROUTER_API_KEYS or upstream.keys)"
+        )
+    if settings.redis.embedded:
+        problems.append("redis.url: no Redis URL configured (set REDIS_URL or redis.url)")
+    a = settings.auth
+    if not (a.hs256_secrets or a.public_keys or a.jwks_url):
+        problems.append("auth.hs256_secrets: no JWT secret or public key configured")
+    return problems
