@@ -1,0 +1,14 @@
+"""Run the simulator on a socket (``gateway sim``)."""
+
+from __future__ import annotations
+
+import uvicorn
+
+from gateway.sim.app import create_sim_app
+from gateway.sim.config import SimConfig
+
+
+def serve(host: str, port: int, config: SimConfig) -> None:
+    uvicorn.run(
+        create_sim_app(config), host=host, port=port, log_level="warning", server_header=False
+    )
