@@ -1,0 +1,165 @@
+"""The composition root: the one place where the gateway's parts are built and wired."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+from redis.asyncio import Redis
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from gateway.auth.jwks import JWKSCache
+from gateway.auth.middleware import AuthMiddleware
+from gateway.auth.verifier import TokenVerifier
+from gateway.errors import GatewayError, NotFound, error_body, error_headers
+from gateway.idp_client import IdpClient
+from gateway.observability.http_metrics import HttpMetricsMiddleware
+from gateway.observability.metrics import Metrics
+from gateway.observability.request_id import RequestIdMiddleware
+from gateway.ops import MetricsEndpoint, Readiness, healthz
+from gateway.proxy.limits import RequestLimitsMiddleware
+from gateway.proxy.passthrough import PassThrough
+from gateway.redis_client import make_redis
+from gateway.settings import Settings
+from gateway.upstream.client import UpstreamClient
+from gateway.upstream.health_store import RedisKeyHealthStore
+from gateway.upstream.keypool import KEY_STATES, KeyPool
+
+log = logging.getLogger("gateway")
+
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+def create_app(
+    settings: Settings,
+    *,
+    redis: Redis | None = None,
+    metrics: Metrics | None = None,
+    clock: Callable[[], float] = time.time,
+) -> Starlette:
+    """Build the gateway. ``redis`` and ``metrics`` may be passed in (tests share them)."""
+    if settings.redis.embedded and redis is None:
+        raise ValueError("redis.url is 'embedded': start it first (gateway serve --dev does)")
+    metrics = metrics or Metrics(teams=settings.teams)
+    owns_redis = redis is None
+    redis = redis or make_redis(settings.redis)
+    up = settings.upstream
+    pool = KeyPool(
+        up.keys,
+        RedisKeyHealthStore(redis),
+        clock=clock,
+        cache_seconds=up.health_cache_seconds,
+        cooldown_seconds=up.cooldown_seconds,
+        quarantine_seconds=up.quarantine_seconds,
+        on_store_error=lambda op: metrics.redis_errors.labels(op).inc(),
+    )
+    metrics.watch_keys(pool.key_ids, KEY_STATES, pool.state)
+
+    def observe_upstream(key: str, route: str, status: int, seconds: float) -> None:
+        metrics.upstream_requests.labels(key, route, str(status)).inc()
+        metrics.upstream_duration.labels(route).observe(seconds)
+
+    client = UpstreamClient(
+        up.base_url,
+        pool,
+        connect_timeout=up.connect_timeout,
+        read_timeout=up.read_timeout,
+        max_connections=up.max_connections,
+        on_response=observe_upstream,
+        on_retry=lambda reason: metrics.upstream_retries.labels(reason).inc(),
+    )
+    idp = IdpClient(settings.auth.jwks_timeout)
+    jwks = None
+    if settings.auth.jwks_url:
+        jwks = JWKSCache(
+            settings.auth.jwks_url,
+            idp.fetch,
+            cache_seconds=settings.auth.jwks_cache_seconds,
+            refetch_cooldown=settings.auth.jwks_refetch_cooldown,
+            clock=time.monotonic,
+        )
+    verifier = TokenVerifier(settings.auth, jwks=jwks, clock=clock)
+    passthrough = PassThrough(
+        client, allowed_prefixes=settings.server.allowed_path_prefixes, secrets=pool.secrets
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await client.start()
+        await pool.refresh()
+        try:
+            yield
+        finally:
+            await client.close()
+            await pool.close()
+            await idp.close()
+            if owns_redis:
+                await redis.aclose()
+                # a pool passed in explicitly is not closed by aclose()
+                await redis.connection_pool.disconnect()
+
+    def render(exc: GatewayError) -> Response:
+        metrics.errors.labels(exc.code).inc()
+        body = error_body(exc)
+        headers = {k.decode(): v.decode("latin-1") for k, v in error_headers(exc, body)}
+        return Response(body, status_code=exc.status, headers=headers)
+
+    async def on_gateway_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, GatewayError)
+        return render(exc)
+
+    async def on_http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        if exc.status_code == 404:
+            return render(NotFound())
+        return render(GatewayError(exc.detail, code="http_error", status=exc.status_code))
+
+    async def on_crash(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error", exc_info=exc)
+        return render(GatewayError())
+
+    app = Starlette(
+        routes=[
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", Readiness(redis, pool, metrics).handle, methods=["GET"]),
+            Route(
+                "/metrics",
+                MetricsEndpoint(metrics, settings.server.metrics_token).handle,
+                methods=["GET"],
+            ),
+        ],
+        middleware=[
+            Middleware(RequestIdMiddleware),
+            Middleware(HttpMetricsMiddleware, metrics=metrics),
+            Middleware(
+                RequestLimitsMiddleware,
+                max_body_bytes=settings.server.max_body_bytes,
+                max_header_bytes=settings.server.max_header_bytes,
+            ),
+            Middleware(
+                AuthMiddleware,
+                verifier=verifier,
+                public_paths=PUBLIC_PATHS,
+                on_failure=lambda reason: metrics.auth_failures.labels(reason).inc(),
+            ),
+        ],
+        exception_handlers={
+            GatewayError: on_gateway_error,
+            HTTPException: on_http_error,
+            Exception: on_crash,
+        },
+        lifespan=lifespan,
+    )
+    app.router.default = passthrough
+    app.state.pool = pool
+    app.state.metrics = metrics
+    app.state.redis = redis
+    app.state.settings = settings
+    return app

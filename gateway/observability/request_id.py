@@ -1,0 +1,33 @@
+"""Give every request an id: a well-formed incoming ``x-request-id`` is kept, else one is made.
+
+The id is stored in ``scope["request_id"]``, returned to the caller and sent upstream.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from gateway.asgi import ASGIApp, Message, Receive, Scope, Send, header
+from gateway.upstream.rewrite import valid_request_id
+
+
+class RequestIdMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = header(scope, b"x-request-id")
+        rid = incoming.decode() if incoming and valid_request_id(incoming) else None
+        rid = rid or f"req_{uuid.uuid4().hex}"
+        scope["request_id"] = rid
+        raw = rid.encode()
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), (b"x-request-id", raw)]
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)

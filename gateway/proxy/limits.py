@@ -1,0 +1,74 @@
+"""Request size limits and framing checks, before anything else looks at a request.
+
+Headers over the limit answer 431, a body over the limit 413 (up front from Content-Length,
+or as soon as a chunked body crosses it), and a request carrying both Content-Length and
+Transfer-Encoding 400: that ambiguity is how request smuggling starts.
+"""
+
+from __future__ import annotations
+
+from gateway.asgi import ASGIApp, Message, Receive, Scope, Send
+from gateway.errors import (
+    GatewayError,
+    HeadersTooLarge,
+    InvalidRequest,
+    PayloadTooLarge,
+    send_error,
+)
+
+
+class RequestLimitsMiddleware:
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int, max_header_bytes: int) -> None:
+        self.app = app
+        self.max_body = max_body_bytes
+        self.max_headers = max_header_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        try:
+            self._check(scope)
+        except GatewayError as exc:
+            await send_error(send, exc)
+            return
+        limit = self.max_body
+        seen = 0
+
+        async def counted_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise PayloadTooLarge()
+            return message
+
+        await self.app(scope, counted_receive, send)
+
+    def _check(self, scope: Scope) -> None:
+        size = 0
+        length: bytes | None = None
+        chunked = False
+        for k, v in scope["headers"]:
+            size += len(k) + len(v) + 4
+            if k == b"content-length":
+                if length is not None and length != v:
+                    raise InvalidRequest(
+                        "Conflicting Content-Length headers.", code="invalid_request"
+                    )
+                length = v
+            elif k == b"transfer-encoding":
+                chunked = True
+        if size > self.max_headers:
+            raise HeadersTooLarge()
+        if length is not None and chunked:
+            raise InvalidRequest(
+                "Content-Length and Transfer-Encoding must not be combined.",
+                code="invalid_request",
+            )
+        if length is not None:
+            if not length.isdigit():
+                raise InvalidRequest("Invalid Content-Length.", code="invalid_request")
+            if int(length) > self.max_body:
+                raise PayloadTooLarge()

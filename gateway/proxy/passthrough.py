@@ -1,0 +1,199 @@
+"""Generic pass-through of ``/v1/*`` to the upstream, streaming both ways.
+
+Small bodies are read whole (so a request can be replayed on another key, and a small answer
+leaves in one write); large or unknown-length bodies and event streams are streamed chunk by
+chunk. Once a response has started, an error can no longer be reported as a body: the
+connection is cut instead, so a truncated answer is never mistaken for a whole one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable, Iterable
+
+from gateway.asgi import Receive, Scope, Send, header
+from gateway.errors import GatewayError, UpstreamResponseError, error_body, error_headers
+from gateway.observability.routes import route_label
+from gateway.upstream import rewrite
+from gateway.upstream.client import IDEMPOTENT, UpstreamClient, UpstreamRequest, UpstreamResponse
+
+log = logging.getLogger("gateway.proxy")
+
+BUFFER_LIMIT = 1024 * 1024  # bodies up to this size are read whole
+_YIELD_EVERY = 16  # chunks between forced yields, so a disconnect is noticed (see relay)
+
+
+class PassThrough:
+    def __init__(
+        self,
+        client: UpstreamClient,
+        *,
+        allowed_prefixes: Iterable[str],
+        secrets: Callable[[], Iterable[str]],
+    ) -> None:
+        self.client = client
+        self.prefixes = tuple(allowed_prefixes)
+        self.secrets = secrets
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raw_path = scope.get("raw_path") or scope["path"].encode()
+        path = rewrite.upstream_path(raw_path.split(b"?", 1)[0], self.prefixes)
+        body, body_done = await _request_body(scope, receive)
+        req = UpstreamRequest(
+            method=scope["method"],
+            path=path,
+            query=scope.get("query_string", b"").decode("latin-1"),
+            headers=tuple(scope["headers"]),
+            body=body,
+            route=route_label(scope["path"]),
+            request_id=scope.get("request_id", ""),
+        )
+        resp = await self.client.send(req)
+        try:
+            if resp.status >= 400:
+                await self._send_upstream_error(resp, send, unsafe=req.method not in IDEMPOTENT)
+                resp.finish()
+            else:
+                await relay(resp, receive if body_done() else None, send)
+        finally:
+            resp.close()
+
+    async def _send_upstream_error(
+        self, resp: UpstreamResponse, send: Send, *, unsafe: bool
+    ) -> None:
+        raw = await resp.read(BUFFER_LIMIT)
+        normalised = rewrite.normalise_error(
+            resp.status,
+            rewrite.decode_body(raw, resp.header("content-encoding")),
+            secrets=self.secrets(),
+        )
+        exc = upstream_error_for_caller(normalised, resp, unsafe=unsafe)
+        body = error_body(exc)
+        headers = error_headers(exc, body)
+        rid = resp.header("x-oneapi-request-id")
+        if rid and rewrite.valid_request_id(rid.encode()):
+            headers.append((b"x-upstream-request-id", rid.encode()))
+        await send({"type": "http.response.start", "status": exc.status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+def upstream_error_for_caller(
+    exc: UpstreamResponseError, resp: UpstreamResponse, *, unsafe: bool
+) -> GatewayError:
+    """Adjust an upstream error so the caller's SDK reacts correctly."""
+    if resp.status == 401:
+        # Our key was refused. Passing 401 on would tell the caller *their* token is bad.
+        return GatewayError(
+            "The upstream refused the gateway's credentials; operators have been alerted.",
+            code="upstream_auth_failed",
+            status=502,
+            headers={"x-should-retry": "false"} if unsafe else None,
+        )
+    if resp.status == 429:
+        wait = resp.header("retry-after")
+        if wait and wait.isdigit():
+            exc.headers["retry-after"] = wait
+    elif resp.status >= 500 and unsafe:
+        # The upstream may have acted on it: the SDK must not send it again.
+        exc.headers["x-should-retry"] = "false"
+    return exc
+
+
+async def _request_body(
+    scope: Scope, receive: Receive
+) -> tuple[bytes | AsyncIterator[bytes] | None, Callable[[], bool]]:
+    """The request body: bytes when small and of known length, else a stream.
+
+    The second value tells whether the body has been read to the end, after which ``receive``
+    only reports a disconnect.
+    """
+    length = header(scope, b"content-length")
+    if length is not None and int(length) <= BUFFER_LIMIT:
+        chunks = []
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise asyncio.CancelledError()
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        return (body if body or length != b"0" else None), lambda: True
+    if length is None and header(scope, b"transfer-encoding") is None:
+        return None, lambda: True
+    done = False
+
+    async def stream() -> AsyncIterator[bytes]:
+        nonlocal done
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise asyncio.CancelledError()
+            chunk = message.get("body", b"")
+            more = message.get("more_body", False)
+            if chunk:
+                yield chunk
+        done = True
+
+    return stream(), lambda: done
+
+
+async def relay(resp: UpstreamResponse, receive: Receive | None, send: Send) -> None:
+    """Send the upstream's answer to the caller, streaming anything large or open-ended.
+
+    ``receive`` (when the request body is fully read) is watched for a disconnect, on which
+    the upstream response is closed at once rather than drained.
+    """
+    headers = rewrite.response_headers(resp.raw_headers)
+    length = resp.header("content-length")
+    ctype = resp.header("content-type") or ""
+    if (
+        length is not None
+        and length.isdigit()
+        and int(length) <= BUFFER_LIMIT
+        and ("event-stream" not in ctype)
+    ):
+        body = await resp.read(BUFFER_LIMIT)
+        await send({"type": "http.response.start", "status": resp.status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+        resp.finish()
+        return
+
+    disconnected = asyncio.Event()
+    watcher = (
+        asyncio.create_task(_watch_disconnect(receive, disconnected, resp)) if receive else None
+    )
+    try:
+        await send({"type": "http.response.start", "status": resp.status, "headers": headers})
+        n = 0
+        try:
+            async for chunk in resp.iter_chunks():
+                if disconnected.is_set():
+                    return
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                n += 1
+                if n % _YIELD_EVERY == 0:
+                    # A send after the caller left may complete without suspending, and
+                    # buffered upstream data too: yield so the disconnect watcher can run.
+                    await asyncio.sleep(0)
+        except GatewayError:
+            if not disconnected.is_set():
+                log.warning("upstream broke mid-answer; aborting the caller's connection")
+            # Returning without the final message makes the server cut the connection.
+            return
+        if not disconnected.is_set():
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+    finally:
+        if watcher is not None:
+            watcher.cancel()
+
+
+async def _watch_disconnect(receive: Receive, flag: asyncio.Event, resp: UpstreamResponse) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            flag.set()
+            resp.close()
+            return

@@ -1,0 +1,239 @@
+"""The pool of upstream keys: which key serves the next request, and which keys are unusable.
+
+Selection is local and cheap (fewest requests in flight, round-robin on ties). Health (cooling
+down after a 429, quarantined after a 401/403, disabled by an admin) is shared through a
+``KeyHealthStore`` so every replica skips a bad key; the local copy is refreshed in the
+background at most once per ``cache_seconds``, never on the request path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from gateway.errors import NoUpstreamKey
+from gateway.settings import UpstreamKey
+
+log = logging.getLogger("gateway.upstream")
+
+HEALTHY, COOLING, QUARANTINED, DISABLED = "healthy", "cooling", "quarantined", "disabled"
+KEY_STATES = (HEALTHY, COOLING, QUARANTINED, DISABLED)
+
+
+@dataclass(slots=True)
+class KeyHealth:
+    """Shared health of one key. Times are wall-clock seconds (shared across replicas)."""
+
+    cooling_until: float = 0.0
+    quarantined_until: float = 0.0
+    disabled: bool = False
+
+    def state(self, now: float) -> str:
+        if self.disabled:
+            return DISABLED
+        if self.quarantined_until > now:
+            return QUARANTINED
+        if self.cooling_until > now:
+            return COOLING
+        return HEALTHY
+
+    def usable_at(self, now: float) -> float:
+        """When the key becomes usable again (``now`` if it is; infinity if disabled)."""
+        if self.disabled:
+            return float("inf")
+        return max(now, self.cooling_until, self.quarantined_until)
+
+
+class KeyHealthStore(Protocol):
+    async def load(self, key_ids: Sequence[str]) -> dict[str, KeyHealth]: ...
+    async def save(self, key_id: str, health: KeyHealth) -> None: ...
+
+
+@dataclass(slots=True)
+class _Key:
+    key: UpstreamKey
+    health: KeyHealth = field(default_factory=KeyHealth)
+    in_flight: int = 0
+
+
+class Lease:
+    """One request's use of a key; ``release`` exactly once when the response is done."""
+
+    __slots__ = ("_entry", "_released")
+
+    def __init__(self, entry: _Key) -> None:
+        self._entry = entry
+        self._released = False
+        entry.in_flight += 1
+
+    @property
+    def key_id(self) -> str:
+        return self._entry.key.id
+
+    @property
+    def secret(self) -> str:
+        return self._entry.key.secret
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self._entry.in_flight -= 1
+
+
+class KeyPool:
+    def __init__(
+        self,
+        keys: Sequence[UpstreamKey],
+        store: KeyHealthStore | None,
+        *,
+        clock: Callable[[], float],
+        cache_seconds: float = 1.0,
+        cooldown_seconds: float = 30.0,
+        quarantine_seconds: float = 3600.0,
+        on_store_error: Callable[[str], None] = lambda op: None,
+    ) -> None:
+        self._keys = [_Key(k) for k in keys]
+        self._by_id = {e.key.id: e for e in self._keys}
+        self._store = store
+        self._clock = clock
+        self._cache_seconds = cache_seconds
+        self.cooldown_seconds = cooldown_seconds
+        self.quarantine_seconds = quarantine_seconds
+        self._on_store_error = on_store_error
+        self._rr = itertools.count()
+        self._loaded_at = float("-inf")
+        self._refreshing: asyncio.Task[None] | None = None
+
+    @property
+    def key_ids(self) -> list[str]:
+        return [e.key.id for e in self._keys]
+
+    def secrets(self) -> list[str]:
+        return [e.key.secret for e in self._keys]
+
+    def state(self, key_id: str) -> str:
+        return self._by_id[key_id].health.state(self._clock())
+
+    def in_flight(self, key_id: str) -> int:
+        return self._by_id[key_id].in_flight
+
+    def usable_count(self) -> int:
+        now = self._clock()
+        return sum(1 for e in self._keys if e.health.state(now) == HEALTHY)
+
+    def acquire(self, exclude: frozenset[str] | set[str] = frozenset()) -> Lease:
+        """Lease the healthy key with the fewest requests in flight (round-robin on ties)."""
+        self._maybe_refresh()
+        now = self._clock()
+        n = len(self._keys)
+        start = next(self._rr) % n if n else 0
+        best: _Key | None = None
+        for i in range(n):
+            e = self._keys[(start + i) % n]
+            if e.key.id in exclude or e.health.state(now) != HEALTHY:
+                continue
+            if best is None or e.in_flight < best.in_flight:
+                best = e
+        if best is None:
+            raise self._exhausted(now, exclude)
+        return Lease(best)
+
+    def lease(self, key_id: str) -> Lease:
+        """Lease one particular key (a video job must be polled with the key that created it)."""
+        self._maybe_refresh()
+        e = self._by_id.get(key_id)
+        if e is None:
+            raise NoUpstreamKey("The upstream key for this object is no longer configured.")
+        now = self._clock()
+        if e.health.state(now) in (QUARANTINED, DISABLED):
+            raise self._exhausted(now, frozenset())
+        # A cooling key still serves its own jobs' polls: they are cheap, and no other key can.
+        return Lease(e)
+
+    def _exhausted(self, now: float, exclude: frozenset[str] | set[str]) -> NoUpstreamKey:
+        waits = [e.health.usable_at(now) - now for e in self._keys if e.key.id not in exclude]
+        wait = min(waits, default=float("inf"))
+        headers = {}
+        if wait != float("inf"):
+            headers["retry-after"] = str(max(1, int(wait + 0.999)))
+        else:
+            headers["x-should-retry"] = "false"
+        return NoUpstreamKey(headers=headers)
+
+    async def cool_down(self, key_id: str, seconds: float | None) -> None:
+        """The upstream said 429 for this key: skip it for ``seconds`` (default configured)."""
+        e = self._by_id[key_id]
+        until = self._clock() + (self.cooldown_seconds if seconds is None else seconds)
+        if until > e.health.cooling_until:
+            e.health.cooling_until = until
+            log.warning("upstream key %s cooling down for %.0fs", key_id, until - self._clock())
+            await self._save(e)
+
+    async def quarantine(self, key_id: str) -> None:
+        """The upstream refused this key (401/403): keep it out until an admin or time frees it."""
+        e = self._by_id[key_id]
+        e.health.quarantined_until = self._clock() + self.quarantine_seconds
+        log.error("upstream key %s quarantined after an authentication failure", key_id)
+        await self._save(e)
+
+    async def set_disabled(self, key_id: str, disabled: bool) -> None:
+        """Admin switch; enabling also lifts a quarantine and a cooldown."""
+        e = self._by_id[key_id]
+        e.health.disabled = disabled
+        if not disabled:
+            e.health.quarantined_until = 0.0
+            e.health.cooling_until = 0.0
+        await self._save(e)
+
+    async def _save(self, e: _Key) -> None:
+        if self._store is None:
+            return
+        try:
+            await self._store.save(e.key.id, e.health)
+        except Exception:  # the local view still protects this replica
+            log.warning("could not share the health of upstream key %s", e.key.id)
+            self._on_store_error("key_health_save")
+
+    async def refresh(self) -> None:
+        """Load the shared health of every key (keeps the local view when the store fails)."""
+        if self._store is None:
+            return
+        self._loaded_at = self._clock()
+        try:
+            shared = await self._store.load(self.key_ids)
+        except Exception:
+            self._on_store_error("key_health_load")
+            return
+        for kid, health in shared.items():
+            e = self._by_id.get(kid)
+            if e is None:
+                continue
+            # Never forget a local verdict the store has not heard of yet.
+            e.health.disabled = health.disabled
+            e.health.cooling_until = max(health.cooling_until, e.health.cooling_until)
+            if health.disabled or health.quarantined_until == 0.0:
+                e.health.quarantined_until = health.quarantined_until
+            else:
+                e.health.quarantined_until = max(
+                    health.quarantined_until, e.health.quarantined_until
+                )
+
+    def _maybe_refresh(self) -> None:
+        if self._store is None or self._clock() - self._loaded_at < self._cache_seconds:
+            return
+        if self._refreshing is not None and not self._refreshing.done():
+            return
+        self._loaded_at = self._clock()
+        with contextlib.suppress(RuntimeError):  # no running loop: a sync caller, skip
+            self._refreshing = asyncio.get_running_loop().create_task(self.refresh())
+
+    async def close(self) -> None:
+        if self._refreshing is not None and not self._refreshing.done():
+            self._refreshing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refreshing

@@ -1,0 +1,142 @@
+from collections.abc import Sequence
+from dataclasses import replace
+
+import pytest
+
+from gateway.errors import NoUpstreamKey
+from gateway.settings import UpstreamKey
+from gateway.upstream.keypool import COOLING, DISABLED, HEALTHY, QUARANTINED, KeyHealth, KeyPool
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class MemoryStore:
+    """In-process stand-in for the Redis store (pure selection logic only)."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, KeyHealth] = {}
+        self.fail = False
+
+    async def load(self, key_ids: Sequence[str]) -> dict[str, KeyHealth]:
+        if self.fail:
+            raise ConnectionError("down")
+        return {k: replace(self.rows[k]) if k in self.rows else KeyHealth() for k in key_ids}
+
+    async def save(self, key_id: str, health: KeyHealth) -> None:
+        if self.fail:
+            raise ConnectionError("down")
+        self.rows[key_id] = replace(health)
+
+
+def _keys(n: int) -> list[UpstreamKey]:
+    return [UpstreamKey(id=f"k{i}", secret=f"s{i}") for i in range(n)]
+
+
+def _pool(n: int = 3, store: MemoryStore | None = None, clock: Clock | None = None) -> KeyPool:
+    return KeyPool(
+        _keys(n), store, clock=clock or Clock(), cooldown_seconds=30, quarantine_seconds=600
+    )
+
+
+def test_round_robin_on_ties() -> None:
+    pool = _pool(3)
+    chosen = []
+    for _ in range(6):
+        lease = pool.acquire()
+        chosen.append(lease.key_id)
+        lease.release()
+    assert sorted(chosen) == ["k0", "k0", "k1", "k1", "k2", "k2"]
+
+
+def test_fewest_in_flight_wins() -> None:
+    pool = _pool(2)
+    a = pool.acquire()
+    b = pool.acquire()
+    assert {a.key_id, b.key_id} == {"k0", "k1"}
+    a.release()
+    c = pool.acquire()
+    assert c.key_id == a.key_id
+    c.release()
+    c.release()  # releasing twice must not go negative
+    assert pool.in_flight(a.key_id) == 0
+
+
+async def test_cooldown_skips_key_until_it_expires() -> None:
+    clock = Clock()
+    pool = _pool(2, clock=clock)
+    await pool.cool_down("k0", 10)
+    assert pool.state("k0") == COOLING
+    assert {pool.acquire().key_id for _ in range(4)} == {"k1"}
+    clock.now += 10.5
+    assert pool.state("k0") == HEALTHY
+
+
+async def test_all_cooling_raises_503_with_retry_after() -> None:
+    pool = _pool(2)
+    await pool.cool_down("k0", 5)
+    await pool.cool_down("k1", 12)
+    with pytest.raises(NoUpstreamKey) as info:
+        pool.acquire()
+    assert info.value.status == 503
+    assert info.value.headers["retry-after"] == "5"
+
+
+async def test_quarantine_and_admin_enable() -> None:
+    store = MemoryStore()
+    pool = _pool(1, store)
+    await pool.quarantine("k0")
+    assert pool.state("k0") == QUARANTINED
+    assert store.rows["k0"].quarantined_until > 0
+    with pytest.raises(NoUpstreamKey):
+        pool.acquire()
+    await pool.set_disabled("k0", False)
+    assert pool.state("k0") == HEALTHY
+    await pool.set_disabled("k0", True)
+    assert pool.state("k0") == DISABLED
+    with pytest.raises(NoUpstreamKey) as info:
+        pool.acquire()
+    assert info.value.headers["x-should-retry"] == "false"
+
+
+async def test_health_is_shared_between_replicas() -> None:
+    store = MemoryStore()
+    clock = Clock()
+    a, b = _pool(2, store, clock), _pool(2, store, clock)
+    await a.cool_down("k1", 60)
+    await b.refresh()
+    assert b.state("k1") == COOLING
+    # an admin enabling the key on one replica lifts the quarantine on the others
+    await a.quarantine("k0")
+    await b.refresh()
+    assert b.state("k0") == QUARANTINED
+    await a.set_disabled("k0", False)
+    await b.refresh()
+    assert b.state("k0") == HEALTHY
+
+
+async def test_store_failure_keeps_local_view_and_reports() -> None:
+    store = MemoryStore()
+    errors: list[str] = []
+    pool = KeyPool(_keys(2), store, clock=Clock(), on_store_error=errors.append)
+    store.fail = True
+    await pool.cool_down("k0", 30)
+    await pool.refresh()
+    assert pool.state("k0") == COOLING
+    assert errors == ["key_health_save", "key_health_load"]
+
+
+async def test_pinned_lease_uses_that_key_even_while_cooling() -> None:
+    pool = _pool(2)
+    await pool.cool_down("k1", 30)
+    assert pool.lease("k1").key_id == "k1"
+    await pool.quarantine("k1")
+    with pytest.raises(NoUpstreamKey):
+        pool.lease("k1")
+    with pytest.raises(NoUpstreamKey):
+        pool.lease("missing")
