@@ -101,7 +101,7 @@ def create_sim_app(config: SimConfig, *, clock: Callable[[], float] = time.monot
                 doc = json.loads(body)
             except ValueError:
                 doc = None
-        elif "multipart/form-data" in ctype:
+        elif "multipart/form-data" in ctype or "x-www-form-urlencoded" in ctype:
             parsed = await request.form()
             form = {}
             for k, v in parsed.multi_items():

@@ -46,12 +46,14 @@ def parse_range(value: str | None, size: int) -> tuple[int, int] | None:
         return None
     try:
         if first == "":
-            n = int(last)
-            if n <= 0:
+            start, end = size - int(last), size
+            if start >= size:
                 raise RangeNotSatisfiable(value)
-            return max(0, size - n), size
+            return max(0, start), end
         start = int(first)
         end = int(last) + 1 if last else size
+    except RangeNotSatisfiable:
+        raise
     except ValueError:
         return None
     if start >= size or end <= start:
