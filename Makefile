@@ -32,7 +32,7 @@ test: $(STAMP)
 check: $(STAMP)
 	$(BIN)/ruff format --check gateway tests bench
 	$(BIN)/ruff check gateway tests bench
-	$(BIN)/mypy
+	$(BIN)/mypy gateway bench
 
 ## bench: gateway vs direct vs nginx (needs wrk and nginx: see README)
 bench: $(STAMP)
