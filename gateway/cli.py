@@ -53,11 +53,12 @@ def _serve(args: argparse.Namespace) -> int:
             host=host,
             port=port,
             workers=workers,
-            loop="uvloop",
+            loop=settings.server.loop,
             http="httptools",
             log_level=args.log_level,
             access_log=False,
             server_header=False,
+            proxy_headers=False,  # client addresses are not used; the middleware costs ~5 %
             timeout_graceful_shutdown=30,
         )
         return 0

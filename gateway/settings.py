@@ -96,6 +96,9 @@ class ServerSettings:
     max_header_bytes: int = 16 * 1024
     allowed_path_prefixes: tuple[str, ...] = ("/v1",)
     metrics_token: str | None = field(default=None, repr=False)
+    # asyncio, not uvloop, by measurement: see README "Benchmarks" (uvloop stalls new
+    # connections for seconds after many clients drop at once).
+    loop: str = "asyncio"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -364,7 +367,10 @@ def _server(sec: _Section) -> ServerSettings:
         max_header_bytes=sec.integer("max_header_bytes", 16 * 1024, minimum=1024),
         allowed_path_prefixes=prefixes,
         metrics_token=token,
+        loop=sec.req_string("loop", "asyncio") or "asyncio",
     )
+    if out.loop not in ("asyncio", "uvloop"):
+        raise SettingsError(sec.key("loop"), "must be 'asyncio' or 'uvloop'")
     if out.port > 65535:
         raise SettingsError(sec.key("port"), "must be <= 65535")
     sec.finish()

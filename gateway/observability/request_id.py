@@ -5,7 +5,8 @@ The id is stored in ``scope["request_id"]``, returned to the caller and sent ups
 
 from __future__ import annotations
 
-import uuid
+import itertools
+import os
 
 from gateway.asgi import ASGIApp, Message, Receive, Scope, Send, header
 from gateway.upstream.rewrite import valid_request_id
@@ -14,6 +15,10 @@ from gateway.upstream.rewrite import valid_request_id
 class RequestIdMiddleware:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        # A random per-process prefix and a counter: unique across replicas, and far cheaper
+        # than uuid4 (which cost ~3 % of the gateway's CPU). Ids are for tracing, not secrets.
+        self._prefix = f"req_{os.urandom(6).hex()}"
+        self._counter = itertools.count(1)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -21,7 +26,7 @@ class RequestIdMiddleware:
             return
         incoming = header(scope, b"x-request-id")
         rid = incoming.decode() if incoming and valid_request_id(incoming) else None
-        rid = rid or f"req_{uuid.uuid4().hex}"
+        rid = rid or f"{self._prefix}{next(self._counter):012x}"
         scope["request_id"] = rid
         raw = rid.encode()
 
