@@ -53,6 +53,7 @@ class SimState:
         self.jobs: dict[str, Job] = {}
         self.requests: list[dict[str, Any]] = []
         self.faults: list[Fault] = []
+        self.aborted = 0  # streams whose client went away before the end
 
     def add_fault(self, **doc: Any) -> Fault:
         fault = Fault.from_json(doc)
@@ -211,6 +212,14 @@ def create_sim_app(config: SimConfig, *, clock: Callable[[], float] = time.monot
             return b"data: " + json.dumps(chunk).encode() + b"\n\n"
 
         async def events() -> AsyncIterator[bytes]:
+            try:
+                async for e in _events():
+                    yield e
+            except (asyncio.CancelledError, GeneratorExit):
+                state.aborted += 1
+                raise
+
+        async def _events() -> AsyncIterator[bytes]:
             for i in range(config.stream_events):
                 if drop and i == 2:
                     raise SimulatedDrop("simulated connection drop")
