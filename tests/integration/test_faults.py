@@ -67,8 +67,9 @@ def test_upstream_breaking_mid_stream_aborts_the_callers_stream(stack: Stack) ->
             received.append(chunk)
 
     # the caller must see a transport failure, never a clean but truncated end of stream
-    with pytest.raises(httpx2.RemoteProtocolError):
+    with pytest.raises(openai.APIConnectionError) as info:
         drain()
+    assert isinstance(info.value.__cause__, httpx2.RemoteProtocolError)
     assert len(received) == 2
 
 
