@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gateway.embedded_redis import RedisProcess, free_port
+from gateway.process import stop_process
 from gateway.settings import Settings, load_settings
 
 
@@ -29,12 +30,7 @@ class DevServices:
     notes: list[str] = field(default_factory=list)
 
     def stop(self) -> None:
-        if self.sim is not None and self.sim.poll() is None:
-            self.sim.terminate()
-            try:
-                self.sim.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.sim.kill()
+        stop_process(self.sim)
         if self.redis is not None:
             self.redis.stop()
 

@@ -14,6 +14,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from gateway.process import stop_process
+
 
 def server_binary() -> str:
     for name in ("redis-server", "valkey-server"):
@@ -84,12 +86,6 @@ class RedisProcess:
             return False
 
     def stop(self) -> None:
-        """SIGTERM: the server saves its data (when persistent) and exits."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        """The server saves its data (when persistent) and exits."""
+        stop_process(self.proc)
         self.proc = None
