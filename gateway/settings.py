@@ -102,12 +102,53 @@ class ServerSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class VideoModel:
+    """What one upstream video model accepts. Absent limits are not checked."""
+
+    sizes: tuple[str, ...] = ()
+    seconds: tuple[int, ...] = ()  # allowed values; empty: anything up to max_seconds
+    max_seconds: int = 60
+    default_seconds: int = 4
+    default_size: str | None = None
+    max_prompt_chars: int = 4000
+    max_storyboard_scenes: int = 10
+
+
+@dataclass(frozen=True, kw_only=True)
+class VideoSettings:
+    default_model: str = "sora-2"
+    aliases: Mapping[str, str] = field(default_factory=dict)
+    # An empty table accepts any model name with VideoModel()'s defaults (model-agnostic).
+    models: Mapping[str, VideoModel] = field(default_factory=dict)
+    poll_after_ms: int = 5000
+    poll_interval_seconds: float = (
+        5.0  # the upstream sees at most one status call per job per interval
+    )
+    deadline_seconds: float = 3600.0  # unfinished after this long: failed with code "timeout"
+    force_private: bool = True
+    extra_fields: tuple[str, ...] = ()  # unknown create fields passed upstream; others are 400
+    reference_types: tuple[str, ...] = ("image/jpeg", "image/png", "image/webp")
+    reference_max_bytes: int = 10 * 1024 * 1024
+    url_allowed_hosts: tuple[str, ...] = ()  # empty: any public https host
+
+    def resolve_model(self, name: str | None) -> str:
+        name = name or self.default_model
+        return self.aliases.get(name, name)
+
+    def model(self, name: str) -> VideoModel | None:
+        if not self.models:
+            return VideoModel()
+        return self.models.get(name)
+
+
+@dataclass(frozen=True, kw_only=True)
 class Settings:
     upstream: UpstreamSettings = field(default_factory=UpstreamSettings)
     redis: RedisSettings = field(default_factory=RedisSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
     server: ServerSettings = field(default_factory=ServerSettings)
     teams: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: {"default": {}})
+    videos: VideoSettings = field(default_factory=VideoSettings)
 
 
 # -- loading ---------------------------------------------------------------------------------
@@ -377,6 +418,76 @@ def _server(sec: _Section) -> ServerSettings:
     return out
 
 
+_SIZE = re.compile(r"^[1-9][0-9]{1,4}x[1-9][0-9]{1,4}$")
+
+
+def _video_model(sec: _Section) -> VideoModel:
+    sizes = sec.strings("sizes", ())
+    for sz in sizes:
+        if not _SIZE.match(sz):
+            raise SettingsError(sec.key("sizes"), f"bad size {sz!r} (want WIDTHxHEIGHT)")
+    raw_seconds = sec.raw("seconds", [])
+    if not isinstance(raw_seconds, list) or not all(
+        isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in raw_seconds
+    ):
+        raise SettingsError(sec.key("seconds"), "must be a list of positive integers")
+    max_seconds = sec.integer("max_seconds", max(raw_seconds, default=60), minimum=1)
+    default_seconds = sec.integer("default_seconds", min(raw_seconds, default=4), minimum=1)
+    if raw_seconds and default_seconds not in raw_seconds:
+        raise SettingsError(sec.key("default_seconds"), "must be one of seconds")
+    default_size = sec.string("default_size", sizes[0] if sizes else None)
+    if default_size and sizes and default_size not in sizes:
+        raise SettingsError(sec.key("default_size"), "must be one of sizes")
+    out = VideoModel(
+        sizes=sizes,
+        seconds=tuple(raw_seconds),
+        max_seconds=max_seconds,
+        default_seconds=default_seconds,
+        default_size=default_size,
+        max_prompt_chars=sec.integer("max_prompt_chars", 4000, minimum=1),
+        max_storyboard_scenes=sec.integer("max_storyboard_scenes", 10, minimum=1),
+    )
+    sec.finish()
+    return out
+
+
+def _videos(sec: _Section) -> VideoSettings:
+    models_sec = sec.section("models")
+    models = {
+        str(name): _video_model(models_sec.section(str(name))) for name in list(models_sec.data)
+    }
+    aliases_raw = sec.raw("aliases", {}) or {}
+    if not isinstance(aliases_raw, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in aliases_raw.items()
+    ):
+        raise SettingsError(sec.key("aliases"), "must map names to model names")
+    for alias, target in aliases_raw.items():
+        if models and target not in models:
+            raise SettingsError(f"{sec.key('aliases')}.{alias}", f"unknown model {target!r}")
+    default_model = sec.req_string("default_model", "sora-2") or "sora-2"
+    resolved = aliases_raw.get(default_model, default_model)
+    if models and resolved not in models:
+        raise SettingsError(sec.key("default_model"), f"unknown model {default_model!r}")
+    private = sec.raw("force_private", True)
+    if not isinstance(private, bool):
+        raise SettingsError(sec.key("force_private"), "must be true or false")
+    out = VideoSettings(
+        default_model=default_model,
+        aliases=dict(aliases_raw),
+        models=models,
+        poll_after_ms=sec.integer("poll_after_ms", 5000, minimum=100),
+        poll_interval_seconds=sec.number("poll_interval_seconds", 5.0),
+        deadline_seconds=sec.number("deadline_seconds", 3600.0, minimum=1),
+        force_private=private,
+        extra_fields=sec.strings("extra_fields", ()),
+        reference_types=sec.strings("reference_types", VideoSettings.reference_types),
+        reference_max_bytes=sec.integer("reference_max_bytes", 10 * 1024 * 1024, minimum=1),
+        url_allowed_hosts=tuple(h.lower() for h in sec.strings("url_allowed_hosts", ())),
+    )
+    sec.finish()
+    return out
+
+
 def _teams(sec: _Section) -> dict[str, dict[str, Any]]:
     teams: dict[str, dict[str, Any]] = {}
     for name in list(sec.data):
@@ -398,6 +509,7 @@ def settings_from_mapping(data: Any, env: Mapping[str, str] | None = None) -> Se
         auth=_auth(root.section("auth")),
         server=_server(root.section("server")),
         teams=_teams(root.section("teams")),
+        videos=_videos(root.section("videos")),
     )
     root.finish()
     return settings

@@ -128,3 +128,30 @@ def test_secret_file(tmp_path: pytest.TempPathFactory) -> None:
         {**_doc(), "upstream": {"keys": [{"id": "f", "secret_file": str(p)}]}}, {}
     )
     assert s.upstream.keys[0].secret == "sk-fromfile"
+
+
+@pytest.mark.parametrize(
+    ("videos", "key"),
+    [
+        ({"aliases": {"sora": "nope"}, "models": {"sora-2": {}}}, "videos.aliases.sora"),
+        ({"default_model": "x", "models": {"sora-2": {}}}, "videos.default_model"),
+        (
+            {"models": {"sora-2": {"seconds": [4, 8], "default_seconds": 5}}},
+            "videos.models.sora-2.default_seconds",
+        ),
+        ({"models": {"sora-2": {"sizes": ["big"]}}}, "videos.models.sora-2.sizes"),
+        ({"models": {"sora-2": {"seconds": ["4"]}}}, "videos.models.sora-2.seconds"),
+        ({"force_private": "yes"}, "videos.force_private"),
+        ({"models": {"sora-2": {"fps": 30}}}, "videos.models.sora-2.fps"),
+    ],
+)
+def test_video_settings_validation(videos: dict[str, object], key: str) -> None:
+    with pytest.raises(SettingsError) as info:
+        settings_from_mapping({**_doc(), "videos": videos}, {})
+    assert info.value.key == key
+
+
+def test_model_agnostic_without_a_table() -> None:
+    videos = settings_from_mapping(_doc(), {}).videos
+    assert videos.model("anything-new") is not None
+    assert videos.resolve_model(None) == "sora-2"
