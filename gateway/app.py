@@ -31,6 +31,9 @@ from gateway.settings import Settings
 from gateway.upstream.client import UpstreamClient
 from gateway.upstream.health_store import RedisKeyHealthStore
 from gateway.upstream.keypool import KEY_STATES, KeyPool
+from gateway.videos.registry import JobRegistry
+from gateway.videos.routes import video_routes
+from gateway.videos.service import VideoService
 
 log = logging.getLogger("gateway")
 
@@ -86,6 +89,14 @@ def create_app(
             clock=time.monotonic,
         )
     verifier = TokenVerifier(settings.auth, jwks=jwks, clock=clock)
+    videos = VideoService(
+        client,
+        JobRegistry(redis),
+        settings.videos,
+        teams=settings.teams,
+        secrets=pool.secrets,
+        clock=clock,
+    )
     passthrough = PassThrough(
         client, allowed_prefixes=settings.server.allowed_path_prefixes, secrets=pool.secrets
     )
@@ -127,6 +138,7 @@ def create_app(
 
     app = Starlette(
         routes=[
+            *video_routes(videos),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", Readiness(redis, pool, metrics).handle, methods=["GET"]),
             Route(
@@ -161,5 +173,6 @@ def create_app(
     app.state.pool = pool
     app.state.metrics = metrics
     app.state.redis = redis
+    app.state.videos = videos
     app.state.settings = settings
     return app

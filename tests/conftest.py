@@ -80,6 +80,7 @@ def gateway_config(
         "auth": {"hs256_secrets": [jwt_secret], **sections.pop("auth", {})},
         "server": sections.pop("server", {}),
         "teams": sections.pop("teams", {"default": {}, "team-a": {}, "team-b": {}}),
+        "videos": sections.pop("videos", {}),
     }
     return settings_from_mapping(doc, env={})
 

@@ -13,10 +13,16 @@ import logging
 from collections.abc import AsyncIterator, Callable, Iterable
 
 from gateway.asgi import Receive, Scope, Send, header
-from gateway.errors import GatewayError, UpstreamResponseError, error_body, error_headers
+from gateway.errors import GatewayError, error_body, error_headers
 from gateway.observability.routes import route_label
 from gateway.upstream import rewrite
-from gateway.upstream.client import IDEMPOTENT, UpstreamClient, UpstreamRequest, UpstreamResponse
+from gateway.upstream.client import (
+    IDEMPOTENT,
+    UpstreamClient,
+    UpstreamRequest,
+    UpstreamResponse,
+    caller_error,
+)
 
 log = logging.getLogger("gateway.proxy")
 
@@ -62,13 +68,7 @@ class PassThrough:
     async def _send_upstream_error(
         self, resp: UpstreamResponse, send: Send, *, unsafe: bool
     ) -> None:
-        raw = await resp.read(BUFFER_LIMIT)
-        normalised = rewrite.normalise_error(
-            resp.status,
-            rewrite.decode_body(raw, resp.header("content-encoding")),
-            secrets=self.secrets(),
-        )
-        exc = upstream_error_for_caller(normalised, resp, unsafe=unsafe)
+        exc = caller_error(resp, await resp.read(BUFFER_LIMIT), self.secrets(), unsafe=unsafe)
         body = error_body(exc)
         headers = error_headers(exc, body)
         rid = resp.header("x-oneapi-request-id")
@@ -76,28 +76,6 @@ class PassThrough:
             headers.append((b"x-upstream-request-id", rid.encode()))
         await send({"type": "http.response.start", "status": exc.status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
-
-
-def upstream_error_for_caller(
-    exc: UpstreamResponseError, resp: UpstreamResponse, *, unsafe: bool
-) -> GatewayError:
-    """Adjust an upstream error so the caller's SDK reacts correctly."""
-    if resp.status == 401:
-        # Our key was refused. Passing 401 on would tell the caller *their* token is bad.
-        return GatewayError(
-            "The upstream refused the gateway's credentials; operators have been alerted.",
-            code="upstream_auth_failed",
-            status=502,
-            headers={"x-should-retry": "false"} if unsafe else None,
-        )
-    if resp.status == 429:
-        wait = resp.header("retry-after")
-        if wait and wait.isdigit():
-            exc.headers["retry-after"] = wait
-    elif resp.status >= 500 and unsafe:
-        # The upstream may have acted on it: the SDK must not send it again.
-        exc.headers["x-should-retry"] = "false"
-    return exc
 
 
 async def _request_body(
@@ -140,13 +118,19 @@ async def _request_body(
     return stream(), lambda: done
 
 
-async def relay(resp: UpstreamResponse, receive: Receive | None, send: Send) -> None:
+async def relay(
+    resp: UpstreamResponse,
+    receive: Receive | None,
+    send: Send,
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
     """Send the upstream's answer to the caller, streaming anything large or open-ended.
 
     ``receive`` (when the request body is fully read) is watched for a disconnect, on which
     the upstream response is closed at once rather than drained.
     """
-    headers = rewrite.response_headers(resp.raw_headers)
+    if headers is None:
+        headers = rewrite.response_headers(resp.raw_headers)
     length = resp.header("content-length")
     ctype = resp.header("content-type") or ""
     if (

@@ -13,10 +13,11 @@ for a non-idempotent method the caller is told ``x-should-retry: false``.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 
 import aiohttp
+from yarl import URL
 
 from gateway import __version__
 from gateway.errors import GatewayError, UpstreamError, UpstreamTimeout
@@ -24,6 +25,8 @@ from gateway.upstream import rewrite
 from gateway.upstream.keypool import KeyPool, Lease
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "DELETE", "PUT"})
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+MAX_REDIRECTS = 3
 USER_AGENT = f"crazyrouter-gateway/{__version__}"
 
 
@@ -48,6 +51,20 @@ class UpstreamResponse:
         self._done = False
         self.status = resp.status
         self.key_id = lease.key_id
+
+    @property
+    def lease(self) -> Lease:
+        return self._lease
+
+    @property
+    def url(self) -> URL:
+        return self._resp.url
+
+    def detach(self) -> None:
+        """Close this response but keep the key lease for the response that replaces it."""
+        if not self._done:
+            self._done = True
+            self._resp.close()
 
     @property
     def raw_headers(self) -> tuple[tuple[bytes, bytes], ...]:
@@ -130,7 +147,44 @@ class UpstreamClient:
             await self._session.close()
             self._session = None
 
-    async def send(self, req: UpstreamRequest) -> UpstreamResponse:
+    async def send(
+        self, req: UpstreamRequest, *, follow_redirects: bool = False
+    ) -> UpstreamResponse:
+        resp = await self._send(req)
+        hops = 0
+        while follow_redirects and resp.status in _REDIRECTS and hops < MAX_REDIRECTS:
+            hops += 1
+            resp = await self._follow(resp, req)
+        return resp
+
+    async def _follow(self, prev: UpstreamResponse, req: UpstreamRequest) -> UpstreamResponse:
+        """Follow a download redirect ourselves: the caller never sees an upstream URL. Our key
+        goes only to the upstream's own origin, never to a CDN it points at."""
+        location = prev.header("location")
+        base = prev.url
+        prev.detach()
+        if not location or self._session is None:
+            raise UpstreamError("The upstream redirected without a location.")
+        target = base.join(URL(location))
+        if target.scheme not in ("http", "https"):
+            raise UpstreamError("The upstream redirected to an unsupported URL.")
+        headers = {
+            k.decode(): v.decode("latin-1") for k, v in req.headers if k in (b"range", b"if-range")
+        }
+        headers["user-agent"] = USER_AGENT
+        if target.origin() == URL(self._base_url).origin():
+            headers["authorization"] = f"Bearer {prev.lease.secret}"
+        try:
+            resp = await self._session.get(target, headers=headers, allow_redirects=False)
+        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            prev.lease.release()
+            raise UpstreamTimeout() from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            prev.lease.release()
+            raise UpstreamError("The upstream's download location could not be reached.") from exc
+        return UpstreamResponse(resp, prev.lease)
+
+    async def _send(self, req: UpstreamRequest) -> UpstreamResponse:
         session = self._session
         if session is None:
             raise UpstreamError("The upstream client is not started.")
@@ -210,3 +264,28 @@ async def _keep_errors(
     except GatewayError as exc:
         errors.append(exc)
         raise
+
+
+def caller_error(
+    resp: UpstreamResponse, raw: bytes, secrets: Iterable[str], *, unsafe: bool
+) -> GatewayError:
+    """The upstream's error answer, normalised, adjusted so the caller's SDK reacts correctly."""
+    exc = rewrite.normalise_error(
+        resp.status, rewrite.decode_body(raw, resp.header("content-encoding")), secrets=secrets
+    )
+    if resp.status == 401:
+        # Our key was refused. Passing 401 on would tell the caller *their* token is bad.
+        return GatewayError(
+            "The upstream refused the gateway's credentials; operators have been alerted.",
+            code="upstream_auth_failed",
+            status=502,
+            headers={"x-should-retry": "false"} if unsafe else None,
+        )
+    if resp.status == 429:
+        wait = resp.header("retry-after")
+        if wait and wait.isdigit():
+            exc.headers["retry-after"] = wait
+    elif resp.status >= 500 and unsafe:
+        # The upstream may have acted on it: the SDK must not send it again.
+        exc.headers["x-should-retry"] = "false"
+    return exc

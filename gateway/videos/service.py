@@ -1,0 +1,369 @@
+"""Video jobs: create, poll, list, delete, remix and download, isolated per team.
+
+Every id a caller names is checked against the registry before anything goes upstream; another
+team's id answers exactly like an unknown one. Each job is polled and downloaded with the
+upstream key that created it (an upstream job belongs to the account that made it).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.auth.principal import Principal
+from gateway.errors import GatewayError, InvalidRequest, NotFound, UpstreamError
+from gateway.settings import VideoSettings
+from gateway.upstream.client import (
+    UpstreamClient,
+    UpstreamRequest,
+    UpstreamResponse,
+    caller_error,
+)
+from gateway.videos import dialect
+from gateway.videos.create_request import Upload, parse_create
+from gateway.videos.registry import Job, JobRegistry, new_video_id
+from gateway.videos.url_policy import Resolver, check_image_url, system_resolver
+
+log = logging.getLogger("gateway.videos")
+
+_JSON = ((b"content-type", b"application/json"), (b"accept", b"application/json"))
+VARIANTS = ("video", "thumbnail", "spritesheet")
+UNSUPPORTED = ("edits", "extensions", "characters")
+
+
+def not_found() -> NotFound:
+    # One answer for "no such id" and "someone else's id": existence must not leak.
+    return NotFound("No video found with that id.", code="not_found", param="video_id")
+
+
+@dataclass(frozen=True)
+class Answer:
+    body: dict[str, Any]
+    headers: dict[str, str]
+
+
+class VideoService:
+    def __init__(
+        self,
+        client: UpstreamClient,
+        registry: JobRegistry,
+        settings: VideoSettings,
+        *,
+        teams: Mapping[str, Mapping[str, Any]],
+        secrets: Callable[[], Iterable[str]],
+        clock: Callable[[], float],
+        resolve: Resolver = system_resolver,
+    ) -> None:
+        self.client = client
+        self.registry = registry
+        self.settings = settings
+        self.teams = teams
+        self.secrets = secrets
+        self.clock = clock
+        self.resolve = resolve
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _force_private(self, team: str) -> bool:
+        conf = self.teams.get(team) or self.teams.get("default") or {}
+        value = conf.get("videos_private", self.settings.force_private)
+        return bool(value) if isinstance(value, bool) else self.settings.force_private
+
+    async def _call_json(self, req: UpstreamRequest) -> tuple[dict[str, Any], str]:
+        """The upstream's JSON answer and the id of the key that got it."""
+        resp = await self.client.send(req)
+        try:
+            raw = await resp.read(4 * 1024 * 1024)
+            if resp.status >= 400:
+                raise caller_error(resp, raw, self.secrets(), unsafe=req.method == "POST")
+            try:
+                doc = json.loads(raw)
+            except ValueError:
+                raise UpstreamError("The upstream answered something that is not JSON.") from None
+            resp.finish()
+            return (doc if isinstance(doc, dict) else {}), resp.key_id
+        finally:
+            resp.close()
+
+    def _answer(self, job: Job, base_url: str) -> Answer:
+        err = None
+        if job.status == "failed":
+            err = {
+                "code": job.error_code or "generation_failed",
+                "message": job.error_message or "The video generation failed.",
+            }
+        body = dialect.video_object(
+            video_id=job.id,
+            model=job.model,
+            status=dialect.normalise_status(job.status),
+            progress=job.progress,
+            created_at=job.created_at,
+            completed_at=job.completed_at,
+            expires_at=None,
+            prompt=job.prompt,
+            size=job.size,
+            seconds=job.seconds,
+            remixed_from=job.remixed_from,
+            error=err,
+            content_url=f"{base_url}/v1/videos/{job.id}/content",
+        )
+        headers = {}
+        if not job.finished:
+            headers["openai-poll-after-ms"] = str(self.settings.poll_after_ms)
+        return Answer(body, headers)
+
+    async def _apply(self, job: Job, up: dialect.UpstreamVideo) -> Job:
+        changes: dict[str, Any] = {"status": up.status, "progress": up.progress}
+        if up.status in ("completed", "failed") and job.completed_at is None:
+            changes["completed_at"] = int(self.clock())
+        if up.status == "failed":
+            changes["error_code"] = up.error_code or "generation_failed"
+            changes["error_message"] = up.error_message or "The video generation failed."
+        if any(getattr(job, k) != v for k, v in changes.items()):
+            job = await self.registry.update(job, **changes)
+        return job
+
+    # -- operations -------------------------------------------------------------------------
+
+    async def create(
+        self,
+        who: Principal,
+        fields: Mapping[str, Any],
+        *,
+        upload: Upload | None,
+        request_id: str,
+        base_url: str,
+        source: Job | None = None,
+    ) -> Answer:
+        req = parse_create(
+            fields,
+            self.settings,
+            force_private=self._force_private(who.team),
+            upload=upload,
+            source_model=source.model if source else None,
+        )
+        if req.image_url is not None:
+            await check_image_url(
+                req.image_url, allowed_hosts=self.settings.url_allowed_hosts, resolve=self.resolve
+            )
+        path = f"/v1/videos/{source.upstream_id}/remix" if source else "/v1/videos"
+        doc, key_id = await self._call_json(
+            UpstreamRequest(
+                method="POST",
+                path=path,
+                query="",
+                headers=_JSON,
+                body=json.dumps(req.body).encode(),
+                route="/v1/videos",
+                request_id=request_id,
+                key_id=source.key_id if source else None,
+            )
+        )
+        try:
+            up = dialect.parse_upstream(doc)
+        except ValueError:
+            raise UpstreamError(
+                "The upstream accepted the job but its answer could not be read.",
+                headers={"x-should-retry": "false"},
+            ) from None
+        if not up.id:
+            raise UpstreamError(
+                "The upstream's answer named no job.", headers={"x-should-retry": "false"}
+            )
+        now = self.clock()
+        job = Job(
+            id=new_video_id(),
+            team=who.team,
+            user=who.user,
+            upstream_id=up.id,
+            key_id=key_id,
+            model=req.model,
+            size=req.size,
+            seconds=req.seconds,
+            prompt=req.prompt,
+            created_at=int(now),
+            created_ms=int(now * 1000),
+            remixed_from=source.id if source else None,
+        )
+        job.status, job.progress = up.status, up.progress
+        await self.registry.add(job)
+        return self._answer(job, base_url)
+
+    async def retrieve(
+        self, who: Principal, video_id: str, *, request_id: str, base_url: str
+    ) -> Answer:
+        job = await self._owned(who, video_id)
+        return self._answer(await self.refresh(job, request_id=request_id), base_url)
+
+    async def refresh(self, job: Job, *, request_id: str) -> Job:
+        """Bring an unfinished job up to date: at most one upstream call per poll interval."""
+        if job.finished:
+            return job
+        if self.clock() * 1000 - job.created_ms > self.settings.deadline_seconds * 1000:
+            return await self.registry.update(
+                job,
+                status="failed",
+                completed_at=int(self.clock()),
+                error_code="timeout",
+                error_message="The video did not finish before the gateway's deadline.",
+            )
+        interval = int(self.settings.poll_interval_seconds * 1000)
+        if not await self.registry.claim_poll(job.id, interval):
+            return job
+        try:
+            doc, _ = await self._call_json(
+                UpstreamRequest(
+                    method="GET",
+                    path=f"/v1/videos/{job.upstream_id}",
+                    query="",
+                    headers=_JSON,
+                    body=None,
+                    route="/v1/videos/{id}",
+                    request_id=request_id,
+                    key_id=job.key_id,
+                )
+            )
+            return await self._apply(job, dialect.parse_upstream(doc))
+        except (GatewayError, ValueError) as exc:
+            # A failed poll is not a failed job: answer the last known state, try again later.
+            log.warning("status poll for %s failed: %s", job.id, type(exc).__name__)
+            return job
+
+    async def list(
+        self,
+        who: Principal,
+        *,
+        after: str | None,
+        limit: str | None,
+        order: str | None,
+        base_url: str,
+    ) -> Answer:
+        try:
+            n = int(limit) if limit is not None else 20
+        except ValueError:
+            raise InvalidRequest(
+                "limit must be an integer.", code="invalid_value", param="limit"
+            ) from None
+        if not 1 <= n <= 100:
+            raise InvalidRequest(
+                "limit must be between 1 and 100.", code="invalid_value", param="limit"
+            )
+        if order not in (None, "asc", "desc"):
+            raise InvalidRequest("order must be asc or desc.", code="invalid_value", param="order")
+        if after is not None and await self.registry.owned(after, who.team) is None:
+            raise not_found()
+        jobs, more = await self.registry.page(
+            who.team, after=after, limit=n, descending=order != "asc"
+        )
+        data = [self._answer(j, base_url).body for j in jobs]
+        return Answer(
+            {
+                "object": "list",
+                "data": data,
+                "first_id": data[0]["id"] if data else None,
+                "last_id": data[-1]["id"] if data else None,
+                "has_more": more,
+            },
+            {},
+        )
+
+    async def delete(self, who: Principal, video_id: str) -> Answer:
+        job = await self._owned(who, video_id)
+        await self.registry.delete(job)
+        return Answer({"id": job.id, "object": "video.deleted", "deleted": True}, {})
+
+    async def remix(
+        self,
+        who: Principal,
+        video_id: str,
+        fields: Mapping[str, Any],
+        *,
+        request_id: str,
+        base_url: str,
+    ) -> Answer:
+        source = await self._owned(who, video_id)
+        source = await self.refresh(source, request_id=request_id)
+        if source.status != "completed":
+            raise InvalidRequest(
+                "Only a completed video can be remixed.", code="video_not_ready", param="video_id"
+            )
+        allowed = {k: v for k, v in fields.items() if k == "prompt"}
+        if set(fields) - {"prompt"}:
+            extra = sorted(set(fields) - {"prompt"})[0]
+            raise InvalidRequest(
+                f"Unknown parameter: {extra}.", code="unknown_parameter", param=extra
+            )
+        return await self.create(
+            who,
+            {**allowed, "seconds": source.seconds, "size": source.size},
+            upload=None,
+            request_id=request_id,
+            base_url=base_url,
+            source=source,
+        )
+
+    async def open_content(
+        self,
+        who: Principal,
+        video_id: str,
+        *,
+        variant: str | None,
+        headers: tuple[tuple[bytes, bytes], ...],
+        request_id: str,
+    ) -> tuple[Job, UpstreamResponse]:
+        """The upstream's download response for an owned, completed job (caller must close)."""
+        job = await self._owned(who, video_id)
+        job = await self.refresh(job, request_id=request_id)
+        if variant is not None and variant not in VARIANTS:
+            raise InvalidRequest(
+                f"variant must be one of {', '.join(VARIANTS)}.",
+                code="invalid_value",
+                param="variant",
+            )
+        if job.status != "completed":
+            raise InvalidRequest(
+                "The video is not ready yet; poll it until it is completed.",
+                code="video_not_ready",
+                param="video_id",
+            )
+        wanted = tuple((k, v) for k, v in headers if k in (b"range", b"if-range"))
+        resp = await self.client.send(
+            UpstreamRequest(
+                method="GET",
+                path=f"/v1/videos/{job.upstream_id}/content",
+                query=f"variant={variant}" if variant else "",
+                headers=wanted,
+                body=None,
+                route="/v1/videos/{id}/content",
+                request_id=request_id,
+                key_id=job.key_id,
+            ),
+            follow_redirects=True,
+        )
+        if resp.status >= 400 and resp.status != 416:
+            raw = await resp.read(64 * 1024)
+            resp.close()
+            exc = caller_error(resp, raw, self.secrets(), unsafe=False)
+            if resp.status == 404 or exc.code == "variant_not_found":
+                raise NotFound(
+                    f"The {variant or 'video'} variant is not available.",
+                    code="variant_not_available",
+                    param="variant",
+                )
+            if exc.code in ("task_not_completed", "task_not_exist"):
+                raise InvalidRequest(
+                    "The video is not available upstream yet.",
+                    code="video_not_ready",
+                    param="video_id",
+                )
+            raise exc
+        return job, resp
+
+    async def _owned(self, who: Principal, video_id: str) -> Job:
+        job = await self.registry.owned(video_id, who.team)
+        if job is None:
+            raise not_found()
+        return job
