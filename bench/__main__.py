@@ -1,240 +1,296 @@
-"""`python -m bench`: gateway vs direct vs nginx on loopback, printed as a Markdown table.
+"""``python -m bench``: the gateway vs direct vs nginx on loopback, as a Markdown report.
 
-The gateway runs pinned to core 0; nginx, the load generator and the stream client share
-core 1, so the gateway's core measures the gateway alone. Numbers are medians of rounds.
+The gateway runs pinned to core 0; nginx, Redis, wrk, the SSE upstream and the stream client
+share core 1, so the gateway's core measures the gateway alone. Targets are interleaved within
+each round so that the machine's noise falls on all of them alike.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
+import contextlib
+import importlib.metadata
+import json
 import os
 import platform
-import secrets
-import statistics
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
+from collections.abc import Callable, Coroutine, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
-from bench import procs, streams, wrk
-from gateway.auth.tokens import mint_token
-from gateway.embedded_redis import RedisProcess, free_port
+from bench import gateway_proc, nginx, procs, report, streams, wrk
+from bench.procs import HarnessError
 
 GATEWAY_CORE, LOAD_CORE = 0, 1
+CONNECTIONS = (1, 32, 256)
+WARMUP_S = 2
+CHAT_PATH = "/v1/chat/completions"
 RESULTS = Path(__file__).parent / "results"
+INSTALL = "apt-get update && apt-get install -y nginx-light wrk"
 
 
-def machine() -> str:
+@dataclass(frozen=True)
+class Target:
+    name: str
+    url: str
+    script: Path
+    pid: int | None = None  # the proxy's pid, to account its CPU
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    p.add_argument("--quick", action="store_true", help="3 s rounds (one unless --rounds)")
+    p.add_argument("--duration", type=float, help="measured seconds per run (default 8)")
+    p.add_argument("--rounds", type=int, help="measured rounds per target (default 2)")
+    p.add_argument("--only", choices=["json", "stream"], help="run one part only")
+    p.add_argument("--streams", type=int, default=400, help="concurrent streams (default 400)")
+    args = p.parse_args(argv)
+    args.duration = max(1, round(args.duration or (3 if args.quick else 8)))
+    args.rounds = max(1, args.rounds or (1 if args.quick else 2))
+    args.sequential = 10 if args.quick else 20
+    return args
+
+
+def machine() -> list[str]:
     model = "unknown CPU"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            model = line.split(":", 1)[1].strip()
-            break
-    return f"{os.cpu_count()} cores, {model}, Python {platform.python_version()}"
-
-
-def json_rows(
-    tmp: Path,
-    targets: dict[str, tuple[str, str | None]],
-    conns: list[int],
-    secs: float,
-    rounds: int,
-) -> dict[tuple[str, int], wrk.WrkResult]:
-    out: dict[tuple[str, int], wrk.WrkResult] = {}
-    for c in conns:
-        for name, (url, token) in targets.items():
-            lua = wrk.script(tmp, token)
-            wrk.run(url, lua, c, 2, LOAD_CORE)  # warm-up
-            runs = [wrk.run(url, lua, c, secs, LOAD_CORE) for _ in range(rounds)]
-            out[(name, c)] = wrk.WrkResult(
-                rps=statistics.median(r.rps for r in runs),
-                p50_ms=statistics.median(r.p50_ms for r in runs),
-                p99_ms=statistics.median(r.p99_ms for r in runs),
-                errors=max(r.errors for r in runs),
-            )
-            r = out[(name, c)]
-            print(
-                f"  {name:8} c={c:<4} {r.rps:9.0f} req/s  p50 {r.p50_ms:7.2f} ms  "
-                f"p99 {r.p99_ms:8.2f} ms  errors {r.errors}",
-                file=sys.stderr,
-            )
-    return out
-
-
-def render_json(rows: dict[tuple[str, int], wrk.WrkResult], conns: list[int]) -> list[str]:
-    lines = [
-        "| connections | target | req/s | p50 ms | p99 ms | errors | req/s vs direct | vs nginx |",
-        "|---|---|---|---|---|---|---|---|",
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    versions = ", ".join(
+        f"{name} {importlib.metadata.version(name)}" for name in ("uvicorn", "starlette", "aiohttp")
+    )
+    nginx_v = subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr.strip()
+    nginx_v = nginx_v.removeprefix("nginx version: ")
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    return [
+        f"- Machine: {os.cpu_count()} cores (nproc), {model}; load average at start {load}",
+        f"- Python {platform.python_version()}; {versions}; {nginx_v}",
     ]
-    for c in conns:
-        d, n = rows[("direct", c)], rows[("nginx", c)]
-        for name in ("direct", "nginx", "gateway"):
-            r = rows[(name, c)]
-            lines.append(
-                f"| {c} | {name} | {r.rps:,.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.errors} "
-                f"| {r.rps / d.rps:.2f} | {r.rps / n.rps:.2f} |"
+
+
+def probe(url: str, token: str | None) -> None:
+    """One request before measuring: a benchmark of 401s or 502s would be worthless."""
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    body = wrk.CHAT_REQUEST.encode()
+    req = urllib.request.Request(url, data=body, headers=headers)  # noqa: S310 (loopback URL)
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:  # noqa: S310 (loopback URL)
+            answer = json.loads(resp.read())
+    except (OSError, ValueError) as exc:
+        raise HarnessError(f"probe {url}: {exc}") from exc
+    if answer.get("object") != "chat.completion":
+        raise HarnessError(f"probe {url}: unexpected answer {answer!r}")
+
+
+def bench_json(targets: list[Target], duration: int, rounds: int) -> report.Rows:
+    rows: report.Rows = {}
+    for c in CONNECTIONS:
+        runs: dict[str, list[wrk.WrkResult]] = {t.name: [] for t in targets}
+        cpu: dict[str, list[float]] = {t.name: [] for t in targets}
+        for _ in range(rounds):
+            for t in targets:
+                wrk.run(t.url, t.script, c, WARMUP_S, LOAD_CORE)
+                before = procs.cpu_seconds(t.pid) if t.pid else 0.0
+                r = wrk.run(t.url, t.script, c, duration, LOAD_CORE)
+                if t.pid:
+                    cpu[t.name].append(procs.cpu_seconds(t.pid) - before)
+                runs[t.name].append(r)
+                log(
+                    f"  c={c:<3} {t.name:8} {r.rps:9,.0f} req/s  p50 {r.p50_ms:7.2f} ms  "
+                    f"p99 {r.p99_ms:8.2f} ms  errors {r.errors} (timeouts {r.timeouts})"
+                )
+        for t in targets:
+            rows[(t.name, c)] = report.Row.of(t.name, c, runs[t.name], cpu[t.name])
+    return rows
+
+
+def counted_requests(metrics_url: str) -> int:
+    """Requests the gateway's own metrics counted for the bench team (metrics are on)."""
+    with urllib.request.urlopen(metrics_url, timeout=10) as resp:  # noqa: S310 (loopback URL)
+        text = resp.read().decode()
+    return sum(
+        int(float(line.rsplit(" ", 1)[1]))
+        for line in text.splitlines()
+        if line.startswith("gateway_requests_total{") and 'team="bench"' in line
+    )
+
+
+def run_async(coro: Coroutine[Any, Any, streams.StreamStats]) -> streams.StreamStats:
+    import uvloop
+
+    # The client shares core 1 with the upstream: uvloop keeps its own cost out of the gaps.
+    return uvloop.run(coro)
+
+
+def run(args: argparse.Namespace, out: list[str]) -> None:
+    from gateway.auth.tokens import mint_token
+    from gateway.embedded_redis import RedisProcess
+
+    creds = gateway_proc.Secrets()
+    token = mint_token(creds.jwt, team="bench", user="bench", ttl_seconds=3600)
+    goals: list[report.Goal] = []
+    with contextlib.ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="gw-bench-")))
+        # Started while this process is pinned to core 1, so Redis runs there too.
+        redis = RedisProcess()
+        stack.callback(redis.stop)
+        redis.start()
+        env = creds.env(redis.url)
+
+        if args.only in (None, "json"):
+            up, px = procs.free_port(), procs.free_port()
+            stack.callback(procs.stop, nginx.start(tmp, up, px, LOAD_CORE))
+            with contextlib.ExitStack() as gw_stack:
+                gw = gateway_proc.start(tmp, "gw-json", f"http://127.0.0.1:{up}", GATEWAY_CORE, env)
+                gw_stack.callback(procs.stop, gw.proc)
+                plain = wrk.write_script(tmp / "post.lua", None)
+                targets = [
+                    Target("direct", f"http://127.0.0.1:{up}{CHAT_PATH}", plain),
+                    Target("nginx", f"http://127.0.0.1:{px}{CHAT_PATH}", plain),
+                    Target(
+                        "gateway",
+                        gw.url(CHAT_PATH),
+                        wrk.write_script(tmp / "post-auth.lua", token),
+                        gw.pid,
+                    ),
+                ]
+                for t in targets:
+                    probe(t.url, token if t.name == "gateway" else None)
+                rss0 = procs.rss_mib(gw.pid)
+                log(f"JSON: POST {CHAT_PATH}, {len(nginx.chat_completion())}-byte answer")
+                rows = bench_json(targets, args.duration, args.rounds)
+                counted = counted_requests(gw.url("/metrics"))
+                rss1 = procs.rss_mib(gw.pid)
+            out += [
+                "## Small JSON requests",
+                "",
+                f"POST {CHAT_PATH} with a bearer token (the gateway verifies it and records "
+                f"metrics), {len(nginx.chat_completion())}-byte answer; wrk -t1 pinned to core "
+                f"{LOAD_CORE}, --timeout 2s; {WARMUP_S} s warm-up before every run. req/s, p50 "
+                "and p99 are medians of rounds, errors are summed over rounds. Proxy CPU is the "
+                f"gateway process's CPU time while measured (its core: {GATEWAY_CORE}).",
+                "",
+                *report.json_table(rows, list(CONNECTIONS)),
+                "",
+                f"Gateway RSS {rss0:.0f} → {rss1:.0f} MiB over the JSON runs; its /metrics "
+                f"counted {counted:,} requests for team bench.",
+                "",
+            ]
+            goals += report.json_goals(rows)
+
+        if args.only in (None, "stream"):
+            sse_port = procs.free_port()
+            sse = procs.spawn(
+                [sys.executable, "-m", "bench.sse_upstream", str(sse_port)],
+                LOAD_CORE,
+                log=tmp / "sse.log",
             )
-    return lines
+            stack.callback(procs.stop, sse)
+            procs.wait_port(sse_port, sse)
+            gw = gateway_proc.start(
+                tmp, "gw-sse", f"http://127.0.0.1:{sse_port}", GATEWAY_CORE, env
+            )
+            stack.callback(procs.stop, gw.proc)
+            n, seq = args.streams, args.sequential
+            log(f"Streams: 64 events 20 ms apart; {seq} single streams, then {n} concurrent")
+            direct_url = f"http://127.0.0.1:{sse_port}{CHAT_PATH}"
+            direct = run_async(streams.measure(direct_url, None, n, seq))
+            log(
+                f"  direct  first event {direct.first_event_ms:.2f} ms, gap p99 "
+                f"{direct.gap_p99_ms:.1f} ms, {direct.completed}/{n} complete"
+            )
+            via = run_async(streams.measure(gw.url(CHAT_PATH), token, n, seq))
+            log(
+                f"  gateway first event {via.first_event_ms:.2f} ms, gap p99 "
+                f"{via.gap_p99_ms:.1f} ms, {via.completed}/{n} complete"
+            )
+            out += [
+                "## Streamed chat",
+                "",
+                "Upstream: bench/sse_upstream.py (uvloop, core 1), 64 events 20 ms apart then "
+                f"[DONE]. Client: aiohttp on uvloop, core {LOAD_CORE}. First event: median of "
+                f"{seq} sequential streams on a warm connection.",
+                "",
+                *report.stream_table(direct, via),
+                "",
+            ]
+            goals += report.stream_goals(direct, via)
+
+    out += [
+        "## Goals (authentication and metrics on, one worker)",
+        "",
+        *report.goals_table(goals),
+    ]
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM unwinds like Ctrl-C, so every ``finally`` stops what it started."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous: Callable[[int, FrameType | None], Any] | int | None = signal.signal(
+        signal.SIGTERM, handler
+    )
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench")
-    parser.add_argument("--quick", action="store_true", help="3 s rounds, one round")
-    parser.add_argument("--duration", type=float, default=8.0)
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--only", choices=["json", "stream"])
-    parser.add_argument("--streams", type=int, default=400)
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.duration, args.rounds = 3.0, 1
-    missing = procs.require_tools()
+    args = parse_args(argv)
+    missing = [t for t in ("nginx", "wrk", "taskset") if shutil.which(t) is None]
     if missing:
-        print(
-            f"bench: missing {', '.join(missing)}; install with:\n"
-            "  sudo apt-get update && sudo apt-get install -y nginx-light wrk util-linux",
-            file=sys.stderr,
-        )
+        log(f"bench: {' and '.join(missing)} not found; install with:\n  {INSTALL}")
+        return 2
+    if os.cpu_count() is None or (os.cpu_count() or 0) < 2:
+        log("bench: needs 2 cores (the gateway on one, the load on the other)")
         return 2
     os.sched_setaffinity(0, {LOAD_CORE})
-    secret = secrets.token_urlsafe(48)
-    token = mint_token(secret, team="bench", user="bench", ttl_seconds=3600)
-    started: list[subprocess.Popen[bytes]] = []
-    redis = RedisProcess(extra_args=()).start()
+    command = " ".join(["python -m bench", *(sys.argv[1:] if argv is None else argv)])
+    started = time.monotonic()
     lines = [
-        f"Machine: {machine()}",
-        f"Command: make bench ARGS='{' '.join(argv or sys.argv[1:])}'",
-        f"Rounds: {args.rounds} x {args.duration:g} s after a 2 s warm-up (medians)",
+        "# Gateway benchmark",
+        "",
+        *machine(),
+        f"- Command: `{command}`",
+        f"- Runs: {args.rounds} round(s) of {args.duration} s per target and connection count",
         "",
     ]
-    goals: list[str] = []
     try:
-        with tempfile.TemporaryDirectory(prefix="gw-bench-") as d:
-            tmp = Path(d)
-            env = {
-                "REDIS_URL": redis.url,
-                "GATEWAY_JWT_SECRET": secret,
-                "BENCH_UPSTREAM_KEY": "sk-bench-" + secrets.token_hex(8),
-            }
-            up, px, gw = free_port(), free_port(), free_port()
-            started.append(procs.start_nginx(tmp, up, px, LOAD_CORE))
-            if args.only in (None, "json"):
-                started.append(
-                    procs.start_gateway(tmp, "gw", f"http://127.0.0.1:{up}", gw, GATEWAY_CORE, env)
-                )
-                path = "/v1/chat/completions"
-                targets = {
-                    "direct": (f"http://127.0.0.1:{up}{path}", None),
-                    "nginx": (f"http://127.0.0.1:{px}{path}", None),
-                    "gateway": (f"http://127.0.0.1:{gw}{path}", token),
-                }
-                conns = [1, 32, 256]
-                print(
-                    "JSON requests (POST /v1/chat/completions, 534-byte answer):", file=sys.stderr
-                )
-                rows = json_rows(tmp, targets, conns, args.duration, args.rounds)
-                lines += ["### Small JSON requests", "", *render_json(rows, conns), ""]
-                g32, g256 = rows[("gateway", 32)], rows[("gateway", 256)]
-                added = rows[("gateway", 1)].p50_ms - rows[("direct", 1)].p50_ms
-                goals += [
-                    _goal(">= 3,000 req/s at 32 connections", f"{g32.rps:,.0f}", g32.rps >= 3000),
-                    _goal("added p50 <= 0.5 ms at 1 connection", f"{added:.2f} ms", added <= 0.5),
-                    _goal("256 connections: 0 errors", str(g256.errors), g256.errors == 0),
-                    _goal(
-                        "256 connections: p99 <= 250 ms",
-                        f"{g256.p99_ms:.0f} ms",
-                        g256.p99_ms <= 250,
-                    ),
-                ]
-                procs.stop(started.pop())
-            if args.only in (None, "stream"):
-                sse = free_port()
-                started.append(
-                    subprocess.Popen(
-                        [
-                            "taskset",
-                            "-c",
-                            str(LOAD_CORE),
-                            sys.executable,
-                            "-m",
-                            "bench.sse_upstream",
-                            str(sse),
-                        ]
-                    )
-                )
-                gws = free_port()
-                _wait_port(sse)
-                started.append(
-                    procs.start_gateway(
-                        tmp, "gw-sse", f"http://127.0.0.1:{sse}", gws, GATEWAY_CORE, env
-                    )
-                )
-                path = "/v1/chat/completions"
-                print(
-                    f"Streams (64 events 20 ms apart; {args.streams} concurrent):", file=sys.stderr
-                )
-                direct = asyncio.run(
-                    streams.measure(f"http://127.0.0.1:{sse}{path}", None, args.streams)
-                )
-                via = asyncio.run(
-                    streams.measure(f"http://127.0.0.1:{gws}{path}", token, args.streams)
-                )
-                lines += [
-                    "### Streamed chat",
-                    "",
-                    "| target | time to first event (1 stream, median) | streams completed "
-                    "| gap p50 ms | gap p99 ms |",
-                    "|---|---|---|---|---|",
-                ]
-                for name, s in (("direct", direct), ("gateway", via)):
-                    lines.append(
-                        f"| {name} | {s.ttfe_ms:.2f} ms | {s.completed}/{s.started} "
-                        f"| {s.gap_p50_ms:.1f} | {s.gap_p99_ms:.1f} |"
-                    )
-                lines.append("")
-                added_first = via.ttfe_ms - direct.ttfe_ms
-                growth = via.gap_p99_ms - direct.gap_p99_ms
-                goals += [
-                    _goal(
-                        "stream: added time to first event <= 2 ms",
-                        f"{added_first:.2f} ms",
-                        added_first <= 2,
-                    ),
-                    _goal(
-                        f"{args.streams} streams all complete",
-                        f"{via.completed}/{via.started}",
-                        via.completed == via.started,
-                    ),
-                    _goal("p99 gap growth <= 15 ms", f"{growth:.1f} ms", growth <= 15),
-                ]
-    finally:
-        for p in reversed(started):
-            procs.stop(p)
-        redis.stop()
-    lines += ["### Goals", "", "| goal | measured | result |", "|---|---|---|", *goals]
-    text = "\n".join(lines)
-    print(text)
+        with sigterm_as_interrupt():
+            run(args, lines)
+    except KeyboardInterrupt:
+        log("bench: interrupted; every process it started has been stopped")
+        return 130
+    except HarnessError as exc:
+        log(f"bench: {exc}")
+        return 1
+    lines += ["", f"Took {time.monotonic() - started:.0f} s."]
+    text = "\n".join(lines) + "\n"
+    print(text, end="")
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "latest.md").write_text(text + "\n")
+    (RESULTS / "latest.md").write_text(text)
+    log(f"written to {RESULTS / 'latest.md'}")
     return 0
-
-
-def _goal(name: str, value: str, ok: bool) -> str:
-    return f"| {name} | {value} | {'PASS' if ok else 'FAIL'} |"
-
-
-def _wait_port(port: int, timeout: float = 10) -> None:
-    import socket
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"port {port} did not open")
 
 
 if __name__ == "__main__":

@@ -1,158 +1,121 @@
-"""The processes a benchmark runs: nginx (fast upstream and reference proxy) and the gateway."""
+"""Child processes of a benchmark run: start pinned, wait until they answer, always stop."""
 
 from __future__ import annotations
 
-import json
+import ctypes
 import os
-import shutil
+import signal
+import socket
 import subprocess
-import sys
 import time
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
+from typing import IO
 
-CHAT_COMPLETION = {
-    "id": "chatcmpl-bench0000000000000000000000",
-    "object": "chat.completion",
-    "created": 1700000000,
-    "model": "gpt-4o-mini-2024-07-18",
-    "choices": [
-        {
-            "index": 0,
-            "message": {
-                "role": "assistant",
-                "content": "Hello! A canned answer from the benchmark upstream, padded.",
-                "refusal": None,
-            },
-            "logprobs": None,
-            "finish_reason": "stop",
-        }
-    ],
-    "usage": {"prompt_tokens": 9, "completion_tokens": 12, "total_tokens": 21},
-    "system_fingerprint": "fp_bench",
-}
-# Padded to 534 bytes, the size perf.md's figures were measured with.
-CHAT_COMPLETION["service_tier"] = "x" * (
-    534 - 18 - len(json.dumps(CHAT_COMPLETION, separators=(",", ":")))
-)
+_PR_SET_PDEATHSIG = 1
 
 
-def require_tools() -> list[str]:
-    return [t for t in ("nginx", "wrk", "taskset") if shutil.which(t) is None]
+class HarnessError(RuntimeError):
+    """The harness itself failed (as opposed to a goal being missed)."""
 
 
-def wait_http(url: str, proc: subprocess.Popen[bytes] | None, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=1):  # noqa: S310 (loopback)
-                return
-        except OSError:
-            if proc is not None and proc.poll() is not None:
-                raise RuntimeError(f"process for {url} exited with {proc.returncode}") from None
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{url} did not come up") from None
-            time.sleep(0.05)
+def _die_with_parent() -> None:
+    # Even a SIGKILLed harness must not leave nginx or a gateway holding a core.
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def start_nginx(
-    tmp: Path, upstream_port: int, proxy_port: int, core: int
+def spawn(
+    argv: Sequence[str],
+    core: int,
+    *,
+    env: dict[str, str] | None = None,
+    log: Path | None = None,
 ) -> subprocess.Popen[bytes]:
-    """nginx with one worker: a static upstream and a reference proxy in front of it."""
-    (tmp / "files").mkdir(exist_ok=True)
-    for d in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
-        (tmp / d).mkdir(exist_ok=True)
-    chat = json.dumps(CHAT_COMPLETION, separators=(",", ":"))
-    models = json.dumps({"object": "list", "data": [{"id": "gpt-4o-mini", "object": "model"}]})
-    conf = f"""
-worker_processes 1;
-daemon off;
-pid {tmp}/nginx.pid;
-error_log {tmp}/error.log warn;
-events {{ worker_connections 8192; }}
-http {{
-  access_log off;
-  client_body_temp_path {tmp}/body; proxy_temp_path {tmp}/proxy;
-  fastcgi_temp_path {tmp}/fastcgi; uwsgi_temp_path {tmp}/uwsgi; scgi_temp_path {tmp}/scgi;
-  keepalive_requests 1000000;
-  upstream up {{ server 127.0.0.1:{upstream_port}; keepalive 64; }}
-  server {{
-    listen 127.0.0.1:{upstream_port};
-    location = /v1/chat/completions {{ default_type application/json; return 200 '{chat}'; }}
-    location = /v1/models {{ default_type application/json; return 200 '{models}'; }}
-    location /files/ {{ root {tmp}; sendfile on; }}
-  }}
-  server {{
-    listen 127.0.0.1:{proxy_port};
-    location / {{
-      proxy_pass http://up;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_buffering off;
-    }}
-  }}
-}}
-"""
-    (tmp / "nginx.conf").write_text(conf)
-    proc = subprocess.Popen(
-        ["taskset", "-c", str(core), "nginx", "-p", str(tmp), "-c", str(tmp / "nginx.conf")],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    wait_http(f"http://127.0.0.1:{upstream_port}/v1/models", proc)
-    return proc
+    """Start ``argv`` pinned to ``core``, in its own session so Ctrl-C reaches only the harness
+    (which then stops children in order instead of racing them)."""
+    out: IO[bytes] | int = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115 (below)
+    try:
+        return subprocess.Popen(
+            ["taskset", "-c", str(core), *argv],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
+            # preexec_fn is unsafe with threads; the harness has none while it spawns.
+            preexec_fn=_die_with_parent,
+        )
+    finally:
+        if not isinstance(out, int):
+            out.close()  # the child holds its own descriptor
 
 
-def start_gateway(
-    tmp: Path, name: str, upstream: str, port: int, core: int, env: dict[str, str]
-) -> subprocess.Popen[bytes]:
-    cfg = tmp / f"{name}.yaml"
-    cfg.write_text(
-        f"""
-upstream: {{base_url: "{upstream}", keys: [{{id: bench, secret: "${{BENCH_UPSTREAM_KEY}}"}}],
-           max_connections: 1024}}
-redis: {{url: "${{REDIS_URL}}"}}
-auth: {{hs256_secrets: ["${{GATEWAY_JWT_SECRET}}"], algorithms: [HS256]}}
-server: {{host: 127.0.0.1, port: {port}}}
-teams: {{default: {{}}, bench: {{}}}}
-"""
-    )
-    bin_dir = Path(sys.executable).parent
-    proc = subprocess.Popen(
-        [
-            "taskset",
-            "-c",
-            str(core),
-            str(bin_dir / "gateway"),
-            "serve",
-            "--config",
-            str(cfg),
-            "--workers",
-            "1",
-            "--log-level",
-            "warning",
-        ],
-        env={**os.environ, **env},
-        stdout=subprocess.DEVNULL,
-        stderr=open(tmp / f"{name}.log", "wb"),  # noqa: SIM115 (closed with the process)
-    )
-    wait_http(f"http://127.0.0.1:{port}/healthz", proc)
-    return proc
-
-
-def stop(proc: subprocess.Popen[bytes] | None) -> None:
+def stop(proc: subprocess.Popen[bytes] | None, timeout: float = 15) -> None:
     if proc is None or proc.poll() is not None:
         return
     proc.terminate()
     try:
-        proc.wait(timeout=15)
+        proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
 
 
-def rss_kib(pid: int) -> int:
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, proc: subprocess.Popen[bytes], log: Path | None, timeout: float) -> None:
+    """Poll ``url`` until it answers 2xx; fail early (with the log's tail) if ``proc`` exits."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=1):  # noqa: S310 (loopback URL we built)
+                return
+        except OSError:
+            pass
+        if proc.poll() is not None:
+            raise HarnessError(f"{url}: process exited with {proc.returncode}{_tail(log)}")
+        if time.monotonic() > deadline:
+            raise HarnessError(f"{url} did not answer within {timeout:g} s{_tail(log)}")
+        time.sleep(0.05)
+
+
+def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            pass
+        if proc.poll() is not None:
+            raise HarnessError(f"port {port}: process exited with {proc.returncode}")
+        if time.monotonic() > deadline:
+            raise HarnessError(f"port {port} did not open within {timeout:g} s")
+        time.sleep(0.05)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    # utime and stime are fields 14 and 15 of stat(5); index 0 here is field 3.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _tail(log: Path | None, lines: int = 15) -> str:
+    if log is None or not log.exists():
+        return ""
+    text = log.read_text(errors="replace").splitlines()[-lines:]
+    return "\n  " + "\n  ".join(text) if text else ""

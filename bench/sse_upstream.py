@@ -1,8 +1,12 @@
-"""A fast stand-in for a streaming chat upstream: every answer is 64 SSE events, 20 ms apart.
+"""A tiny, fast streaming-chat upstream: each request gets 64 SSE events 20 ms apart, then
+``data: [DONE]``, chunked, on a keep-alive connection.
 
-One ticker writes the next event to every open stream, so 400 concurrent streams cost one timer,
-not 400 (the upstream must not be what the benchmark measures).
-Run: python -m bench.sse_upstream PORT
+Raw ``asyncio.Protocol`` on uvloop so that 400 concurrent streams cost the upstream little: it
+shares a core with the load generator and must not be what the benchmark measures. Events are
+scheduled at absolute times from each stream's start, so the gaps it sends are exactly 20 ms
+and any growth seen by the client comes from the path in between.
+
+Run: ``python -m bench.sse_upstream PORT``
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ _HEAD = (
     b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
     b"Transfer-Encoding: chunked\r\n\r\n"
 )
+_NOT_FOUND = b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"
 
 
 def _chunk(data: bytes) -> bytes:
@@ -31,72 +36,83 @@ def _event(i: int) -> bytes:
         "model": "gpt-4o-mini",
         "choices": [{"index": 0, "delta": {"content": f"tok{i} "}, "finish_reason": None}],
     }
-    return _chunk(b"data: " + json.dumps(body).encode() + b"\n\n")
+    return _chunk(b"data: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n")
 
 
-EVENT_BYTES = [_event(i) for i in range(EVENTS)]
+EVENT_BYTES = tuple(_event(i) for i in range(EVENTS))
 DONE = _chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n"
 
 
-class Stream(asyncio.Protocol):
-    active: set[Stream] = set()
-
+class StreamProtocol(asyncio.Protocol):
     def __init__(self) -> None:
         self.buf = b""
-        self.sent = -1  # -1: no request in progress
+        self.streaming = False
         self.transport: asyncio.WriteTransport | None = None
+        self.timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports are not asyncio.Transport subclasses, only duck-typed ones
+        # uvloop's transports only duck-type asyncio.WriteTransport
         self.transport = transport  # type: ignore[assignment]
 
     def connection_lost(self, exc: Exception | None) -> None:
-        Stream.active.discard(self)
+        if self.timer is not None:
+            self.timer.cancel()
+        self.transport = None
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
-        self._maybe_start()
+        self._next_request()
 
-    def _maybe_start(self) -> None:
-        if self.sent >= 0 or b"\r\n\r\n" not in self.buf:
+    def _next_request(self) -> None:
+        if self.streaming or self.transport is None or b"\r\n\r\n" not in self.buf:
             return
         head, _, rest = self.buf.partition(b"\r\n\r\n")
+        request_line, *header_lines = head.split(b"\r\n")
         length = 0
-        for line in head.split(b"\r\n")[1:]:
-            k, _, v = line.partition(b":")
-            if k.strip().lower() == b"content-length":
-                length = int(v)
+        for line in header_lines:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
         if len(rest) < length:
             return
         self.buf = rest[length:]
-        assert self.transport is not None
+        if not request_line.startswith(b"POST /v1/chat/completions "):
+            self.transport.write(_NOT_FOUND)
+            self._next_request()
+            return
+        self.streaming = True
         self.transport.write(_HEAD + EVENT_BYTES[0])
-        self.sent = 1
-        Stream.active.add(self)
+        loop = asyncio.get_running_loop()
+        self._schedule(loop, loop.time(), 1)
 
-    def tick(self) -> None:
-        assert self.transport is not None
-        if self.sent < EVENTS:
-            self.transport.write(EVENT_BYTES[self.sent])
-            self.sent += 1
+    def _schedule(self, loop: asyncio.AbstractEventLoop, start: float, i: int) -> None:
+        self.timer = loop.call_at(start + i * INTERVAL, self._tick, loop, start, i)
+
+    def _tick(self, loop: asyncio.AbstractEventLoop, start: float, i: int) -> None:
+        if self.transport is None:
+            return
+        if i < EVENTS:
+            self.transport.write(EVENT_BYTES[i])
+            self._schedule(loop, start, i + 1)
             return
         self.transport.write(DONE)
-        self.sent = -1
-        Stream.active.discard(self)
-        self._maybe_start()
+        self.timer = None
+        self.streaming = False
+        self._next_request()
 
 
-async def main(port: int) -> None:
+async def serve(port: int) -> None:
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(Stream, "127.0.0.1", port, backlog=4096)
+    server = await loop.create_server(StreamProtocol, "127.0.0.1", port, backlog=4096)
     async with server:
-        while True:
-            await asyncio.sleep(INTERVAL)
-            for s in list(Stream.active):
-                s.tick()
+        await server.serve_forever()
+
+
+def main() -> None:
+    import uvloop
+
+    uvloop.run(serve(int(sys.argv[1])))
 
 
 if __name__ == "__main__":
-    import uvloop
-
-    uvloop.run(main(int(sys.argv[1])))
+    main()

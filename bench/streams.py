@@ -1,4 +1,5 @@
-"""Streamed-chat measurements: time to the first event, and gaps between events under load."""
+"""Streamed-chat measurements with an aiohttp client: time to the first event for one stream,
+and the gaps between events with many concurrent streams."""
 
 from __future__ import annotations
 
@@ -6,74 +7,98 @@ import asyncio
 import itertools
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import aiohttp
+
+from bench.procs import HarnessError
+from bench.sse_upstream import EVENTS
 
 BODY = {"model": "gpt-4o-mini", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
 
 
+@dataclass
+class StreamResult:
+    first_event_s: float = float("nan")
+    gaps_s: list[float] = field(default_factory=list)
+    events: int = 0
+    done: bool = False
+    error: str = ""
+
+    @property
+    def complete(self) -> bool:
+        return self.done and self.events == EVENTS
+
+
 @dataclass(frozen=True)
 class StreamStats:
-    ttfe_ms: float  # median time to the first event, single stream
+    first_event_ms: float  # median over sequential single streams
+    first_event_spread_ms: tuple[float, float]
+    single_gap_p99_ms: float  # gaps seen by one stream alone: the baseline
+    concurrent: int
     completed: int
-    started: int
+    errors: tuple[str, ...]
     gap_p50_ms: float
     gap_p99_ms: float
+    gap_max_ms: float
 
 
-async def _one(
+async def one_stream(
     session: aiohttp.ClientSession, url: str, headers: dict[str, str]
-) -> tuple[float, list[float], bool]:
-    t0 = time.perf_counter()
-    first = 0.0
+) -> StreamResult:
+    out = StreamResult()
     stamps: list[float] = []
-    done = False
-    async with session.post(url, json=BODY, headers=headers) as resp:
-        async for line in resp.content:
-            if not line.startswith(b"data:"):
-                continue
-            now = time.perf_counter()
-            if line.startswith(b"data: [DONE]"):
-                done = True
-                break
-            if not stamps:
-                first = now - t0
-            stamps.append(now)
-    gaps = [b - a for a, b in itertools.pairwise(stamps)]
-    return first, gaps, done
+    t0 = time.perf_counter()
+    try:
+        async with session.post(url, json=BODY, headers=headers) as resp:
+            if resp.status != 200:
+                out.error = f"HTTP {resp.status}"
+                return out
+            async for line in resp.content:
+                if not line.startswith(b"data:"):
+                    continue
+                now = time.perf_counter()
+                if line.startswith(b"data: [DONE]"):
+                    out.done = True
+                    break
+                stamps.append(now)
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        out.error = type(exc).__name__
+    out.events = len(stamps)
+    if stamps:
+        out.first_event_s = stamps[0] - t0
+    out.gaps_s = [b - a for a, b in itertools.pairwise(stamps)]
+    return out
 
 
-def _pct(values: list[float], q: float) -> float:
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (``q`` in 0..1); NaN for no values."""
     if not values:
         return float("nan")
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+    return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
 
 
-async def measure(
-    url: str, token: str | None, concurrent: int, sequential: int = 20
-) -> StreamStats:
+async def measure(url: str, token: str | None, concurrent: int, sequential: int) -> StreamStats:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    conn = aiohttp.TCPConnector(limit=0)
-    timeout = aiohttp.ClientTimeout(total=120)
-    async with aiohttp.ClientSession(connector=conn, timeout=timeout) as session:
-        await _one(session, url, headers)  # warm the connection pools
-        firsts = [(await _one(session, url, headers))[0] for _ in range(sequential)]
-        results = await asyncio.gather(
-            *(_one(session, url, headers) for _ in range(concurrent)), return_exceptions=True
-        )
-    gaps: list[float] = []
-    completed = 0
-    for r in results:
-        if isinstance(r, BaseException):
-            continue
-        gaps.extend(r[1])
-        completed += r[2]
+    connector = aiohttp.TCPConnector(limit=0)
+    timeout = aiohttp.ClientTimeout(total=120, sock_connect=10)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        warm = await one_stream(session, url, headers)  # opens the pooled connections
+        if not warm.complete:
+            raise HarnessError(f"{url}: a single stream did not complete ({warm.error})")
+        singles = [await one_stream(session, url, headers) for _ in range(sequential)]
+        many = await asyncio.gather(*(one_stream(session, url, headers) for _ in range(concurrent)))
+    firsts = [s.first_event_s * 1000 for s in singles if s.complete]
+    gaps = [g * 1000 for s in many for g in s.gaps_s]
     return StreamStats(
-        ttfe_ms=statistics.median(firsts) * 1000,
-        completed=completed,
-        started=concurrent,
-        gap_p50_ms=_pct(gaps, 0.5) * 1000,
-        gap_p99_ms=_pct(gaps, 0.99) * 1000,
+        first_event_ms=statistics.median(firsts) if firsts else float("nan"),
+        first_event_spread_ms=(min(firsts), max(firsts)) if firsts else (0.0, 0.0),
+        single_gap_p99_ms=percentile([g * 1000 for s in singles for g in s.gaps_s], 0.99),
+        concurrent=concurrent,
+        completed=sum(s.complete for s in many),
+        errors=tuple(sorted({s.error for s in many if s.error})),
+        gap_p50_ms=percentile(gaps, 0.50),
+        gap_p99_ms=percentile(gaps, 0.99),
+        gap_max_ms=max(gaps, default=float("nan")),
     )

@@ -1,0 +1,71 @@
+"""The gateway under test: one worker, pinned, configured by a temp YAML with secrets in env."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench import procs
+
+# Placeholders, expanded by the gateway from the environment: no secret is written to disk.
+_CONFIG = """\
+upstream: {{base_url: "{upstream}", keys: [{{id: bench, secret: "${{BENCH_UPSTREAM_KEY}}"}}]}}
+redis: {{url: "${{REDIS_URL}}"}}
+auth: {{hs256_secrets: ["${{GATEWAY_JWT_SECRET}}"], algorithms: [HS256]}}
+server: {{host: 127.0.0.1, port: {port}}}
+teams: {{default: {{}}, bench: {{}}}}
+"""
+
+
+@dataclass(frozen=True)
+class Secrets:
+    jwt: str = field(default_factory=lambda: secrets.token_urlsafe(48))
+    upstream_key: str = field(default_factory=lambda: "sk-bench-" + secrets.token_urlsafe(24))
+
+    def env(self, redis_url: str) -> dict[str, str]:
+        return {
+            "REDIS_URL": redis_url,
+            "GATEWAY_JWT_SECRET": self.jwt,
+            "BENCH_UPSTREAM_KEY": self.upstream_key,
+        }
+
+
+@dataclass
+class Gateway:
+    proc: subprocess.Popen[bytes]
+    port: int
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        # taskset execs the gateway, and one uvicorn worker serves in-process: same pid.
+        return self.proc.pid
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+
+def gateway_command() -> str:
+    return str(Path(sys.executable).parent / "gateway")
+
+
+def start(
+    tmp: Path, name: str, upstream: str, core: int, env: dict[str, str], timeout: float = 30
+) -> Gateway:
+    port = procs.free_port()
+    cfg = tmp / f"{name}.yaml"
+    cfg.write_text(_CONFIG.format(upstream=upstream, port=port))
+    log = tmp / f"{name}.log"
+    argv = [gateway_command(), "serve", "--config", str(cfg), "--port", str(port)]
+    argv += ["--workers", "1", "--log-level", "warning"]
+    proc = procs.spawn(argv, core, env={**os.environ, **env}, log=log)
+    try:
+        procs.wait_http(f"http://127.0.0.1:{port}/healthz", proc, log, timeout)
+    except BaseException:
+        procs.stop(proc)
+        raise
+    return Gateway(proc, port, log)

@@ -1,0 +1,149 @@
+"""Summaries of the runs and the Markdown report (tables, ratios, goals)."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+
+from bench.streams import StreamStats
+from bench.wrk import WrkResult
+
+TARGETS = ("direct", "nginx", "gateway")
+
+
+@dataclass(frozen=True)
+class Row:
+    """One target at one connection count, summarised over the measured rounds."""
+
+    target: str
+    connections: int
+    rps: float  # median of rounds
+    rps_min: float
+    rps_max: float
+    p50_ms: float  # median of rounds
+    p99_ms: float
+    errors: int  # socket errors + non-2xx, summed over rounds
+    timeouts: int
+    cpu_busy: float | None = None  # share of its core the proxy used (gateway only)
+    cpu_us_per_req: float | None = None
+
+    @classmethod
+    def of(
+        cls, target: str, connections: int, runs: list[WrkResult], cpu: list[float] | None
+    ) -> Row:
+        busy = per_req = None
+        if cpu:
+            busy = statistics.median(c / r.seconds for c, r in zip(cpu, runs, strict=True))
+            per_req = statistics.median(
+                c / max(1, r.requests) * 1e6 for c, r in zip(cpu, runs, strict=True)
+            )
+        return cls(
+            target=target,
+            connections=connections,
+            rps=statistics.median(r.rps for r in runs),
+            rps_min=min(r.rps for r in runs),
+            rps_max=max(r.rps for r in runs),
+            p50_ms=statistics.median(r.p50_ms for r in runs),
+            p99_ms=statistics.median(r.p99_ms for r in runs),
+            errors=sum(r.errors for r in runs),
+            timeouts=sum(r.timeouts for r in runs),
+            cpu_busy=busy,
+            cpu_us_per_req=per_req,
+        )
+
+
+Rows = dict[tuple[str, int], Row]
+
+
+def _ms(v: float) -> str:
+    return f"{v:.2f}" if v < 100 else f"{v:.0f}"
+
+
+def json_table(rows: Rows, conns: list[int]) -> list[str]:
+    lines = [
+        "| conns | target | req/s | req/s range | p50 ms | p99 ms | errors (timeouts) "
+        "| req/s vs direct | req/s vs nginx | added p50 / p99 ms | proxy CPU |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for c in conns:
+        d, n = rows[("direct", c)], rows[("nginx", c)]
+        for t in TARGETS:
+            r = rows[(t, c)]
+            added = (
+                "-" if t == "direct" else f"{r.p50_ms - d.p50_ms:+.2f} / {r.p99_ms - d.p99_ms:+.2f}"
+            )
+            cpu = "-"
+            if r.cpu_busy is not None and r.cpu_us_per_req is not None:
+                cpu = f"{r.cpu_busy:.0%} of core, {r.cpu_us_per_req:.0f} µs/req"
+            lines.append(
+                f"| {c} | {t} | {r.rps:,.0f} | {r.rps_min:,.0f}..{r.rps_max:,.0f} "
+                f"| {_ms(r.p50_ms)} | {_ms(r.p99_ms)} | {r.errors} ({r.timeouts}) "
+                f"| {r.rps / d.rps:.3f} | {r.rps / n.rps:.2f} | {added} | {cpu} |"
+            )
+    return lines
+
+
+def stream_table(direct: StreamStats, gateway: StreamStats) -> list[str]:
+    lines = [
+        "| target | first event ms (median, min..max) | single-stream gap p99 ms "
+        f"| {direct.concurrent} streams completed | gap p50 ms | gap p99 ms | gap max ms "
+        "| errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for name, s in (("direct", direct), ("gateway", gateway)):
+        lo, hi = s.first_event_spread_ms
+        lines.append(
+            f"| {name} | {s.first_event_ms:.2f} ({lo:.2f}..{hi:.2f}) | {s.single_gap_p99_ms:.1f} "
+            f"| {s.completed}/{s.concurrent} | {s.gap_p50_ms:.1f} | {s.gap_p99_ms:.1f} "
+            f"| {s.gap_max_ms:.1f} | {', '.join(s.errors) or '0'} |"
+        )
+    return lines
+
+
+@dataclass(frozen=True)
+class Goal:
+    name: str
+    measured: str
+    ok: bool
+
+    def line(self) -> str:
+        return f"| {self.name} | {self.measured} | {'PASS' if self.ok else 'FAIL'} |"
+
+
+def json_goals(rows: Rows) -> list[Goal]:
+    g1, d1 = rows[("gateway", 1)], rows[("direct", 1)]
+    g32, g256 = rows[("gateway", 32)], rows[("gateway", 256)]
+    added = g1.p50_ms - d1.p50_ms
+    return [
+        Goal("≥ 3,000 req/s at 32 connections", f"{g32.rps:,.0f} req/s", g32.rps >= 3000),
+        Goal("added p50 ≤ 0.5 ms over direct at 1 connection", f"{added:.2f} ms", added <= 0.5),
+        Goal(
+            "256 connections: zero errors or timeouts",
+            f"{g256.errors} errors ({g256.timeouts} timeouts)",
+            g256.errors == 0,
+        ),
+        Goal("256 connections: p99 ≤ 250 ms", f"{_ms(g256.p99_ms)} ms", g256.p99_ms <= 250),
+    ]
+
+
+def stream_goals(direct: StreamStats, gateway: StreamStats) -> list[Goal]:
+    added = gateway.first_event_ms - direct.first_event_ms
+    growth = gateway.gap_p99_ms - direct.gap_p99_ms
+    return [
+        Goal("one stream: added time to first event ≤ 2 ms", f"{added:.2f} ms", added <= 2),
+        Goal(
+            f"{gateway.concurrent} concurrent streams all complete",
+            f"{gateway.completed}/{gateway.concurrent}",
+            gateway.completed == gateway.concurrent,
+        ),
+        Goal(
+            f"{gateway.concurrent} streams: p99 gap growth ≤ 15 ms",
+            f"{growth:.1f} ms ({direct.gap_p99_ms:.1f} → {gateway.gap_p99_ms:.1f})",
+            not math.isnan(growth) and growth <= 15,
+        ),
+    ]
+
+
+def goals_table(goals: list[Goal]) -> list[str]:
+    return ["| goal | measured | result |", "|---|---|---|", *(g.line() for g in goals)]
