@@ -10,6 +10,13 @@ from gateway.errors import AuthenticationFailed, send_error
 
 
 class AuthMiddleware:
+    """Requires a valid ``Authorization: Bearer`` token on every HTTP path not in public_paths.
+
+    The principal lands in ``scope["principal"]`` and ``scope["state"]["principal"]``. A
+    rejection is a uniform 401 without calling the app; ``on_failure`` gets the reason for
+    metrics. Other scope types (lifespan, websocket) pass through untouched.
+    """
+
     def __init__(
         self,
         app: ASGIApp,
@@ -28,11 +35,12 @@ class AuthMiddleware:
             await self.app(scope, receive, send)
             return
         try:
-            value = header(scope, b"authorization")
-            scheme, _, token = (value or b"").decode("latin-1").partition(" ")
-            if scheme.lower() != "bearer" or not token.strip():
+            value = header(scope, b"authorization") or b""
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            token = token.strip()
+            if scheme.lower() != "bearer" or not token:
                 raise AuthenticationFailed("missing")
-            principal = await self.verifier.verify(token.strip())
+            principal = await self.verifier.verify(token)
         except AuthenticationFailed as exc:
             self.on_failure(exc.reason)
             await send_error(send, exc)

@@ -22,6 +22,7 @@ def mint_token(
     roles_claim: str = "roles",
     now: float | None = None,
 ) -> str:
+    """An HS256 token the verifier accepts with ``secret`` (for ``gateway token`` and tests)."""
     issued = int(time.time() if now is None else now)
     claims: dict[str, Any] = {
         "sub": user,
