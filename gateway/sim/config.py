@@ -19,3 +19,5 @@ class SimConfig:
     def __post_init__(self) -> None:
         if self.shape not in SHAPES:
             raise ValueError(f"shape must be one of {SHAPES}")
+        if self.job_seconds < 0 or self.content_bytes < 0 or self.stream_events < 0:
+            raise ValueError("job_seconds, content_bytes and stream_events must be >= 0")

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import secrets
 from dataclasses import dataclass
 from typing import Any
 
 QUEUED, PROCESSING, COMPLETED, FAILED = "queued", "processing", "completed", "failed"
+DEFAULT_SIZE = "1920x1080"
+DEFAULT_SECONDS = 4
+QUEUED_SHARE = 0.1  # of job_seconds
+
+
+class InvalidRequest(ValueError):
+    """A create body new-api would refuse with its ``invalid_request`` task error."""
 
 
 @dataclass
@@ -21,10 +29,13 @@ class Job:
     created_at: int  # wall-clock seconds, as the upstream reports it
     behaviour: str = "normal"  # normal | fail | never
     remixed_from: str | None = None
+    image_url: str | None = None
+    storyboard: list[Any] | None = None
+    private: bool = False
 
     def phase(self, now: float, job_seconds: float) -> tuple[str, int]:
         elapsed = now - self.started
-        if elapsed < 0.1 * job_seconds:
+        if elapsed < QUEUED_SHARE * job_seconds:
             return QUEUED, 0
         if self.behaviour == "never" or elapsed < job_seconds:
             return PROCESSING, min(99, int(100 * elapsed / max(job_seconds, 1e-9)))
@@ -32,7 +43,7 @@ class Job:
 
     @property
     def dimensions(self) -> tuple[int, int]:
-        w, _, h = self.size.partition("x")
+        w, _, h = self.size.lower().partition("x")
         try:
             return int(w), int(h)
         except ValueError:
@@ -51,6 +62,69 @@ def behaviour_for(prompt: str) -> str:
     return "normal"
 
 
+def _int(value: Any, name: str) -> int:
+    if isinstance(value, bool):
+        raise InvalidRequest(f"{name} must be an integer")
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise InvalidRequest(f"{name} must be an integer") from None
+
+
+def _storyboard(value: Any) -> list[Any] | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):  # multipart carries it as JSON text
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise InvalidRequest("storyboard must be a JSON array") from None
+    if not isinstance(value, list) or not all(isinstance(s, dict) for s in value):
+        raise InvalidRequest("storyboard must be an array of {prompt, duration}")
+    return value
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in ("true", "1", "yes", "on")
+    return bool(value)
+
+
+def job_from_fields(
+    fields: dict[str, Any], *, job_id: str, key: str, started: float, created_at: int
+) -> Job:
+    """A job from a create body, JSON or multipart (whose values are all strings)."""
+    model = fields.get("model")
+    if not model or not isinstance(model, str):
+        raise InvalidRequest("model is required")
+    storyboard = _storyboard(fields.get("storyboard"))
+    raw_seconds = fields.get("duration", fields.get("seconds"))
+    if raw_seconds not in (None, ""):
+        seconds = _int(raw_seconds, "duration")
+    elif storyboard:
+        seconds = sum(_int(s.get("duration", 0), "storyboard duration") for s in storyboard)
+    else:
+        seconds = DEFAULT_SECONDS
+    prompt = str(fields.get("prompt") or "")
+    if storyboard:
+        prompt = prompt or " / ".join(str(s.get("prompt", "")) for s in storyboard)
+    image_url = fields.get("image_url")
+    return Job(
+        id=job_id,
+        key=key,
+        model=model,
+        prompt=prompt,
+        size=str(fields.get("size") or DEFAULT_SIZE),
+        seconds=seconds,
+        started=started,
+        created_at=created_at,
+        behaviour=behaviour_for(prompt),
+        image_url=str(image_url) if image_url else None,
+        storyboard=storyboard,
+        private=_bool(fields.get("private", False)),
+    )
+
+
 _ENVELOPE = {
     QUEUED: "SUBMITTED",
     PROCESSING: "IN_PROGRESS",
@@ -62,10 +136,11 @@ _ERROR = {"message": "The simulated generation failed.", "code": "generation_fai
 
 
 def render(job: Job, shape: str, now: float, job_seconds: float, base_url: str) -> dict[str, Any]:
+    """The job's status document in one of Crazyrouter's three shapes."""
     status, progress = job.phase(now, job_seconds)
     url = f"{base_url}/files/{job.id}.mp4"
     done = status == COMPLETED
-    completed_at = job.created_at + int(job_seconds) if status in (COMPLETED, FAILED) else None
+    finished_at = job.created_at + round(job_seconds) if status in (COMPLETED, FAILED) else None
     if shape == "envelope":
         return {
             "code": "success",
@@ -80,7 +155,7 @@ def render(job: Job, shape: str, now: float, job_seconds: float, base_url: str) 
                 "result_url": url if done else None,
                 "fail_reason": _ERROR["message"] if status == FAILED else None,
                 "submit_time": job.created_at,
-                "finish_time": completed_at,
+                "finish_time": finished_at,
             },
         }
     if shape == "openai":
@@ -91,9 +166,10 @@ def render(job: Job, shape: str, now: float, job_seconds: float, base_url: str) 
             "status": _OPENAI[status],
             "progress": progress,
             "created_at": job.created_at,
-            "completed_at": completed_at,
+            "completed_at": finished_at,
             "seconds": str(job.seconds),
             "size": job.size,
+            "remixed_from_video_id": job.remixed_from,
             "error": _ERROR if status == FAILED else None,
             "metadata": {"url": url} if done else {},
         }

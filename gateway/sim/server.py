@@ -9,6 +9,12 @@ from gateway.sim.config import SimConfig
 
 
 def serve(host: str, port: int, config: SimConfig) -> None:
+    """Serve until interrupted. The app sets its own ``Server`` header, as Crazyrouter would."""
     uvicorn.run(
-        create_sim_app(config), host=host, port=port, log_level="warning", server_header=False
+        create_sim_app(config),
+        host=host,
+        port=port,
+        loop="asyncio",
+        log_level="warning",
+        server_header=False,
     )

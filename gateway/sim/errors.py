@@ -1,0 +1,36 @@
+"""The two error bodies new-api answers with: OpenAI's on most routes, its own on task routes."""
+
+from __future__ import annotations
+
+from starlette.responses import JSONResponse
+
+from gateway.sim.faults import Fault
+
+_STATUS_FAULTS = {
+    "status_401": (401, "invalid_api_key", "Invalid token"),
+    "status_403": (403, "insufficient_quota", "The account's quota is used up"),
+    "status_429": (429, "rate_limit_exceeded", "rate limited"),
+    "status_500": (500, "internal_error", "simulated server error"),
+    "status_503": (503, "service_unavailable", "simulated outage"),
+}
+
+
+def openai_error(status: int, code: str, message: str) -> JSONResponse:
+    body = {"error": {"message": message, "type": "new_api_error", "code": code}}
+    return JSONResponse(body, status_code=status)
+
+
+def task_error(status: int, code: str, message: str | None = None) -> JSONResponse:
+    return JSONResponse({"code": code, "message": message or code, "data": None}, status)
+
+
+def invalid_key() -> JSONResponse:
+    return openai_error(401, "invalid_api_key", "Invalid token")
+
+
+def fault_error(fault: Fault) -> JSONResponse:
+    status, code, message = _STATUS_FAULTS[fault.kind]
+    response = openai_error(status, code, message)
+    if fault.kind == "status_429" and fault.retry_after is not None:
+        response.headers["retry-after"] = fault.retry_after
+    return response

@@ -1,0 +1,41 @@
+"""Everything the simulator remembers, exposed as ``app.state.sim`` for in-process tests."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from gateway.sim.config import SimConfig
+from gateway.sim.faults import Fault
+from gateway.sim.jobs import Job
+
+
+class SimState:
+    def __init__(self, config: SimConfig, clock: Callable[[], float]) -> None:
+        self.config = config
+        self.clock = clock
+        self.jobs: dict[str, Job] = {}
+        self.requests: list[dict[str, Any]] = []
+        self.faults: list[Fault] = []
+        self.aborted = 0  # streams that ended early: the client went away, or a drop fault
+
+    def note_abort(self) -> None:
+        self.aborted += 1
+
+    def add_fault(self, **doc: Any) -> Fault:
+        fault = Fault.from_json({"kind": None, **doc})
+        self.faults.append(fault)
+        return fault
+
+    def job_for(self, job_id: str, key: str | None) -> Job | None:
+        """The job, if ``key`` created it: new-api hides other accounts' tasks entirely."""
+        job = self.jobs.get(job_id)
+        return job if job is not None and job.key == key else None
+
+    def requests_for(self, path_prefix: str) -> list[dict[str, Any]]:
+        return [r for r in self.requests if r["path"].startswith(path_prefix)]
+
+    def clear(self) -> None:
+        # Jobs stay: a gateway under test may still hold their ids, like it would upstream.
+        self.requests.clear()
+        self.faults.clear()
