@@ -8,7 +8,18 @@ import os
 import sys
 from collections.abc import Sequence
 
-from gateway.settings import SettingsError, load_settings, production_problems
+from gateway.settings import Settings, SettingsError, load_settings, production_problems
+
+
+def _check_keys(settings: Settings) -> None:
+    """Key material problems the settings parser cannot see (RSA size, EC curve, HS length)."""
+    from gateway.auth.verifier import TokenVerifier
+
+    try:
+        TokenVerifier(settings.auth)
+    except ValueError as exc:
+        key, _, problem = str(exc).partition(": ")
+        raise SettingsError(key, problem or str(exc)) from None
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -25,6 +36,7 @@ def _serve(args: argparse.Namespace) -> int:
         if args.dev:
             services = start_dev_services(args.config, env)
         settings = load_settings(args.config)
+        _check_keys(settings)
         problems = production_problems(settings)
         if problems:
             for p in problems:
@@ -140,6 +152,7 @@ def _token(args: argparse.Namespace) -> int:
 def _check_config(args: argparse.Namespace) -> int:
     try:
         settings = load_settings(args.path)
+        _check_keys(settings)
     except SettingsError as exc:
         print(f"{args.path}: {exc}", file=sys.stderr)
         return 1

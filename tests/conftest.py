@@ -101,7 +101,7 @@ def make_stack(
     with contextlib.ExitStack() as stack:
         if sim_url is None:
             sim_app = create_sim_app(replace(sim or SimConfig(), keys=tuple(keys.values())))
-            sim_url = stack.enter_context(run_server(sim_app))
+            sim_url = stack.enter_context(run_server(sim_app, server_header=False))
         settings = gateway_config(sim_url, redis_url, jwt_secret, keys, **sections)
         app = create_app(settings)
         url = stack.enter_context(run_server(app, server_header=False))

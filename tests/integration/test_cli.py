@@ -213,3 +213,28 @@ def test_token_command_mints_a_verifiable_token() -> None:
         text=True,
     )
     assert short.returncode == 2
+
+
+def test_check_config_rejects_weak_key_material(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    # deliberately weak: the gateway must refuse it
+    weak = rsa.generate_private_key(public_exponent=65537, key_size=1024).public_key()  # noqa: S505
+    pem = tmp_path / "idp.pem"
+    pem.write_bytes(
+        weak.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    cfg = tmp_path / "rs.yaml"
+    cfg.write_text(f"auth: {{algorithms: [RS256], public_keys: ['{pem}']}}\n")
+    result = subprocess.run(
+        gateway_cmd("check-config", str(cfg), "--dev"),
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 1
+    assert "auth.public_keys[0]: RSA keys need at least 2048 bits" in result.stderr
+    assert "Traceback" not in result.stderr

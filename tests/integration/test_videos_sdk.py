@@ -268,3 +268,28 @@ def test_oversized_upload_is_rejected(vstack: Stack) -> None:
         )
     assert info.value.code == "file_too_large"
     assert vstack.sim_requests() == []
+
+
+def test_polls_are_coalesced_across_callers(redis_url: str) -> None:
+    sim = SimConfig(job_seconds=60, content_bytes=1000)
+    videos = {**VIDEOS, "poll_interval_seconds": 30}
+    with make_stack(redis_url, sim=sim, videos=videos) as s:
+        c = client(s)
+        video = c.videos.create(prompt="p")
+        sim_job, _ = upstream_job(s, video.id)
+        s.clear_sim()
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=10) as pool:
+            answers = list(pool.map(lambda _: c.videos.retrieve(video.id), range(40)))
+        assert {a.id for a in answers} == {video.id}
+        polls = [r for r in s.sim_requests(f"/v1/videos/{sim_job.id}") if r["method"] == "GET"]
+        assert len(polls) <= 1
+        # a second gateway replica sharing Redis respects the same interval
+        with make_stack(
+            redis_url, sim_url=s.sim_url, sim_app=s.sim_app, keys=s.keys, videos=videos
+        ) as b:
+            # b shares Redis (the registry and the poll locks) but not the process
+            assert client(b).videos.retrieve(video.id).status in ("queued", "in_progress")
+        polls = [r for r in s.sim_requests(f"/v1/videos/{sim_job.id}") if r["method"] == "GET"]
+        assert len(polls) <= 1
