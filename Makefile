@@ -4,6 +4,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
+# A second client environment: SDK 2.26 sends JSON where 3.x sends multipart, and both must work.
+SDK2_VENV ?= .venv-sdk2
+SDK2_STAMP := $(SDK2_VENV)/.installed
 RUN_STAMP := $(VENV)/.installed
 
 .PHONY: run test check bench sim token clean
@@ -24,9 +27,14 @@ $(STAMP): pyproject.toml | $(BIN)/python
 run: $(RUN_STAMP)
 	$(BIN)/gateway serve --dev --config config/dev.yaml $(ARGS)
 
+$(SDK2_STAMP):
+	$(PYTHON) -m venv $(SDK2_VENV)
+	$(SDK2_VENV)/bin/pip install --quiet "openai==2.26.0"
+	touch $@
+
 ## test: install the dev dependencies and run the whole suite
-test: $(STAMP)
-	$(BIN)/python -m pytest $(ARGS)
+test: $(STAMP) $(SDK2_STAMP)
+	GATEWAY_SDK2_PYTHON=$(SDK2_VENV)/bin/python $(BIN)/python -m pytest $(ARGS)
 
 ## check: formatting, lint and types
 check: $(STAMP)
@@ -42,4 +50,4 @@ sim: $(RUN_STAMP)
 	$(BIN)/gateway sim $(ARGS)
 
 clean:
-	rm -rf $(VENV) .gateway-data .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(SDK2_VENV) .gateway-data .mypy_cache .ruff_cache
