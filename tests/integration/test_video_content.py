@@ -151,9 +151,9 @@ async def test_caller_abort_closes_the_upstream_download(redis_url: str) -> None
             assert resp.status == 200
             await resp.content.readexactly(1024 * 1024)
             resp.close()  # hang up with almost 2 GiB to go
-        deadline = time.monotonic() + 2
+        deadline = time.monotonic() + 1
         while s.sim_app.state.sim.aborted < 1:
-            assert time.monotonic() < deadline, "the upstream download kept running"
+            assert time.monotonic() < deadline, "the upstream download kept running past 1 s"
             await asyncio.sleep(0.02)
 
 

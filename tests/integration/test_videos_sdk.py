@@ -103,10 +103,14 @@ def test_create_with_file_and_storyboard(vstack: Stack) -> None:
 
 def test_create_and_poll_then_download(vstack: Stack) -> None:
     c = client(vstack)
-    video = c.videos.create_and_poll(prompt="waves", poll_interval_ms=50)
+    # no poll_interval_ms: the SDK must follow the gateway's openai-poll-after-ms (100 ms here;
+    # its own default is 1 s, which would need a single poll for this 0.3 s job)
+    video = c.videos.create_and_poll(prompt="waves")
     assert video.status == "completed"
     assert video.progress == 100
     sim_job, record = upstream_job(vstack, video.id)
+    polls = [r for r in vstack.sim_requests(f"/v1/videos/{sim_job.id}") if r["method"] == "GET"]
+    assert len(polls) >= 2
     data = c.videos.download_content(video.id).read()
     assert (
         hashlib.sha256(data).digest()
@@ -261,7 +265,7 @@ def test_bad_create_fields(vstack: Stack, kwargs: dict[str, Any], param: str, co
 
 
 def test_oversized_upload_is_rejected(vstack: Stack) -> None:
-    big = b"\x89PNG" + b"0" * (12 * 1024 * 1024)
+    big = b"\x89PNG" + b"0" * (30 * 1000 * 1000)
     with pytest.raises(openai.BadRequestError) as info:
         client(vstack, max_retries=0).videos.create(
             prompt="p", input_reference=("big.png", big, "image/png")
@@ -293,3 +297,40 @@ def test_polls_are_coalesced_across_callers(redis_url: str) -> None:
             assert client(b).videos.retrieve(video.id).status in ("queued", "in_progress")
         polls = [r for r in s.sim_requests(f"/v1/videos/{sim_job.id}") if r["method"] == "GET"]
         assert len(polls) <= 1
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/videos/..%2F..%2Fadmin",
+        "/videos/video_%2e%2e",
+        "/videos/%2e%2e",
+        "/videos/video_" + "0" * 31 + "%00",
+        "/videos/VIDEO_" + "A" * 32,
+        "/videos/video_" + "0" * 32 + "%2Fcontent",
+    ],
+)
+def test_traversal_and_encoded_ids_are_not_found(vstack: Stack, path: str) -> None:
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(
+        vstack.v1 + path, headers={"Authorization": f"Bearer {vstack.token()}"}
+    )
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(req)
+    assert info.value.code in (400, 404)
+    body = info.value.read()
+    assert b'"code":"not_found"' in body or b'"code":"invalid_path"' in body
+    assert vstack.sim_requests() == []
+
+
+def test_team_may_be_allowed_public_videos(redis_url: str) -> None:
+    teams = {"default": {}, "team-a": {}, "marketing": {"videos_private": False}}
+    with make_stack(redis_url, videos=VIDEOS, teams=teams) as s:
+        client(s, team="marketing").videos.create(
+            prompt="launch teaser", extra_body={"private": False}
+        )
+        client(s).videos.create(prompt="internal demo", extra_body={"private": False})
+        sent = [r["json"] for r in s.sim_requests("/v1/videos") if r["method"] == "POST"]
+    assert [x["private"] for x in sent] == [False, True]
