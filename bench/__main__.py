@@ -26,8 +26,9 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from bench import gateway_proc, nginx, procs, report, streams, wrk
+from bench import gateway_proc, nginx, procs, report, streams, videos, wrk
 from bench.procs import HarnessError
+from gateway.process import stop_process
 
 GATEWAY_CORE, LOAD_CORE = 0, 1
 CONNECTIONS = (1, 32, 256)
@@ -50,7 +51,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="3 s rounds (one unless --rounds)")
     p.add_argument("--duration", type=float, help="measured seconds per run (default 8)")
     p.add_argument("--rounds", type=int, help="measured rounds per target (default 2)")
-    p.add_argument("--only", choices=["json", "stream"], help="run one part only")
+    p.add_argument("--only", choices=["json", "stream", "videos"], help="run one part only")
     p.add_argument("--streams", type=int, default=400, help="concurrent streams (default 400)")
     args = p.parse_args(argv)
     args.duration = max(1, round(args.duration or (3 if args.quick else 8)))
@@ -149,12 +150,14 @@ def run(args: argparse.Namespace, out: list[str]) -> None:
         redis.start()
         env = creds.env(redis.url)
 
+        if args.only in (None, "json", "videos"):
+            up, px, vp = procs.free_port(), procs.free_port(), procs.free_port()
+            stack.callback(stop_process, nginx.start(tmp, up, px, vp, LOAD_CORE))
+
         if args.only in (None, "json"):
-            up, px = procs.free_port(), procs.free_port()
-            stack.callback(procs.stop, nginx.start(tmp, up, px, LOAD_CORE))
             with contextlib.ExitStack() as gw_stack:
                 gw = gateway_proc.start(tmp, "gw-json", f"http://127.0.0.1:{up}", GATEWAY_CORE, env)
-                gw_stack.callback(procs.stop, gw.proc)
+                gw_stack.callback(stop_process, gw.proc)
                 plain = wrk.write_script(tmp / "post.lua", None)
                 targets = [
                     Target("direct", f"http://127.0.0.1:{up}{CHAT_PATH}", plain),
@@ -197,12 +200,12 @@ def run(args: argparse.Namespace, out: list[str]) -> None:
                 LOAD_CORE,
                 log=tmp / "sse.log",
             )
-            stack.callback(procs.stop, sse)
+            stack.callback(stop_process, sse)
             procs.wait_port(sse_port, sse)
             gw = gateway_proc.start(
                 tmp, "gw-sse", f"http://127.0.0.1:{sse_port}", GATEWAY_CORE, env
             )
-            stack.callback(procs.stop, gw.proc)
+            stack.callback(stop_process, gw.proc)
             n, seq = args.streams, args.sequential
             log(f"Streams: 64 events 20 ms apart; {seq} single streams, then {n} concurrent")
             direct_url = f"http://127.0.0.1:{sse_port}{CHAT_PATH}"
@@ -227,6 +230,31 @@ def run(args: argparse.Namespace, out: list[str]) -> None:
                 "",
             ]
             goals += report.stream_goals(direct, via)
+
+        if args.only in (None, "videos"):
+            log(f"Videos: 1 GiB downloads ({args.rounds} round(s)), a slow reader, aborts, polls")
+            res = videos.measure(
+                tmp,
+                videos.Ports(proxy=px, video=vp),
+                env,
+                token,
+                (GATEWAY_CORE, LOAD_CORE),
+                args.rounds,
+                args.duration,
+                log,
+            )
+            out += [
+                "## Video downloads and polls",
+                "",
+                f"A 1 GiB file served by nginx (sendfile, core {LOAD_CORE}) as the job's content; "
+                f"clients are curl to /dev/null on core {LOAD_CORE}. nginx proxies with "
+                "proxy_buffering off. Peak RSS is the kernel's VmHWM for the gateway process, "
+                "reset before each run. MB are 10^6 bytes.",
+                "",
+                *videos.report(res),
+                "",
+            ]
+            goals += videos.goals(res)
 
     out += [
         "## Goals (authentication and metrics on, one worker)",

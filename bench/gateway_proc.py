@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench import procs
+from gateway.process import stop_process
 
 # Placeholders, expanded by the gateway from the environment: no secret is written to disk.
 _CONFIG = """\
@@ -18,7 +19,11 @@ redis: {{url: "${{REDIS_URL}}"}}
 auth: {{hs256_secrets: ["${{GATEWAY_JWT_SECRET}}"], algorithms: [HS256]}}
 server: {{host: 127.0.0.1, port: {port}}}
 teams: {{default: {{}}, bench: {{}}}}
+videos: {{poll_interval_seconds: {poll_interval}}}
 """
+
+
+POLL_INTERVAL_S = 1  # short, so that a run spans several intervals
 
 
 @dataclass(frozen=True)
@@ -58,7 +63,7 @@ def start(
 ) -> Gateway:
     port = procs.free_port()
     cfg = tmp / f"{name}.yaml"
-    cfg.write_text(_CONFIG.format(upstream=upstream, port=port))
+    cfg.write_text(_CONFIG.format(upstream=upstream, port=port, poll_interval=POLL_INTERVAL_S))
     log = tmp / f"{name}.log"
     argv = [gateway_command(), "serve", "--config", str(cfg), "--port", str(port)]
     argv += ["--workers", "1", "--log-level", "warning"]
@@ -66,6 +71,6 @@ def start(
     try:
         procs.wait_http(f"http://127.0.0.1:{port}/healthz", proc, log, timeout)
     except BaseException:
-        procs.stop(proc)
+        stop_process(proc)
         raise
     return Gateway(proc, port, log)

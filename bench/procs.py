@@ -52,17 +52,6 @@ def spawn(
             out.close()  # the child holds its own descriptor
 
 
-def stop(proc: subprocess.Popen[bytes] | None, timeout: float = 15) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

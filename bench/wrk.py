@@ -1,4 +1,4 @@
-"""Run wrk (pinned, with a POST script) and read its ``--latency`` report."""
+"""Run wrk (pinned, with a request script) and read its ``--latency`` report."""
 
 from __future__ import annotations
 
@@ -77,6 +77,13 @@ def write_script(path: Path, token: str | None) -> Path:
         lines.append(f'wrk.headers["Authorization"] = "Bearer {token}"')
     path.touch(mode=0o600)  # it may hold a bearer token
     path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def write_get_script(path: Path, token: str) -> Path:
+    """A Lua script sending GETs with the bearer token."""
+    path.touch(mode=0o600)
+    path.write_text(f'wrk.headers["Authorization"] = "Bearer {token}"\n')
     return path
 
 
