@@ -7,6 +7,8 @@
     ├── NotFound (404)
     ├── PayloadTooLarge (413)
     ├── HeadersTooLarge (431)
+    ├── QuotaExceeded (429)            a team limit; the code names which
+    ├── ServiceUnavailable (503)       Redis cannot be reached for a decision that must not guess
     ├── UpstreamError (502/503/504)    the upstream is down, slow, or refused every key
     └── UpstreamResponseError (any)    an error the upstream answered, normalised
 
@@ -61,6 +63,9 @@ class GatewayError(Exception):
             self.type = error_type
         self.param = param
         self.headers: dict[str, str] = dict(headers or {})
+        # Set on upstream failures of a non-idempotent call that the upstream may have acted
+        # on (timeout after sending, broken connection, 5xx): its outcome is unknown.
+        self.maybe_processed = False
         super().__init__(self.message)
 
     @property
@@ -111,6 +116,17 @@ class HeadersTooLarge(GatewayError):
     status = 431
     code = "request_header_fields_too_large"
     message = "The request headers are too large."
+
+
+class QuotaExceeded(GatewayError):
+    status = 429
+    code = "rate_limit_exceeded"
+
+
+class ServiceUnavailable(GatewayError):
+    status = 503
+    code = "service_unavailable"
+    message = "The gateway cannot reach its quota store; try again shortly."
 
 
 class UpstreamError(GatewayError):

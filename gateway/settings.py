@@ -15,8 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
+
+from gateway.quota.model import LimitError, parse_limit
 
 EMBEDDED = "embedded"
 HS256_MIN_SECRET_BYTES = 32
@@ -112,6 +115,9 @@ class VideoModel:
     default_size: str | None = None
     max_prompt_chars: int = 4000
     max_storyboard_scenes: int = 10
+    weight: float = 1.0  # video seconds charged per second requested
+    price_per_second: float = 0.0  # in quota.currency
+    size_multipliers: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -142,6 +148,17 @@ class VideoSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class QuotaSettings:
+    time_zone: str = "UTC"  # days and months follow this zone's calendar
+    currency: str = "USD"
+    rate_fail_open: bool = True  # Redis down: let requests through (counted) or answer 503
+    lease_seconds: float = 900.0  # a concurrency slot expires unless its job is seen running
+    reconcile_interval_seconds: float = 30.0
+    reconcile_idle_seconds: float = 60.0  # the reconciler polls jobs nobody polled this long
+    idempotency_seconds: float = 86_400.0
+
+
+@dataclass(frozen=True, kw_only=True)
 class Settings:
     upstream: UpstreamSettings = field(default_factory=UpstreamSettings)
     redis: RedisSettings = field(default_factory=RedisSettings)
@@ -149,6 +166,7 @@ class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     teams: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: {"default": {}})
     videos: VideoSettings = field(default_factory=VideoSettings)
+    quota: QuotaSettings = field(default_factory=QuotaSettings)
 
 
 # -- loading ---------------------------------------------------------------------------------
@@ -446,8 +464,26 @@ def _video_model(sec: _Section) -> VideoModel:
         default_size=default_size,
         max_prompt_chars=sec.integer("max_prompt_chars", 4000, minimum=1),
         max_storyboard_scenes=sec.integer("max_storyboard_scenes", 10, minimum=1),
+        weight=sec.number("weight", 1.0),
+        price_per_second=sec.number("price_per_second", 0.0),
+        size_multipliers=_multipliers(sec, sizes),
     )
     sec.finish()
+    return out
+
+
+def _multipliers(sec: _Section, sizes: tuple[str, ...]) -> dict[str, float]:
+    raw = sec.raw("size_multipliers", {}) or {}
+    if not isinstance(raw, dict):
+        raise SettingsError(sec.key("size_multipliers"), "must map sizes to numbers")
+    out: dict[str, float] = {}
+    for size, value in raw.items():
+        key = f"{sec.key('size_multipliers')}.{size}"
+        if not isinstance(size, str) or not _SIZE.match(size) or (sizes and size not in sizes):
+            raise SettingsError(key, "not one of the model's sizes")
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise SettingsError(key, "must be a number >= 0")
+        out[size] = float(value)
     return out
 
 
@@ -488,15 +524,55 @@ def _videos(sec: _Section) -> VideoSettings:
     return out
 
 
+_TEAM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_TEAM_OPTIONS = ("videos_private",)
+
+
 def _teams(sec: _Section) -> dict[str, dict[str, Any]]:
     teams: dict[str, dict[str, Any]] = {}
     for name in list(sec.data):
+        key = sec.key(str(name))
+        if not _TEAM_NAME.match(str(name)):
+            raise SettingsError(key, "team names are letters, digits, '.', '_' and '-'")
         body = sec.raw(name) or {}
         if not isinstance(body, dict):
-            raise SettingsError(sec.key(str(name)), "must be a mapping of limits")
-        teams[str(name)] = dict(body)
+            raise SettingsError(key, "must be a mapping of limits")
+        entry: dict[str, Any] = {}
+        for opt, value in body.items():
+            if opt in _TEAM_OPTIONS:
+                if not isinstance(value, bool):
+                    raise SettingsError(f"{key}.{opt}", "must be true or false")
+                entry[opt] = value
+                continue
+            try:
+                entry[str(opt)] = parse_limit(str(opt), value)
+            except LimitError as exc:
+                raise SettingsError(f"{key}.{exc.key}", exc.problem) from None
+        teams[str(name)] = entry
     teams.setdefault("default", {})
     return teams
+
+
+def _quota(sec: _Section) -> QuotaSettings:
+    tz = sec.req_string("time_zone", "UTC")
+    try:
+        ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise SettingsError(sec.key("time_zone"), f"unknown time zone {tz!r}") from None
+    fail_open = sec.raw("rate_fail_open", True)
+    if not isinstance(fail_open, bool):
+        raise SettingsError(sec.key("rate_fail_open"), "must be true or false")
+    out = QuotaSettings(
+        time_zone=tz,
+        currency=sec.req_string("currency", "USD"),
+        rate_fail_open=fail_open,
+        lease_seconds=sec.number("lease_seconds", 900.0, minimum=10),
+        reconcile_interval_seconds=sec.number("reconcile_interval_seconds", 30.0, minimum=0.1),
+        reconcile_idle_seconds=sec.number("reconcile_idle_seconds", 60.0, minimum=0.1),
+        idempotency_seconds=sec.number("idempotency_seconds", 86_400.0, minimum=60),
+    )
+    sec.finish()
+    return out
 
 
 def settings_from_mapping(data: Any, env: Mapping[str, str] | None = None) -> Settings:
@@ -510,6 +586,7 @@ def settings_from_mapping(data: Any, env: Mapping[str, str] | None = None) -> Se
         server=_server(root.section("server")),
         teams=_teams(root.section("teams")),
         videos=_videos(root.section("videos")),
+        quota=_quota(root.section("quota")),
     )
     root.finish()
     return settings

@@ -81,6 +81,7 @@ def gateway_config(
         "server": sections.pop("server", {}),
         "teams": sections.pop("teams", {"default": {}, "team-a": {}, "team-b": {}}),
         "videos": sections.pop("videos", {}),
+        "quota": sections.pop("quota", {}),
     }
     return settings_from_mapping(doc, env={})
 

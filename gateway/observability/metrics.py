@@ -78,6 +78,13 @@ class Metrics:
             ["operation"],
             registry=r,
         )
+        self.quota_decisions = Counter(
+            "gateway_quota_decisions_total",
+            "Quota decisions by team, limit kind and result (allowed, rejected, fail_open, "
+            "kept, refunded)",
+            ["team", "kind", "result"],
+            registry=r,
+        )
         self.errors = Counter(
             "gateway_errors_total",
             "Errors translated into OpenAI-shaped responses, by code",

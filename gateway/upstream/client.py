@@ -219,14 +219,17 @@ class UpstreamClient:
             except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
                 lease.release()
                 self._on_response(lease.key_id, req.route, 0, time.perf_counter() - started)
-                raise UpstreamTimeout(headers=no_retry) from exc
+                raise _unknown(UpstreamTimeout(headers=no_retry), unsafe) from exc
             except (aiohttp.ClientError, OSError) as exc:
                 lease.release()
                 if body_errors:  # the caller's body was refused (e.g. too large), not the upstream
                     raise body_errors[0] from exc
                 self._on_response(lease.key_id, req.route, 0, time.perf_counter() - started)
-                raise UpstreamError(
-                    "The upstream connection broke before it answered.", headers=no_retry
+                raise _unknown(
+                    UpstreamError(
+                        "The upstream connection broke before it answered.", headers=no_retry
+                    ),
+                    unsafe,
                 ) from exc
             except BaseException:
                 lease.release()
@@ -288,4 +291,10 @@ def caller_error(
     elif resp.status >= 500 and unsafe:
         # The upstream may have acted on it: the SDK must not send it again.
         exc.headers["x-should-retry"] = "false"
+        exc.maybe_processed = True
+    return exc
+
+
+def _unknown(exc: GatewayError, unsafe: bool) -> GatewayError:
+    exc.maybe_processed = unsafe
     return exc

@@ -15,6 +15,7 @@ from typing import Any
 
 from gateway.auth.principal import Principal
 from gateway.errors import GatewayError, InvalidRequest, NotFound, UpstreamError
+from gateway.quota.service import QuotaService
 from gateway.settings import VideoSettings
 from gateway.upstream.client import (
     UpstreamClient,
@@ -32,6 +33,12 @@ log = logging.getLogger("gateway.videos")
 _JSON = ((b"content-type", b"application/json"), (b"accept", b"application/json"))
 VARIANTS = ("video", "thumbnail", "spritesheet")
 UNSUPPORTED = ("edits", "extensions", "characters")
+
+
+def _unknown(message: str) -> UpstreamError:
+    exc = UpstreamError(message, headers={"x-should-retry": "false"})
+    exc.maybe_processed = True  # the upstream answered 2xx: a job may exist there
+    return exc
 
 
 def not_found() -> NotFound:
@@ -56,6 +63,7 @@ class VideoService:
         secrets: Callable[[], Iterable[str]],
         clock: Callable[[], float],
         resolve: Resolver = system_resolver,
+        quota: QuotaService | None = None,
     ) -> None:
         self.client = client
         self.registry = registry
@@ -64,6 +72,7 @@ class VideoService:
         self.secrets = secrets
         self.clock = clock
         self.resolve = resolve
+        self.quota = quota
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -124,6 +133,8 @@ class VideoService:
             changes["error_message"] = up.error_message or "The video generation failed."
         if any(getattr(job, k) != v for k, v in changes.items()):
             job = await self.registry.update(job, **changes)
+        # Every poll that sees the end tries to settle; the script lets exactly one through.
+        await self._settle_if_finished(job)
         return job
 
     # -- operations -------------------------------------------------------------------------
@@ -150,32 +161,39 @@ class VideoService:
                 req.image_url, allowed_hosts=self.settings.url_allowed_hosts, resolve=self.resolve
             )
         path = f"/v1/videos/{source.upstream_id}/remix" if source else "/v1/videos"
-        doc, key_id = await self._call_json(
-            UpstreamRequest(
-                method="POST",
-                path=path,
-                query="",
-                headers=_JSON,
-                body=json.dumps(req.body).encode(),
-                route="/v1/videos",
-                request_id=request_id,
-                key_id=source.key_id if source else None,
+        video_id = new_video_id()
+        if self.quota is not None:
+            # Reserved before anything goes upstream: a rejected team costs nothing.
+            await self.quota.reserve(
+                who.team, video_id, self.quota.cost(req.model, req.seconds, req.size)
             )
-        )
         try:
-            up = dialect.parse_upstream(doc)
-        except ValueError:
-            raise UpstreamError(
-                "The upstream accepted the job but its answer could not be read.",
-                headers={"x-should-retry": "false"},
-            ) from None
-        if not up.id:
-            raise UpstreamError(
-                "The upstream's answer named no job.", headers={"x-should-retry": "false"}
+            doc, key_id = await self._call_json(
+                UpstreamRequest(
+                    method="POST",
+                    path=path,
+                    query="",
+                    headers=_JSON,
+                    body=json.dumps(req.body).encode(),
+                    route="/v1/videos",
+                    request_id=request_id,
+                    key_id=source.key_id if source else None,
+                )
             )
+            try:
+                up = dialect.parse_upstream(doc)
+            except ValueError:
+                raise _unknown(
+                    "The upstream accepted the job but its answer could not be read."
+                ) from None
+            if not up.id:
+                raise _unknown("The upstream's answer named no job.")
+        except GatewayError as exc:
+            await self._create_failed(who.team, video_id, exc)
+            raise
         now = self.clock()
         job = Job(
-            id=new_video_id(),
+            id=video_id,
             team=who.team,
             user=who.user,
             upstream_id=up.id,
@@ -190,7 +208,29 @@ class VideoService:
         )
         job.status, job.progress = up.status, up.progress
         await self.registry.add(job)
+        await self._settle_if_finished(job)
         return self._answer(job, base_url)
+
+    async def _create_failed(self, team: str, video_id: str, exc: GatewayError) -> None:
+        """Refund a create the upstream certainly did not run; keep one it may have run."""
+        if self.quota is None:
+            return
+        if exc.maybe_processed:
+            # Never re-sent and never refunded here: the reconciler settles it (charge kept).
+            await self.quota.mark_unknown(team, video_id)
+            log.warning("create %s: upstream outcome unknown, reservation kept", video_id)
+        else:
+            await self.quota.settle(team, video_id, "refunded")
+
+    async def _settle_if_finished(self, job: Job) -> None:
+        if self.quota is None:
+            return
+        if job.status == "completed":
+            await self.quota.settle(job.team, job.id, "kept")
+        elif job.status == "failed":
+            await self.quota.settle(job.team, job.id, "refunded")
+        else:
+            await self.quota.renew(job.team, job.id)
 
     async def retrieve(
         self, who: Principal, video_id: str, *, request_id: str, base_url: str
@@ -203,13 +243,15 @@ class VideoService:
         if job.finished:
             return job
         if self.clock() * 1000 - job.created_ms > self.settings.deadline_seconds * 1000:
-            return await self.registry.update(
+            job = await self.registry.update(
                 job,
                 status="failed",
                 completed_at=int(self.clock()),
                 error_code="timeout",
                 error_message="The video did not finish before the gateway's deadline.",
             )
+            await self._settle_if_finished(job)
+            return job
         interval = int(self.settings.poll_interval_seconds * 1000)
         if not await self.registry.claim_poll(job.id, interval):
             return job

@@ -1,0 +1,38 @@
+"""Pure ASGI middleware: count every authenticated request against its team's rate limit and
+put the x-ratelimit-* headers on every answer."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+from gateway.asgi import ASGIApp, Message, Receive, Scope, Send
+from gateway.errors import GatewayError, send_error
+from gateway.quota.service import QuotaService
+
+
+class RateLimitMiddleware:
+    def __init__(self, app: ASGIApp, *, quota: QuotaService, public_paths: Collection[str]) -> None:
+        self.app = app
+        self.quota = quota
+        self.public_paths = public_paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        principal = scope.get("principal") if scope["type"] == "http" else None
+        if principal is None or scope["path"] in self.public_paths:
+            await self.app(scope, receive, send)
+            return
+        try:
+            headers = await self.quota.check_rate(principal.team)
+        except GatewayError as exc:
+            await send_error(send, exc)
+            return
+        if not headers:
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", ()), *headers]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
