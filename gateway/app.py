@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
 import logging
 import time
@@ -16,6 +18,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from gateway.admin.routes import admin_routes
+from gateway.admin.service import AdminService
 from gateway.auth.jwks import JWKSCache
 from gateway.auth.middleware import AuthMiddleware
 from gateway.auth.verifier import TokenVerifier
@@ -30,12 +34,14 @@ from gateway.proxy.passthrough import PassThrough
 from gateway.quota.middleware import RateLimitMiddleware
 from gateway.quota.service import QuotaService
 from gateway.quota.store import QuotaStore
-from gateway.redis_client import make_redis
+from gateway.redis_client import close_redis, make_redis, warm_up
 from gateway.settings import Settings
 from gateway.team_quota import QuotaEndpoint
 from gateway.upstream.client import UpstreamClient
 from gateway.upstream.health_store import RedisKeyHealthStore
 from gateway.upstream.keypool import KEY_STATES, KeyPool
+from gateway.videos.idempotency import IdempotencyStore
+from gateway.videos.reconciler import Reconciler, Report
 from gateway.videos.registry import JobRegistry
 from gateway.videos.routes import video_routes
 from gateway.videos.service import VideoService
@@ -115,6 +121,44 @@ def create_app(
         secrets=pool.secrets,
         clock=clock,
         quota=quota,
+        idempotency=IdempotencyStore(
+            redis,
+            ttl_seconds=settings.quota.idempotency_seconds,
+            # A create still pending this long died with its replica: the key frees itself.
+            pending_seconds=up.connect_timeout + up.read_timeout + 60,
+        ),
+    )
+
+    def on_reconciled(report: Report) -> None:
+        metrics.reconciler_runs.labels("ok").inc()
+        metrics.reconciler_lag.set(report.lag_seconds)
+        for kind, n in report.drift.items():
+            metrics.quota_drift.labels(kind).inc(n)
+
+    q = settings.quota
+    reconciler = Reconciler(
+        redis,
+        videos,
+        quota,
+        videos.registry,
+        interval_seconds=q.reconcile_interval_seconds,
+        idle_seconds=q.reconcile_idle_seconds,
+        # Longer than any create can take, so a create still in flight is never taken for dead.
+        orphan_seconds=max(
+            q.reconcile_idle_seconds,
+            up.connect_timeout + up.read_timeout + q.orphan_grace_seconds,
+        ),
+        clock=clock,
+        on_report=on_reconciled,
+        on_error=lambda: metrics.reconciler_runs.labels("error").inc(),
+    )
+    admin = AdminService(
+        redis=redis,
+        quota=quota,
+        registry=videos.registry,
+        pool=pool,
+        settings=settings,
+        clock=clock,
     )
     passthrough = PassThrough(
         client, allowed_prefixes=settings.server.allowed_path_prefixes, secrets=pool.secrets
@@ -123,6 +167,8 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await client.start()
+        if not await warm_up(redis):
+            log.warning("Redis is unreachable at start-up; quota decisions will fail until it is")
         await pool.refresh()
         # Move everything built at start-up out of the collector's sight: measured under load,
         # full collections rescanned ~93k long-lived objects, pausing the loop ~27 ms each
@@ -133,16 +179,19 @@ def create_app(
         # default thresholds paused the loop often enough to add ~30 ms to the p99 gap between
         # events; these keep it under 10 ms (README "Benchmarks"). Cycles are still collected.
         gc.set_threshold(*GC_THRESHOLDS)
+        reconciling = asyncio.create_task(reconciler.run_forever(), name="reconciler")
         try:
             yield
         finally:
+            reconciling.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reconciling
+            await reconciler.resign()
             await client.close()
             await pool.close()
             await idp.close()
             if owns_redis:
-                await redis.aclose()
-                # a pool passed in explicitly is not closed by aclose()
-                await redis.connection_pool.disconnect()
+                await close_redis(redis)
 
     def render(exc: GatewayError) -> Response:
         metrics.errors.labels(exc.code).inc()
@@ -167,6 +216,7 @@ def create_app(
     app = Starlette(
         routes=[
             *video_routes(videos),
+            *admin_routes(admin, admin_role=settings.auth.admin_role),
             Route("/v1/gateway/quota", QuotaEndpoint(quota).handle, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", Readiness(redis, pool, metrics).handle, methods=["GET"]),
@@ -205,5 +255,6 @@ def create_app(
     app.state.redis = redis
     app.state.videos = videos
     app.state.quota = quota
+    app.state.reconciler = reconciler
     app.state.settings = settings
     return app

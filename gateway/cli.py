@@ -1,4 +1,5 @@
-"""Command line: ``gateway serve | sim | token | check-config`` (also ``python -m gateway``)."""
+"""Command line: ``gateway serve | sim | token | check-config | admin`` (also
+``python -m gateway``)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from gateway.admin.cli import add_admin_parser
 from gateway.settings import Settings, SettingsError, load_settings, production_problems
 
 
@@ -199,6 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("path")
     check.add_argument("--dev", action="store_true", help="allow development fallbacks")
     check.set_defaults(func=_check_config)
+
+    add_admin_parser(sub)  # gateway admin ...: the admin API's client (gateway/admin/cli.py)
     return parser
 
 

@@ -65,6 +65,7 @@ class RedisSettings:
     max_connections: int = 32
     pool_timeout: float = 0.5
     data_dir: str = ".gateway-data"
+    cluster: bool = False  # the URL names one node of a Redis Cluster
 
     @property
     def embedded(self) -> bool:
@@ -155,6 +156,9 @@ class QuotaSettings:
     lease_seconds: float = 900.0  # a concurrency slot expires unless its job is seen running
     reconcile_interval_seconds: float = 30.0
     reconcile_idle_seconds: float = 60.0  # the reconciler polls jobs nobody polled this long
+    # A reservation without a job record is a create that died in flight; it is refunded once
+    # it is older than the longest a create can take plus this margin.
+    orphan_grace_seconds: float = 60.0
     idempotency_seconds: float = 86_400.0
 
 
@@ -355,9 +359,21 @@ def _redis(sec: _Section) -> RedisSettings:
         max_connections=sec.integer("max_connections", 32, minimum=1),
         pool_timeout=sec.number("pool_timeout", 0.5, minimum=0.01),
         data_dir=sec.req_string("data_dir", ".gateway-data") or ".gateway-data",
+        cluster=_flag(sec, "cluster", False),
     )
+    if out.cluster and out.embedded:
+        raise SettingsError(sec.key("cluster"), "needs a redis:// URL of a cluster node")
     sec.finish()
     return out
+
+
+def _flag(sec: _Section, name: str, default: bool) -> bool:
+    v = sec.raw(name, default)
+    if isinstance(v, str) and v.lower() in ("true", "false", "1", "0", "yes", "no"):
+        v = v.lower() in ("true", "1", "yes")
+    if not isinstance(v, bool):
+        raise SettingsError(sec.key(name), "must be true or false")
+    return v
 
 
 def _auth(sec: _Section) -> AuthSettings:
@@ -532,7 +548,7 @@ def _teams(sec: _Section) -> dict[str, dict[str, Any]]:
     teams: dict[str, dict[str, Any]] = {}
     for name in list(sec.data):
         key = sec.key(str(name))
-        if not _TEAM_NAME.match(str(name)):
+        if not _TEAM_NAME.fullmatch(str(name)):
             raise SettingsError(key, "team names are letters, digits, '.', '_' and '-'")
         body = sec.raw(name) or {}
         if not isinstance(body, dict):
@@ -569,6 +585,7 @@ def _quota(sec: _Section) -> QuotaSettings:
         lease_seconds=sec.number("lease_seconds", 900.0, minimum=10),
         reconcile_interval_seconds=sec.number("reconcile_interval_seconds", 30.0, minimum=0.1),
         reconcile_idle_seconds=sec.number("reconcile_idle_seconds", 60.0, minimum=0.1),
+        orphan_grace_seconds=sec.number("orphan_grace_seconds", 60.0),
         idempotency_seconds=sec.number("idempotency_seconds", 86_400.0, minimum=60),
     )
     sec.finish()

@@ -81,7 +81,9 @@ def gateway_config(
         "server": sections.pop("server", {}),
         "teams": sections.pop("teams", {"default": {}, "team-a": {}, "team-b": {}}),
         "videos": sections.pop("videos", {}),
-        "quota": sections.pop("quota", {}),
+        # Every app runs a reconciler; in tests it stays out of the way (one shared Redis, many
+        # stacks) unless a test asks for it.
+        "quota": {"reconcile_interval_seconds": 3600, **sections.pop("quota", {})},
     }
     return settings_from_mapping(doc, env={})
 

@@ -138,7 +138,7 @@ class TokenVerifier:
         team = claims.get(s.team_claim)
         if team is None or team == "":
             raise AuthenticationFailed("no_team")
-        if not isinstance(team, str) or not _TEAM.match(team):
+        if not isinstance(team, str) or not _TEAM.fullmatch(team):
             raise AuthenticationFailed("bad_team")
         user = claims.get(s.user_claim)
         # Refused rather than truncated: two long subjects must never become one user.

@@ -85,6 +85,23 @@ class Metrics:
             ["team", "kind", "result"],
             registry=r,
         )
+        self.reconciler_runs = Counter(
+            "gateway_reconciler_runs_total",
+            "Reconciler passes this replica ran as the leader, by result",
+            ["result"],
+            registry=r,
+        )
+        self.reconciler_lag = Gauge(
+            "gateway_reconciler_lag_seconds",
+            "How long the stalest unfinished job had gone unseen at the last pass",
+            registry=r,
+        )
+        self.quota_drift = Counter(
+            "gateway_quota_drift_repaired_total",
+            "Quota state the reconciler found inconsistent and repaired, by kind",
+            ["kind"],
+            registry=r,
+        )
         self.errors = Counter(
             "gateway_errors_total",
             "Errors translated into OpenAI-shaped responses, by code",

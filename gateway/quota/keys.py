@@ -47,3 +47,8 @@ class TeamKeys:
 
     def idempotency(self, digest: str) -> str:
         return f"{self.prefix}:idem:{digest}"
+
+
+def reset_mark(bucket: str) -> str:
+    """When an admin last reset ``bucket`` (ms); refunds of older reservations skip it."""
+    return f"{bucket}:reset"

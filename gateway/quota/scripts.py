@@ -93,7 +93,8 @@ return {1, 'reserved'}
 """
 )
 
-# KEYS: reservation, slots, day bucket, month bucket, spend month bucket, open index
+# KEYS: reservation, slots, day bucket, month bucket, spend month bucket, open index, and the
+#       three buckets' reset marks
 # ARGV: job id, outcome ('kept' | 'refunded'), now_ms, day id, month id
 # -> 1 when this call settled it, 0 when it was already settled (or never reserved)
 SETTLE = """
@@ -105,9 +106,16 @@ end
 if ARGV[2] == 'refunded' then
   local vu = tonumber(redis.call('HGET', res, 'vu'))
   local su = tonumber(redis.call('HGET', res, 'su'))
-  -- A bucket that has already expired is not recreated (it would only hold a negative).
-  for _, pair in ipairs({{KEYS[3], vu}, {KEYS[4], vu}, {KEYS[5], su}}) do
-    if redis.call('EXISTS', pair[1]) == 1 then redis.call('DECRBY', pair[1], pair[2]) end
+  local reserved = tonumber(redis.call('HGET', res, 'reserved_ms') or '0')
+  for i, pair in ipairs({{KEYS[3], vu}, {KEYS[4], vu}, {KEYS[5], su}}) do
+    -- Not into a bucket that has expired (it would only hold a negative), nor into one an
+    -- admin reset after this job was charged (its charge is already gone).
+    local reset = tonumber(redis.call('GET', KEYS[6 + i]) or '-1')
+    if redis.call('EXISTS', pair[1]) == 1 and reset < reserved then
+      if redis.call('DECRBY', pair[1], pair[2]) < 0 then
+        redis.call('SET', pair[1], 0, 'KEEPTTL')
+      end
+    end
   end
 end
 redis.call('HSET', res, 'state', ARGV[2], 'settled_ms', ARGV[3])
@@ -116,8 +124,11 @@ redis.call('ZREM', KEYS[6], ARGV[1])
 return 1
 """
 
-# KEYS: slots. ARGV: job id, new expiry ms. Only an existing lease is extended.
+# KEYS: slots, open index. ARGV: job id, new expiry ms, now_ms.
+# A job seen running: extend its lease (only one that exists) and note when it was last seen,
+# so the reconciler leaves it alone while somebody is polling it.
 RENEW = """
+redis.call('ZADD', KEYS[2], 'XX', ARGV[3], ARGV[1])
 return redis.call('ZADD', KEYS[1], 'XX', 'CH', ARGV[2], ARGV[1])
 """
 

@@ -300,9 +300,10 @@ class QuotaService:
 
     async def renew(self, team: str, job_id: str) -> None:
         """Extend a running job's concurrency lease (best effort; the reconciler also renews)."""
-        expires = int((self.clock() + self.settings.lease_seconds) * 1000)
+        now = self.clock()
+        expires = int((now + self.settings.lease_seconds) * 1000)
         try:
-            await self.store.renew(TeamKeys(team), job_id, expires)
+            await self.store.renew(TeamKeys(team), job_id, expires, int(now * 1000))
         except RedisError:
             self._on_redis_error("renew")
 
@@ -356,6 +357,89 @@ class QuotaService:
             "currency": self.settings.currency,
             "time_zone": self.settings.time_zone,
             "limits": out,
+        }
+
+    # -- administration (the admin API) -------------------------------------------------------
+
+    @staticmethod
+    def _shown_overrides(stored: Mapping[str, int]) -> dict[str, Limit]:
+        return {kind: None if v < 0 else model.shown(kind, v) for kind, v in stored.items()}
+
+    async def write_overrides(
+        self, team: str, limits: Mapping[str, Limit], *, replace: bool
+    ) -> tuple[dict[str, Limit], dict[str, Limit]]:
+        """Merge validated limits into the overrides (or replace them all); (before, after).
+
+        The scripts read the hash on every decision, so the change binds from the next one."""
+        stored = {kind: model.stored_limit(kind, value) for kind, value in limits.items()}
+        try:
+            before, after = await self.store.write_overrides(
+                TeamKeys(team), stored, replace=replace
+            )
+        except RedisError:
+            self._on_redis_error("admin_write")
+            raise ServiceUnavailable() from None
+        return self._shown_overrides(before), self._shown_overrides(after)
+
+    async def reset_usage(self, team: str, window: str) -> dict[str, int | float]:
+        """Zero one window's counters (``minute``, ``day``, ``month`` or ``all``) and answer
+        what they held. Concurrency slots and reservations stay: they belong to jobs still
+        running, whose settlement must find them."""
+        now = self.clock()
+        w = Windows.at(now, self.tz)
+        k = TeamKeys(team)
+        every = window == "all"
+        rate = every or window == "minute"
+        buckets: list[tuple[str, str]] = []
+        if every or window == "day":
+            buckets.append(("video_seconds_per_day", k.video_day(w.day)))
+        if every or window == "month":
+            buckets.append(("video_seconds_per_month", k.video_month(w.month)))
+            buckets.append(("spend_per_month", k.spend_month(w.month)))
+        if not rate and not buckets:
+            raise ValueError(f"unknown window {window!r}")
+        since = int(now * 1000) - model.RATE_WINDOW_MS + 1 if rate else None
+        try:
+            requests, values = await self.store.reset_counters(
+                k, rate_since_ms=since, buckets=[key for _, key in buckets], now_ms=int(now * 1000)
+            )
+        except RedisError:
+            self._on_redis_error("admin_write")
+            raise ServiceUnavailable() from None
+        held: dict[str, int | float] = {}
+        if rate:
+            held["requests_per_minute"] = requests
+        for (kind, _), value in zip(buckets, values, strict=True):
+            held[kind] = model.shown(kind, value)
+        return held
+
+    async def known_teams(self) -> list[str]:
+        """Configured teams (not ``default``), teams that ever reserved, teams with overrides."""
+        try:
+            seen = set(await self.store.teams())
+            seen.update(await self.store.teams_with_overrides())
+        except RedisError:
+            self._on_redis_error("admin_read")
+            raise ServiceUnavailable() from None
+        seen.update(t for t in self.teams if t != "default")
+        return sorted(seen)
+
+    async def reservation(self, team: str, job_id: str) -> dict[str, Any] | None:
+        """What a job reserved and how it was settled, in readable units; None once expired."""
+        try:
+            res = await self.store.reservation(TeamKeys(team), job_id)
+        except RedisError:
+            self._on_redis_error("admin_read")
+            raise ServiceUnavailable() from None
+        if not res:
+            return None
+        return {
+            "state": res.get("state"),
+            "outcome": res.get("outcome"),
+            "day": res.get("day"),
+            "month": res.get("month"),
+            "video_seconds": model.shown("video_seconds_per_day", int(res.get("vu") or 0)),
+            "spend": model.shown("spend_per_month", int(res.get("su") or 0)),
         }
 
 

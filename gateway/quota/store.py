@@ -10,7 +10,8 @@ from typing import Any, cast
 from redis.asyncio import Redis
 
 from gateway.quota import scripts
-from gateway.quota.keys import TEAMS, TeamKeys
+from gateway.quota.keys import TEAMS, TeamKeys, reset_mark
+from gateway.quota.model import MONTH_TTL_S
 
 
 def _int(v: Any) -> int:
@@ -85,13 +86,13 @@ class QuotaStore:
     async def settle(
         self, k: TeamKeys, job_id: str, outcome: str, *, now_ms: int, day: str, month: str
     ) -> bool:
+        buckets = [k.video_day(day), k.video_month(month), k.spend_month(month)]
         keys = [
             k.reservation(job_id),
             k.slots,
-            k.video_day(day),
-            k.video_month(month),
-            k.spend_month(month),
+            *buckets,
             k.open,
+            *(reset_mark(b) for b in buckets),
         ]
         reply = await self._settle(keys=keys, args=[job_id, outcome, now_ms, day, month])
         return int(cast(int, reply)) == 1
@@ -100,8 +101,21 @@ class QuotaStore:
         # HSETNX-like: only on a reservation that exists (a plain HSET would create one).
         await self._mark(keys=[k.reservation(job_id)], args=["outcome", "unknown"])
 
-    async def renew(self, k: TeamKeys, job_id: str, expires_ms: int) -> None:
-        await self._renew(keys=[k.slots], args=[job_id, expires_ms])
+    async def renew(self, k: TeamKeys, job_id: str, expires_ms: int, now_ms: int) -> None:
+        await self._renew(keys=[k.slots, k.open], args=[job_id, expires_ms, now_ms])
+
+    async def slot_holders(self, k: TeamKeys) -> list[str]:
+        return [_text(m) for m in await self.redis.zrange(k.slots, 0, -1)]
+
+    async def is_open(self, k: TeamKeys, job_ids: Sequence[str]) -> list[bool]:
+        scores = await self.redis.zmscore(k.open, list(job_ids)) if job_ids else []
+        return [s is not None for s in scores]
+
+    async def drop_slots(self, k: TeamKeys, job_ids: Sequence[str]) -> int:
+        return int(await self.redis.zrem(k.slots, *job_ids)) if job_ids else 0
+
+    async def drop_open(self, k: TeamKeys, job_ids: Sequence[str]) -> int:
+        return int(await self.redis.zrem(k.open, *job_ids)) if job_ids else 0
 
     async def open_jobs(self, k: TeamKeys, older_than_ms: int, limit: int) -> list[str]:
         ids = await self.redis.zrangebyscore(k.open, "-inf", older_than_ms, start=0, num=limit)
@@ -133,13 +147,72 @@ class QuotaStore:
         raw = await self.redis.hgetall(k.limits)
         return {_text(a): int(b) for a, b in raw.items()}
 
-    async def set_overrides(
-        self, k: TeamKeys, stored: Mapping[str, int], remove: Sequence[str]
-    ) -> None:
+    # -- administration (the admin API) ---------------------------------------------------------
+
+    async def write_overrides(
+        self, k: TeamKeys, stored: Mapping[str, int], *, replace: bool
+    ) -> tuple[dict[str, int], dict[str, int]]:
+        """Merge (or, with ``replace``, swap in) overrides; answers (before, after).
+
+        Both snapshots come from the same MULTI as the write, so the audit log shows exactly
+        what this change replaced even when two admins race."""
         async with self.redis.pipeline(transaction=True) as pipe:
-            if remove:
-                pipe.hdel(k.limits, *remove)
+            pipe.hgetall(k.limits)
+            if replace:
+                pipe.delete(k.limits)
             if stored:
                 pipe.hset(k.limits, mapping={a: b for a, b in stored.items()})
-            pipe.sadd(TEAMS, k.team)
-            await pipe.execute()
+            pipe.hgetall(k.limits)
+            replies = await pipe.execute()
+        # A separate call: gw:teams lives in another Cluster slot than the team's keys. Only
+        # teams left with overrides: clearing a mistyped name must not list it forever.
+        if replies[-1]:
+            await self.redis.sadd(TEAMS, k.team)
+        return self._parse_overrides(replies[0]), self._parse_overrides(replies[-1])
+
+    async def reset_counters(
+        self,
+        k: TeamKeys,
+        *,
+        rate_since_ms: int | None,
+        buckets: Sequence[str],
+        now_ms: int | None = None,
+    ) -> tuple[int, list[int]]:
+        """Delete the rate log (when ``rate_since_ms`` is given) and the ``buckets`` in one
+        MULTI; answers what they held (requests since then, each bucket's value).
+
+        Each bucket also gets a reset mark: a job reserved before the reset and refunded after
+        it must not take its refund out of what later jobs were charged."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            if rate_since_ms is not None:
+                pipe.zcount(k.rate, rate_since_ms, "+inf")
+                pipe.delete(k.rate)
+            for b in buckets:
+                pipe.get(b)
+            if buckets:
+                pipe.delete(*buckets)
+            for b in buckets:
+                pipe.set(reset_mark(b), now_ms or 0, ex=MONTH_TTL_S)
+            replies = await pipe.execute()
+        rate = 0
+        if rate_since_ms is not None:
+            rate = _int(replies[0])
+            replies = replies[2:]
+        return rate, [_int(v) for v in replies[: len(buckets)]]
+
+    async def teams_with_overrides(self, scan_count: int = 1000) -> list[str]:
+        """Teams whose limits hash exists, however it was written (the admin API also adds
+        them to gw:teams, but a hand-made override must still be listed)."""
+        # Derived from TeamKeys so that a change of key layout cannot leave this behind.
+        blank = TeamKeys("").limits  # gw:{team:}:limits
+        prefix, suffix = blank[: blank.index("}")], blank[blank.index("}") :]
+        out: set[str] = set()
+        async for key in self.redis.scan_iter(match=f"{prefix}*{suffix}", count=scan_count):
+            name = _text(key)
+            if name.startswith(prefix) and name.endswith(suffix):
+                out.add(name[len(prefix) : -len(suffix)])
+        return sorted(out)
+
+    @staticmethod
+    def _parse_overrides(raw: Mapping[Any, Any]) -> dict[str, int]:
+        return {_text(a): int(b) for a, b in raw.items()}

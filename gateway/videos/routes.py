@@ -147,6 +147,7 @@ def video_routes(service: VideoService) -> list[BaseRoute]:
                 upload=upload,
                 request_id=_rid(request),
                 base_url=_base(request),
+                idempotency_key=request.headers.get("idempotency-key"),
             )
         )
 

@@ -13,8 +13,16 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from redis.exceptions import RedisError
+
 from gateway.auth.principal import Principal
-from gateway.errors import GatewayError, InvalidRequest, NotFound, UpstreamError
+from gateway.errors import (
+    GatewayError,
+    InvalidRequest,
+    NotFound,
+    ServiceUnavailable,
+    UpstreamError,
+)
 from gateway.quota.service import QuotaService
 from gateway.settings import VideoSettings
 from gateway.upstream.client import (
@@ -24,7 +32,8 @@ from gateway.upstream.client import (
     caller_error,
 )
 from gateway.videos import dialect
-from gateway.videos.create_request import Upload, parse_create
+from gateway.videos.create_request import CreateRequest, Upload, parse_create
+from gateway.videos.idempotency import Claim, IdempotencyStore, fingerprint, valid_key
 from gateway.videos.registry import Job, JobRegistry, new_video_id
 from gateway.videos.url_policy import Resolver, check_image_url, system_resolver
 
@@ -64,6 +73,7 @@ class VideoService:
         clock: Callable[[], float],
         resolve: Resolver = system_resolver,
         quota: QuotaService | None = None,
+        idempotency: IdempotencyStore | None = None,
     ) -> None:
         self.client = client
         self.registry = registry
@@ -73,6 +83,7 @@ class VideoService:
         self.clock = clock
         self.resolve = resolve
         self.quota = quota
+        self.idempotency = idempotency
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -148,6 +159,7 @@ class VideoService:
         request_id: str,
         base_url: str,
         source: Job | None = None,
+        idempotency_key: str | None = None,
     ) -> Answer:
         req = parse_create(
             fields,
@@ -161,6 +173,83 @@ class VideoService:
                 req.image_url, allowed_hosts=self.settings.url_allowed_hosts, resolve=self.resolve
             )
         path = f"/v1/videos/{source.upstream_id}/remix" if source else "/v1/videos"
+        if idempotency_key is None or self.idempotency is None:
+            return await self._create_new(who, req, path, source, request_id, base_url)
+        key = idempotency_key
+        if not valid_key(key):
+            raise InvalidRequest(
+                "Idempotency-Key must be 1 to 255 visible ASCII characters.",
+                code="invalid_value",
+                param="Idempotency-Key",
+            )
+        fp = fingerprint({"path": path, "body": req.body})
+        claim = await self._idempotent(who.team, key, fp)
+        if claim.state != "new":
+            return await self._replay(who, claim, fp, request_id, base_url)
+        try:
+            answer = await self._create_new(who, req, path, source, request_id, base_url)
+        except GatewayError as exc:
+            await self._idempotent_end(
+                who.team, key, "unknown" if exc.maybe_processed else "released"
+            )
+            raise
+        await self._idempotent_end(who.team, key, "done", str(answer.body["id"]))
+        return answer
+
+    async def _idempotent(self, team: str, key: str, fp: str) -> Claim:
+        assert self.idempotency is not None
+        try:
+            return await self.idempotency.begin(team, key, fp)
+        except RedisError:
+            raise ServiceUnavailable() from None
+
+    async def _idempotent_end(self, team: str, key: str, state: str, video_id: str = "") -> None:
+        assert self.idempotency is not None
+        try:
+            if state == "released":
+                await self.idempotency.release(team, key)
+            else:
+                await self.idempotency.finish(team, key, state, video_id)
+        except RedisError:
+            # The key stays pending until it expires: a retry gets 409s, never a second job.
+            log.warning("could not record the end of an idempotent create")
+
+    async def _replay(
+        self, who: Principal, claim: Claim, fp: str, request_id: str, base_url: str
+    ) -> Answer:
+        if claim.fingerprint != fp:
+            raise GatewayError(
+                "This Idempotency-Key was already used with a different request.",
+                code="idempotency_key_reused",
+                param="Idempotency-Key",
+                status=422,
+            )
+        if claim.state == "pending":
+            raise GatewayError(
+                "A request with this Idempotency-Key is still being processed; retry shortly.",
+                code="idempotency_key_in_use",
+                param="Idempotency-Key",
+                status=409,
+                headers={"retry-after": "1", "retry-after-ms": "1000"},
+            )
+        if claim.state == "unknown":
+            raise UpstreamError(
+                "The first request with this Idempotency-Key reached the upstream with an "
+                "unknown outcome; the gateway does not send it again.",
+                headers={"x-should-retry": "false"},
+            )
+        job = await self._owned(who, claim.video_id)
+        return self._answer(await self.refresh(job, request_id=request_id), base_url)
+
+    async def _create_new(
+        self,
+        who: Principal,
+        req: CreateRequest,
+        path: str,
+        source: Job | None,
+        request_id: str,
+        base_url: str,
+    ) -> Answer:
         video_id = new_video_id()
         if self.quota is not None:
             # Reserved before anything goes upstream: a rejected team costs nothing.

@@ -251,3 +251,19 @@ async def test_usage_report(redis: Redis) -> None:
         "resets_at": "2027-01-01T00:00:00Z",
         "source": "config",
     }
+
+
+async def test_a_refund_after_an_admin_reset_spares_later_charges(redis: Redis) -> None:
+    clock = Clock(at("2026-12-01T10:00:00"))
+    svc, team = service(redis, clock, {"video_seconds_per_day": 100})
+    early, late = "video_" + "8" * 32, "video_" + "9" * 32
+    await svc.reserve(team, early, four_seconds())
+    clock.t += 1
+    await svc.reset_usage(team, "all")
+    clock.t += 1
+    await svc.reserve(team, late, four_seconds())
+    assert await svc.settle(team, early, "refunded")
+    # The reset already forgave the early job: its refund must not eat the late job's charge.
+    assert await counters(redis, team, "20261201", "202612") == (4000, 4000, 0)
+    assert await svc.settle(team, late, "refunded")
+    assert await counters(redis, team, "20261201", "202612") == (0, 0, 0)

@@ -133,6 +133,7 @@ async def test_wrong_secret_and_tampered_payload(hs: TokenVerifier, secret: str)
         ({"team": "-leading-dash"}, "bad_team"),
         ({"team": "t" * 65}, "bad_team"),
         ({"team": 7}, "bad_team"),
+        ({"team": "team-a\n"}, "bad_team"),  # "$" alone would let a trailing newline in
         ({"team": ["team-a"]}, "bad_team"),
         ({"sub": None}, "no_subject"),
         ({"sub": ""}, "no_subject"),

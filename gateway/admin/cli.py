@@ -1,0 +1,360 @@
+"""``gateway admin ...``: the admin API from a terminal, with the standard library only.
+
+    gateway admin teams                         every known team: usage / limit per kind
+    gateway admin show TEAM                     one team's limits, usage, resets, sources
+    gateway admin set-limits TEAM k=v ...       PATCH overrides (--replace: PUT, all at once)
+    gateway admin clear-limits TEAM             DELETE overrides: back to the config
+    gateway admin reset-usage TEAM --window W   W: minute | day | month | all
+    gateway admin jobs TEAM [--limit N] [--after ID]
+    gateway admin job ID
+    gateway admin keys [enable|disable ID]
+    gateway admin audit [--limit N]
+
+The gateway comes from ``--url`` or ``GATEWAY_URL``, the admin's JWT from ``--token`` or
+``GATEWAY_ADMIN_TOKEN``. Exit codes: 0 done, 1 the gateway answered an error (its message is
+printed), 2 a usage error or the gateway could not be reached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+from gateway.admin.tables import number, render
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+TIMEOUT_S = 15.0
+KIND_LABELS = {  # the teams table's column headers, in KINDS order
+    "requests_per_minute": "REQ/MIN",
+    "concurrent_jobs": "CONCURRENT",
+    "video_seconds_per_day": "VIDEO-S/DAY",
+    "video_seconds_per_month": "VIDEO-S/MONTH",
+    "spend_per_month": "SPEND/MONTH",
+}
+UNLIMITED_WORDS = frozenset({"null", "none", "unlimited"})
+
+
+class CliError(Exception):
+    def __init__(self, exit_code: int, message: str, body: Any = None) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+        self.message = message
+        self.body = body
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    # urllib would resend the Authorization header to wherever a redirect points.
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+class AdminClient:
+    def __init__(self, url: str, token: str, timeout: float = TIMEOUT_S) -> None:
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise CliError(2, f"--url must be an http(s) URL, not {url!r}")
+        self.url = url.rstrip("/")
+        self._token = token
+        self._timeout = timeout
+        self._opener = urllib.request.build_opener(_NoRedirect)
+
+    def call(self, method: str, path: str, body: Any = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        # The scheme was checked to be http(s) above, so no file: or custom-scheme opening.
+        req = urllib.request.Request(self.url + path, data=data, method=method)  # noqa: S310
+        req.add_header("Authorization", f"Bearer {self._token}")
+        req.add_header("Accept", "application/json")
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        try:
+            with self._opener.open(req, timeout=self._timeout) as resp:
+                raw = resp.read()
+        except urllib.error.HTTPError as exc:
+            raise _http_error(exc) from None
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise CliError(2, f"cannot reach the gateway at {self.url}: {reason}") from None
+        try:
+            return json.loads(raw)
+        except ValueError:
+            raise CliError(1, f"the gateway at {self.url} did not answer JSON") from None
+
+
+def _http_error(exc: urllib.error.HTTPError) -> CliError:
+    raw = exc.read()
+    exc.close()
+    try:
+        body = json.loads(raw)
+        err = body["error"]
+        code = err.get("code") or "error"
+        param = f" (param {err['param']})" if err.get("param") else ""
+        return CliError(1, f"{exc.code} {code}{param}: {err.get('message')}", body)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return CliError(1, f"{exc.code} {exc.reason}")
+
+
+def q(segment: str) -> str:
+    """One path segment, quoted so that a name can never change the path."""
+    return urllib.parse.quote(segment, safe="")
+
+
+def parse_assignments(pairs: Sequence[str]) -> dict[str, int | float | None]:
+    """``requests_per_minute=60 spend_per_month=unlimited`` to a limits document."""
+    out: dict[str, int | float | None] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        key, text = key.strip(), text.strip()
+        if not sep or not key or not text:
+            raise CliError(2, f"expected KIND=VALUE, got {pair!r}")
+        if text.lower() in UNLIMITED_WORDS:
+            out[key] = None
+            continue
+        try:
+            out[key] = int(text)
+        except ValueError:
+            try:
+                out[key] = float(text)
+            except ValueError:
+                raise CliError(
+                    2, f"{key}: {text!r} is not a number, 'null' or 'unlimited'"
+                ) from None
+    return out
+
+
+# -- rendering --------------------------------------------------------------------------------
+
+
+def _iso(epoch: Any) -> str:
+    if not isinstance(epoch, int | float):
+        return "-"
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def teams_table(doc: dict[str, Any]) -> str:
+    headers = ["TEAM", "CONFIGURED", *KIND_LABELS.values()]
+    rows = []
+    for t in doc["data"]:
+        cells = [t["team"], "yes" if t["configured"] else "no"]
+        for kind in KIND_LABELS:
+            lim = t["limits"][kind]
+            mark = "*" if lim["source"] == "override" else ""
+            cells.append(f"{number(lim['used'])}/{number(lim['limit'])}{mark}")
+        rows.append(cells)
+    legend = "used/limit per kind; * = admin override"
+    if not rows:
+        return "no teams yet"
+    return render(headers, rows) + "\n" + legend
+
+
+def team_table(t: dict[str, Any]) -> str:
+    head = (
+        f"team {t['team']} ({'configured' if t['configured'] else 'not in the config'}; "
+        f"currency {t['currency']}, time zone {t['time_zone']})"
+    )
+    rows = [
+        [
+            kind,
+            number(v["limit"]),
+            number(v["used"]),
+            number(v["remaining"], none="-") if v["limit"] is not None else "-",
+            v["resets_at"] or "-",
+            v["source"],
+        ]
+        for kind, v in t["limits"].items()
+    ]
+    table = render(
+        ["KIND", "LIMIT", "USED", "REMAINING", "RESETS AT", "SOURCE"], rows, right={1, 2, 3}
+    )
+    return head + "\n" + table
+
+
+def jobs_table(doc: dict[str, Any]) -> str:
+    rows = [
+        [
+            j["id"],
+            j["status"],
+            j["model"],
+            str(j["seconds"]),
+            j["size"],
+            j["user"],
+            j["upstream_key_id"],
+            _iso(j["created_at"]),
+        ]
+        for j in doc["data"]
+    ]
+    if not rows:
+        return "no jobs"
+    headers = ["ID", "STATUS", "MODEL", "SECONDS", "SIZE", "USER", "KEY", "CREATED"]
+    out = render(headers, rows, right={3})
+    if doc.get("has_more"):
+        out += f"\nmore: --after {doc['last_id']}"
+    return out
+
+
+def job_lines(j: dict[str, Any]) -> str:
+    fields = dict(j)
+    for name in ("created_at", "completed_at"):
+        fields[name] = _iso(fields.get(name)) if fields.get(name) else None
+    width = max(len(k) for k in fields)
+    return "\n".join(
+        f"{k.ljust(width)}  {v if isinstance(v, str) else json.dumps(v)}" for k, v in fields.items()
+    )
+
+
+def keys_table(doc: dict[str, Any]) -> str:
+    keys = doc["data"] if doc.get("object") == "list" else [doc]
+    rows = [[k["id"], k["state"], str(k["in_flight"])] for k in keys]
+    return render(["KEY", "STATE", "IN FLIGHT"], rows, right={2})
+
+
+def audit_table(doc: dict[str, Any]) -> str:
+    def compact(v: Any) -> str:
+        return json.dumps(v, sort_keys=True, separators=(",", ":"))
+
+    rows = [
+        [
+            e["time"] or "-",
+            f"{e['actor']['user']}@{e['actor']['team']}",
+            e["action"] or "-",
+            e["target"] or "-",
+            compact(e["before"]),
+            compact(e["after"]),
+        ]
+        for e in doc["data"]
+    ]
+    if not rows:
+        return "no audit entries"
+    return render(["TIME", "WHO", "ACTION", "TARGET", "BEFORE", "AFTER"], rows)
+
+
+# -- commands ---------------------------------------------------------------------------------
+
+Command = Callable[[AdminClient, argparse.Namespace], tuple[Any, Callable[[Any], str]]]
+
+
+def _teams(c: AdminClient, a: argparse.Namespace) -> tuple[Any, Callable[[Any], str]]:
+    return c.call("GET", "/admin/v1/teams"), teams_table
+
+
+def _show(c: AdminClient, a: argparse.Namespace) -> tuple[Any, Callable[[Any], str]]:
+    return c.call("GET", f"/admin/v1/teams/{q(a.team)}"), team_table
+
+
+def _set_limits(c: AdminClient, a: argparse.Namespace) -> tuple[Any, Callable[[Any], str]]:
+    body = parse_assignments(a.limits)
+    method = "PUT" if a.replace else "PATCH"
+    return c.call(method, f"/admin/v1/teams/{q(a.team)}/limits", body), team_table
+
+
+def _clear_limits(c: AdminClient, a: argparse.Namespace) -> tuple[Any, Callable[[Any], str]]:
+    return c.call("DELETE", f"/admin/v1/teams/{q(a.team)}/limits"), team_table
+
+
+def _reset_usage(c: AdminClient, a: argparse.Namespace) -> tuple[Any, Callable[[Any], str]]:
+    path = f"/admin/v1/teams/{q(a.team)}/usage/reset"
+    return c.call("POST", path, {"window": a.window}), team_table
+
+
+def _query(**params: Any) -> str:
+    given = {k: str(v) for k, v in params.items() if v is not None}
+    return "?" + urllib.parse.urlencode(given) if given else ""
+
+
+def _jobs(c: AdminClient, a: argparse.Namespace) -> tuple[Any, Callable[[Any], str]]:
+    path = f"/admin/v1/teams/{q(a.team)}/jobs" + _query(limit=a.limit, after=a.after)
+    return c.call("GET", path), jobs_table
+
+
+def _job(c: AdminClient, a: argparse.Namespace) -> tuple[Any, Callable[[Any], str]]:
+    return c.call("GET", f"/admin/v1/jobs/{q(a.id)}"), job_lines
+
+
+def _keys(c: AdminClient, a: argparse.Namespace) -> tuple[Any, Callable[[Any], str]]:
+    if a.action in (None, "list"):
+        if a.key_id is not None:
+            raise CliError(2, "keys: a key id goes with 'enable' or 'disable'")
+        return c.call("GET", "/admin/v1/upstream-keys"), keys_table
+    if a.key_id is None:
+        raise CliError(2, f"keys {a.action}: which key? (gateway admin keys {a.action} ID)")
+    return c.call("POST", f"/admin/v1/upstream-keys/{q(a.key_id)}/{a.action}"), keys_table
+
+
+def _audit(c: AdminClient, a: argparse.Namespace) -> tuple[Any, Callable[[Any], str]]:
+    return c.call("GET", "/admin/v1/audit" + _query(limit=a.limit)), audit_table
+
+
+def run(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+    as_json = bool(getattr(args, "json", False))
+    url = getattr(args, "url", None) or os.environ.get("GATEWAY_URL") or DEFAULT_URL
+    token = getattr(args, "token", None) or os.environ.get("GATEWAY_ADMIN_TOKEN", "")
+    try:
+        if not token:
+            raise CliError(2, "no admin token: set GATEWAY_ADMIN_TOKEN or pass --token")
+        command: Command = args.admin_handler
+        doc, show = command(AdminClient(url, token), args)
+    except CliError as exc:
+        if as_json and exc.body is not None:
+            print(json.dumps(exc.body, indent=2), file=out)
+        print(f"gateway admin: {exc.message}", file=err)
+        return exc.exit_code
+    print(json.dumps(doc, indent=2) if as_json else show(doc), file=out)
+    return 0
+
+
+def add_admin_parser(sub: Any) -> None:
+    """Add ``admin`` and its subcommands to the ``gateway`` parser's subparsers."""
+    # Common options on the group and on every subcommand, SUPPRESSed so that neither level
+    # overwrites the other: ``gateway admin --json teams`` and ``... teams --json`` both work.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--url", default=argparse.SUPPRESS, help=f"gateway URL (GATEWAY_URL, {DEFAULT_URL})"
+    )
+    common.add_argument(
+        "--token", default=argparse.SUPPRESS, help="admin JWT (GATEWAY_ADMIN_TOKEN)"
+    )
+    common.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="print the raw JSON"
+    )
+    admin = sub.add_parser(
+        "admin",
+        parents=[common],
+        help="quota administration through the admin API",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    cmds = admin.add_subparsers(dest="admin_command", required=True, metavar="COMMAND")
+
+    def command(name: str, handler: Command, help_: str) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = cmds.add_parser(name, parents=[common], help=help_)
+        p.set_defaults(admin_handler=handler)
+        return p
+
+    command("teams", _teams, "every known team with usage and limits")
+    command("show", _show, "one team").add_argument("team")
+    p = command("set-limits", _set_limits, "set overrides: KIND=NUMBER|null|unlimited ...")
+    p.add_argument("team")
+    p.add_argument("limits", nargs="+", metavar="KIND=VALUE")
+    p.add_argument("--replace", action="store_true", help="replace all overrides (PUT)")
+    command("clear-limits", _clear_limits, "remove every override").add_argument("team")
+    p = command("reset-usage", _reset_usage, "zero a window's counters")
+    p.add_argument("team")
+    p.add_argument("--window", required=True, choices=["minute", "day", "month", "all"])
+    p = command("jobs", _jobs, "a team's video jobs, newest first")
+    p.add_argument("team")
+    p.add_argument("--limit", type=int)
+    p.add_argument("--after", help="the last id of the previous page")
+    command("job", _job, "one video job, any team").add_argument("id")
+    p = command("keys", _keys, "upstream keys; 'keys enable ID' / 'keys disable ID'")
+    p.add_argument("action", nargs="?", choices=["list", "enable", "disable"])
+    p.add_argument("key_id", nargs="?")
+    p = command("audit", _audit, "recent admin changes, newest first")
+    p.add_argument("--limit", type=int)
+    admin.set_defaults(func=run)

@@ -1,0 +1,83 @@
+"""Idempotency-Key on video creates: the same key and request within the window return the
+same job (no second upstream job, no second charge); the same key with another request is a
+422; a key whose first request is still in flight is a 409 the SDK retries.
+
+    gw:{team:<t>}:idem:<sha256(key)>   hash: state (pending | done | unknown), fp, video_id
+
+Keys are per team (another team's key can never collide) and stored hashed (a key may carry
+whatever a client put in it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from typing import Any, cast
+
+from redis.asyncio import Redis
+
+from gateway.quota.keys import TeamKeys
+
+_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+
+# KEYS: idempotency key. ARGV: fingerprint, pending ttl ms.
+# -> {} when this call claimed it, else {state, fp, video_id}
+_BEGIN = """
+local cur = redis.call('HMGET', KEYS[1], 'state', 'fp', 'video_id')
+if not cur[1] then
+  redis.call('HSET', KEYS[1], 'state', 'pending', 'fp', ARGV[1])
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return {}
+end
+return {cur[1], cur[2] or '', cur[3] or ''}
+"""
+
+
+def valid_key(key: str) -> bool:
+    return _KEY.match(key) is not None
+
+
+def fingerprint(doc: Any) -> str:
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Claim:
+    state: str  # "new" when this request owns the key
+    fingerprint: str = ""
+    video_id: str = ""
+
+
+class IdempotencyStore:
+    def __init__(self, redis: Redis, *, ttl_seconds: float, pending_seconds: float) -> None:
+        self.redis = redis
+        self.ttl_ms = int(ttl_seconds * 1000)
+        self.pending_ms = int(pending_seconds * 1000)
+        self._begin = redis.register_script(_BEGIN)
+
+    @staticmethod
+    def _key(team: str, key: str) -> str:
+        return TeamKeys(team).idempotency(hashlib.sha256(key.encode()).hexdigest())
+
+    async def begin(self, team: str, key: str, fp: str) -> Claim:
+        reply = cast(
+            list[Any], await self._begin(keys=[self._key(team, key)], args=[fp, self.pending_ms])
+        )
+        if not reply:
+            return Claim("new")
+        state, stored_fp, video_id = (v.decode() if isinstance(v, bytes) else str(v) for v in reply)
+        return Claim(state, stored_fp, video_id)
+
+    async def finish(self, team: str, key: str, state: str, video_id: str = "") -> None:
+        """Record how the first request ended, for the rest of the window."""
+        name = self._key(team, key)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(name, mapping={"state": state, "video_id": video_id})
+            pipe.pexpire(name, self.ttl_ms)
+            await pipe.execute()
+
+    async def release(self, team: str, key: str) -> None:
+        """The first request certainly did nothing: the key is free to be used again."""
+        await self.redis.delete(self._key(team, key))

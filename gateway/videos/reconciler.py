@@ -1,0 +1,157 @@
+"""The reconciler: a background task in every replica, one leader at a time, that settles what
+nobody else will — jobs nobody polls any more, creates whose outcome is unknown, reservations a
+crash left behind — and repairs concurrency slots that drifted from the open reservations.
+
+It only ever acts through the same exactly-once settlement the request path uses, so a
+reconciler and ten pollers seeing one job fail together still refund it once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from gateway.quota.keys import TeamKeys
+from gateway.quota.service import QuotaService
+from gateway.videos.registry import JobRegistry
+from gateway.videos.service import VideoService
+
+log = logging.getLogger("gateway.reconciler")
+
+LEADER_KEY = "gw:reconciler:leader"
+BATCH = 100
+
+# Take or keep the lead: only the holder's own token extends it.
+_LEAD = """
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+if holder then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
+
+@dataclass
+class Report:
+    """What one pass did; ``drift`` counts repairs by kind."""
+
+    polled: int = 0
+    settled: int = 0
+    unknown_kept: int = 0
+    orphans_refunded: int = 0
+    drift: dict[str, int] = field(default_factory=dict)
+    lag_seconds: float = 0.0  # how long the stalest open job had gone unseen
+
+
+class Reconciler:
+    def __init__(
+        self,
+        redis: Redis,
+        videos: VideoService,
+        quota: QuotaService,
+        registry: JobRegistry,
+        *,
+        interval_seconds: float,
+        idle_seconds: float,
+        orphan_seconds: float,
+        clock: Callable[[], float],
+        on_report: Callable[[Report], None] | None = None,
+        on_error: Callable[[], None] | None = None,
+    ) -> None:
+        self.redis = redis
+        self.videos = videos
+        self.quota = quota
+        self.registry = registry
+        self.interval = interval_seconds
+        self.idle_ms = int(idle_seconds * 1000)
+        self.orphan_ms = int(orphan_seconds * 1000)
+        self.clock = clock
+        self._on_report = on_report or (lambda r: None)
+        self._on_error = on_error or (lambda: None)
+        self._token = secrets.token_hex(8)
+        self._lead = redis.register_script(_LEAD)
+        self._runs = 0
+
+    async def lead(self) -> bool:
+        """True while this replica holds the lead (the lock outlives three missed passes)."""
+        ttl_ms = int(self.interval * 3000)
+        return int(await self._lead(keys=[LEADER_KEY], args=[self._token, ttl_ms])) == 1
+
+    async def resign(self) -> None:
+        with contextlib.suppress(RedisError):
+            if await self.redis.get(LEADER_KEY) == self._token.encode():
+                await self.redis.delete(LEADER_KEY)
+
+    async def run_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                if await self.lead():
+                    self._on_report(await self.run_once())
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # One bad pass must not end reconciliation for the life of the process.
+                log.exception("reconciler pass failed")
+                self._on_error()
+
+    async def run_once(self) -> Report:
+        report = Report()
+        now_ms = int(self.clock() * 1000)
+        for team in await self.quota.store.teams():
+            await self._team(team, now_ms, report)
+        if any(report.drift.values()):
+            log.warning("reconciler repaired drift: %s", report.drift)
+        return report
+
+    async def _team(self, team: str, now_ms: int, report: Report) -> None:
+        k = TeamKeys(team)
+        store = self.quota.store
+        stale = await store.open_jobs(k, now_ms - self.idle_ms, BATCH)
+        for job_id in stale:
+            self._runs += 1
+            res = await store.reservation(k, job_id)
+            if res.get("state") != "reserved":
+                # Settled, but still indexed as open: a crash between two writes.
+                report.drift["open_index"] = report.drift.get("open_index", 0) + 1
+                await store.drop_open(k, [job_id])
+                continue
+            seen_ms = now_ms - int(res.get("reserved_ms", now_ms))
+            job = await self.registry.get(job_id)
+            if job is None:
+                if res.get("outcome") == "unknown":
+                    # The upstream may have run (and billed) it; we can never learn its id.
+                    report.unknown_kept += await self.quota.settle(team, job_id, "kept")
+                elif seen_ms > self.orphan_ms:
+                    # Reserved, then the replica died before the upstream call finished.
+                    report.orphans_refunded += await self.quota.settle(team, job_id, "refunded")
+                continue
+            report.lag_seconds = max(report.lag_seconds, seen_ms / 1000)
+            if job.finished:
+                report.settled += await self.quota.settle(
+                    team, job_id, "kept" if job.status == "completed" else "refunded"
+                )
+                continue
+            report.polled += 1
+            # Polls (coalesced with callers), settles if it ended, renews the lease if not,
+            # and fails it past the deadline.
+            await self.videos.refresh(job, request_id=f"reconciler-{self._token}-{self._runs}")
+        await self._repair_slots(k, report)
+
+    async def _repair_slots(self, k: TeamKeys, report: Report) -> None:
+        """A slot without an open reservation would block the team forever: drop it."""
+        holders = await self.quota.store.slot_holders(k)
+        if not holders:
+            return
+        is_open = await self.quota.store.is_open(k, holders)
+        strays = [h for h, o in zip(holders, is_open, strict=True) if not o]
+        if strays:
+            dropped = await self.quota.store.drop_slots(k, strays)
+            report.drift["slots"] = report.drift.get("slots", 0) + dropped
