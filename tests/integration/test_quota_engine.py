@@ -12,14 +12,17 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from gateway.errors import QuotaExceeded
+from gateway.errors import QuotaExceeded, ServiceUnavailable
 from gateway.quota.keys import TeamKeys
 from gateway.quota.model import Cost, job_cost
 from gateway.quota.service import QuotaService
 from gateway.quota.store import QuotaStore
 from gateway.redis_client import make_redis
 from gateway.settings import QuotaSettings, RedisSettings, VideoSettings
+from gateway.videos.reconciler import Reconciler
+from gateway.videos.registry import Job, JobRegistry
 
 
 class Clock:
@@ -267,3 +270,58 @@ async def test_a_refund_after_an_admin_reset_spares_later_charges(redis: Redis) 
     assert await counters(redis, team, "20261201", "202612") == (4000, 4000, 0)
     assert await svc.settle(team, late, "refunded")
     assert await counters(redis, team, "20261201", "202612") == (0, 0, 0)
+
+
+class LostReply(QuotaStore):
+    """The script runs on Redis, then the reply is lost (a timeout on the way back)."""
+
+    async def reserve(self, *args: Any, **kwargs: Any) -> tuple[bool, str, int, int]:
+        await super().reserve(*args, **kwargs)
+        raise RedisTimeoutError("Timeout reading from socket")
+
+
+async def test_a_lost_reply_is_charged_once_in_the_end(redis: Redis) -> None:
+    clock = Clock(at("2026-12-01T10:00:00"))
+    svc, team = service(redis, clock, {"video_seconds_per_day": 100})
+    lossy = QuotaService(
+        LostReply(redis), svc.settings, teams=svc.teams, videos=svc.videos, clock=clock
+    )
+    lost = "video_" + "a" * 32
+    with pytest.raises(ServiceUnavailable):
+        await lossy.reserve(team, lost, four_seconds())
+    # The caller saw a 503 and sends the create again: a new job, a new reservation; that job
+    # exists (and has completed by the time the reconciler looks).
+    retried = "video_" + "b" * 32
+    await svc.reserve(team, retried, four_seconds())
+    await JobRegistry(redis).add(
+        Job(
+            id=retried,
+            team=team,
+            user="u",
+            upstream_id="task_1",
+            key_id="primary",
+            model="sora-2",
+            size="1280x720",
+            seconds=4,
+            prompt="p",
+            created_at=int(clock.t),
+            created_ms=int(clock.t * 1000),
+            status="completed",
+        )
+    )
+    assert await counters(redis, team, "20261201", "202612") == (8000, 8000, 0)
+    reconciler = Reconciler(
+        redis,
+        None,  # type: ignore[arg-type] (only jobs with a record need the video service)
+        svc,
+        JobRegistry(redis),
+        interval_seconds=30,
+        idle_seconds=60,
+        orphan_seconds=120,
+        clock=clock,
+    )
+    clock.t += 121
+    report = await reconciler.run_once()
+    assert (report.orphans_refunded, report.settled) == (1, 1)
+    assert await counters(redis, team, "20261201", "202612") == (4000, 4000, 0)
+    assert (await svc.store.reservation(TeamKeys(team), lost))["state"] == "refunded"

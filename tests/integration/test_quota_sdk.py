@@ -111,8 +111,10 @@ def test_rate_limit_headers_then_429_that_never_reaches_the_upstream(
     assert int(e.response.headers["retry-after-ms"]) > 55_000
     assert e.response.headers["x-ratelimit-remaining-requests"] == "0"
     assert len(rate_stack.sim_requests("/v1/models")) == seen
-    # Other teams have their own budget.
-    assert sdk(rate_stack, fresh_team(), max_retries=0).models.list().data
+    # Other teams have their own budget, and see only their own usage.
+    other = fresh_team()
+    assert sdk(rate_stack, other, max_retries=0).models.list().data
+    assert usage(rate_stack, other)["requests_per_minute"]["used"] == 0
 
 
 def test_concurrency_limit(redis_url: str, team: str) -> None:
@@ -232,5 +234,10 @@ def test_redis_down(fail_open: bool) -> None:
             assert err.value.status_code == 503
             assert time.monotonic() - started < 3
             assert creates(s) == 0
+            # Back again on the same port: limits apply again, no restart needed.
+            redis = RedisProcess(port=redis.port).start()
+            raw = c.models.with_raw_response.list()
+            assert raw.headers["x-ratelimit-limit-requests"] == "100"
+            assert c.videos.create(prompt="redis is back").status in ("queued", "in_progress")
     finally:
         redis.stop()
