@@ -18,8 +18,12 @@ upstream: {{base_url: "{upstream}", keys: [{{id: bench, secret: "${{BENCH_UPSTRE
 redis: {{url: "${{REDIS_URL}}"}}
 auth: {{hs256_secrets: ["${{GATEWAY_JWT_SECRET}}"], algorithms: [HS256]}}
 server: {{host: 127.0.0.1, port: {port}}}
-teams: {{default: {{}}, bench: {{}}}}
+# A limit far above what a run sends: every request pays for the check, none is refused.
+teams:
+  default: {{}}
+  bench: {{requests_per_minute: 100000000, video_seconds_per_day: 100000000}}
 videos: {{poll_interval_seconds: {poll_interval}}}
+quota: {{enabled: {quota}}}
 """
 
 
@@ -59,11 +63,25 @@ def gateway_command() -> str:
 
 
 def start(
-    tmp: Path, name: str, upstream: str, core: int, env: dict[str, str], timeout: float = 30
+    tmp: Path,
+    name: str,
+    upstream: str,
+    core: int,
+    env: dict[str, str],
+    timeout: float = 30,
+    *,
+    quota: bool = True,
 ) -> Gateway:
     port = procs.free_port()
     cfg = tmp / f"{name}.yaml"
-    cfg.write_text(_CONFIG.format(upstream=upstream, port=port, poll_interval=POLL_INTERVAL_S))
+    cfg.write_text(
+        _CONFIG.format(
+            upstream=upstream,
+            port=port,
+            poll_interval=POLL_INTERVAL_S,
+            quota="true" if quota else "false",
+        )
+    )
     log = tmp / f"{name}.log"
     argv = [gateway_command(), "serve", "--config", str(cfg), "--port", str(port)]
     argv += ["--workers", "1", "--log-level", "warning"]

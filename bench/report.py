@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from bench.streams import StreamStats
 from bench.wrk import WrkResult
 
-TARGETS = ("direct", "nginx", "gateway")
+TARGETS = ("direct", "nginx", "gateway", "no-quota")
 
 
 @dataclass(frozen=True)
@@ -69,6 +69,8 @@ def json_table(rows: Rows, conns: list[int]) -> list[str]:
     for c in conns:
         d, n = rows[("direct", c)], rows[("nginx", c)]
         for t in TARGETS:
+            if (t, c) not in rows:
+                continue
             r = rows[(t, c)]
             added = (
                 "-" if t == "direct" else f"{r.p50_ms - d.p50_ms:+.2f} / {r.p99_ms - d.p99_ms:+.2f}"
@@ -111,11 +113,30 @@ class Goal:
         return f"| {self.name} | {self.measured} | {'PASS' if self.ok else 'FAIL'} |"
 
 
-def json_goals(rows: Rows) -> list[Goal]:
+def json_goals(rows: Rows, redis_calls_per_request: float | None = None) -> list[Goal]:
     g1, d1 = rows[("gateway", 1)], rows[("direct", 1)]
     g32, g256 = rows[("gateway", 32)], rows[("gateway", 256)]
     added = g1.p50_ms - d1.p50_ms
+    quota: list[Goal] = []
+    if ("no-quota", 32) in rows:
+        share = g32.rps / rows[("no-quota", 32)].rps
+        quota.append(
+            Goal(
+                "32 connections: with the quota check ≥ 80 % of req/s without it",
+                f"{share:.0%}",
+                share >= 0.8,
+            )
+        )
+    if redis_calls_per_request is not None:
+        quota.append(
+            Goal(
+                "a quota decision is one Redis round trip",
+                f"{redis_calls_per_request:.3f} Redis commands per request",
+                redis_calls_per_request <= 1.0 + 1e-3,
+            )
+        )
     return [
+        *quota,
         Goal("≥ 3,000 req/s at 32 connections", f"{g32.rps:,.0f} req/s", g32.rps >= 3000),
         Goal("added p50 ≤ 0.5 ms over direct at 1 connection", f"{added:.2f} ms", added <= 0.5),
         Goal(

@@ -120,7 +120,7 @@ def create_app(
         teams=settings.teams,
         secrets=pool.secrets,
         clock=clock,
-        quota=quota,
+        quota=quota if settings.quota.enabled else None,
         idempotency=IdempotencyStore(
             redis,
             ttl_seconds=settings.quota.idempotency_seconds,
@@ -240,7 +240,11 @@ def create_app(
                 public_paths=PUBLIC_PATHS,
                 on_failure=lambda reason: metrics.auth_failures.labels(reason).inc(),
             ),
-            Middleware(RateLimitMiddleware, quota=quota, public_paths=PUBLIC_PATHS),
+            *(
+                [Middleware(RateLimitMiddleware, quota=quota, public_paths=PUBLIC_PATHS)]
+                if settings.quota.enabled
+                else []
+            ),
         ],
         exception_handlers={
             GatewayError: on_gateway_error,

@@ -150,6 +150,8 @@ class VideoSettings:
 
 @dataclass(frozen=True, kw_only=True)
 class QuotaSettings:
+    # false: no limit is enforced and no quota call reaches Redis (a pure pass-through gateway)
+    enabled: bool = True
     time_zone: str = "UTC"  # days and months follow this zone's calendar
     currency: str = "USD"
     rate_fail_open: bool = True  # Redis down: let requests through (counted) or answer 503
@@ -579,6 +581,7 @@ def _quota(sec: _Section) -> QuotaSettings:
     if not isinstance(fail_open, bool):
         raise SettingsError(sec.key("rate_fail_open"), "must be true or false")
     out = QuotaSettings(
+        enabled=_flag(sec, "enabled", True),
         time_zone=tz,
         currency=sec.req_string("currency", "USD"),
         rate_fail_open=fail_open,

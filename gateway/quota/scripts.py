@@ -21,7 +21,8 @@ end
 
 # KEYS: limits, rate log, video-seconds day bucket, video-seconds month bucket
 # ARGV: now_ms, default rpm, default day, default month, unique member, window_ms, count (0|1)
-# -> {allowed, rpm, used, retry_ms, reset_ms, day_limit, day_used, month_limit, month_used}
+# -> "allowed,rpm,used,retry_ms,reset_ms,day_limit,day_used,month_limit,month_used" (one
+#    string: the client parses one line instead of nine)
 RATE = (
     _PRELUDE
     + """
@@ -48,9 +49,9 @@ if rpm >= 0 then
   local first = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
   if first[2] then reset = tonumber(first[2]) + window - now end
 end
-return {allowed, rpm, used, retry, reset,
+return string.format('%d,%d,%d,%d,%d,%d,%d,%d,%d', allowed, rpm, used, retry, reset,
         limit('video_seconds_per_day', ARGV[3]), counter(KEYS[3]),
-        limit('video_seconds_per_month', ARGV[4]), counter(KEYS[4])}
+        limit('video_seconds_per_month', ARGV[4]), counter(KEYS[4]))
 """
 )
 

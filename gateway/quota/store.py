@@ -4,12 +4,14 @@ replay of the same reservation is harmless, but a rate count is not)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, cast
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
 from gateway.quota import scripts
+from gateway.quota.batcher import ScriptBatcher
 from gateway.quota.keys import TEAMS, TeamKeys, reset_mark
 from gateway.quota.model import MONTH_TTL_S
 
@@ -25,7 +27,13 @@ def _text(v: Any) -> str:
 class QuotaStore:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
-        self._rate = redis.register_script(scripts.RATE)
+        client: object = redis
+        # redis-py's cluster pipelines refuse EVALSHA: on a cluster, each check is its own call.
+        self._rate: Callable[..., Awaitable[Any]] = (
+            redis.register_script(scripts.RATE)
+            if isinstance(client, RedisCluster)
+            else ScriptBatcher(redis, scripts.RATE)
+        )
         self._reserve = redis.register_script(scripts.RESERVE)
         self._settle = redis.register_script(scripts.SETTLE)
         self._renew = redis.register_script(scripts.RENEW)
@@ -45,7 +53,8 @@ class QuotaStore:
     ) -> list[int]:
         keys = [k.limits, k.rate, k.video_day(day), k.video_month(month)]
         args = [now_ms, *defaults, member, window_ms, "1" if count else "0"]
-        return [int(x) for x in cast(list[Any], await self._rate(keys=keys, args=args))]
+        reply = await self._rate(keys=keys, args=args)
+        return [int(x) for x in _text(reply).split(",")]
 
     async def reserve(
         self,

@@ -241,3 +241,13 @@ def test_redis_down(fail_open: bool) -> None:
             assert c.videos.create(prompt="redis is back").status in ("queued", "in_progress")
     finally:
         redis.stop()
+
+
+def test_quotas_can_be_switched_off(redis_url: str, team: str) -> None:
+    limits = {"requests_per_minute": 1, "concurrent_jobs": 0}
+    with quota_stack(redis_url, team, limits, quota={"enabled": False}) as s:
+        c = sdk(s, team, max_retries=0)
+        for _ in range(3):
+            raw = c.models.with_raw_response.list()
+            assert "x-ratelimit-limit-requests" not in raw.headers
+        assert c.videos.create(prompt="no limits here").id.startswith("video_")

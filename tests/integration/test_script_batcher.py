@@ -1,0 +1,83 @@
+"""The script batcher against a real Redis: one pipeline per loop turn, each call still its own
+script run; a flushed script cache is reloaded and only unrun calls are sent again."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+
+from gateway.embedded_redis import RedisProcess
+from gateway.quota.batcher import ScriptBatcher
+from gateway.redis_client import close_redis, make_redis
+from gateway.settings import RedisSettings
+
+INCR = "return redis.call('INCRBY', KEYS[1], ARGV[1])"
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[Redis]:
+    r = make_redis(RedisSettings(url=redis_url))
+    yield r
+    await close_redis(r)
+
+
+async def commands(redis: Redis, name: str) -> int:
+    stats = await redis.info("commandstats")
+    return int(stats.get(f"cmdstat_{name}", {}).get("calls", 0))
+
+
+async def test_concurrent_calls_share_one_pipeline_and_each_runs_once(redis: Redis) -> None:
+    batch = ScriptBatcher(redis, INCR)
+    await redis.script_load(INCR)
+    before = await commands(redis, "evalsha")
+    results = await asyncio.gather(*(batch(["n"], [1]) for _ in range(50)))
+    assert sorted(results) == list(range(1, 51))
+    assert await commands(redis, "evalsha") - before == 50
+
+
+async def test_an_unknown_script_is_loaded_and_the_calls_sent_again(redis: Redis) -> None:
+    batch = ScriptBatcher(redis, INCR)
+    await redis.script_flush()
+    assert await asyncio.gather(batch(["m"], [2]), batch(["m"], [3])) == [2, 5]
+    assert int(await redis.get("m") or 0) == 5  # each ran exactly once
+
+
+async def test_a_script_error_reaches_only_its_caller(redis: Redis) -> None:
+    batch = ScriptBatcher(redis, INCR)
+    await redis.set("text", "not a number")
+    good, bad = await asyncio.gather(
+        batch(["k"], [1]), batch(["text"], [1]), return_exceptions=True
+    )
+    assert good == 1
+    assert isinstance(bad, ResponseError)
+
+
+async def test_a_dead_server_fails_every_waiting_call() -> None:
+    proc = RedisProcess().start()
+    r = make_redis(RedisSettings(url=proc.url))
+    try:
+        batch = ScriptBatcher(r, INCR)
+        assert await batch(["x"], [1]) == 1
+        proc.stop()
+        results = await asyncio.gather(
+            *(batch(["x"], [1]) for _ in range(5)), return_exceptions=True
+        )
+        assert all(isinstance(e, RedisConnectionError) for e in results)
+    finally:
+        proc.stop()
+        await close_redis(r)
+
+
+async def test_a_cancelled_caller_does_not_disturb_the_others(redis: Redis) -> None:
+    batch = ScriptBatcher(redis, INCR)
+    doomed = asyncio.ensure_future(batch(["c"], [100]))
+    kept = asyncio.ensure_future(batch(["c"], [1]))
+    doomed.cancel()
+    assert await kept == 1  # cancelled before the flush: never sent
+    with pytest.raises(asyncio.CancelledError):
+        await doomed
