@@ -9,6 +9,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import IO
 
 from redis.asyncio import Redis
 from starlette.applications import Starlette
@@ -20,19 +21,23 @@ from starlette.routing import Route
 
 from gateway.admin.routes import admin_routes
 from gateway.admin.service import AdminService
+from gateway.asgi import Scope
 from gateway.auth.jwks import JWKSCache
 from gateway.auth.middleware import AuthMiddleware
 from gateway.auth.verifier import TokenVerifier
 from gateway.errors import GatewayError, NotFound, error_body, error_headers
 from gateway.idp_client import IdpClient
+from gateway.observability.access_log import AccessLog, note_quota, note_upstream
 from gateway.observability.http_metrics import HttpMetricsMiddleware
 from gateway.observability.metrics import Metrics
 from gateway.observability.request_id import RequestIdMiddleware
+from gateway.observability.streams import StreamMetrics
 from gateway.ops import MetricsEndpoint, Readiness, healthz
 from gateway.proxy.limits import RequestLimitsMiddleware
 from gateway.proxy.passthrough import PassThrough
 from gateway.quota.middleware import RateLimitMiddleware
 from gateway.quota.service import QuotaService
+from gateway.quota.snapshot import UsageSnapshot
 from gateway.quota.store import QuotaStore
 from gateway.redis_client import close_redis, make_redis, warm_up
 from gateway.settings import Settings
@@ -40,6 +45,7 @@ from gateway.team_quota import QuotaEndpoint
 from gateway.upstream.client import UpstreamClient
 from gateway.upstream.health_store import RedisKeyHealthStore
 from gateway.upstream.keypool import KEY_STATES, KeyPool
+from gateway.videos.events import VideoEvents
 from gateway.videos.idempotency import IdempotencyStore
 from gateway.videos.reconciler import Reconciler, Report
 from gateway.videos.registry import JobRegistry
@@ -58,6 +64,7 @@ def create_app(
     redis: Redis | None = None,
     metrics: Metrics | None = None,
     clock: Callable[[], float] = time.time,
+    log_stream: IO[str] | None = None,
 ) -> Starlette:
     """Build the gateway. ``redis`` and ``metrics`` may be passed in (tests share them)."""
     if settings.redis.embedded and redis is None:
@@ -80,6 +87,31 @@ def create_app(
     def observe_upstream(key: str, route: str, status: int, seconds: float) -> None:
         metrics.upstream_requests.labels(key, route, str(status)).inc()
         metrics.upstream_duration.labels(route).observe(seconds)
+        note_upstream(key, status)
+
+    def on_quota_decision(team: str, kind: str, result: str) -> None:
+        metrics.quota_decisions.labels(metrics.team_label(team), kind, result).inc()
+        note_quota(result)
+
+    known_models = set(settings.videos.models) | {settings.videos.resolve_model(None)}
+
+    def video_created(team: str, model: str, seconds: int, spend: float) -> None:
+        labels = (metrics.team_label(team), metrics.model_label(model, known_models))
+        metrics.video_jobs_created.labels(*labels).inc()
+        metrics.video_seconds.labels(*labels).inc(seconds)
+        metrics.video_spend.labels(*labels).inc(spend)
+
+    def video_finished(team: str, model: str, status: str, seconds: float) -> None:
+        name = metrics.model_label(model, known_models)
+        metrics.video_jobs_finished.labels(metrics.team_label(team), name, status).inc()
+        metrics.video_job_duration.labels(name).observe(seconds)
+
+    def stream_observer(content: bool) -> Callable[[Scope], StreamMetrics]:
+        def make(scope: Scope) -> StreamMetrics:
+            principal = scope.get("principal")
+            return StreamMetrics(metrics, principal.team if principal else None, content=content)
+
+        return make
 
     client = UpstreamClient(
         up.base_url,
@@ -107,9 +139,7 @@ def create_app(
         teams=settings.teams,
         videos=settings.videos,
         clock=clock,
-        on_decision=lambda team, kind, result: metrics.quota_decisions.labels(
-            metrics.team_label(team), kind, result
-        ).inc(),
+        on_decision=on_quota_decision,
         on_redis_error=lambda op: metrics.redis_errors.labels(op).inc(),
         retry_hint_s=settings.videos.poll_after_ms / 1000,
     )
@@ -127,10 +157,12 @@ def create_app(
             # A create still pending this long died with its replica: the key frees itself.
             pending_seconds=up.connect_timeout + up.read_timeout + 60,
         ),
+        events=VideoEvents(created=video_created, finished=video_finished),
     )
 
     def on_reconciled(report: Report) -> None:
         metrics.reconciler_runs.labels("ok").inc()
+        metrics.reconciler_last_run.set(time.time())
         metrics.reconciler_lag.set(report.lag_seconds)
         for kind, n in report.drift.items():
             metrics.quota_drift.labels(kind).inc(n)
@@ -161,8 +193,14 @@ def create_app(
         clock=clock,
     )
     passthrough = PassThrough(
-        client, allowed_prefixes=settings.server.allowed_path_prefixes, secrets=pool.secrets
+        client,
+        allowed_prefixes=settings.server.allowed_path_prefixes,
+        secrets=pool.secrets,
+        observer=stream_observer(content=False),
     )
+    snapshot = UsageSnapshot(quota, settings.teams, settings.server.quota_metrics_seconds)
+    if settings.quota.enabled:
+        metrics.watch_quota(snapshot)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -179,13 +217,17 @@ def create_app(
         # default thresholds paused the loop often enough to add ~30 ms to the p99 gap between
         # events; these keep it under 10 ms (README "Benchmarks"). Cycles are still collected.
         gc.set_threshold(*GC_THRESHOLDS)
-        reconciling = asyncio.create_task(reconciler.run_forever(), name="reconciler")
+        background = [asyncio.create_task(reconciler.run_forever(), name="reconciler")]
+        if settings.quota.enabled:
+            background.append(asyncio.create_task(snapshot.run_forever(), name="quota-metrics"))
         try:
             yield
         finally:
-            reconciling.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reconciling
+            for task in background:
+                task.cancel()
+            for task in background:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await reconciler.resign()
             await client.close()
             await pool.close()
@@ -215,7 +257,7 @@ def create_app(
 
     app = Starlette(
         routes=[
-            *video_routes(videos),
+            *video_routes(videos, observer=stream_observer(content=True)),
             *admin_routes(admin, admin_role=settings.auth.admin_role),
             Route("/v1/gateway/quota", QuotaEndpoint(quota).handle, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
@@ -228,7 +270,11 @@ def create_app(
         ],
         middleware=[
             Middleware(RequestIdMiddleware),
-            Middleware(HttpMetricsMiddleware, metrics=metrics),
+            Middleware(
+                HttpMetricsMiddleware,
+                metrics=metrics,
+                access_log=AccessLog(settings.server.access_log, log_stream),
+            ),
             Middleware(
                 RequestLimitsMiddleware,
                 max_body_bytes=settings.server.max_body_bytes,

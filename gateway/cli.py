@@ -7,9 +7,12 @@ import argparse
 import logging
 import os
 import sys
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 
 from gateway.admin.cli import add_admin_parser
+from gateway.observability.metrics import MULTIPROC_ENV
 from gateway.settings import Settings, SettingsError, load_settings, production_problems
 
 
@@ -22,6 +25,17 @@ def _check_keys(settings: Settings) -> None:
     except ValueError as exc:
         key, _, problem = str(exc).partition(": ")
         raise SettingsError(key, problem or str(exc)) from None
+
+
+def prepare_metrics_dir(configured: str | None) -> str:
+    """The multi-worker metrics directory, emptied: counts from an earlier run must not add in."""
+    if configured is None:
+        return tempfile.mkdtemp(prefix="gateway-metrics-")
+    path = Path(configured)
+    path.mkdir(parents=True, exist_ok=True)
+    for stale in path.glob("*.db"):
+        stale.unlink()
+    return str(path)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -61,6 +75,9 @@ def _serve(args: argparse.Namespace) -> int:
                 audience=settings.auth.audience,
             )
             _banner(services.notes, host, port, token)
+        if workers > 1:
+            # Before the workers start: each one's metrics go to files a scrape adds up.
+            env[MULTIPROC_ENV] = prepare_metrics_dir(settings.server.metrics_dir)
         uvicorn.run(
             "gateway.factory:app_from_env",
             factory=True,
@@ -73,7 +90,8 @@ def _serve(args: argparse.Namespace) -> int:
             access_log=False,
             server_header=False,
             proxy_headers=False,  # client addresses are not used; the middleware costs ~5 %
-            timeout_graceful_shutdown=30,
+            # On SIGTERM: stop accepting, give in-flight requests and downloads this long.
+            timeout_graceful_shutdown=max(1, round(settings.server.drain_seconds)),
         )
         return 0
     except SettingsError as exc:

@@ -103,6 +103,10 @@ class ServerSettings:
     # asyncio, not uvloop, by measurement: see README "Benchmarks" (uvloop stalls new
     # connections for seconds after many clients drop at once).
     loop: str = "asyncio"
+    drain_seconds: float = 20.0  # on SIGTERM: how long in-flight requests may take to finish
+    access_log: str = "auto"  # json | text | off; auto: text on a terminal, else json
+    metrics_dir: str | None = None  # multi-worker metrics files; None: a fresh temp dir
+    quota_metrics_seconds: float = 15.0  # how often per-team usage gauges are refreshed
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -445,7 +449,13 @@ def _server(sec: _Section) -> ServerSettings:
         allowed_path_prefixes=prefixes,
         metrics_token=token,
         loop=sec.req_string("loop", "asyncio") or "asyncio",
+        drain_seconds=sec.number("drain_seconds", 20.0),
+        access_log=sec.req_string("access_log", "auto") or "auto",
+        metrics_dir=sec.string("metrics_dir", None) or None,
+        quota_metrics_seconds=sec.number("quota_metrics_seconds", 15.0, minimum=0.1),
     )
+    if out.access_log not in ("auto", "json", "text", "off"):
+        raise SettingsError(sec.key("access_log"), "must be auto, json, text or off")
     if out.loop not in ("asyncio", "uvloop"):
         raise SettingsError(sec.key("loop"), "must be 'asyncio' or 'uvloop'")
     if out.port > 65535:

@@ -1,18 +1,20 @@
-"""Count and time every HTTP request (pure ASGI: it only wraps ``send``)."""
+"""Count, time and log every HTTP request (pure ASGI: it only wraps ``send``)."""
 
 from __future__ import annotations
 
 import time
 
 from gateway.asgi import ASGIApp, Message, Receive, Scope, Send
+from gateway.observability.access_log import CURRENT, AccessLog, RequestRecord
 from gateway.observability.metrics import Metrics
 from gateway.observability.routes import route_label
 
 
 class HttpMetricsMiddleware:
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, access_log: AccessLog | None = None) -> None:
         self.app = app
         self.metrics = metrics
+        self.access_log = access_log if access_log is not None and access_log.enabled else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -20,11 +22,16 @@ class HttpMetricsMiddleware:
             return
         started = time.perf_counter()
         status = 500  # if the app dies before answering, the server answers 500
+        sent = 0
+        record = RequestRecord()
+        token = CURRENT.set(record)
 
         async def send_observed(message: Message) -> None:
-            nonlocal status
+            nonlocal status, sent
             if message["type"] == "http.response.start":
                 status = message["status"]
+            elif message["type"] == "http.response.body":
+                sent += len(message.get("body", b""))
             await send(message)
 
         m = self.metrics
@@ -32,9 +39,23 @@ class HttpMetricsMiddleware:
         try:
             await self.app(scope, receive, send_observed)
         finally:
+            CURRENT.reset(token)
             m.in_flight.dec()
+            seconds = time.perf_counter() - started
             route = route_label(scope["path"])
             principal = scope.get("principal")
             team = m.team_label(principal.team if principal is not None else None)
             m.requests.labels(route, scope["method"], str(status), team).inc()
-            m.request_duration.labels(route).observe(time.perf_counter() - started)
+            m.request_duration.labels(route).observe(seconds)
+            if self.access_log is not None:
+                self.access_log.write(
+                    request_id=scope.get("request_id"),
+                    team=principal.team if principal is not None else None,
+                    user=principal.user if principal is not None else None,
+                    method=scope["method"],
+                    route=route,
+                    status=status,
+                    seconds=seconds,
+                    bytes_sent=sent,
+                    record=record,
+                )

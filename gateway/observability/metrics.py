@@ -2,12 +2,18 @@
 
 Nothing registers on prometheus_client's global registry, so a test can build many apps in
 one process. Labels stay bounded: teams outside the configured set become ``other``, routes are
-templates, upstream keys appear by id only.
+templates, upstream keys appear by id only, and no video id is ever a label.
+
+With several uvicorn workers, ``PROMETHEUS_MULTIPROC_DIR`` is set by ``gateway serve`` before
+the workers start: counters and histograms then live in shared files and a scrape of any worker
+adds up all of them. Values read at scrape time (key states, quota usage) come from collectors
+that report the scraping worker's own view; the data behind them is shared through Redis.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -17,8 +23,13 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+_JOB_BUCKETS = (10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200)
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
@@ -40,7 +51,14 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
-        self.in_flight = Gauge("gateway_requests_in_flight", "Requests being handled", registry=r)
+        self.multiprocess = bool(os.environ.get(MULTIPROC_ENV))
+        self._live: list[Collector] = []
+        self.in_flight = Gauge(
+            "gateway_requests_in_flight",
+            "Requests being handled",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self.upstream_requests = Counter(
             "gateway_upstream_requests_total",
             "Requests sent to the upstream, by key id and upstream status",
@@ -58,12 +76,6 @@ class Metrics:
             "gateway_upstream_retries_total",
             "Requests retried on another key, by the reason",
             ["reason"],
-            registry=r,
-        )
-        self.key_state = Gauge(
-            "gateway_upstream_key_state",
-            "1 for the current state of each upstream key",
-            ["key", "state"],
             registry=r,
         )
         self.auth_failures = Counter(
@@ -95,6 +107,62 @@ class Metrics:
             "gateway_reconciler_lag_seconds",
             "How long the stalest unfinished job had gone unseen at the last pass",
             registry=r,
+            multiprocess_mode="max",
+        )
+        self.reconciler_last_run = Gauge(
+            "gateway_reconciler_last_run_timestamp_seconds",
+            "When this deployment's reconciler leader last finished a pass (Unix time)",
+            registry=r,
+            multiprocess_mode="max",
+        )
+        self.video_jobs_created = Counter(
+            "gateway_video_jobs_created_total",
+            "Video jobs the upstream accepted",
+            ["team", "model"],
+            registry=r,
+        )
+        self.video_jobs_finished = Counter(
+            "gateway_video_jobs_finished_total",
+            "Video jobs that ended, by status (each counted once, whichever replica saw it)",
+            ["team", "model", "status"],
+            registry=r,
+        )
+        self.video_job_duration = Histogram(
+            "gateway_video_job_duration_seconds",
+            "From create to completed or failed",
+            ["model"],
+            buckets=_JOB_BUCKETS,
+            registry=r,
+        )
+        self.video_seconds = Counter(
+            "gateway_video_seconds_total",
+            "Seconds of video requested by jobs the upstream accepted",
+            ["team", "model"],
+            registry=r,
+        )
+        self.video_spend = Counter(
+            "gateway_video_spend_total",
+            "Spend of jobs the upstream accepted, from the price table (quota.currency)",
+            ["team", "model"],
+            registry=r,
+        )
+        self.content_bytes = Counter(
+            "gateway_content_bytes_total",
+            "Video content bytes sent to callers",
+            ["team"],
+            registry=r,
+        )
+        self.streams_in_flight = Gauge(
+            "gateway_streams_in_flight",
+            "Streamed answers (event streams, downloads) being relayed",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.stream_aborts = Counter(
+            "gateway_stream_aborts_total",
+            "Streamed answers cut short, by the side that left (client or upstream)",
+            ["side"],
+            registry=r,
         )
         self.quota_drift = Counter(
             "gateway_quota_drift_repaired_total",
@@ -114,18 +182,90 @@ class Metrics:
             return "none"
         return team if team in self._teams else "other"
 
+    def model_label(self, model: str, known: Iterable[str]) -> str:
+        return model if model in known else "other"
+
     def watch_keys(
         self, key_ids: Iterable[str], states: Iterable[str], state_of: Callable[[str], str]
     ) -> None:
         """Report key states at scrape time (no work on the request path)."""
-        states = tuple(states)
-        for kid in key_ids:
-            for state in states:
-                self.key_state.labels(kid, state).set_function(_is_state(state_of, kid, state))
+        self.add_live(_KeyStates(tuple(key_ids), tuple(states), state_of))
+
+    def watch_quota(self, snapshot: Callable[[], Mapping[str, QuotaView]]) -> None:
+        """Report per-team usage and limits from a snapshot refreshed in the background."""
+        self.add_live(_QuotaGauges(snapshot, self.team_label))
+
+    def add_live(self, collector: Collector) -> None:
+        self._live.append(collector)
+        if not self.multiprocess:
+            self.registry.register(collector)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        if not self.multiprocess:
+            return generate_latest(self.registry)
+        # Every worker's counters from the shared directory, plus this worker's live view.
+        scrape = CollectorRegistry(auto_describe=True)
+        MultiProcessCollector(scrape)  # type: ignore[no-untyped-call]
+        for collector in self._live:
+            scrape.register(collector)
+        return generate_latest(scrape)
 
 
-def _is_state(state_of: Callable[[str], str], kid: str, state: str) -> Callable[[], float]:
-    return lambda: 1.0 if state_of(kid) == state else 0.0
+# Per team: use per limit kind, the effective limits (None: unlimited), open reservations.
+QuotaView = tuple[Mapping[str, float], Mapping[str, float | None], int]
+
+
+class _KeyStates(Collector):
+    def __init__(
+        self, keys: tuple[str, ...], states: tuple[str, ...], state_of: Callable[[str], str]
+    ) -> None:
+        self.keys, self.states, self.state_of = keys, states, state_of
+
+    def collect(self) -> Iterator[Metric]:
+        g = GaugeMetricFamily(
+            "gateway_upstream_key_state",
+            "1 for the current state of each upstream key",
+            labels=["key", "state"],
+        )
+        for kid in self.keys:
+            current = self.state_of(kid)
+            for state in self.states:
+                g.add_metric([kid, state], 1.0 if current == state else 0.0)
+        yield g
+
+
+class _QuotaGauges(Collector):
+    def __init__(
+        self, snapshot: Callable[[], Mapping[str, QuotaView]], label: Callable[[str], str]
+    ) -> None:
+        self.snapshot, self.label = snapshot, label
+
+    def collect(self) -> Iterator[Metric]:
+        usage = GaugeMetricFamily(
+            "gateway_quota_usage",
+            "Current use per team and limit kind (refreshed every few seconds)",
+            labels=["team", "kind"],
+        )
+        limit = GaugeMetricFamily(
+            "gateway_quota_limit",
+            "Effective limit per team and kind (absent when unlimited)",
+            labels=["team", "kind"],
+        )
+        reservations = GaugeMetricFamily(
+            "gateway_quota_open_reservations",
+            "Video jobs holding a reservation that is not settled yet",
+            labels=["team"],
+        )
+        for team, (used, limits, open_jobs) in sorted(self.snapshot().items()):
+            name = self.label(team)
+            if name == "other":
+                continue  # bounded labels: only configured teams get their own series
+            for kind, value in used.items():
+                usage.add_metric([name, kind], float(value))
+            for kind, lim in limits.items():
+                if lim is not None:
+                    limit.add_metric([name, kind], float(lim))
+            reservations.add_metric([name], float(open_jobs))
+        yield usage
+        yield limit
+        yield reservations

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable
+from typing import Protocol
 
 from gateway.asgi import Receive, Scope, Send, header
 from gateway.errors import GatewayError, error_body, error_headers
@@ -30,6 +31,14 @@ BUFFER_LIMIT = 1024 * 1024  # bodies up to this size are read whole
 _YIELD_EVERY = 16  # chunks between forced yields, so a disconnect is noticed (see relay)
 
 
+class StreamObserver(Protocol):
+    """Told about each streamed (not buffered) answer: for in-flight and abort metrics."""
+
+    def started(self) -> None: ...
+    def chunk(self, size: int) -> None: ...
+    def ended(self, outcome: str) -> None: ...  # complete | client | upstream
+
+
 class PassThrough:
     def __init__(
         self,
@@ -37,10 +46,12 @@ class PassThrough:
         *,
         allowed_prefixes: Iterable[str],
         secrets: Callable[[], Iterable[str]],
+        observer: Callable[[Scope], StreamObserver | None] = lambda scope: None,
     ) -> None:
         self.client = client
         self.prefixes = tuple(allowed_prefixes)
         self.secrets = secrets
+        self.observer = observer
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         raw_path = scope.get("raw_path") or scope["path"].encode()
@@ -61,7 +72,9 @@ class PassThrough:
                 await self._send_upstream_error(resp, send, unsafe=req.method not in IDEMPOTENT)
                 resp.finish()
             else:
-                await relay(resp, receive if body_done() else None, send)
+                await relay(
+                    resp, receive if body_done() else None, send, observer=self.observer(scope)
+                )
         finally:
             resp.close()
 
@@ -123,6 +136,7 @@ async def relay(
     receive: Receive | None,
     send: Send,
     headers: list[tuple[bytes, bytes]] | None = None,
+    observer: StreamObserver | None = None,
 ) -> None:
     """Send the upstream's answer to the caller, streaming anything large or open-ended.
 
@@ -142,6 +156,8 @@ async def relay(
         body = await resp.read(BUFFER_LIMIT)
         await send({"type": "http.response.start", "status": resp.status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+        if observer is not None:
+            observer.chunk(len(body))  # counted as bytes sent, not as a stream
         resp.finish()
         return
 
@@ -149,6 +165,9 @@ async def relay(
     watcher = (
         asyncio.create_task(_watch_disconnect(receive, disconnected, resp)) if receive else None
     )
+    outcome = "client"  # until the stream is seen to end otherwise
+    if observer is not None:
+        observer.started()
     try:
         await send({"type": "http.response.start", "status": resp.status, "headers": headers})
         n = 0
@@ -157,6 +176,8 @@ async def relay(
                 if disconnected.is_set():
                     return
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                if observer is not None:
+                    observer.chunk(len(chunk))
                 n += 1
                 if n % _YIELD_EVERY == 0:
                     # A send after the caller left may complete without suspending, and
@@ -164,14 +185,18 @@ async def relay(
                     await asyncio.sleep(0)
         except GatewayError:
             if not disconnected.is_set():
+                outcome = "upstream"
                 log.warning("upstream broke mid-answer; aborting the caller's connection")
             # Returning without the final message makes the server cut the connection.
             return
         if not disconnected.is_set():
             await send({"type": "http.response.body", "body": b"", "more_body": False})
+            outcome = "complete"
     finally:
         if watcher is not None:
             watcher.cancel()
+        if observer is not None:
+            observer.ended(outcome)
 
 
 async def _watch_disconnect(receive: Receive, flag: asyncio.Event, resp: UpstreamResponse) -> None:

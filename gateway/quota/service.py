@@ -338,7 +338,7 @@ class QuotaService:
             raise ServiceUnavailable() from None
         limits = self.config_limits(team)
         resets = {
-            "requests_per_minute": now + 60,
+            "requests_per_minute": used["rate_reset_ms"] / 1000 if used["rate_reset_ms"] else None,
             "concurrent_jobs": None,
             "video_seconds_per_day": w.day_reset,
             "video_seconds_per_month": w.month_reset,

@@ -143,8 +143,11 @@ class QuotaStore:
             pipe.get(k.video_day(day))
             pipe.get(k.video_month(month))
             pipe.get(k.spend_month(month))
-            rate, slots, vd, vm, sp = await pipe.execute()
+            pipe.zrangebyscore(k.rate, now_ms - window_ms + 1, "+inf", 0, 1, withscores=True)
+            rate, slots, vd, vm, sp, oldest = await pipe.execute()
         return {
+            # When the oldest request in the window leaves it (0: the window is empty).
+            "rate_reset_ms": int(oldest[0][1]) + window_ms if oldest else 0,
             "requests_per_minute": _int(rate),
             "concurrent_jobs": _int(slots),
             "video_seconds_per_day": _int(vd),

@@ -125,6 +125,10 @@ class JobRegistry:
         await self._redis.zrem(team_index_key(job.team), job.id)
         job.deleted = True
 
+    async def first_to_see_the_end(self, video_id: str) -> bool:
+        """True for exactly one caller, across replicas: who reports a job's end."""
+        return bool(await self._redis.hsetnx(job_key(video_id), "end_reported", "1"))
+
     async def claim_poll(self, video_id: str, interval_ms: int) -> bool:
         """True for exactly one caller per job per interval, across replicas."""
         if interval_ms <= 0:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from starlette.datastructures import UploadFile
@@ -13,7 +14,7 @@ from starlette.routing import BaseRoute, Route
 from gateway.asgi import Receive, Scope, Send
 from gateway.auth.principal import Principal
 from gateway.errors import InvalidRequest, NotFound
-from gateway.proxy.passthrough import relay
+from gateway.proxy.passthrough import StreamObserver, relay
 from gateway.upstream.client import UpstreamResponse
 from gateway.videos.create_request import Upload
 from gateway.videos.registry import Job
@@ -137,7 +138,11 @@ def content_headers(
     return out
 
 
-def video_routes(service: VideoService) -> list[BaseRoute]:
+def video_routes(
+    service: VideoService,
+    *,
+    observer: Callable[[Scope], StreamObserver | None] = lambda scope: None,
+) -> list[BaseRoute]:
     async def create(request: Request) -> Response:
         fields, upload = await read_fields(request)
         return _json(
@@ -206,7 +211,13 @@ def video_routes(service: VideoService) -> list[BaseRoute]:
             request_id=_rid(request),
         )
         try:
-            await relay(resp, receive, send, headers=content_headers(resp, job, variant))
+            await relay(
+                resp,
+                receive,
+                send,
+                headers=content_headers(resp, job, variant),
+                observer=observer(scope),
+            )
         finally:
             resp.close()
 

@@ -33,6 +33,7 @@ from gateway.upstream.client import (
 )
 from gateway.videos import dialect
 from gateway.videos.create_request import CreateRequest, Upload, parse_create
+from gateway.videos.events import VideoEvents
 from gateway.videos.idempotency import Claim, IdempotencyStore, fingerprint, valid_key
 from gateway.videos.registry import Job, JobRegistry, new_video_id
 from gateway.videos.url_policy import Resolver, check_image_url, system_resolver
@@ -74,6 +75,7 @@ class VideoService:
         resolve: Resolver = system_resolver,
         quota: QuotaService | None = None,
         idempotency: IdempotencyStore | None = None,
+        events: VideoEvents | None = None,
     ) -> None:
         self.client = client
         self.registry = registry
@@ -84,6 +86,7 @@ class VideoService:
         self.resolve = resolve
         self.quota = quota
         self.idempotency = idempotency
+        self.events = events or VideoEvents()
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -297,6 +300,8 @@ class VideoService:
         )
         job.status, job.progress = up.status, up.progress
         await self.registry.add(job)
+        spend = self.quota.cost(req.model, req.seconds, req.size).spend if self.quota else 0.0
+        self.events.created(job.team, job.model, job.seconds, spend)
         await self._settle_if_finished(job)
         return self._answer(job, base_url)
 
@@ -312,6 +317,9 @@ class VideoService:
             await self.quota.settle(team, video_id, "refunded")
 
     async def _settle_if_finished(self, job: Job) -> None:
+        if job.finished and await self.registry.first_to_see_the_end(job.id):
+            duration = max(0.0, self.clock() - job.created_ms / 1000)
+            self.events.finished(job.team, job.model, job.status, duration)
         if self.quota is None:
             return
         if job.status == "completed":

@@ -1,0 +1,103 @@
+"""One access-log line per request: JSON for log pipelines, or a readable line on a terminal.
+
+Inner layers add what only they know (the upstream key and status, the quota outcome) to the
+request's record through a context variable, so nothing has to be threaded through every call.
+Tokens, keys and raw paths never appear: the route is a template, the key is an id.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import IO
+
+
+@dataclass
+class RequestRecord:
+    upstream_key: str | None = None
+    upstream_status: int | None = None
+    quota: str | None = None
+
+
+# Per request (each request runs in its own context); set by the observing middleware.
+CURRENT: ContextVar[RequestRecord | None] = ContextVar("gateway_request_record", default=None)
+
+
+def note_upstream(key: str, status: int) -> None:
+    record = CURRENT.get()
+    if record is not None:
+        record.upstream_key, record.upstream_status = key, status
+
+
+def note_quota(result: str) -> None:
+    record = CURRENT.get()
+    if record is not None and record.quota in (None, "allowed"):
+        record.quota = result
+
+
+class AccessLog:
+    """Writes straight to its stream, one line per write (atomic on a pipe shared by several
+    workers), flushed at once so a container's log shows each request as it ends."""
+
+    def __init__(self, mode: str, stream: IO[str] | None = None) -> None:
+        self.stream = stream or sys.stdout
+        if mode == "auto":
+            mode = "text" if self.stream.isatty() else "json"
+        self.mode = mode
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode != "off"
+
+    def write(
+        self,
+        *,
+        request_id: str | None,
+        team: str | None,
+        user: str | None,
+        method: str,
+        route: str,
+        status: int,
+        seconds: float,
+        bytes_sent: int,
+        record: RequestRecord,
+    ) -> None:
+        now = time.time()
+        if self.mode == "json":
+            line = json.dumps(
+                {
+                    "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now))
+                    + f".{int(now * 1000) % 1000:03d}Z",
+                    "request_id": request_id,
+                    "team": team,
+                    "user": user,
+                    "method": method,
+                    "route": route,
+                    "status": status,
+                    "duration_ms": round(seconds * 1000, 2),
+                    "upstream_key": record.upstream_key,
+                    "upstream_status": record.upstream_status,
+                    "bytes": bytes_sent,
+                    "quota": record.quota,
+                },
+                separators=(",", ":"),
+            )
+        else:
+            upstream = (
+                f" upstream={record.upstream_key}:{record.upstream_status}"
+                if record.upstream_key
+                else ""
+            )
+            line = (
+                f"{time.strftime('%H:%M:%S', time.localtime(now))} {status} {method} {route} "
+                f"{seconds * 1000:.1f}ms {bytes_sent}B team={team or '-'} user={user or '-'}"
+                f"{upstream} quota={record.quota or '-'} id={request_id or '-'}"
+            )
+        try:
+            self.stream.write(line + "\n")
+            self.stream.flush()
+        except (OSError, ValueError):
+            pass  # a closed or broken log stream must not fail the request
