@@ -50,5 +50,6 @@ class TeamKeys:
 
 
 def reset_mark(bucket: str) -> str:
-    """When an admin last reset ``bucket`` (ms); refunds of older reservations skip it."""
+    """How many times an admin has reset ``bucket``; a refund goes back only into the
+    generation its reservation was charged to."""
     return f"{bucket}:reset"

@@ -55,7 +55,8 @@ return string.format('%d,%d,%d,%d,%d,%d,%d,%d,%d', allowed, rpm, used, retry, re
 """
 )
 
-# KEYS: limits, slots, day bucket, month bucket, spend month bucket, reservation, open index
+# KEYS: limits, slots, day bucket, month bucket, spend month bucket, reservation, open index,
+#       and the three buckets' reset generations
 # ARGV: now_ms, job id, video units, spend units, lease_ms, default concurrent, default day,
 #       default month, default spend, day id, month id, day ttl s, month ttl s, reservation ttl s
 # -> {1, 'reserved'} | {1, 'exists'} | {0, kind, used, limit}
@@ -86,8 +87,11 @@ redis.call('INCRBY', KEYS[4], vu)
 redis.call('EXPIRE', KEYS[4], ARGV[13])
 redis.call('INCRBY', KEYS[5], su)
 redis.call('EXPIRE', KEYS[5], ARGV[13])
+-- The buckets' reset generations now: a refund only goes back into the same generation.
 redis.call('HSET', KEYS[6], 'state', 'reserved', 'day', ARGV[10], 'month', ARGV[11],
-           'vu', vu, 'su', su, 'reserved_ms', now)
+           'vu', vu, 'su', su, 'reserved_ms', now,
+           'g1', redis.call('GET', KEYS[8]) or '0', 'g2', redis.call('GET', KEYS[9]) or '0',
+           'g3', redis.call('GET', KEYS[10]) or '0')
 redis.call('EXPIRE', KEYS[6], ARGV[14])
 redis.call('ZADD', KEYS[7], now, job)
 return {1, 'reserved'}
@@ -95,7 +99,7 @@ return {1, 'reserved'}
 )
 
 # KEYS: reservation, slots, day bucket, month bucket, spend month bucket, open index, and the
-#       three buckets' reset marks
+#       three buckets' reset generations
 # ARGV: job id, outcome ('kept' | 'refunded'), now_ms, day id, month id
 # -> 1 when this call settled it, 0 when it was already settled (or never reserved)
 SETTLE = """
@@ -107,12 +111,12 @@ end
 if ARGV[2] == 'refunded' then
   local vu = tonumber(redis.call('HGET', res, 'vu'))
   local su = tonumber(redis.call('HGET', res, 'su'))
-  local reserved = tonumber(redis.call('HGET', res, 'reserved_ms') or '0')
   for i, pair in ipairs({{KEYS[3], vu}, {KEYS[4], vu}, {KEYS[5], su}}) do
     -- Not into a bucket that has expired (it would only hold a negative), nor into one an
     -- admin reset after this job was charged (its charge is already gone).
-    local reset = tonumber(redis.call('GET', KEYS[6 + i]) or '-1')
-    if redis.call('EXISTS', pair[1]) == 1 and reset < reserved then
+    local now_gen = redis.call('GET', KEYS[6 + i]) or '0'
+    local then_gen = redis.call('HGET', res, 'g' .. i) or '0'
+    if redis.call('EXISTS', pair[1]) == 1 and now_gen == then_gen then
       if redis.call('DECRBY', pair[1], pair[2]) < 0 then
         redis.call('SET', pair[1], 0, 'KEEPTTL')
       end

@@ -78,6 +78,9 @@ class QuotaStore:
             k.spend_month(month),
             k.reservation(job_id),
             k.open,
+            reset_mark(k.video_day(day)),
+            reset_mark(k.video_month(month)),
+            reset_mark(k.spend_month(month)),
         ]
         args: list[str | int] = [now_ms, job_id, video_units, spend_units, lease_ms]
         args += [*defaults, day, month, *ttls]
@@ -204,7 +207,9 @@ class QuotaStore:
             if buckets:
                 pipe.delete(*buckets)
             for b in buckets:
-                pipe.set(reset_mark(b), now_ms or 0, ex=MONTH_TTL_S)
+                # A new generation: reservations from before it are no longer refunded here.
+                pipe.incr(reset_mark(b))
+                pipe.expire(reset_mark(b), MONTH_TTL_S)
             replies = await pipe.execute()
         rate = 0
         if rate_since_ms is not None:

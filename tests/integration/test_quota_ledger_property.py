@@ -22,6 +22,9 @@ reservations a reconciler pass settles, and checks both.
 The reconciler runs with a real (empty) job registry, so every reservation looks like a create
 without a job record: one whose outcome is unknown is kept, any other is refunded once it is
 older than ``orphan_seconds`` and nobody polled it for ``idle_seconds``.
+
+KNOWN BUG, left failing on purpose: a refund of a job reserved in the same millisecond as an
+admin reset, after it, skips the reset bucket (see the comment on ``admin_reset``).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from hypothesis import event, settings
+from hypothesis import Phase, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -393,7 +396,7 @@ class QuotaLedger(RuleBasedStateMachine):
         else:
             # Exactly one of them settled it, and the state says which.
             winner = outcome if done else expected[job.id]
-            assert state is not None
+            assert isinstance(state, bytes)
             assert state.decode() == winner, (state, done, expected)
         reconciler_got = was_open and job.id in expected and not done
         others = {j: o for j, o in expected.items() if j != job.id}
@@ -520,7 +523,10 @@ def test_interleaved_jobs_keep_the_ledger(redis_url: str) -> None:
             max_examples=25,
             stateful_step_count=25,
             deadline=None,
-            database=None,  # no .hypothesis directory in the working tree
+            database=None,  # no example database in the working tree
+            # No explain phase: once a case fails, it traces every line while shrinking, which
+            # makes each later example several times slower (the shrinking alone took 20-60 s).
+            phases=[p for p in Phase if p is not Phase.explain],
         ),
     )
 
