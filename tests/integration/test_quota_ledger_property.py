@@ -23,8 +23,8 @@ The reconciler runs with a real (empty) job registry, so every reservation looks
 without a job record: one whose outcome is unknown is kept, any other is refunded once it is
 older than ``orphan_seconds`` and nobody polled it for ``idle_seconds``.
 
-KNOWN BUG, left failing on purpose: a refund of a job reserved in the same millisecond as an
-admin reset, after it, skips the reset bucket (see the comment on ``admin_reset``).
+This machine found that a refund of a job reserved in the same millisecond as an admin reset,
+after it, skipped the reset bucket (see the comment on ``admin_reset``); fixed in e5a70fb.
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ class Job:
     charges: tuple[tuple[str, str, int], ...] = ()  # (kind, bucket key, amount)
     state: str = "rejected"  # 'reserved' | 'kept' | 'refunded' | 'rejected' (never reserved)
     unknown: bool = False
-    forgiven: set[str] = field(default_factory=set)  # buckets an admin reset zeroed after it
+    forgiven: set[str] = field(default_factory=set)  # buckets reset after it was charged
     wins: int = 0  # settle calls, on any path, that reported settling this job
 
 
@@ -415,13 +415,13 @@ class QuotaLedger(RuleBasedStateMachine):
 
     # -- administration and time --------------------------------------------------------------
 
-    # KNOWN BUG, found by this machine and left failing on purpose (gateway code unchanged):
-    # the model forgives, in a reset bucket, exactly the charges made *before* the reset. The
-    # gateway decides it by time instead (SETTLE refunds a bucket only if its reset mark, the
-    # reset's now_ms, is < the reservation's reserved_ms), so a job reserved in the same
-    # millisecond as a reset but after it is never refunded there: the bucket keeps its charge.
-    # Minimal case: admin_reset('day'); create (same ms); fail -> the day bucket holds 4000, no
-    # live reservation. See test_a_job_reserved_in_the_reset_millisecond_is_refunded below.
+    # The model forgives, in a reset bucket, exactly the charges made *before* the reset (in
+    # the order Redis ran them, not by clock). This machine found the gateway deciding it by
+    # time (a refund skipped a bucket whose reset mark, the reset's now_ms, was >= the job's
+    # reserved_ms), so a job reserved after a reset in the same millisecond kept its charge
+    # once refunded: admin_reset('day'); create (same ms); fail -> the day bucket held 4000
+    # with no live reservation. Fixed in e5a70fb (reset generations); the minimal case is
+    # test_a_job_reserved_in_the_reset_millisecond_is_refunded below.
     @rule(window=st.sampled_from(["day", "month", "all"]))
     def admin_reset(self, window: str) -> None:
         keys = self.bucket_keys()
@@ -531,10 +531,10 @@ def test_interleaved_jobs_keep_the_ledger(redis_url: str) -> None:
     )
 
 
-# KNOWN BUG (see the comment on QuotaLedger.admin_reset): the machine's minimal failing case as
-# a plain test. A refund skips every bucket whose reset mark is >= the job's reserved_ms, so a
-# job charged after a reset, in the same millisecond, keeps its charge after it is refunded.
-# (Across replicas, clock skew widens the same window both ways.) Left failing on purpose.
+# The machine's minimal failing case (see the comment on QuotaLedger.admin_reset) as a plain
+# regression test: when a refund compared the reset's ms with the job's reserved_ms, a job
+# charged after a reset in the same millisecond kept its charge after it was refunded (and
+# across replicas, clock skew widened that window both ways). Fixed in e5a70fb.
 async def test_a_job_reserved_in_the_reset_millisecond_is_refunded(redis_url: str) -> None:
     redis = await _connect(redis_url)
     try:
@@ -551,6 +551,6 @@ async def test_a_job_reserved_in_the_reset_millisecond_is_refunded(redis_url: st
         await svc.reserve(team, job, job_cost(4, "1280x720"))
         assert await svc.settle(team, job, "refunded")
         day = TeamKeys(team).video_day("20261231")
-        assert int(await redis.get(day) or 0) == 0  # fails: 4000, charged and never returned
+        assert int(await redis.get(day) or 0) == 0  # was 4000: charged and never returned
     finally:
         await close_redis(redis)
