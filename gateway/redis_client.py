@@ -74,7 +74,14 @@ def make_redis(settings: RedisSettings, url: str | None = None) -> Redis:
     return Redis(connection_pool=pool)
 
 
+async def close_wires(redis: Redis) -> None:
+    """Close the dedicated connections made for this client (gateway.quota.wire)."""
+    for wire in getattr(redis, "_gateway_wires", ()):
+        await wire.aclose()
+
+
 async def close_redis(redis: Redis) -> None:
+    await close_wires(redis)
     await redis.aclose()
     # A pool passed in explicitly is not closed by aclose(); a cluster client has none.
     pool = getattr(redis, "connection_pool", None)

@@ -373,6 +373,16 @@ def _redis(sec: _Section) -> RedisSettings:
     return out
 
 
+def _access_log_mode(sec: _Section) -> str:
+    # YAML reads a bare `off` as false (and `on` as true): accept what people will write.
+    raw = sec.raw("access_log", "auto")
+    if raw is False:
+        return "off"
+    if raw is True:
+        return "auto"
+    return sec.req_string("access_log", "auto") or "auto"
+
+
 def _flag(sec: _Section, name: str, default: bool) -> bool:
     v = sec.raw(name, default)
     if isinstance(v, str) and v.lower() in ("true", "false", "1", "0", "yes", "no"):
@@ -450,7 +460,7 @@ def _server(sec: _Section) -> ServerSettings:
         metrics_token=token,
         loop=sec.req_string("loop", "asyncio") or "asyncio",
         drain_seconds=sec.number("drain_seconds", 20.0),
-        access_log=sec.req_string("access_log", "auto") or "auto",
+        access_log=_access_log_mode(sec),
         metrics_dir=sec.string("metrics_dir", None) or None,
         quota_metrics_seconds=sec.number("quota_metrics_seconds", 15.0, minimum=0.1),
     )

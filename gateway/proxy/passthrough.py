@@ -31,6 +31,10 @@ BUFFER_LIMIT = 1024 * 1024  # bodies up to this size are read whole
 _YIELD_EVERY = 16  # chunks between forced yields, so a disconnect is noticed (see relay)
 
 
+class _ClientGone(Exception):
+    """The caller hung up before its request body arrived."""
+
+
 class StreamObserver(Protocol):
     """Told about each streamed (not buffered) answer: for in-flight and abort metrics."""
 
@@ -56,7 +60,10 @@ class PassThrough:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         raw_path = scope.get("raw_path") or scope["path"].encode()
         path = rewrite.upstream_path(raw_path.split(b"?", 1)[0], self.prefixes)
-        body, body_done = await _request_body(scope, receive)
+        try:
+            body, body_done = await _request_body(scope, receive)
+        except _ClientGone:
+            return  # nobody to answer; not an error worth a traceback in the server log
         req = UpstreamRequest(
             method=scope["method"],
             path=path,
@@ -106,7 +113,7 @@ async def _request_body(
         while more:
             message = await receive()
             if message["type"] == "http.disconnect":
-                raise asyncio.CancelledError()
+                raise _ClientGone
             chunks.append(message.get("body", b""))
             more = message.get("more_body", False)
         body = b"".join(chunks)

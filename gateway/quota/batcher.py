@@ -14,7 +14,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
+
+from gateway.quota.wire import wire_for
 
 Call = tuple[Sequence[str], Sequence[str | int], asyncio.Future[Any]]
 
@@ -22,6 +24,7 @@ Call = tuple[Sequence[str], Sequence[str | int], asyncio.Future[Any]]
 class ScriptBatcher:
     def __init__(self, redis: Redis, source: str) -> None:
         self.redis = redis
+        self.wire = wire_for(redis)
         self.source = source
         self.sha = hashlib.sha1(source.encode()).hexdigest()  # noqa: S324 (Redis's script id)
         self._pending: list[Call] = []
@@ -35,6 +38,40 @@ class ScriptBatcher:
         self._pending.append((keys, args, fut))
         return await fut
 
+    async def _send(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Write every command at once on one pooled connection, then read each reply.
+
+        redis-py's Pipeline does the same with more bookkeeping per batch; batches under load
+        are small (a few calls), so that fixed cost is most of what a check costs."""
+        if self.wire is not None:
+            return await self.wire.call(commands)
+        pool = self.redis.connection_pool
+        conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            await conn.send_packed_command(conn.pack_commands(commands), check_health=False)
+            replies: list[Any] = []
+            for _ in commands:
+                try:
+                    replies.append(await conn.read_response())
+                except ResponseError as err:  # this script's own error, e.g. NOSCRIPT
+                    replies.append(err)
+            return replies
+        except BaseException:
+            # Replies may still be in flight on it: never hand this connection to anyone else.
+            await conn.disconnect()
+            raise
+        finally:
+            await pool.release(conn)
+
+    async def _load(self) -> None:
+        if self.wire is None:
+            await self.redis.script_load(self.source)
+            return
+        # On the same connection: after a Redis restart the pool's idle ones are stale.
+        (reply,) = await self.wire.call([("SCRIPT", "LOAD", self.source)])
+        if isinstance(reply, Exception):
+            raise reply
+
     def _flush(self) -> None:
         batch, self._pending = self._pending, []
         task = asyncio.get_running_loop().create_task(self._run(batch))
@@ -46,10 +83,7 @@ class ScriptBatcher:
         if not live:
             return
         try:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for keys, args, _ in live:
-                    pipe.evalsha(self.sha, len(keys), *keys, *args)
-                results = await pipe.execute(raise_on_error=False)
+            results = await self._send([("EVALSHA", self.sha, len(k), *k, *a) for k, a, _ in live])
         except BaseException as exc:
             for _, _, fut in live:
                 if not fut.done():
@@ -72,7 +106,7 @@ class ScriptBatcher:
                 fut.set_result(result)
         if unknown:
             try:
-                await self.redis.script_load(self.source)
+                await self._load()
             except Exception as exc:
                 for _, _, fut in unknown:
                     if not fut.done():

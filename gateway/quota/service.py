@@ -8,6 +8,7 @@ usage reads never guess (a 503), because they spend money or decide across repli
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import math
@@ -41,6 +42,7 @@ _CODES = {
 }
 
 
+@functools.lru_cache(maxsize=64)  # the same few reset times on every answer of a day
 def _iso(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 

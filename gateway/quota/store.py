@@ -39,6 +39,12 @@ class QuotaStore:
         self._renew = redis.register_script(scripts.RENEW)
         self._mark = redis.register_script(scripts.MARK)
 
+    async def aclose(self) -> None:
+        """Close this store's dedicated rate-check connection (the client has its owner)."""
+        wire = getattr(self._rate, "wire", None)
+        if wire is not None:
+            await wire.aclose()
+
     async def rate(
         self,
         k: TeamKeys,

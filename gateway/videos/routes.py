@@ -194,6 +194,9 @@ def video_routes(
             )
         )
 
+    async def unknown_path(request: Request) -> Response:
+        raise NotFound("No such video endpoint.", code="not_found")
+
     async def unsupported(request: Request) -> Response:
         raise NotFound(
             "This video endpoint is not supported by the gateway's upstream.",
@@ -230,7 +233,13 @@ def video_routes(
         Route("/v1/videos/{video_id}", one, methods=["GET", "DELETE"]),
         Route("/v1/videos/{video_id}/remix", remix, methods=["POST"]),
         Route("/v1/videos/{video_id}/content", _AsgiEndpoint(content), methods=["GET"]),
+        # Anything else under /v1/videos would go to the generic pass-through, carrying an id
+        # the registry never checked: refuse it here.
+        Route("/v1/videos/{rest:path}", unknown_path, methods=_ALL_METHODS),
     ]
+
+
+_ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 
 class _AsgiEndpoint:

@@ -26,7 +26,7 @@ from gateway.quota.keys import TEAMS, TeamKeys
 from gateway.quota.model import Windows
 from gateway.quota.service import QuotaService
 from gateway.quota.store import QuotaStore
-from gateway.redis_client import make_redis
+from gateway.redis_client import close_redis, make_redis
 from gateway.settings import QuotaSettings, RedisSettings, Settings, VideoSettings
 from gateway.sim.config import SimConfig
 from gateway.upstream.keypool import KeyPool
@@ -690,8 +690,7 @@ def _service(redis_url: str, audit_url: str | None = None) -> tuple[AdminService
 
 async def _close(clients: list[Any]) -> None:
     for c in clients:
-        await c.aclose()
-        await c.connection_pool.disconnect()
+        await close_redis(c)
 
 
 ROOT = Principal(team="ops", user="root", roles=frozenset({ADMIN_ROLE}))

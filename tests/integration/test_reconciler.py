@@ -21,7 +21,7 @@ from gateway.embedded_redis import RedisProcess
 from gateway.quota.keys import TeamKeys
 from gateway.quota.service import QuotaService
 from gateway.quota.store import QuotaStore
-from gateway.redis_client import make_redis
+from gateway.redis_client import close_redis, make_redis
 from gateway.settings import RedisSettings
 from gateway.sim.config import SimConfig
 from gateway.videos.reconciler import LEADER_KEY, Reconciler
@@ -148,8 +148,7 @@ def test_orphans_are_refunded_and_stray_slots_dropped(own_redis: str, team: str)
                 )
                 await quota.reserve(team, orphan, quota.cost("sora-2", 8, "1280x720"))
             finally:
-                await r.aclose()
-                await r.connection_pool.disconnect()
+                await close_redis(r)
 
         asyncio.run(reserve_without_a_job())
         sync = redis_sync.Redis.from_url(own_redis)
@@ -185,7 +184,6 @@ def test_one_leader_at_a_time(own_redis: str) -> None:
             return first, second, await b.lead()
         finally:
             await r.delete(LEADER_KEY)
-            await r.aclose()
-            await r.connection_pool.disconnect()
+            await close_redis(r)
 
     assert asyncio.run(scenario()) == (True, False, True)

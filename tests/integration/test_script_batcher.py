@@ -4,6 +4,7 @@ script run; a flushed script cache is reloaded and only unrun calls are sent aga
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import AsyncIterator
 
 import pytest
@@ -81,3 +82,28 @@ async def test_a_cancelled_caller_does_not_disturb_the_others(redis: Redis) -> N
     assert await kept == 1  # cancelled before the flush: never sent
     with pytest.raises(asyncio.CancelledError):
         await doomed
+
+
+async def test_the_wire_authenticates_selects_the_db_and_recovers_from_a_restart() -> None:
+    password = secrets.token_hex(16)
+    proc = RedisProcess(extra_args=("--requirepass", password)).start()
+    url = f"redis://:{password}@127.0.0.1:{proc.port}/2"
+    r = make_redis(RedisSettings(url=url))
+    try:
+        batch = ScriptBatcher(r, INCR)
+        assert batch.wire is not None  # the dedicated connection, not redis-py's pool
+        assert await batch(["w"], [7]) == 7
+        assert int(await r.get("w") or 0) == 7  # the same database redis-py uses
+        proc.stop()
+        proc = RedisProcess(port=proc.port, extra_args=("--requirepass", password)).start()
+        outcomes = []
+        for _ in range(3):  # the dead connection costs at most one call
+            try:
+                outcomes.append(await batch(["w"], [1]))
+            except RedisConnectionError:
+                outcomes.append("failed")
+        assert outcomes.count("failed") <= 1
+        assert outcomes[-1] == 3 - outcomes.count("failed")
+    finally:
+        await close_redis(r)
+        proc.stop()

@@ -4,6 +4,7 @@ simulator's three response shapes, on real sockets with a real Redis."""
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -334,3 +335,34 @@ def test_team_may_be_allowed_public_videos(redis_url: str) -> None:
         client(s).videos.create(prompt="internal demo", extra_body={"private": False})
         sent = [r["json"] for r in s.sim_requests("/v1/videos") if r["method"] == "POST"]
     assert [x["private"] for x in sent] == [False, True]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("GET", "/videos/task_abc123/thumbnail", 404),
+        ("GET", "/videos/video_" + "0" * 32 + "/content/extra", 404),
+        ("POST", "/videos/task_abc123/cancel", 404),
+        ("DELETE", "/videos/task_abc123/remix", 404),
+    ],
+)
+def test_other_video_paths_never_reach_the_upstream(
+    vstack: Stack, method: str, path: str, status: int
+) -> None:
+    """An unrouted /v1/videos path would carry an id the registry never checked."""
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(
+        vstack.v1 + path,
+        method=method,
+        headers={"Authorization": f"Bearer {vstack.token()}"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(req)
+    body = json.loads(info.value.read())
+    info.value.close()
+    assert info.value.code == status
+    if status == 404:
+        assert body["error"]["code"] == "not_found"
+    assert vstack.sim_requests() == []
