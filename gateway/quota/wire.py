@@ -11,6 +11,7 @@ ConnectionError/TimeoutError, so callers handle it exactly like any other Redis 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 from collections.abc import Sequence
 from typing import Any
@@ -29,6 +30,9 @@ def encode(command: Sequence[Any]) -> bytes:
 
 
 class Wire:
+    """Pipelined: a batch is written as soon as it is ready, without waiting for the replies
+    to earlier batches; one reader task hands replies to waiting callers in order."""
+
     def __init__(
         self,
         *,
@@ -46,7 +50,9 @@ class Wire:
         self.connect_timeout, self.timeout = connect_timeout, timeout
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
-        self._lock = asyncio.Lock()
+        self._waiting: collections.deque[asyncio.Future[Any]] = collections.deque()
+        self._reading: asyncio.Task[None] | None = None
+        self._connecting = asyncio.Lock()
 
     async def _connect(self) -> None:
         if self.path:
@@ -54,6 +60,7 @@ class Wire:
         else:
             opening = asyncio.open_connection(self.host, self.port)
         self._reader, self._writer = await asyncio.wait_for(opening, self.connect_timeout)
+        self._reading = asyncio.get_running_loop().create_task(self._read_replies())
         hello: list[Sequence[Any]] = []
         if self.password:
             auth = ("AUTH", self.username, self.password) if self.username else None
@@ -61,40 +68,32 @@ class Wire:
         if self.db:
             hello.append(("SELECT", self.db))
         if hello:
-            for reply in await self._exchange(hello):
+            for reply in await self._send(hello):
                 if isinstance(reply, Exception):
                     raise RedisConnectionError(f"Redis refused the connection setup: {reply}")
 
-    def close(self) -> None:
+    def close(self, error: BaseException | None = None) -> None:
         if self._writer is not None:
             self._writer.close()
-        self._reader = self._writer = None
+        if self._reading is not None and self._reading is not asyncio.current_task():
+            self._reading.cancel()
+        self._reader = self._writer = self._reading = None
+        # Whatever was sent and not answered can never be matched to a reply now.
+        failure = error or RedisConnectionError("Redis connection closed")
+        while self._waiting:
+            fut = self._waiting.popleft()
+            if not fut.done():
+                fut.set_exception(failure)
 
     async def aclose(self) -> None:
-        writer = self._writer
+        writer, reading = self._writer, self._reading
         self.close()
+        if reading is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await reading
         if writer is not None:
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
-
-    async def call(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
-        """Send ``commands`` and return their replies (a script's error reply as an exception
-        object in its place)."""
-        async with self._lock:  # one batch at a time on the wire keeps replies in order
-            try:
-                if self._stale():
-                    self.close()
-                    await self._connect()
-                return await asyncio.wait_for(self._exchange(commands), self.timeout)
-            except TimeoutError:
-                self.close()
-                raise RedisTimeoutError("Timeout talking to Redis") from None
-            except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
-                self.close()
-                raise RedisConnectionError(f"Redis connection failed: {exc}") from None
-            except BaseException:
-                self.close()  # cancelled mid-exchange: the stream may be misaligned
-                raise
 
     def _stale(self) -> bool:
         # A server that closed the idle connection (a restart, a timeout) has left EOF behind:
@@ -106,11 +105,44 @@ class Wire:
             or self._writer.is_closing()
         )
 
-    async def _exchange(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
-        assert self._writer is not None
+    async def call(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
+        """Send ``commands`` and return their replies (a script's error reply as an exception
+        object in its place)."""
+        if self._stale():
+            async with self._connecting:
+                if self._stale():
+                    self.close()
+                    try:
+                        await self._connect()
+                    except (OSError, TimeoutError) as exc:
+                        self.close()
+                        raise RedisConnectionError(f"Redis connection failed: {exc}") from None
+        try:
+            return await asyncio.wait_for(self._send(commands), self.timeout)
+        except TimeoutError:
+            self.close(RedisTimeoutError("Timeout talking to Redis"))
+            raise RedisTimeoutError("Timeout talking to Redis") from None
+
+    async def _send(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
+        if self._writer is None:
+            raise RedisConnectionError("Redis connection closed")
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in commands]
+        self._waiting.extend(futures)
         self._writer.write(b"".join(encode(c) for c in commands))
-        await self._writer.drain()
-        return [await self._reply() for _ in commands]
+        return [await f for f in futures]
+
+    async def _read_replies(self) -> None:
+        try:
+            while True:
+                reply = await self._reply()
+                fut = self._waiting.popleft()
+                if not fut.done():
+                    fut.set_result(reply)
+        except asyncio.CancelledError:
+            raise
+        except (OSError, asyncio.IncompleteReadError, ValueError, IndexError) as exc:
+            self.close(RedisConnectionError(f"Redis connection failed: {exc!r}"))
 
     async def _reply(self) -> Any:
         assert self._reader is not None

@@ -107,3 +107,14 @@ async def test_the_wire_authenticates_selects_the_db_and_recovers_from_a_restart
     finally:
         await close_redis(r)
         proc.stop()
+
+
+async def test_batches_pipeline_on_one_connection_and_keep_their_order(redis: Redis) -> None:
+    """Batches go out without waiting for earlier replies; each caller still gets its own."""
+    batch = ScriptBatcher(redis, INCR)
+    assert batch.wire is not None
+    first = [asyncio.ensure_future(batch([f"k{i}"], [i])) for i in range(20)]
+    await asyncio.sleep(0)  # the first batch is written; the second follows before its replies
+    second = [asyncio.ensure_future(batch([f"k{i}"], [100])) for i in range(20)]
+    assert await asyncio.gather(*first) == list(range(20))
+    assert await asyncio.gather(*second) == [100 + i for i in range(20)]
