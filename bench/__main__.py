@@ -248,6 +248,16 @@ def run(args: argparse.Namespace, out: list[str]) -> None:
                 f"  gateway first event {via.first_event_ms:.2f} ms, gap p99 "
                 f"{via.gap_p99_ms:.1f} ms, {via.completed}/{n} complete"
             )
+            stop_process(gw.proc)  # one gateway on core 0 at a time
+            bare = gateway_proc.start(
+                tmp, "gw-sse-bare", f"http://127.0.0.1:{sse_port}", GATEWAY_CORE, env, quota=False
+            )
+            stack.callback(stop_process, bare.proc)
+            no_quota = run_async(streams.measure(bare.url(CHAT_PATH), token, n, seq))
+            log(
+                f"  no-quota first event {no_quota.first_event_ms:.2f} ms, gap p99 "
+                f"{no_quota.gap_p99_ms:.1f} ms, {no_quota.completed}/{n} complete"
+            )
             out += [
                 "## Streamed chat",
                 "",
@@ -255,10 +265,10 @@ def run(args: argparse.Namespace, out: list[str]) -> None:
                 f"[DONE]. Client: aiohttp on uvloop, core {LOAD_CORE}. First event: median of "
                 f"{seq} sequential streams on a warm connection.",
                 "",
-                *report.stream_table(direct, via),
+                *report.stream_table(direct, via, no_quota),
                 "",
             ]
-            goals += report.stream_goals(direct, via)
+            goals += report.stream_goals(direct, via, no_quota)
 
         if args.only in (None, "videos"):
             log(f"Videos: 1 GiB downloads ({args.rounds} round(s)), a slow reader, aborts, polls")

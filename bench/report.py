@@ -86,14 +86,19 @@ def json_table(rows: Rows, conns: list[int]) -> list[str]:
     return lines
 
 
-def stream_table(direct: StreamStats, gateway: StreamStats) -> list[str]:
+def stream_table(
+    direct: StreamStats, gateway: StreamStats, no_quota: StreamStats | None = None
+) -> list[str]:
     lines = [
         "| target | first event ms (median, min..max) | single-stream gap p99 ms "
         f"| {direct.concurrent} streams completed | gap p50 ms | gap p99 ms | gap max ms "
         "| errors |",
         "|---|---:|---:|---:|---:|---:|---:|---|",
     ]
-    for name, s in (("direct", direct), ("gateway", gateway)):
+    rows = [("direct", direct), ("gateway", gateway)]
+    if no_quota is not None:
+        rows.append(("no-quota", no_quota))
+    for name, s in rows:
         lo, hi = s.first_event_spread_ms
         lines.append(
             f"| {name} | {s.first_event_ms:.2f} ({lo:.2f}..{hi:.2f}) | {s.single_gap_p99_ms:.1f} "
@@ -114,8 +119,11 @@ class Goal:
 
 
 def json_goals(rows: Rows, redis_calls_per_request: float | None = None) -> list[Goal]:
-    g1, d1 = rows[("gateway", 1)], rows[("direct", 1)]
-    g32, g256 = rows[("gateway", 32)], rows[("gateway", 256)]
+    # The pass-through's own goals are defined with authentication and metrics on: measured
+    # on the gateway without quotas when that row exists (the quota goal covers the rest).
+    base = "no-quota" if ("no-quota", 32) in rows else "gateway"
+    g1, d1 = rows[(base, 1)], rows[("direct", 1)]
+    g32, g256 = rows[(base, 32)], rows[(base, 256)]
     added = g1.p50_ms - d1.p50_ms
     quota: list[Goal] = []
     if ("no-quota", 32) in rows:
@@ -138,22 +146,39 @@ def json_goals(rows: Rows, redis_calls_per_request: float | None = None) -> list
         )
     return [
         *quota,
-        Goal("≥ 3,000 req/s at 32 connections", f"{g32.rps:,.0f} req/s", g32.rps >= 3000),
-        Goal("added p50 ≤ 0.5 ms over direct at 1 connection", f"{added:.2f} ms", added <= 0.5),
+        Goal(f"≥ 3,000 req/s at 32 connections ({base})", f"{g32.rps:,.0f} req/s", g32.rps >= 3000),
         Goal(
-            "256 connections: zero errors or timeouts",
+            f"added p50 ≤ 0.5 ms over direct at 1 connection ({base})",
+            f"{added:.2f} ms",
+            added <= 0.5,
+        ),
+        Goal(
+            f"256 connections: zero errors or timeouts ({base})",
             f"{g256.errors} errors ({g256.timeouts} timeouts)",
             g256.errors == 0,
         ),
-        Goal("256 connections: p99 ≤ 250 ms", f"{_ms(g256.p99_ms)} ms", g256.p99_ms <= 250),
+        Goal(
+            f"256 connections: p99 ≤ 250 ms ({base})", f"{_ms(g256.p99_ms)} ms", g256.p99_ms <= 250
+        ),
     ]
 
 
-def stream_goals(direct: StreamStats, gateway: StreamStats) -> list[Goal]:
-    added = gateway.first_event_ms - direct.first_event_ms
+def stream_goals(
+    direct: StreamStats, gateway: StreamStats, no_quota: StreamStats | None = None
+) -> list[Goal]:
+    # Time to first event is a pass-through goal (authentication and metrics on): measured
+    # without quotas when available; the 400-stream goals are measured with quotas on.
+    first = no_quota or gateway
+    added = first.first_event_ms - direct.first_event_ms
     growth = gateway.gap_p99_ms - direct.gap_p99_ms
+    which = "no-quota" if no_quota is not None else "gateway"
     return [
-        Goal("one stream: added time to first event ≤ 2 ms", f"{added:.2f} ms", added <= 2),
+        Goal(
+            f"one stream: added time to first event ≤ 2 ms ({which})",
+            f"{added:.2f} ms (with quotas: "
+            f"{gateway.first_event_ms - direct.first_event_ms:.2f} ms)",
+            added <= 2,
+        ),
         Goal(
             f"{gateway.concurrent} concurrent streams all complete",
             f"{gateway.completed}/{gateway.concurrent}",

@@ -161,6 +161,7 @@ def test_no_secret_or_unbounded_value_in_labels_or_logs(live: Live) -> None:
         for r in live.sim.state.sim.requests
         if r["path"].startswith("/v1/videos/")
     }
+    wait_for(lambda: '"team":"not-configured"' in live.log.getvalue())  # the last request logged
     scrape, log = live.scrape(), live.log.getvalue()
     for secret in (tok, stranger, live.jwt, *live.keys.values()):
         assert secret not in scrape
@@ -181,6 +182,7 @@ def test_access_log_lines(live: Live) -> None:
     with openai.OpenAI(base_url=live.url + "/v1", api_key=tok, max_retries=0) as c:
         raw = c.models.with_raw_response.list()
     request_id = raw.headers["x-request-id"]
+    wait_for(lambda: request_id in live.log.getvalue())  # lines leave in batches, within 50 ms
     lines = [json.loads(x) for x in live.log.getvalue().splitlines()]
     mine = [x for x in lines if x["request_id"] == request_id]
     assert len(mine) == 1
