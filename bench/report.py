@@ -127,7 +127,7 @@ def json_goals(rows: Rows, redis_calls_per_request: float | None = None) -> list
     added = g1.p50_ms - d1.p50_ms
     quota: list[Goal] = []
     if ("no-quota", 32) in rows:
-        share = g32.rps / rows[("no-quota", 32)].rps
+        share = rows[("gateway", 32)].rps / rows[("no-quota", 32)].rps
         quota.append(
             Goal(
                 "32 connections: with the quota check ≥ 80 % of req/s without it",
