@@ -117,17 +117,6 @@ def bench_json(targets: list[Target], duration: int, rounds: int) -> report.Rows
     return rows
 
 
-def counted_requests(metrics_url: str) -> int:
-    """Requests the gateway's own metrics counted for the bench team (metrics are on)."""
-    with urllib.request.urlopen(metrics_url, timeout=10) as resp:  # noqa: S310 (loopback URL)
-        text = resp.read().decode()
-    return sum(
-        int(float(line.rsplit(" ", 1)[1]))
-        for line in text.splitlines()
-        if line.startswith("gateway_requests_total{") and 'team="bench"' in line
-    )
-
-
 # Commands the rate script runs inside Redis: INFO counts them too, but they cost no round trip.
 _IN_SCRIPT = frozenset({"zremrangebyscore", "zcard", "zadd", "pexpire", "zrange", "hget", "get"})
 
@@ -195,9 +184,12 @@ def run(args: argparse.Namespace, out: list[str]) -> None:
                     probe(t.url, token if t.name in ("gateway", "no-quota") else None)
                 rss0 = procs.rss_mib(gw.pid)
                 log(f"JSON: POST {CHAT_PATH}, {len(nginx.chat_completion())}-byte answer")
-                calls0, counted0 = redis_calls(redis.url), counted_requests(gw.url("/metrics"))
+                calls0, counted0 = (
+                    redis_calls(redis.url),
+                    gw.counted("gateway_requests_total", 'team="bench"'),
+                )
                 rows = bench_json(targets, args.duration, args.rounds)
-                counted = counted_requests(gw.url("/metrics"))
+                counted = gw.counted("gateway_requests_total", 'team="bench"')
                 per_request = (redis_calls(redis.url) - calls0) / max(1, counted - counted0)
                 rss1 = procs.rss_mib(gw.pid)
             out += [

@@ -6,6 +6,7 @@ import os
 import secrets
 import subprocess
 import sys
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,6 +57,17 @@ class Gateway:
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
+
+    def counted(self, metric: str, label: str) -> int:
+        """The sum of ``metric``'s series carrying ``label`` (e.g. 'team="bench"') in its
+        own /metrics."""
+        with urllib.request.urlopen(self.url("/metrics"), timeout=10) as resp:  # noqa: S310
+            text = resp.read().decode()
+        return sum(
+            int(float(line.rsplit(" ", 1)[1]))
+            for line in text.splitlines()
+            if line.startswith(metric + "{") and label in line
+        )
 
 
 def gateway_command() -> str:

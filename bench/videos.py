@@ -53,17 +53,6 @@ def create_job(gw: gateway_proc.Gateway, token: str) -> str:
     return str(video_id)
 
 
-def status_calls(gw: gateway_proc.Gateway) -> int:
-    """Status polls the gateway sent upstream, from its own /metrics."""
-    with urllib.request.urlopen(gw.url("/metrics"), timeout=10) as resp:  # noqa: S310
-        text = resp.read().decode()
-    return sum(
-        int(float(line.rsplit(" ", 1)[1]))
-        for line in text.splitlines()
-        if line.startswith("gateway_upstream_requests_total{") and STATUS_ROUTE in line
-    )
-
-
 def header_file(tmp: Path, token: str) -> Path:
     path = tmp / "auth.header"
     path.touch(mode=0o600)
@@ -145,9 +134,9 @@ def measure(
         script = wrk.write_get_script(tmp / "get-auth.lua", token)
         url = gw.url(f"/v1/videos/{video_id}")
         wrk.run(url, script, POLL_CONNECTIONS, 2, load_core)
-        before = status_calls(gw)
+        before = gw.counted("gateway_upstream_requests_total", STATUS_ROUTE)
         result = wrk.run(url, script, POLL_CONNECTIONS, duration, load_core)
-        poll = PollRun(result, status_calls(gw) - before)
+        poll = PollRun(result, gw.counted("gateway_upstream_requests_total", STATUS_ROUTE) - before)
         log(
             f"  polls: {result.rps:,.0f} req/s, p99 {result.p99_ms:.2f} ms, errors "
             f"{result.errors}; upstream status calls {poll.upstream_calls}"

@@ -88,6 +88,7 @@ class QuotaService:
         self._member_prefix = f"{os.getpid()}.{secrets.token_hex(4)}."
         self._seq = itertools.count()
         self._window_cache: tuple[float, Windows] | None = None
+        self._stored_defaults: dict[tuple[str, tuple[str, ...]], list[int]] = {}
 
     def _windows(self, now: float) -> Windows:
         # The calendar arithmetic was ~12 % of a rate check; the answer only changes at midnight.
@@ -104,8 +105,15 @@ class QuotaService:
         return model.effective_limits(team, self.teams, {})
 
     def _defaults(self, team: str, *kinds: str) -> list[int]:
-        limits = self.config_limits(team)
-        return [model.stored_limit(k, limits[k]) for k in kinds]
+        # Called on every request's rate check; the config never changes while we run.
+        key = (team, kinds)
+        cached = self._stored_defaults.get(key)
+        if cached is None:
+            limits = self.config_limits(team)
+            cached = [model.stored_limit(k, limits[k]) for k in kinds]
+            if len(self._stored_defaults) < 10_000:  # team names come from tokens: bounded
+                self._stored_defaults[key] = cached
+        return cached
 
     def cost(self, model_name: str, seconds: int, size: str) -> Cost:
         m = self.videos.model(model_name)
@@ -413,7 +421,7 @@ class QuotaService:
         since = int(now * 1000) - model.RATE_WINDOW_MS + 1 if rate else None
         try:
             requests, values = await self.store.reset_counters(
-                k, rate_since_ms=since, buckets=[key for _, key in buckets], now_ms=int(now * 1000)
+                k, rate_since_ms=since, buckets=[key for _, key in buckets]
             )
         except RedisError:
             self._on_redis_error("admin_write")

@@ -33,7 +33,7 @@ class UsageSnapshot:
         views: dict[str, View] = {}
         for team in self.teams:
             report = (await self.quota.usage(team))["limits"]
-            open_jobs = await self.quota.store.redis.zcard(TeamKeys(team).open)
+            open_jobs = await self.quota.store.open_count(TeamKeys(team))
             views[team] = (
                 {kind: float(v["used"]) for kind, v in report.items()},
                 {kind: v["limit"] for kind, v in report.items()},

@@ -115,6 +115,9 @@ class QuotaStore:
         reply = await self._settle(keys=keys, args=[job_id, outcome, now_ms, day, month])
         return int(cast(int, reply)) == 1
 
+    async def open_count(self, k: TeamKeys) -> int:
+        return int(await self.redis.zcard(k.open))
+
     async def mark_unknown(self, k: TeamKeys, job_id: str) -> None:
         # HSETNX-like: only on a reservation that exists (a plain HSET would create one).
         await self._mark(keys=[k.reservation(job_id)], args=["outcome", "unknown"])
@@ -197,13 +200,12 @@ class QuotaStore:
         *,
         rate_since_ms: int | None,
         buckets: Sequence[str],
-        now_ms: int | None = None,
     ) -> tuple[int, list[int]]:
         """Delete the rate log (when ``rate_since_ms`` is given) and the ``buckets`` in one
         MULTI; answers what they held (requests since then, each bucket's value).
 
-        Each bucket also gets a reset mark: a job reserved before the reset and refunded after
-        it must not take its refund out of what later jobs were charged."""
+        Each bucket also starts a new reset generation: a job reserved before the reset and
+        refunded after it must not take its refund out of what later jobs were charged."""
         async with self.redis.pipeline(transaction=True) as pipe:
             if rate_since_ms is not None:
                 pipe.zcount(k.rate, rate_since_ms, "+inf")

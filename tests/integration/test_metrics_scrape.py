@@ -9,8 +9,7 @@ import io
 import json
 import re
 import secrets
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx2
@@ -22,7 +21,7 @@ from gateway.sim.app import create_sim_app
 from gateway.sim.config import SimConfig
 from tests.conftest import gateway_config
 from tests.deploy.metric_names import EXPORTED_METRICS, sample_names
-from tests.servers import run_server
+from tests.servers import run_server, wait_for
 
 TEAMS = {"default": {}, "team-a": {"video_seconds_per_day": 100, "requests_per_minute": 1000}}
 VIDEOS = {
@@ -82,14 +81,6 @@ def token(live: Live, team: str = "team-a") -> str:
     from gateway.auth.tokens import mint_token
 
     return mint_token(live.jwt, team=team, user="alice", ttl_seconds=600)
-
-
-def wait_for(check: Callable[[], bool], timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.02)
 
 
 def test_a_workload_shows_in_every_metric(live: Live) -> None:

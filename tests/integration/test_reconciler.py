@@ -9,7 +9,7 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx2
@@ -26,6 +26,7 @@ from gateway.settings import RedisSettings
 from gateway.sim.config import SimConfig
 from gateway.videos.reconciler import LEADER_KEY, Reconciler
 from tests.conftest import Stack, make_stack
+from tests.servers import wait_for
 
 FAST = {
     "reconcile_interval_seconds": 0.1,
@@ -75,14 +76,6 @@ def metric(s: Stack, name: str, **labels: str) -> float:
         if m and all(f'{k}="{v}"' in m.group(1) for k, v in labels.items()):
             total += float(m.group(2))
     return total
-
-
-def wait_for(check: Callable[[], bool], timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.05)
 
 
 def sdk(s: Stack, team: str) -> openai.OpenAI:
