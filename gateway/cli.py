@@ -6,10 +6,12 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from types import FrameType
 
 from gateway.admin.cli import add_admin_parser
 from gateway.observability.metrics import MULTIPROC_ENV
@@ -36,6 +38,10 @@ def prepare_metrics_dir(configured: str | None) -> str:
     for stale in path.glob("*.db"):
         stale.unlink()
     return str(path)
+
+
+def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -75,6 +81,10 @@ def _serve(args: argparse.Namespace) -> int:
                 audience=settings.auth.audience,
             )
             _banner(services.notes, host, port, token)
+        if args.dev:
+            # uvicorn re-raises SIGTERM once it has shut down; by default that kills the
+            # process before the `finally` below stops the embedded Redis and the simulator.
+            signal.signal(signal.SIGTERM, _exit_on_sigterm)
         if workers > 1:
             # Before the workers start: each one's metrics go to files a scrape adds up.
             env[MULTIPROC_ENV] = prepare_metrics_dir(settings.server.metrics_dir)

@@ -145,6 +145,22 @@ def test_dev_mode_serves_the_printed_example_and_keeps_state(tmp_path: Path) -> 
         served.stop()
 
 
+def test_dev_mode_stops_its_services_on_sigterm(tmp_path: Path) -> None:
+    served = _dev_serve(tmp_path, free_port())
+    try:
+        served.wait_for(r"Application startup complete")
+        children = _child_pids(served.proc.pid)
+        assert len(children) >= 2  # the embedded Redis and the simulator
+        served.proc.send_signal(signal.SIGTERM)
+        assert served.proc.wait(timeout=30) == 128 + signal.SIGTERM
+    finally:
+        served.stop()
+    deadline = time.monotonic() + 10
+    while not _children_gone(children) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _children_gone(children), "dev services outlived a SIGTERM"
+
+
 def test_production_serve_refuses_to_start_without_keys_or_redis(tmp_path: Path) -> None:
     cfg = tmp_path / "prod.yaml"
     cfg.write_text('auth: {hs256_secrets: ["${GATEWAY_JWT_SECRET}"]}\n')
