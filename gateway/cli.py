@@ -49,6 +49,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from gateway.auth.tokens import mint_token
     from gateway.devmode import DevServices, start_dev_services
+    from gateway.web.protocol import HeadLimits, protocol_factory
 
     env = os.environ
     if args.config:
@@ -95,7 +96,7 @@ def _serve(args: argparse.Namespace) -> int:
             port=port,
             workers=workers,
             loop=settings.server.loop,
-            http="httptools",
+            http=protocol_factory(HeadLimits.of(settings.server)),
             log_level=args.log_level,
             access_log=False,
             server_header=False,

@@ -12,6 +12,8 @@ from typing import Any
 
 import uvicorn
 
+from gateway.web.protocol import HeadLimits, protocol_factory
+
 
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
@@ -29,9 +31,15 @@ def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.01) -> N
 
 
 @contextlib.contextmanager
-def run_server(app: Any, host: str = "127.0.0.1", **config: Any) -> Iterator[str]:
-    """Serve ``app`` with uvicorn on a free loopback port in a thread; yield its base URL."""
+def run_server(
+    app: Any, host: str = "127.0.0.1", *, head_limits: HeadLimits | None = None, **config: Any
+) -> Iterator[str]:
+    """Serve ``app`` with uvicorn on a free loopback port in a thread; yield its base URL.
+
+    With ``head_limits`` it is served by the protocol ``gateway serve`` uses."""
     port = free_port(host)
+    if head_limits is not None:
+        config["http"] = protocol_factory(head_limits)
     cfg = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on", **config)
     server = uvicorn.Server(cfg)
     thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)

@@ -49,7 +49,7 @@ def json_object(raw: bytes) -> dict[str, Any]:
     """A request body that must be a JSON object."""
     try:
         doc = json.loads(raw) if raw.strip() else None
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than the stack
         doc = None
     if not isinstance(doc, dict):
         raise InvalidRequest("The body must be a JSON object.", code="invalid_json")

@@ -124,7 +124,10 @@ class JWKSCache:
 
 
 def _parse(body: bytes) -> tuple[_Key, ...]:
-    doc = json.loads(body)
+    try:
+        doc = json.loads(body)
+    except RecursionError:
+        raise ValueError("not a JWKS document") from None
     jwks = doc.get("keys") if isinstance(doc, dict) else None
     if not isinstance(jwks, list):
         raise ValueError("not a JWKS document")

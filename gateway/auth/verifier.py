@@ -149,10 +149,16 @@ class TokenVerifier:
 
 
 def _timestamp(value: Any) -> float:
-    # NaN would compare false against every bound and so never expire.
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, int | float):
         raise AuthenticationFailed("malformed")
-    return float(value)
+    try:
+        stamp = float(value)
+    except OverflowError:  # an integer past a float's range, such as 10**400
+        raise AuthenticationFailed("malformed") from None
+    # NaN would compare false against every bound and so never expire.
+    if not math.isfinite(stamp):
+        raise AuthenticationFailed("malformed")
+    return stamp
 
 
 def _roles(raw: Any) -> frozenset[str]:

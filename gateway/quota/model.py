@@ -30,6 +30,9 @@ DAY_TTL_S = 3 * 86_400
 MONTH_TTL_S = 65 * 86_400
 
 Limit = int | float | None  # None: unlimited
+# Lua counts in doubles, exact up to 2**53 (about 9e15): a billion currency units in
+# millionths still is. Anything larger is unlimited in practice, which null says.
+MAX_LIMIT = 10**9
 
 
 class LimitError(ValueError):
@@ -49,8 +52,11 @@ def parse_limit(kind: str, value: Any) -> Limit:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise LimitError(kind, "must be a number or null (unlimited)")
-    if not math.isfinite(value) or value < 0:
+    # isfinite() of an integer past a float's range (10**400) raises, so floats only.
+    if (isinstance(value, float) and not math.isfinite(value)) or value < 0:
         raise LimitError(kind, "must be a finite number >= 0")
+    if value > MAX_LIMIT:
+        raise LimitError(kind, f"must be at most {MAX_LIMIT} (null is unlimited)")
     if kind in INTEGER_KINDS:
         if value != int(value):
             raise LimitError(kind, "must be a whole number")

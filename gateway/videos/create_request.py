@@ -19,6 +19,7 @@ from gateway.errors import InvalidRequest
 from gateway.settings import VideoModel, VideoSettings
 
 _SIZE = re.compile(r"^[1-9][0-9]{1,4}x[1-9][0-9]{1,4}$")
+_DIGITS = re.compile(r"[0-9]{1,18}")
 _KNOWN = frozenset(
     {
         "prompt",
@@ -63,7 +64,9 @@ def _int_field(value: Any, param: str) -> int:
         raise bad(param, f"{param} must be a whole number of seconds.")
     if isinstance(value, int):
         return value
-    if isinstance(value, str) and value.strip().isdigit():
+    # ASCII digits only: str.isdigit() accepts "²", which int() refuses; and a bounded length,
+    # since int() refuses more than 4300 digits.
+    if isinstance(value, str) and _DIGITS.fullmatch(value.strip()):
         return int(value.strip())
     raise bad(param, f"{param} must be a whole number of seconds.")
 
@@ -80,7 +83,7 @@ def _storyboard(value: Any, limits: VideoModel) -> list[dict[str, Any]]:
     if isinstance(value, str):
         try:
             value = json.loads(value)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nesting deeper than the stack
             raise bad("storyboard", "storyboard must be a JSON array of scenes.") from None
     if not isinstance(value, list) or not value:
         raise bad("storyboard", "storyboard must be a non-empty array of {prompt, duration}.")
@@ -178,7 +181,7 @@ def parse_create(
         raise bad("seconds", f"seconds must be between 1 and {limits.max_seconds} for {model}.")
 
     size = fields.get("size") or limits.default_size or "1280x720"
-    if not isinstance(size, str) or not _SIZE.match(size):
+    if not isinstance(size, str) or not _SIZE.fullmatch(size):  # match() allows a final "\n"
         raise bad("size", "size must look like 1280x720.")
     if limits.sizes and size not in limits.sizes:
         raise bad("size", f"size must be one of {', '.join(limits.sizes)} for {model}.")

@@ -159,7 +159,7 @@ def test_absolute_form_target_cannot_redirect_the_upstream(stack: Stack) -> None
 def test_unknown_prefix_is_404(stack: Stack) -> None:
     status, _, body = _get(stack, "/admin/secret", stack.token())
     assert status == 404
-    assert body["error"]["code"] == "not_found"  # type: ignore[index]
+    assert body["error"]["code"] == "unsupported_endpoint"  # type: ignore[index]
     assert stack.sim_requests() == []
 
 
@@ -208,3 +208,154 @@ def test_content_length_with_transfer_encoding_is_400(stack: Stack) -> None:
     )
     assert r.status == 400
     assert stack.sim_requests() == []
+
+
+# -- numbers, nesting and hosts no parser may choke on -------------------------------------------
+
+DEEP = 100_000
+HUGE = "1" + "0" * 400  # 10**400: past a float's range
+
+
+def _signed(secret: str, payload: bytes) -> str:
+    """HS256 over hand-written JSON: PyJWT would not encode 10**400 or NaN for us."""
+    import hashlib
+    import hmac
+
+    head = base64.urlsafe_b64encode(b'{"alg":"HS256","typ":"JWT"}').rstrip(b"=").decode()
+    body = base64.urlsafe_b64encode(payload).rstrip(b"=").decode()
+    mac = hmac.new(secret.encode(), f"{head}.{body}".encode(), hashlib.sha256).digest()
+    return f"{head}.{body}." + base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
+
+
+def _send(
+    stack: Stack, method: str, path: str, body: bytes, token: str, host: str = "x"
+) -> tuple[int, dict[str, object]]:
+    r = raw_request(
+        stack.url,
+        f"{method} {path} HTTP/1.1\nHost: {host}\nConnection: close\n"
+        f"Authorization: Bearer {token}\nContent-Type: application/json\n"
+        f"Content-Length: {len(body)}",
+        body,
+    )
+    return r.status, r.json()
+
+
+@pytest.mark.parametrize(
+    "times",
+    [
+        f'"exp":{HUGE}',
+        '"exp":1e400',
+        '"exp":-1e400',
+        '"exp":NaN',
+        '"exp":"nan"',
+        '"exp":-1',
+        f'"exp":{int(time.time()) + 600},"iat":{HUGE}',
+        f'"exp":{int(time.time()) + 600},"nbf":{HUGE}',
+        f'"exp":{int(time.time()) + 600},"nbf":1e400',
+        f'"exp":{int(time.time()) + 600},"iat":"Infinity"',
+    ],
+    ids=[
+        "exp-10e400",
+        "exp-1e400",
+        "exp--1e400",
+        "exp-NaN",
+        "exp-nan-string",
+        "exp-negative",
+        "iat-10e400",
+        "nbf-10e400",
+        "nbf-1e400",
+        "iat-infinity-string",
+    ],
+)
+def test_validly_signed_tokens_with_absurd_times_are_401(stack: Stack, times: str) -> None:
+    payload = f'{{"sub":"alice","team":"team-a",{times}}}'.encode()
+    _assert_401(stack, _signed(stack.jwt_secret, payload))
+
+
+def test_the_hand_signed_token_passes_when_its_times_are_sane(stack: Stack) -> None:
+    # What makes the 401s above mean something: the same construction with sane times works.
+    payload = f'{{"sub":"alice","team":"team-a","exp":{int(time.time()) + 600}}}'.encode()
+    status, _, _ = _get(stack, "/v1/models", _signed(stack.jwt_secret, payload))
+    assert status == 200
+
+
+@pytest.mark.parametrize("method", ["PATCH", "PUT"])
+@pytest.mark.parametrize(
+    "value", [HUGE, "-" + HUGE, "1e400", "-1e400", "NaN", '"nan"', '"' + "9" * 10_000 + '"']
+)
+def test_admin_limits_past_any_range_are_400(stack: Stack, method: str, value: str) -> None:
+    admin = stack.token(roles=(stack.settings.auth.admin_role,))
+    body = f'{{"spend_per_month":{value}}}'.encode()
+    status, doc = _send(stack, method, "/admin/v1/teams/team-a/limits", body, admin)
+    assert status == 400
+    assert doc["error"]["code"] == "invalid_value"  # type: ignore[index]
+    assert doc["error"]["param"] == "spend_per_month"  # type: ignore[index]
+    status, doc = _send(stack, "GET", "/admin/v1/teams/team-a", b"", admin)
+    assert status == 200
+    assert doc["overrides"] == {}  # nothing was stored
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "admin"),
+    [
+        ("POST", "/v1/videos", False),
+        ("PATCH", "/admin/v1/teams/team-a/limits", True),
+        ("PUT", "/admin/v1/teams/team-a/limits", True),
+    ],
+)
+@pytest.mark.parametrize(
+    "body",
+    [b"[" * DEEP + b"]" * DEEP, b'{"a":' * DEEP + b"1" + b"}" * DEEP],
+    ids=["deep-array", "deep-object"],
+)
+def test_json_nested_100000_deep_is_400(
+    stack: Stack, method: str, path: str, admin: bool, body: bytes
+) -> None:
+    token = stack.token(roles=(stack.settings.auth.admin_role,) if admin else ())
+    status, doc = _send(stack, method, path, body, token)
+    assert status == 400
+    assert doc["error"]["code"] == "invalid_json"  # type: ignore[index]
+    assert stack.sim_requests() == []
+
+
+def test_duplicate_host_headers_are_400(stack: Stack) -> None:
+    r = raw_request(
+        stack.url,
+        f"GET /v1/models HTTP/1.1\nHost: x\nHost: evil.example\nConnection: close\n"
+        f"Authorization: Bearer {stack.token()}",
+    )
+    assert r.status == 400
+    assert r.json() == {
+        "error": {
+            "message": "Duplicate Host headers.",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": "invalid_request",
+        }
+    }
+    assert stack.sim_requests() == []
+
+
+def test_video_urls_start_with_the_public_base_url_whatever_the_host(redis_url: str) -> None:
+    from gateway.sim.config import SimConfig
+
+    public = "https://gateway.example.com/ai"
+    with make_stack(
+        redis_url,
+        server={"public_base_url": public + "/"},
+        sim=SimConfig(job_seconds=0),
+        videos={"poll_interval_seconds": 0},
+    ) as s:
+        evil = "evil.example\nX-Forwarded-Host: evil.example\nForwarded: host=evil.example"
+        status, video = _send(s, "POST", "/v1/videos", b'{"prompt":"a cat"}', s.token(), evil)
+        assert status == 200
+        deadline = time.monotonic() + 10
+        while video["status"] != "completed":
+            assert time.monotonic() < deadline, video
+            status, video = _send(s, "GET", f"/v1/videos/{video['id']}", b"", s.token(), evil)
+            assert status == 200
+        assert video["video"]["url"] == f"{public}/v1/videos/{video['id']}/content"  # type: ignore[index]
+        status, page = _send(s, "GET", "/v1/videos", b"", s.token(), evil)
+        assert status == 200
+        urls = [v["video"]["url"] for v in page["data"]]  # type: ignore[attr-defined]
+        assert urls == [f"{public}/v1/videos/{video['id']}/content"]
