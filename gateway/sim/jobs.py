@@ -32,6 +32,9 @@ class Job:
     image_url: str | None = None
     storyboard: list[Any] | None = None
     private: bool = False
+    # A raw status to report instead of the simulated one, so tests can script the terminal
+    # spellings new-api passes through (expired, cancelled, ...) at a moment they choose.
+    reported_status: str | None = None
 
     def phase(self, now: float, job_seconds: float) -> tuple[str, int]:
         elapsed = now - self.started
@@ -149,7 +152,7 @@ def render(job: Job, shape: str, now: float, job_seconds: float, base_url: str) 
                 "id": job.id,
                 "task_id": job.id,
                 "model": job.model,
-                "status": _ENVELOPE[status],
+                "status": job.reported_status or _ENVELOPE[status],
                 "progress": f"{progress}%",
                 "artifact_url": url if done else None,
                 "result_url": url if done else None,
@@ -163,7 +166,7 @@ def render(job: Job, shape: str, now: float, job_seconds: float, base_url: str) 
             "id": job.id,
             "object": "video",
             "model": job.model,
-            "status": _OPENAI[status],
+            "status": job.reported_status or _OPENAI[status],
             "progress": progress,
             "created_at": job.created_at,
             "completed_at": finished_at,
@@ -176,7 +179,7 @@ def render(job: Job, shape: str, now: float, job_seconds: float, base_url: str) 
     body: dict[str, Any] = {
         "id": job.id,
         "object": "video",
-        "status": status,
+        "status": job.reported_status or status,
         "created_at": job.created_at,
     }
     if done:

@@ -1,7 +1,7 @@
 """Translation between Crazyrouter's video dialects and the OpenAI SDK's Video object (pure).
 
 Crazyrouter answers in at least three shapes (its documented page, new-api's
-``{"code","data"}`` envelope, and an OpenAI-like object) with a dozen status spellings. The SDK
+``{"code","data"}`` envelope, and an OpenAI-like object) with dozens of status spellings. The SDK
 accepts exactly ``queued | in_progress | completed | failed`` and loops forever on anything
 else, so every status is mapped here and nothing upstream-specific leaks through.
 """
@@ -13,20 +13,35 @@ from typing import Any, Literal
 
 Status = Literal["queued", "in_progress", "completed", "failed"]
 
-_STATUS: dict[str, Status] = {}
-for _names, _status in (
-    (("queued", "pending", "submitted", "not_start", "preparing", "unknown", ""), "queued"),
-    (("processing", "in_progress", "running", "generating"), "in_progress"),
-    (("completed", "complete", "success", "succeeded", "finished"), "completed"),
-    (("failed", "failure", "fail", "error", "cancelled", "canceled"), "failed"),
-):
-    for _n in _names:
-        _STATUS[_n] = _status  # type: ignore[assignment]
+# Every spelling new-api and the families behind it are known to use. A terminal spelling missing
+# here would count as queued and poll until the gateway's deadline, holding the caller's
+# reservation for an hour; each failure spelling also says why, as the Video's error.code.
+_SPELLINGS: tuple[tuple[Status, str | None, str], ...] = (
+    ("queued", None, "queued queueing in_queue pending submitted not_start preparing created"),
+    ("queued", None, "waiting unknown"),
+    ("in_progress", None, "processing in_progress running generating"),
+    ("completed", None, "completed complete success succeed succeeded finished done"),
+    ("failed", "generation_failed", "failed failure fail error"),
+    ("failed", "expired", "expired"),
+    ("failed", "cancelled", "cancelled canceled cancel"),
+    ("failed", "content_policy_violation", "rejected reject blocked moderation content_filter"),
+    ("failed", "content_policy_violation", "content_policy_violation sensitive"),
+    ("failed", "timeout", "timeout timed_out"),
+)
+_STATUS: dict[str, tuple[Status, str | None]] = {
+    name: (status, code) for status, code, names in _SPELLINGS for name in names.split()
+}
+
+
+def _classify(raw: Any) -> tuple[Status, str | None]:
+    """The SDK status and, for a failure, the error code its spelling implies."""
+    key = str(raw or "").strip().lower().replace("-", "_").replace(" ", "_")
+    return _STATUS.get(key, ("queued", None))
 
 
 def normalise_status(raw: Any) -> Status:
     """Any upstream spelling to the SDK's four statuses; an unknown one counts as queued."""
-    return _STATUS.get(str(raw or "").strip().lower(), "queued")
+    return _classify(raw)[0]
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +94,7 @@ def parse_upstream(doc: Any) -> UpstreamVideo:
     if "data" in doc and not isinstance(data, dict) and "id" not in doc:
         raise ValueError("upstream envelope without data")
     body: dict[str, Any] = data if isinstance(data, dict) else doc
-    status = normalise_status(body.get("status"))
+    status, status_code = _classify(body.get("status"))
     video = _dict(body.get("video"))
     metadata = _dict(body.get("metadata"))
     url = (
@@ -97,7 +112,8 @@ def parse_upstream(doc: Any) -> UpstreamVideo:
         error_message = err
     error_message = error_message or _str(body.get("fail_reason"))
     if status == "failed" and not error_code:
-        error_code = "generation_failed"
+        # The upstream's own code, when it gives one, says more than its status spelling.
+        error_code = status_code or "generation_failed"
     return UpstreamVideo(
         id=_str(body.get("id")) or _str(body.get("task_id")),
         status=status,

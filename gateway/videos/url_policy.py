@@ -2,8 +2,9 @@
 
 https only, no credentials in the URL, an optional host allowlist, and, after DNS resolution,
 no private, loopback, link-local, multicast or reserved address (the cloud metadata address
-169.254.169.254 among them). Without this, a caller could make the upstream — or any service
-that later follows the URL — reach into our network.
+169.254.169.254 among them, and IPv6 forms that embed one). Without this, a caller could make the
+upstream — or any service that later follows the URL — reach into our network. The address rules
+live in ``gateway.upstream.address_policy``, shared with the download redirects we follow.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from urllib.parse import urlsplit
 
 from gateway.errors import InvalidRequest
+from gateway.upstream.address_policy import is_public
 
 Resolver = Callable[[str, int], Awaitable[Sequence[str]]]
 MAX_URL_CHARS = 2048
@@ -28,13 +30,6 @@ async def system_resolver(host: str, port: int) -> list[str]:
 
 def _refuse(message: str) -> InvalidRequest:
     return InvalidRequest(message, code="invalid_url", param="image_url")
-
-
-def _public(address: str) -> bool:
-    ip = ipaddress.ip_address(address.split("%")[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip.is_global and not ip.is_multicast
 
 
 async def check_image_url(
@@ -66,5 +61,5 @@ async def check_image_url(
                 addresses = list(await resolve(host, port))
         except (OSError, TimeoutError):
             raise _refuse("image_url's host does not resolve.") from None
-    if not addresses or not all(_public(a) for a in addresses):
+    if not addresses or not all(is_public(a) for a in addresses):
         raise _refuse("image_url must point to a public address.")

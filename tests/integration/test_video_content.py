@@ -101,8 +101,14 @@ async def test_cross_origin_redirect_never_carries_our_key() -> None:
         upstream = Starlette(routes=[Route("/v1/videos/task_1/content", content)])
         with run_server(upstream) as base:
             pool = KeyPool([UpstreamKey(id="k", secret="sk-never-leaves")], None, clock=time.time)
+            # The CDN is on loopback like everything here; operators trust such a network.
             client = UpstreamClient(
-                base, pool, connect_timeout=2, read_timeout=5, max_connections=4
+                base,
+                pool,
+                connect_timeout=2,
+                read_timeout=5,
+                max_connections=4,
+                trusted_networks=("127.0.0.0/8",),
             )
             await client.start()
             try:

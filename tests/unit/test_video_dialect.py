@@ -3,10 +3,28 @@ import pytest
 from gateway.videos.dialect import normalise_status, parse_upstream, video_object
 
 UPSTREAM_STATUSES = {
-    "queued": ["queued", "pending", "submitted", "not_start", "preparing", "unknown", "QUEUED"],
+    "queued": [
+        *("queued", "pending", "submitted", "not_start", "preparing", "unknown", "QUEUED"),
+        *("queueing", "created", "waiting", "in_queue", "In Queue", "NOT_START"),
+    ],
     "in_progress": ["processing", "in_progress", "running", "generating", "IN_PROGRESS"],
-    "completed": ["completed", "complete", "success", "succeeded", "finished", "SUCCESS"],
+    "completed": [
+        *("completed", "complete", "success", "succeeded", "finished", "SUCCESS"),
+        *("succeed", "done", "Succeeded"),
+    ],
     "failed": ["failed", "failure", "fail", "error", "cancelled", "canceled", "FAILURE"],
+}
+
+# Each terminal spelling and the error.code a failed Video carries for it.
+FAILURE_CODES = {
+    "expired": ["expired", "EXPIRED"],
+    "cancelled": ["cancelled", "canceled", "cancel", "CANCELLED"],
+    "content_policy_violation": [
+        *("rejected", "reject", "blocked", "moderation", "content_filter"),
+        *("content_policy_violation", "sensitive", "REJECTED", "content-filter"),
+    ],
+    "timeout": ["timeout", "timed_out", "TIMEOUT", "timed out"],
+    "generation_failed": ["failure", "failed", "fail", "error", "FAILURE"],
 }
 
 
@@ -15,6 +33,33 @@ UPSTREAM_STATUSES = {
 )
 def test_every_upstream_status_maps_to_one_of_four(raw: str, expected: str) -> None:
     assert normalise_status(raw) == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "code"), [(r, c) for c, raws in FAILURE_CODES.items() for r in raws]
+)
+@pytest.mark.parametrize("shape", ["page", "envelope", "openai"])
+def test_every_terminal_spelling_fails_with_its_own_code(raw: str, code: str, shape: str) -> None:
+    body = {"id": "task_1", "status": raw, "progress": "30%"}
+    doc = {"code": "success", "message": "", "data": body} if shape == "envelope" else body
+    v = parse_upstream(doc)
+    assert (v.status, v.error_code, v.progress) == ("failed", code, 30)
+
+
+@pytest.mark.parametrize("raw", ["expired", "cancelled", "rejected", "timeout", "failure"])
+def test_the_upstreams_own_error_code_wins_over_the_status_default(raw: str) -> None:
+    v = parse_upstream(
+        {
+            "code": "success",
+            "data": {"id": "t", "status": raw, "error": {"code": "task_failed", "message": "m"}},
+        }
+    )
+    assert (v.status, v.error_code, v.error_message) == ("failed", "task_failed", "m")
+
+
+def test_a_non_failure_status_carries_no_code() -> None:
+    for raw in ("queued", "running", "succeed", "done"):
+        assert parse_upstream({"id": "t", "status": raw}).error_code is None
 
 
 def test_unknown_or_missing_status_is_queued() -> None:
