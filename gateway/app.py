@@ -25,9 +25,10 @@ from gateway.asgi import Scope
 from gateway.auth.jwks import JWKSCache
 from gateway.auth.middleware import AuthMiddleware
 from gateway.auth.verifier import TokenVerifier
-from gateway.errors import GatewayError, NotFound, error_body, error_headers
+from gateway.errors import GatewayError, NotFound
 from gateway.idp_client import IdpClient
 from gateway.observability.access_log import AccessLog, note_quota, note_upstream
+from gateway.observability.errors import ErrorMiddleware
 from gateway.observability.http_metrics import HttpMetricsMiddleware
 from gateway.observability.metrics import Metrics
 from gateway.observability.request_id import RequestIdMiddleware
@@ -40,12 +41,13 @@ from gateway.quota.middleware import RateLimitMiddleware
 from gateway.quota.service import QuotaService
 from gateway.quota.snapshot import UsageSnapshot
 from gateway.quota.store import QuotaStore
-from gateway.redis_client import close_redis, make_redis, warm_up
 from gateway.settings import Settings
+from gateway.store.client import close_redis, make_redis, warm_up
 from gateway.team_quota import QuotaEndpoint
 from gateway.upstream.client import UpstreamClient
 from gateway.upstream.health_store import RedisKeyHealthStore
 from gateway.upstream.keypool import KEY_STATES, KeyPool
+from gateway.upstream.routes import DEFAULT_ROUTES, RouteTable
 from gateway.videos.events import VideoEvents
 from gateway.videos.idempotency import IdempotencyStore
 from gateway.videos.reconciler import Reconciler, Report
@@ -72,7 +74,11 @@ def create_app(
         raise ValueError("redis.url is 'embedded': start it first (gateway serve --dev does)")
     metrics = metrics or Metrics(teams=settings.teams)
     owns_redis = redis is None
-    redis = redis or make_redis(settings.redis)
+    redis = redis or make_redis(
+        settings.redis,
+        on_error=lambda op: metrics.redis_errors.labels(op).inc(),
+        on_breaker=lambda is_open: metrics.redis_breaker_open.set(1 if is_open else 0),
+    )
     up = settings.upstream
     pool = KeyPool(
         up.keys,
@@ -120,6 +126,7 @@ def create_app(
         connect_timeout=up.connect_timeout,
         read_timeout=up.read_timeout,
         max_connections=up.max_connections,
+        trusted_networks=up.trusted_networks,
         on_response=observe_upstream,
         on_retry=lambda reason: metrics.upstream_retries.labels(reason).inc(),
     )
@@ -141,7 +148,6 @@ def create_app(
         videos=settings.videos,
         clock=clock,
         on_decision=on_quota_decision,
-        on_redis_error=lambda op: metrics.redis_errors.labels(op).inc(),
         retry_hint_s=settings.videos.poll_after_ms / 1000,
     )
     videos = VideoService(
@@ -195,7 +201,7 @@ def create_app(
     )
     passthrough = PassThrough(
         client,
-        allowed_prefixes=settings.server.allowed_path_prefixes,
+        routes=RouteTable((*DEFAULT_ROUTES, *settings.server.extra_routes)),
         secrets=pool.secrets,
         observer=stream_observer(content=False),
     )
@@ -237,34 +243,35 @@ def create_app(
             if owns_redis:
                 await close_redis(redis)
 
-    def render(exc: GatewayError) -> Response:
-        metrics.errors.labels(exc.code).inc()
-        body = error_body(exc)
-        headers = {k.decode(): v.decode("latin-1") for k, v in error_headers(exc, body)}
-        return Response(body, status_code=exc.status, headers=headers)
-
-    async def on_gateway_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, GatewayError)
-        return render(exc)
-
     async def on_http_error(request: Request, exc: Exception) -> Response:
+        # Starlette's own 404/405: raised on as ours, for the one renderer (ErrorMiddleware).
         assert isinstance(exc, HTTPException)
         if exc.status_code == 404:
-            return render(NotFound())
-        return render(GatewayError(exc.detail, code="http_error", status=exc.status_code))
+            raise NotFound()
+        raise GatewayError(exc.detail, code="http_error", status=exc.status_code)
 
-    async def on_crash(request: Request, exc: Exception) -> Response:
-        log.exception("unhandled error", exc_info=exc)
-        return render(GatewayError())
+    def on_error(exc: GatewayError) -> None:
+        metrics.errors.labels(metrics.error_code_label(exc.code)).inc()
 
     app = Starlette(
         routes=[
             # Behind prefixes: a chat request skips these routes with two string checks.
-            PrefixGroup("/v1/videos", video_routes(videos, observer=stream_observer(content=True))),
+            PrefixGroup(
+                "/v1/videos",
+                video_routes(
+                    videos,
+                    public_base_url=settings.server.public_base_url,
+                    observer=stream_observer(content=True),
+                ),
+            ),
             PrefixGroup("/admin/", admin_routes(admin, admin_role=settings.auth.admin_role)),
             Route("/v1/gateway/quota", QuotaEndpoint(quota).handle, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
-            Route("/readyz", Readiness(redis, pool, metrics).handle, methods=["GET"]),
+            Route(
+                "/readyz",
+                Readiness(redis, pool, fail_open=settings.quota.rate_fail_open).handle,
+                methods=["GET"],
+            ),
             Route(
                 "/metrics",
                 MetricsEndpoint(metrics, settings.server.metrics_token).handle,
@@ -278,6 +285,7 @@ def create_app(
                 metrics=metrics,
                 access_log=AccessLog(settings.server.access_log, log_stream),
             ),
+            Middleware(ErrorMiddleware, on_error=on_error),
             Middleware(
                 RequestLimitsMiddleware,
                 max_body_bytes=settings.server.max_body_bytes,
@@ -295,11 +303,7 @@ def create_app(
                 else []
             ),
         ],
-        exception_handlers={
-            GatewayError: on_gateway_error,
-            HTTPException: on_http_error,
-            Exception: on_crash,
-        },
+        exception_handlers={HTTPException: on_http_error},
         lifespan=lifespan,
     )
     app.router.default = passthrough

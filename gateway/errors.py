@@ -9,6 +9,7 @@
     ├── HeadersTooLarge (431)
     ├── QuotaExceeded (429)            a team limit; the code names which
     ├── ServiceUnavailable (503)       Redis cannot be reached for a decision that must not guess
+    │   └── StoreUnavailable           raised by the Redis client itself (gateway.store)
     ├── UpstreamError (502/503/504)    the upstream is down, slow, or refused every key
     └── UpstreamResponseError (any)    an error the upstream answered, normalised
 
@@ -127,6 +128,16 @@ class ServiceUnavailable(GatewayError):
     status = 503
     code = "service_unavailable"
     message = "The gateway cannot reach its quota store; try again shortly."
+
+
+class StoreUnavailable(ServiceUnavailable):
+    """Redis did not answer (refused, timed out, or known down by the circuit breaker).
+
+    Raised once, by the Redis client the gateway shares, so every route that needs Redis
+    answers the same 503 and no service has to know redis-py's exception tree."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message, headers={"retry-after": "1", "retry-after-ms": "1000"})
 
 
 class UpstreamError(GatewayError):

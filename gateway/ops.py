@@ -5,10 +5,11 @@ from __future__ import annotations
 import hmac
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from gateway.errors import AuthenticationFailed
+from gateway.errors import AuthenticationFailed, GatewayError
 from gateway.observability.metrics import CONTENT_TYPE, Metrics
 from gateway.upstream.keypool import KeyPool
 
@@ -18,24 +19,28 @@ async def healthz(request: Request) -> Response:
 
 
 class Readiness:
-    """Ready when Redis answers and at least one upstream key is usable."""
+    """Ready means "this process can serve": Redis answers, or rate checks are configured to
+    fail open without it. The key pool's state is not part of it: with every key cooling
+    down, pulling every replica out of the load balancer would turn the gateway's clear 503
+    into ingress errors; key states belong in metrics and alerts."""
 
-    def __init__(self, redis: Redis, pool: KeyPool, metrics: Metrics) -> None:
+    def __init__(self, redis: Redis, pool: KeyPool, *, fail_open: bool) -> None:
         self.redis = redis
         self.pool = pool
-        self.metrics = metrics
+        self.fail_open = fail_open
 
     async def handle(self, request: Request) -> Response:
         checks: dict[str, str] = {}
         try:
-            await self.redis.ping()
+            await self.redis.ping()  # fails at once while the breaker knows Redis is down
             checks["redis"] = "ok"
-        except Exception:
-            self.metrics.redis_errors.labels("ping").inc()
-            checks["redis"] = "unreachable"
+        except (GatewayError, RedisError):
+            checks["redis"] = (
+                "unreachable (rate checks fail open)" if self.fail_open else ("unreachable")
+            )
         usable = self.pool.usable_count()
         checks["upstream_keys"] = f"{usable} usable" if usable else "none usable"
-        ready = checks["redis"] == "ok" and usable > 0
+        ready = checks["redis"] == "ok" or self.fail_open
         return JSONResponse(
             {"status": "ready" if ready else "not_ready", "checks": checks},
             status_code=200 if ready else 503,

@@ -20,6 +20,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 
 from gateway.quota.model import LimitError, parse_limit
+from gateway.upstream.address_policy import parse_networks
+from gateway.upstream.routes import RouteRule, parse_route
 
 EMBEDDED = "embedded"
 HS256_MIN_SECRET_BYTES = 32
@@ -55,6 +57,9 @@ class UpstreamSettings:
     cooldown_seconds: float = 30.0
     quarantine_seconds: float = 3600.0
     health_cache_seconds: float = 1.0
+    # CIDR networks a download redirect may lead into although they are not public (an
+    # internal CDN); everything else off the upstream's origin must be a public address.
+    trusted_networks: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -98,7 +103,15 @@ class ServerSettings:
     workers: int = 1
     max_body_bytes: int = 32 * 1024 * 1024
     max_header_bytes: int = 16 * 1024
-    allowed_path_prefixes: tuple[str, ...] = ("/v1",)
+    # From a head's first byte to its end, and from the end of the head to the end of the
+    # body: a client trickling bytes cannot hold a connection longer than this.
+    header_timeout_seconds: float = 10.0
+    body_timeout_seconds: float = 120.0
+    # Where callers reach the gateway; URLs in answers (a video's content URL) start with it,
+    # never with the caller's Host. Unset: the listener's own address.
+    public_base_url: str = "http://127.0.0.1:8080"
+    # Forwarded beyond the built-in route table (gateway.upstream.routes): "POST /v1/x/{id}".
+    extra_routes: tuple[RouteRule, ...] = ()
     metrics_token: str | None = field(default=None, repr=False)
     # asyncio, not uvloop, by measurement: see README "Benchmarks" (uvloop stalls new
     # connections for seconds after many clients drop at once).
@@ -349,9 +362,18 @@ def _upstream(sec: _Section, env: Mapping[str, str]) -> UpstreamSettings:
         cooldown_seconds=sec.number("cooldown_seconds", 30.0),
         quarantine_seconds=sec.number("quarantine_seconds", 3600.0),
         health_cache_seconds=sec.number("health_cache_seconds", 1.0),
+        trusted_networks=_networks(sec, "trusted_networks"),
     )
     sec.finish()
     return out
+
+
+def _networks(sec: _Section, name: str) -> tuple[str, ...]:
+    specs = sec.strings(name, ())
+    try:
+        return tuple(str(n) for n in parse_networks(specs))
+    except ValueError as exc:
+        raise SettingsError(sec.key(name), str(exc)) from None
 
 
 def _redis(sec: _Section) -> RedisSettings:
@@ -442,21 +464,34 @@ def _auth(sec: _Section) -> AuthSettings:
 
 
 def _server(sec: _Section) -> ServerSettings:
-    prefixes = sec.strings("allowed_path_prefixes", ("/v1",))
-    for p in prefixes:
-        if not p.startswith("/") or p.endswith("/") or ".." in p:
-            raise SettingsError(sec.key("allowed_path_prefixes"), f"bad prefix {p!r}")
+    if "allowed_path_prefixes" in sec.data:
+        raise SettingsError(
+            sec.key("allowed_path_prefixes"),
+            "replaced by the route table: only known routes are forwarded; add others with "
+            "server.extra_routes (e.g. ['POST /v1/rerank'])",
+        )
+    extra_routes = []
+    for spec in sec.strings("extra_routes", ()):
+        try:
+            extra_routes.append(parse_route(spec))
+        except ValueError as exc:
+            raise SettingsError(sec.key("extra_routes"), str(exc)) from None
     token = sec.string("metrics_token", None) or None
     token_file = sec.string("metrics_token_file", None)
     if token_file:
         token = _read_secret_file(token_file, sec.key("metrics_token_file"))
+    host = sec.req_string("host", "127.0.0.1") or "127.0.0.1"
+    port = sec.integer("port", 8080, minimum=0)
     out = ServerSettings(
-        host=sec.req_string("host", "127.0.0.1") or "127.0.0.1",
-        port=sec.integer("port", 8080, minimum=0),
+        host=host,
+        port=port,
         workers=sec.integer("workers", 1, minimum=1),
         max_body_bytes=sec.integer("max_body_bytes", 32 * 1024 * 1024, minimum=1024),
         max_header_bytes=sec.integer("max_header_bytes", 16 * 1024, minimum=1024),
-        allowed_path_prefixes=prefixes,
+        header_timeout_seconds=sec.number("header_timeout_seconds", 10.0, minimum=0.1),
+        body_timeout_seconds=sec.number("body_timeout_seconds", 120.0, minimum=0.1),
+        public_base_url=_public_base_url(sec, host, port),
+        extra_routes=tuple(extra_routes),
         metrics_token=token,
         loop=sec.req_string("loop", "asyncio") or "asyncio",
         drain_seconds=sec.number("drain_seconds", 20.0),
@@ -472,6 +507,27 @@ def _server(sec: _Section) -> ServerSettings:
         raise SettingsError(sec.key("port"), "must be <= 65535")
     sec.finish()
     return out
+
+
+def _public_base_url(sec: _Section, host: str, port: int) -> str:
+    raw = sec.string("public_base_url", None)
+    if not raw:
+        # A wildcard listener is reachable on loopback; anything public must be configured.
+        name = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+        return f"http://[{name}]:{port}" if ":" in name else f"http://{name}:{port}"
+    key = sec.key("public_base_url")
+    if any(c.isspace() or not c.isprintable() for c in raw) or "?" in raw or "#" in raw:
+        raise SettingsError(key, "must be an absolute http(s) URL without query or fragment")
+    parts = urlsplit(raw)
+    try:
+        parts.port  # noqa: B018 -- raises on a port that is not a number in range
+    except ValueError:
+        raise SettingsError(key, "has an invalid port") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise SettingsError(key, "must be an absolute http(s) URL")
+    if parts.username is not None or parts.password is not None:
+        raise SettingsError(key, "must not carry credentials")
+    return raw.rstrip("/")
 
 
 _SIZE = re.compile(r"^[1-9][0-9]{1,4}x[1-9][0-9]{1,4}$")

@@ -14,13 +14,12 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from gateway.admin import inputs
 from gateway.admin.audit import AuditLog
 from gateway.admin.views import job_view, key_view, team_view
 from gateway.auth.principal import Principal
-from gateway.errors import NotFound, ServiceUnavailable
+from gateway.errors import NotFound, ServiceUnavailable, StoreUnavailable
 from gateway.quota.service import QuotaService
 from gateway.settings import Settings
 from gateway.upstream.keypool import KeyPool
@@ -119,14 +118,11 @@ class AdminService:
         """The team's visible jobs, newest first, paged like ``GET /v1/videos``."""
         inputs.check_team(team)
         n = inputs.page_size(limit, default=JOBS_PAGE[0], maximum=JOBS_PAGE[1])
-        try:
-            if after is not None:
-                cursor = await self._job(after)
-                if cursor is None or cursor.team != team or cursor.deleted:
-                    raise NotFound("No job of this team has that id.", param="after")
-            jobs, more = await self.registry.page(team, after=after, limit=n, descending=True)
-        except RedisError:
-            raise ServiceUnavailable() from None
+        if after is not None:
+            cursor = await self._job(after)
+            if cursor is None or cursor.team != team or cursor.deleted:
+                raise NotFound("No job of this team has that id.", param="after")
+        jobs, more = await self.registry.page(team, after=after, limit=n, descending=True)
         data = [job_view(j) for j in jobs]
         return {
             "object": "list",
@@ -138,10 +134,7 @@ class AdminService:
 
     async def job(self, video_id: str) -> dict[str, Any]:
         """Any team's job, with what it reserved from its team's quotas."""
-        try:
-            job = await self._job(video_id)
-        except RedisError:
-            raise ServiceUnavailable() from None
+        job = await self._job(video_id)
         if job is None:
             raise NotFound()
         return job_view(job, quota=await self.quota.reservation(job.team, job.id))
@@ -179,10 +172,7 @@ class AdminService:
 
     async def audit_log(self, *, limit: str | None) -> dict[str, Any]:
         n = inputs.page_size(limit, default=AUDIT_PAGE[0], maximum=AUDIT_PAGE[1])
-        try:
-            entries, more = await self.audit.recent(n)
-        except RedisError:
-            raise ServiceUnavailable() from None
+        entries, more = await self.audit.recent(n)
         return {"object": "list", "data": entries, "has_more": more}
 
     async def _audit(
@@ -190,7 +180,7 @@ class AdminService:
     ) -> None:
         try:
             await self.audit.record(actor, action, target, before=before, after=after)
-        except RedisError:
+        except StoreUnavailable:
             # The change is done and cannot be taken back safely; keep the record somewhere.
             log.error(
                 "audit log unavailable, entry: %s",

@@ -6,14 +6,14 @@ from collections.abc import Callable
 
 from gateway.asgi import ASGIApp, Receive, Scope, Send, header
 from gateway.auth.verifier import TokenVerifier
-from gateway.errors import AuthenticationFailed, send_error
+from gateway.errors import AuthenticationFailed
 
 
 class AuthMiddleware:
     """Requires a valid ``Authorization: Bearer`` token on every HTTP path not in public_paths.
 
     The principal lands in ``scope["principal"]`` and ``scope["state"]["principal"]``. A
-    rejection is a uniform 401 without calling the app; ``on_failure`` gets the reason for
+    rejection raises a uniform 401 without calling the app; ``on_failure`` gets the reason for
     metrics. Other scope types (lifespan, websocket) pass through untouched.
     """
 
@@ -43,8 +43,7 @@ class AuthMiddleware:
             principal = await self.verifier.verify(token)
         except AuthenticationFailed as exc:
             self.on_failure(exc.reason)
-            await send_error(send, exc)
-            return
+            raise
         scope["principal"] = principal
         scope.setdefault("state", {})["principal"] = principal
         await self.app(scope, receive, send)

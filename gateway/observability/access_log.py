@@ -23,6 +23,7 @@ class RequestRecord:
     upstream_key: str | None = None
     upstream_status: int | None = None
     quota: str | None = None
+    reason: str | None = None  # why the request was refused ("auth: expired"), never a token
 
 
 # Per request (each request runs in its own context); set by the observing middleware.
@@ -33,6 +34,12 @@ def note_upstream(key: str, status: int) -> None:
     record = CURRENT.get()
     if record is not None:
         record.upstream_key, record.upstream_status = key, status
+
+
+def note_reason(reason: str) -> None:
+    record = CURRENT.get()
+    if record is not None:
+        record.reason = reason
 
 
 def note_quota(result: str) -> None:
@@ -86,6 +93,7 @@ class AccessLog:
                     "upstream_status": record.upstream_status,
                     "bytes": bytes_sent,
                     "quota": record.quota,
+                    "reason": record.reason,
                 },
                 separators=(",", ":"),
             )
@@ -99,6 +107,7 @@ class AccessLog:
                 f"{time.strftime('%H:%M:%S', time.localtime(now))} {status} {method} {route} "
                 f"{seconds * 1000:.1f}ms {bytes_sent}B team={team or '-'} user={user or '-'}"
                 f"{upstream} quota={record.quota or '-'} id={request_id or '-'}"
+                + (f" reason={record.reason!r}" if record.reason else "")
             )
         # Lines leave in one write every FLUSH_SECONDS (one syscall for many requests instead
         # of one each); each line is still whole, and none waits longer than that.

@@ -30,6 +30,7 @@ from prometheus_client.registry import Collector
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _JOB_BUCKETS = (10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200)
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+MAX_ERROR_CODES = 200
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
@@ -172,15 +173,31 @@ class Metrics:
         )
         self.errors = Counter(
             "gateway_errors_total",
-            "Errors translated into OpenAI-shaped responses, by code",
+            "Error answers, by code (every one: auth, limits, quotas, upstream and 500s)",
             ["code"],
             registry=r,
+        )
+        self._error_codes: set[str] = set()
+        self.redis_breaker_open = Gauge(
+            "gateway_redis_breaker_open",
+            "1 while this replica knows Redis is unreachable and fails fast without asking it",
+            registry=r,
+            multiprocess_mode="max",
         )
 
     def team_label(self, team: str | None) -> str:
         if team is None:
             return "none"
         return team if team in self._teams else "other"
+
+    def error_code_label(self, code: str) -> str:
+        # Upstream codes are kept in answers but come from outside: bound the label set.
+        if code in self._error_codes:
+            return code
+        if len(self._error_codes) < MAX_ERROR_CODES and len(code) <= 64:
+            self._error_codes.add(code)
+            return code
+        return "other"
 
     def model_label(self, model: str, known: Iterable[str]) -> str:
         return model if model in known else "other"

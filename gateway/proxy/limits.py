@@ -2,19 +2,14 @@
 
 Headers over the limit answer 431, a body over the limit 413 (up front from Content-Length,
 or as soon as a chunked body crosses it), and a request carrying both Content-Length and
-Transfer-Encoding 400: that ambiguity is how request smuggling starts.
+Transfer-Encoding 400: that ambiguity is how request smuggling starts. So is a request with
+two Host headers (400).
 """
 
 from __future__ import annotations
 
 from gateway.asgi import ASGIApp, Message, Receive, Scope, Send
-from gateway.errors import (
-    GatewayError,
-    HeadersTooLarge,
-    InvalidRequest,
-    PayloadTooLarge,
-    send_error,
-)
+from gateway.errors import HeadersTooLarge, InvalidRequest, PayloadTooLarge
 
 
 class RequestLimitsMiddleware:
@@ -27,11 +22,7 @@ class RequestLimitsMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        try:
-            self._check(scope)
-        except GatewayError as exc:
-            await send_error(send, exc)
-            return
+        self._check(scope)
         limit = self.max_body
         seen = 0
 
@@ -50,6 +41,7 @@ class RequestLimitsMiddleware:
         size = 0
         length: bytes | None = None
         chunked = False
+        hosts = 0
         for k, v in scope["headers"]:
             size += len(k) + len(v) + 4
             if k == b"content-length":
@@ -60,8 +52,13 @@ class RequestLimitsMiddleware:
                 length = v
             elif k == b"transfer-encoding":
                 chunked = True
+            elif k == b"host":
+                hosts += 1
         if size > self.max_headers:
             raise HeadersTooLarge()
+        if hosts > 1:
+            # A proxy in front may have routed on the other one (RFC 9112 section 3.2: 400).
+            raise InvalidRequest("Duplicate Host headers.", code="invalid_request")
         if length is not None and chunked:
             raise InvalidRequest(
                 "Content-Length and Transfer-Encoding must not be combined.",

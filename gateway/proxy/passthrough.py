@@ -1,6 +1,8 @@
-"""Generic pass-through of ``/v1/*`` to the upstream, streaming both ways.
+"""Pass-through of the routes in the route table to the upstream, streaming both ways.
 
-Small bodies are read whole (so a request can be replayed on another key, and a small answer
+A path outside the table is refused before anything else happens (``unsupported_endpoint``).
+Bodies the body policy must read (chat, responses) are read whole; other small bodies are read
+whole (so a request can be replayed on another key, and a small answer
 leaves in one write); large or unknown-length bodies and event streams are streamed chunk by
 chunk. Once a response has started, an error can no longer be reported as a body: the
 connection is cut instead, so a truncated answer is never mistaken for a whole one.
@@ -14,8 +16,9 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Protocol
 
 from gateway.asgi import Receive, Scope, Send, header
-from gateway.errors import GatewayError, error_body, error_headers
+from gateway.errors import GatewayError
 from gateway.observability.routes import route_label
+from gateway.proxy import body_policy
 from gateway.upstream import rewrite
 from gateway.upstream.client import (
     IDEMPOTENT,
@@ -24,6 +27,7 @@ from gateway.upstream.client import (
     UpstreamResponse,
     caller_error,
 )
+from gateway.upstream.routes import PLAIN, RouteTable
 
 log = logging.getLogger("gateway.proxy")
 
@@ -48,22 +52,26 @@ class PassThrough:
         self,
         client: UpstreamClient,
         *,
-        allowed_prefixes: Iterable[str],
+        routes: RouteTable,
         secrets: Callable[[], Iterable[str]],
         observer: Callable[[Scope], StreamObserver | None] = lambda scope: None,
     ) -> None:
         self.client = client
-        self.prefixes = tuple(allowed_prefixes)
+        self.routes = routes
         self.secrets = secrets
         self.observer = observer
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         raw_path = scope.get("raw_path") or scope["path"].encode()
-        path = rewrite.upstream_path(raw_path.split(b"?", 1)[0], self.prefixes)
+        decoded, path = rewrite.upstream_path(raw_path.split(b"?", 1)[0])
+        rule = self.routes.match(scope["method"], decoded)
         try:
-            body, body_done = await _request_body(scope, receive)
+            body, body_done = await _request_body(scope, receive, whole=rule.body != PLAIN)
         except _ClientGone:
             return  # nobody to answer; not an error worth a traceback in the server log
+        if rule.body != PLAIN:
+            assert not isinstance(body, AsyncIterator)
+            body = body_policy.apply(rule.body, body)
         req = UpstreamRequest(
             method=scope["method"],
             path=path,
@@ -76,47 +84,35 @@ class PassThrough:
         resp = await self.client.send(req)
         try:
             if resp.status >= 400:
-                await self._send_upstream_error(resp, send, unsafe=req.method not in IDEMPOTENT)
-                resp.finish()
-            else:
-                await relay(
-                    resp, receive if body_done() else None, send, observer=self.observer(scope)
-                )
+                raw = await resp.read(BUFFER_LIMIT)
+                raise self._upstream_error(resp, raw, unsafe=req.method not in IDEMPOTENT)
+            await relay(resp, receive if body_done() else None, send, observer=self.observer(scope))
         finally:
             resp.close()
 
-    async def _send_upstream_error(
-        self, resp: UpstreamResponse, send: Send, *, unsafe: bool
-    ) -> None:
-        exc = caller_error(resp, await resp.read(BUFFER_LIMIT), self.secrets(), unsafe=unsafe)
-        body = error_body(exc)
-        headers = error_headers(exc, body)
+    def _upstream_error(self, resp: UpstreamResponse, raw: bytes, *, unsafe: bool) -> GatewayError:
+        resp.finish()
+        exc = caller_error(resp, raw, self.secrets(), unsafe=unsafe)
         rid = resp.header("x-oneapi-request-id")
         if rid and rewrite.valid_request_id(rid.encode()):
-            headers.append((b"x-upstream-request-id", rid.encode()))
-        await send({"type": "http.response.start", "status": exc.status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+            exc.headers["x-upstream-request-id"] = rid
+        return exc
 
 
 async def _request_body(
-    scope: Scope, receive: Receive
+    scope: Scope, receive: Receive, *, whole: bool = False
 ) -> tuple[bytes | AsyncIterator[bytes] | None, Callable[[], bool]]:
-    """The request body: bytes when small and of known length, else a stream.
+    """The request body: bytes when small and of known length (or ``whole``), else a stream.
 
     The second value tells whether the body has been read to the end, after which ``receive``
-    only reports a disconnect.
+    only reports a disconnect. A whole body is still bounded by the request size limit.
     """
     length = header(scope, b"content-length")
+    chunked = header(scope, b"transfer-encoding") is not None
+    if whole and (length is not None or chunked):
+        return await _read_all(receive) or None, lambda: True
     if length is not None and int(length) <= BUFFER_LIMIT:
-        chunks = []
-        more = True
-        while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise _ClientGone
-            chunks.append(message.get("body", b""))
-            more = message.get("more_body", False)
-        body = b"".join(chunks)
+        body = await _read_all(receive)
         return (body if body or length != b"0" else None), lambda: True
     if length is None and header(scope, b"transfer-encoding") is None:
         return None, lambda: True
@@ -136,6 +132,18 @@ async def _request_body(
         done = True
 
     return stream(), lambda: done
+
+
+async def _read_all(receive: Receive) -> bytes:
+    chunks = []
+    more = True
+    while more:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _ClientGone
+        chunks.append(message.get("body", b""))
+        more = message.get("more_body", False)
+    return b"".join(chunks)
 
 
 async def relay(

@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections.abc import Collection
 
 from gateway.asgi import ASGIApp, Message, Receive, Scope, Send
-from gateway.errors import GatewayError, send_error
 from gateway.quota.service import QuotaService
 
 
@@ -21,11 +20,7 @@ class RateLimitMiddleware:
         if principal is None or scope["path"] in self.public_paths:
             await self.app(scope, receive, send)
             return
-        try:
-            headers = await self.quota.check_rate(principal.team)
-        except GatewayError as exc:
-            await send_error(send, exc)
-            return
+        headers = await self.quota.check_rate(principal.team)
         if not headers:
             await self.app(scope, receive, send)
             return

@@ -2,12 +2,14 @@
 job's quotas before it goes upstream, settling them exactly once when it ends, and a team's
 view of its own usage.
 
-Redis failures: the rate check fails open or closed by config; reservations, settlements and
-usage reads never guess (a 503), because they spend money or decide across replicas.
+Redis failures arrive as ``StoreUnavailable`` (gateway.store): the rate check fails open or
+closed by config; reservations, settlements and usage reads never guess (the 503 propagates),
+because they spend money or decide across replicas.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import logging
@@ -20,9 +22,7 @@ from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from redis.exceptions import RedisError
-
-from gateway.errors import QuotaExceeded, ServiceUnavailable
+from gateway.errors import QuotaExceeded, StoreUnavailable
 from gateway.quota import model
 from gateway.quota.keys import TeamKeys
 from gateway.quota.model import Cost, Limit, Windows
@@ -72,7 +72,6 @@ class QuotaService:
         videos: VideoSettings,
         clock: Callable[[], float],
         on_decision: Decision | None = None,
-        on_redis_error: Callable[[str], None] | None = None,
         retry_hint_s: float = 5.0,
     ) -> None:
         self.store = store
@@ -82,7 +81,6 @@ class QuotaService:
         self.clock = clock
         self.tz = ZoneInfo(settings.time_zone)
         self._on_decision = on_decision or (lambda team, kind, result: None)
-        self._on_redis_error = on_redis_error or (lambda op: None)
         self._retry_hint_s = retry_hint_s
         # Rate-log members must be unique across replicas and requests, and cheap.
         self._member_prefix = f"{os.getpid()}.{secrets.token_hex(4)}."
@@ -154,12 +152,11 @@ class QuotaService:
                 month=w.month,
                 window_ms=model.RATE_WINDOW_MS,
             )
-        except RedisError:
-            self._on_redis_error("rate")
+        except StoreUnavailable:
             if self.settings.rate_fail_open:
                 self._decided(team, "requests_per_minute", "fail_open")
                 return []
-            raise ServiceUnavailable() from None
+            raise
         allowed, rpm, used, retry_ms, reset_ms, d_lim, d_used, m_lim, m_used = r
         headers = self._rate_headers(rpm, used, reset_ms, w, d_lim, d_used, m_lim, m_used)
         if allowed:
@@ -221,34 +218,30 @@ class QuotaService:
         now = self.clock()
         w = self._windows(now)
         k = TeamKeys(team)
-        try:
-            ok, kind, used, limit = await self.store.reserve(
-                k,
-                job_id,
-                now_ms=int(now * 1000),
-                video_units=cost.video_units,
-                spend_units=cost.spend_units,
-                lease_ms=int(self.settings.lease_seconds * 1000),
-                defaults=(
-                    self._defaults(
-                        team,
-                        "concurrent_jobs",
-                        "video_seconds_per_day",
-                        "video_seconds_per_month",
-                        "spend_per_month",
-                    )
-                ),
-                day=w.day,
-                month=w.month,
-                ttls=(
-                    model.DAY_TTL_S,
-                    model.MONTH_TTL_S,
-                    model.MONTH_TTL_S,
-                ),
-            )
-        except RedisError:
-            self._on_redis_error("reserve")
-            raise ServiceUnavailable() from None
+        ok, kind, used, limit = await self.store.reserve(
+            k,
+            job_id,
+            now_ms=int(now * 1000),
+            video_units=cost.video_units,
+            spend_units=cost.spend_units,
+            lease_ms=int(self.settings.lease_seconds * 1000),
+            defaults=(
+                self._defaults(
+                    team,
+                    "concurrent_jobs",
+                    "video_seconds_per_day",
+                    "video_seconds_per_month",
+                    "spend_per_month",
+                )
+            ),
+            day=w.day,
+            month=w.month,
+            ttls=(
+                model.DAY_TTL_S,
+                model.MONTH_TTL_S,
+                model.MONTH_TTL_S,
+            ),
+        )
         if ok:
             for kind_ in ("concurrent_jobs", "video_seconds", "spend"):
                 self._decided(team, kind_, "allowed")
@@ -292,21 +285,17 @@ class QuotaService:
     async def settle(self, team: str, job_id: str, outcome: str) -> bool:
         """Keep (``kept``) or refund (``refunded``) a reservation; True only the first time."""
         k = TeamKeys(team)
-        try:
-            res = await self.store.reservation(k, job_id)
-            if res.get("state") != "reserved":
-                return False
-            done = await self.store.settle(
-                k,
-                job_id,
-                outcome,
-                now_ms=int(self.clock() * 1000),
-                day=res["day"],
-                month=res["month"],
-            )
-        except RedisError:
-            self._on_redis_error("settle")
-            raise ServiceUnavailable() from None
+        res = await self.store.reservation(k, job_id)
+        if res.get("state") != "reserved":
+            return False
+        done = await self.store.settle(
+            k,
+            job_id,
+            outcome,
+            now_ms=int(self.clock() * 1000),
+            day=res["day"],
+            month=res["month"],
+        )
         if done:
             self._decided(team, "settlement", outcome)
         return done
@@ -315,17 +304,16 @@ class QuotaService:
         """A create whose upstream outcome is unknown: its reservation waits for the reconciler."""
         try:
             await self.store.mark_unknown(TeamKeys(team), job_id)
-        except RedisError:
-            self._on_redis_error("mark_unknown")
+        except StoreUnavailable:
+            log.warning("could not mark %s unknown; the reconciler will find it", job_id)
 
     async def renew(self, team: str, job_id: str) -> None:
         """Extend a running job's concurrency lease (best effort; the reconciler also renews)."""
         now = self.clock()
         expires = int((now + self.settings.lease_seconds) * 1000)
-        try:
+        # The lease outlives many polls, and the reconciler renews it too.
+        with contextlib.suppress(StoreUnavailable):
             await self.store.renew(TeamKeys(team), job_id, expires, int(now * 1000))
-        except RedisError:
-            self._on_redis_error("renew")
 
     # -- reporting ----------------------------------------------------------------------------
 
@@ -334,18 +322,14 @@ class QuotaService:
         now = self.clock()
         w = self._windows(now)
         k = TeamKeys(team)
-        try:
-            used = await self.store.usage(
-                k,
-                now_ms=int(now * 1000),
-                day=w.day,
-                month=w.month,
-                window_ms=model.RATE_WINDOW_MS,
-            )
-            overrides = await self.store.overrides(k)
-        except RedisError:
-            self._on_redis_error("usage")
-            raise ServiceUnavailable() from None
+        used = await self.store.usage(
+            k,
+            now_ms=int(now * 1000),
+            day=w.day,
+            month=w.month,
+            window_ms=model.RATE_WINDOW_MS,
+        )
+        overrides = await self.store.overrides(k)
         limits = self.config_limits(team)
         resets = {
             "requests_per_minute": used["rate_reset_ms"] / 1000 if used["rate_reset_ms"] else None,
@@ -392,13 +376,7 @@ class QuotaService:
 
         The scripts read the hash on every decision, so the change binds from the next one."""
         stored = {kind: model.stored_limit(kind, value) for kind, value in limits.items()}
-        try:
-            before, after = await self.store.write_overrides(
-                TeamKeys(team), stored, replace=replace
-            )
-        except RedisError:
-            self._on_redis_error("admin_write")
-            raise ServiceUnavailable() from None
+        before, after = await self.store.write_overrides(TeamKeys(team), stored, replace=replace)
         return self._shown_overrides(before), self._shown_overrides(after)
 
     async def reset_usage(self, team: str, window: str) -> dict[str, int | float]:
@@ -419,13 +397,9 @@ class QuotaService:
         if not rate and not buckets:
             raise ValueError(f"unknown window {window!r}")
         since = int(now * 1000) - model.RATE_WINDOW_MS + 1 if rate else None
-        try:
-            requests, values = await self.store.reset_counters(
-                k, rate_since_ms=since, buckets=[key for _, key in buckets]
-            )
-        except RedisError:
-            self._on_redis_error("admin_write")
-            raise ServiceUnavailable() from None
+        requests, values = await self.store.reset_counters(
+            k, rate_since_ms=since, buckets=[key for _, key in buckets]
+        )
         held: dict[str, int | float] = {}
         if rate:
             held["requests_per_minute"] = requests
@@ -435,22 +409,14 @@ class QuotaService:
 
     async def known_teams(self) -> list[str]:
         """Configured teams (not ``default``), teams that ever reserved, teams with overrides."""
-        try:
-            seen = set(await self.store.teams())
-            seen.update(await self.store.teams_with_overrides())
-        except RedisError:
-            self._on_redis_error("admin_read")
-            raise ServiceUnavailable() from None
+        seen = set(await self.store.teams())
+        seen.update(await self.store.teams_with_overrides())
         seen.update(t for t in self.teams if t != "default")
         return sorted(seen)
 
     async def reservation(self, team: str, job_id: str) -> dict[str, Any] | None:
         """What a job reserved and how it was settled, in readable units; None once expired."""
-        try:
-            res = await self.store.reservation(TeamKeys(team), job_id)
-        except RedisError:
-            self._on_redis_error("admin_read")
-            raise ServiceUnavailable() from None
+        res = await self.store.reservation(TeamKeys(team), job_id)
         if not res:
             return None
         return {

@@ -11,9 +11,9 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
 from gateway.quota import scripts
-from gateway.quota.batcher import ScriptBatcher
 from gateway.quota.keys import TEAMS, TeamKeys, reset_mark
 from gateway.quota.model import MONTH_TTL_S
+from gateway.store.batcher import ScriptBatcher
 
 
 def _int(v: Any) -> int:

@@ -26,7 +26,13 @@ from gateway.sim.config import SimConfig
 from gateway.sim.content import content_bytes
 from gateway.sim.control import control_routes
 from gateway.sim.drop import truncate
-from gateway.sim.errors import fault_error, invalid_key, openai_error
+from gateway.sim.errors import (
+    fault_error,
+    invalid_key,
+    model_not_allowed,
+    openai_error,
+    refused_key,
+)
 from gateway.sim.faults import STATUS_KINDS, take
 from gateway.sim.headers import UpstreamHeaders
 from gateway.sim.state import SimState
@@ -76,6 +82,12 @@ def create_sim_app(config: SimConfig, *, clock: Callable[[], float] = time.monot
         handler, call.params, needs_key = _route(request.method, path)
         if needs_key and call.key not in config.keys:
             return invalid_key()
+        if needs_key and call.key in state.key_states:
+            return refused_key(state.key_states[call.key])
+        allowed = state.key_models.get(call.key or "")
+        model = (call.fields() or {}).get("model")
+        if allowed is not None and isinstance(model, str) and model not in allowed:
+            return model_not_allowed(model)
         if handler is None:
             return openai_error(404, "not_found", f"Invalid URL ({request.method} {path})")
         response = await handler(state, call)

@@ -28,6 +28,19 @@ def invalid_key() -> JSONResponse:
     return openai_error(401, "invalid_api_key", "Invalid token")
 
 
+def refused_key(state: str) -> JSONResponse:
+    """new-api's token validation messages (they are Chinese there too)."""
+    if state == "exhausted":
+        return openai_error(403, "token_quota_exhausted", "该令牌额度已用尽")
+    return openai_error(401, "invalid_api_key", "该令牌状态不可用")
+
+
+def model_not_allowed(model: str) -> JSONResponse:
+    """The 403 new-api answers when a token's model whitelist excludes the model: about the
+    request, not the key (the same key serves its other models)."""
+    return openai_error(403, "model_not_allowed", f"该令牌无权访问模型 {model}")
+
+
 def fault_error(fault: Fault) -> JSONResponse:
     status, code, message = _STATUS_FAULTS[fault.kind]
     response = openai_error(status, code, message)

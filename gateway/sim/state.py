@@ -18,6 +18,11 @@ class SimState:
         self.requests: list[dict[str, Any]] = []
         self.faults: list[Fault] = []
         self.aborted = 0  # streams that ended early: the client went away, or a drop fault
+        # Keys new-api would refuse on every route, as it does: "disabled" (401, the token's
+        # status) or "exhausted" (403, its quota used up). Set by tests, like faults.
+        self.key_states: dict[str, str] = {}
+        # Per key, the only models it may use (new-api's token model whitelist): others 403.
+        self.key_models: dict[str, tuple[str, ...]] = {}
 
     def note_abort(self) -> None:
         self.aborted += 1

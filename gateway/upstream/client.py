@@ -5,13 +5,15 @@ several times the throughput of httpx/httpx2 on this hardware. It stays behind t
 callers get an ``UpstreamResponse`` and never touch aiohttp types.
 
 Retry policy (money is at stake): a request the upstream certainly did not process
-(connection refused, 429, 401) is retried once on another key when its body can be replayed.
+(connection refused, 429, a 401 confirmed by a probe of the key) is retried once on another
+key when its body can be replayed; a 403 never is.
 Anything whose outcome is unknown (timeout after sending, reset, 5xx) is never re-sent, and
 for a non-idempotent method the caller is told ``x-should-retry: false``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
@@ -22,9 +24,19 @@ from yarl import URL
 from gateway import __version__
 from gateway.errors import GatewayError, UpstreamError, UpstreamTimeout
 from gateway.upstream import rewrite
+from gateway.upstream.address_policy import parse_networks
 from gateway.upstream.keypool import KeyPool, Lease
+from gateway.upstream.redirect_policy import (
+    AddressRefused,
+    PolicyResolver,
+    check_target,
+    redirect_refused,
+    upstream_endpoint,
+)
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "DELETE", "PUT"})
+PROBE_PATH = "/v1/models"  # cheap, free, and readable with any valid key
+PROBE_TIMEOUT = 5.0
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 MAX_REDIRECTS = 3
 USER_AGENT = f"crazyrouter-gateway/{__version__}"
@@ -49,6 +61,7 @@ class UpstreamResponse:
         self._resp = resp
         self._lease = lease
         self._done = False
+        self._peeked: bytes | None = None
         self.status = resp.status
         self.key_id = lease.key_id
 
@@ -81,8 +94,23 @@ class UpstreamResponse:
                 raise UpstreamError("The upstream answer is too large.")
         return bytes(body)
 
+    async def peek(self, limit: int) -> bytes:
+        """Read a small (error) body ahead, to judge it; ``read``/``iter_chunks`` still yield it."""
+        if self._peeked is None:
+            body = bytearray()
+            async for chunk in self.iter_chunks():
+                body += chunk
+                if len(body) > limit:
+                    break
+            self._peeked = bytes(body)
+        return self._peeked
+
     async def iter_chunks(self) -> AsyncIterator[bytes]:
         """Body chunks as they arrive; a broken upstream raises UpstreamError."""
+        if self._peeked is not None:
+            peeked, self._peeked = self._peeked, b""
+            if peeked:
+                yield peeked
         content = self._resp.content
         try:
             while True:
@@ -119,8 +147,10 @@ class UpstreamClient:
         max_connections: int,
         on_response: Callable[[str, str, int, float], None] = lambda k, r, s, d: None,
         on_retry: Callable[[str], None] = lambda reason: None,
+        trusted_networks: Iterable[str] = (),
     ) -> None:
         self._base_url = base_url
+        self._trusted = parse_networks(trusted_networks)
         self.pool = pool
         self._timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=connect_timeout, sock_read=read_timeout
@@ -129,10 +159,14 @@ class UpstreamClient:
         self._on_response = on_response
         self._on_retry = on_retry
         self._session: aiohttp.ClientSession | None = None
+        self._probes: dict[str, asyncio.Future[bool]] = {}
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(
-            limit=self._max_connections, limit_per_host=0, ttl_dns_cache=300
+            limit=self._max_connections,
+            limit_per_host=0,
+            ttl_dns_cache=300,
+            resolver=PolicyResolver(upstream_endpoint(self._base_url), self._trusted),
         )
         self._session = aiohttp.ClientSession(
             connector=connector,
@@ -158,31 +192,58 @@ class UpstreamClient:
         return resp
 
     async def _follow(self, prev: UpstreamResponse, req: UpstreamRequest) -> UpstreamResponse:
-        """Follow a download redirect ourselves: the caller never sees an upstream URL. Our key
-        goes only to the upstream's own origin, never to a CDN it points at."""
+        """Follow a download redirect chain ourselves: the caller never sees an upstream URL.
+        The whole chain is bounded here (a redirect after MAX_REDIRECTS hops is refused, not
+        streamed to the caller as a 3xx), so ``send`` gets a final answer from one call."""
+        resp = prev
+        for _ in range(MAX_REDIRECTS):
+            resp = await self._hop(resp, req)
+            if resp.status not in _REDIRECTS:
+                return resp
+        resp.close()
+        raise redirect_refused()
+
+    async def _hop(self, prev: UpstreamResponse, req: UpstreamRequest) -> UpstreamResponse:
+        """One redirect. Our key goes only to the upstream's own origin, never to a CDN it
+        points at; a hop off that origin must pass the address policy (redirect_policy)."""
         location = prev.header("location")
         base = prev.url
+        lease = prev.lease
         prev.detach()
-        if not location or self._session is None:
-            raise UpstreamError("The upstream redirected without a location.")
-        target = base.join(URL(location))
-        if target.scheme not in ("http", "https"):
-            raise UpstreamError("The upstream redirected to an unsupported URL.")
+        try:
+            if not location or self._session is None:
+                raise UpstreamError("The upstream redirected without a location.")
+            try:
+                target = base.join(URL(location))
+                own = target.origin() == URL(self._base_url).origin()
+            except ValueError:
+                raise redirect_refused() from None
+            if target.scheme not in ("http", "https"):
+                raise UpstreamError("The upstream redirected to an unsupported URL.")
+            if target.user is not None or target.password is not None:
+                raise redirect_refused()
+            if not own:
+                check_target(target, self._trusted)
+        except GatewayError:
+            lease.release()
+            raise
         headers = {
             k.decode(): v.decode("latin-1") for k, v in req.headers if k in (b"range", b"if-range")
         }
         headers["user-agent"] = USER_AGENT
-        if target.origin() == URL(self._base_url).origin():
-            headers["authorization"] = f"Bearer {prev.lease.secret}"
+        if own:
+            headers["authorization"] = f"Bearer {lease.secret}"
         try:
             resp = await self._session.get(target, headers=headers, allow_redirects=False)
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-            prev.lease.release()
+            lease.release()
             raise UpstreamTimeout() from exc
         except (aiohttp.ClientError, OSError) as exc:
-            prev.lease.release()
+            lease.release()
+            if isinstance(getattr(exc, "os_error", None), AddressRefused):
+                raise redirect_refused() from exc
             raise UpstreamError("The upstream's download location could not be reached.") from exc
-        return UpstreamResponse(resp, prev.lease)
+        return UpstreamResponse(resp, lease)
 
     async def _send(self, req: UpstreamRequest) -> UpstreamResponse:
         session = self._session
@@ -197,6 +258,7 @@ class UpstreamClient:
         no_retry = {"x-should-retry": "false"} if unsafe else {}
         url = self._base_url + req.path + (f"?{req.query}" if req.query else "")
         tried: set[str] = set()
+        quarantined = False  # one request never takes more than one key out of the pool
         while True:
             lease = self.pool.lease(req.key_id) if req.key_id else self.pool.acquire(tried)
             tried.add(lease.key_id)
@@ -239,8 +301,26 @@ class UpstreamClient:
             if resp.status == 429:
                 wait = rewrite.retry_after_seconds(resp.headers, self.pool.cooldown_seconds)
                 await self.pool.cool_down(lease.key_id, wait)
-            elif resp.status in (401, 403):
-                await self.pool.quarantine(lease.key_id)
+            elif resp.status == 401:
+                # Not processed, so safe to send on another key; but only the probe's verdict
+                # takes this key out of the pool, and one request takes at most one key out.
+                if not quarantined and await self._confirm_bad_key(lease):
+                    quarantined = True
+                    await self.pool.quarantine(lease.key_id)
+            elif resp.status == 403:
+                # Often about the request (a model this key may not use): only a 403 that says
+                # the key itself is bad is worth a probe. Never retried on another key: it would
+                # refuse the same request, and be blamed for it.
+                body = await out.peek(rewrite.ERROR_PEEK_BYTES)
+                if (
+                    not quarantined
+                    and rewrite.says_key_is_bad(
+                        rewrite.decode_body(body, out.header("content-encoding"))
+                    )
+                    and await self._confirm_bad_key(lease)
+                ):
+                    await self.pool.quarantine(lease.key_id)
+                return out
             else:
                 return out
             if can_retry and self._has_other_key(tried):
@@ -248,6 +328,36 @@ class UpstreamClient:
                 self._on_retry(str(resp.status))
                 continue
             return out
+
+    async def _confirm_bad_key(self, lease: Lease) -> bool:
+        """Ask the upstream, with this key alone, for something every valid key may read.
+
+        Concurrent refusals of one key share one probe; a probe that cannot reach the upstream
+        says nothing, and nothing is quarantined on doubt."""
+        probe = self._probes.get(lease.key_id)
+        if probe is None:
+            probe = asyncio.ensure_future(self._probe(lease.key_id, lease.secret))
+            self._probes[lease.key_id] = probe
+            probe.add_done_callback(lambda _: self._probes.pop(lease.key_id, None))
+        return await asyncio.shield(probe)
+
+    async def _probe(self, key_id: str, secret: str) -> bool:
+        if self._session is None:
+            return False
+        started = time.perf_counter()
+        try:
+            async with self._session.get(
+                self._base_url + PROBE_PATH,
+                headers={"authorization": f"Bearer {secret}", "user-agent": USER_AGENT},
+                allow_redirects=False,
+                timeout=aiohttp.ClientTimeout(total=PROBE_TIMEOUT),
+            ) as resp:
+                await resp.read()
+                status = resp.status
+        except (TimeoutError, aiohttp.ClientError, OSError):
+            return False
+        self._on_response(key_id, "probe", status, time.perf_counter() - started)
+        return status in (401, 403)
 
     def _has_other_key(self, tried: set[str]) -> bool:
         try:

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import quote, unquote_to_bytes
 
-from gateway.errors import InvalidRequest, NotFound, UpstreamResponseError
+from gateway.errors import InvalidRequest, UpstreamResponseError
 
 MAX_PATH_BYTES = 2048
 _SEGMENT_SAFE = "-._~!$&'()*+,;=:@"
@@ -57,17 +57,20 @@ RESPONSE_ALLOW = frozenset(
 UPSTREAM_REQUEST_ID = b"x-oneapi-request-id"
 
 
-def upstream_path(raw_path: bytes, allowed_prefixes: Iterable[str]) -> str:
-    """Validate the caller's raw path and return it re-quoted for the upstream.
+def upstream_path(raw_path: bytes) -> tuple[str, str]:
+    """Validate the caller's raw path; return it decoded (for routing) and re-quoted (for the
+    upstream).
 
     Rejects traversal (``.``/``..`` segments, also percent-encoded), encoded slashes and
     backslashes, NUL and control characters, empty segments (``//host`` tricks) and over-long
-    paths with 400; a path outside the allowed prefixes is 404.
+    paths with 400 ``invalid_path``.
     """
     if len(raw_path) > MAX_PATH_BYTES:
         raise InvalidRequest("The request path is too long.", code="invalid_path")
     if not raw_path.startswith(b"/"):
         raise InvalidRequest("The request path must be absolute.", code="invalid_path")
+    if raw_path == b"/":
+        return "/", "/"
     segments = []
     for raw in raw_path[1:].split(b"/"):
         try:
@@ -83,10 +86,8 @@ def upstream_path(raw_path: bytes, allowed_prefixes: Iterable[str]) -> str:
         ):
             raise InvalidRequest("The request path is invalid.", code="invalid_path")
         segments.append(seg)
-    path = "/" + "/".join(segments)
-    if not any(path == p or path.startswith(p + "/") for p in allowed_prefixes):
-        raise NotFound("Unknown path.", code="not_found")
-    return "/" + "/".join(quote(s, safe=_SEGMENT_SAFE) for s in segments)
+    decoded = "/" + "/".join(segments)
+    return decoded, "/" + "/".join(quote(s, safe=_SEGMENT_SAFE) for s in segments)
 
 
 def valid_request_id(value: bytes | None) -> bool:
@@ -146,8 +147,12 @@ def decode_body(body: bytes, content_encoding: str | None) -> bytes:
     return body
 
 
-def _str_or_none(v: Any) -> str | None:
-    return v if isinstance(v, str) and v else None
+def _text(v: Any, secrets: Iterable[str], limit: int) -> str | None:
+    """An upstream string field, redacted and bounded; numbers (new-api's numeric codes) too."""
+    if isinstance(v, bool) or not isinstance(v, str | int):
+        return None
+    text = redact(str(v), secrets)[:limit]
+    return text or None
 
 
 def normalise_error(
@@ -155,34 +160,31 @@ def normalise_error(
 ) -> UpstreamResponseError:
     """Turn any upstream error body into an OpenAI-shaped error, keeping the upstream code.
 
-    Accepts ``{"error": {...}}`` (most routes), new-api's task shape
-    ``{"code", "message", "data"}`` and anything else (plain text, HTML from a proxy).
+    Accepts ``{"error": {...}}`` (most routes), new-api's top-level shape
+    ``{"code", "message", "data"}`` and anything else (plain text, HTML from a proxy). Every
+    string that reaches the caller — message, code, param and type — is redacted: an upstream
+    that echoes our key in any field must not hand it to a caller.
     """
-    message: str | None = None
-    code: str | None = None
-    param: str | None = None
-    etype: str | None = None
+    secrets = tuple(secrets)
+    message = code = param = etype = None
     try:
         doc = json.loads(body) if body else None
-    except ValueError:
+    except (ValueError, RecursionError):
         doc = None
     if isinstance(doc, dict):
         err = doc.get("error")
         if isinstance(err, dict):
-            message = _str_or_none(err.get("message"))
-            code = _str_or_none(err.get("code")) or (
-                str(err["code"]) if isinstance(err.get("code"), int) else None
-            )
-            param = _str_or_none(err.get("param"))
-            etype = _str_or_none(err.get("type"))
+            message = _text(err.get("message"), secrets, 1000)
+            code = _text(err.get("code"), secrets, 100)
+            param = _text(err.get("param"), secrets, 100)
+            etype = _text(err.get("type"), secrets, 100)
         elif isinstance(err, str):
-            message = err
+            message = _text(err, secrets, 1000)
         else:
-            message = _str_or_none(doc.get("message"))
-            code = _str_or_none(doc.get("code"))
+            message = _text(doc.get("message"), secrets, 1000)
+            code = _text(doc.get("code"), secrets, 100)
     if not message:
         message = f"The upstream service answered HTTP {status}."
-    message = redact(message, secrets)[:1000]
     return UpstreamResponseError(
         message,
         code=code or f"upstream_http_{status}",
@@ -190,6 +192,53 @@ def normalise_error(
         status=status,
         error_type=etype if etype and etype not in ("new_api_error", "one_api_error") else None,
     )
+
+
+ERROR_PEEK_BYTES = 64 * 1024
+# What new-api (and OpenAI) say when the key itself is unusable: invalid, expired, disabled,
+# banned or out of quota (new-api's token validation and pre-consume messages). Anything
+# else a 403 says is about the request, e.g. "该令牌无权访问模型 x" (a model the key may not use).
+_KEY_BAD_CODES = frozenset(
+    {
+        "invalid_api_key",
+        "token_expired",
+        "token_quota_exhausted",
+        "pre_consume_token_quota_failed",
+        "insufficient_user_quota",
+        "insufficient_quota",
+        "account_deactivated",
+    }
+)
+_KEY_BAD_WORDS = (
+    "无效的令牌",
+    "该令牌已过期",
+    "该令牌额度已用尽",
+    "该令牌状态不可用",
+    "未提供令牌",
+    "用户额度不足",
+    "用户已被封禁",
+    "invalid token",
+    "invalid api key",
+    "incorrect api key",
+    "token has expired",
+    "token expired",
+    "token is disabled",
+    "key is disabled",
+    "quota exhausted",
+    "quota is used up",
+    "insufficient quota",
+    "insufficient user quota",
+    "account has been deactivated",
+)
+
+
+def says_key_is_bad(body: bytes) -> bool:
+    """Whether an error body blames the key itself (a hint to probe, never proof alone)."""
+    err = normalise_error(403, body)
+    if err.code in _KEY_BAD_CODES:
+        return True
+    text = err.message.lower()
+    return any(word in text for word in _KEY_BAD_WORDS)
 
 
 def retry_after_seconds(headers: Mapping[str, str], default: float) -> float:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from gateway.errors import StoreUnavailable
 from gateway.quota.keys import TeamKeys
 from gateway.quota.service import QuotaService
 from gateway.videos.registry import JobRegistry
@@ -85,7 +86,7 @@ class Reconciler:
         return int(await self._lead(keys=[LEADER_KEY], args=[self._token, ttl_ms])) == 1
 
     async def resign(self) -> None:
-        with contextlib.suppress(RedisError):
+        with contextlib.suppress(RedisError, StoreUnavailable):
             if await self.redis.get(LEADER_KEY) == self._token.encode():
                 await self.redis.delete(LEADER_KEY)
 
@@ -97,6 +98,9 @@ class Reconciler:
                     self._on_report(await self.run_once())
             except asyncio.CancelledError:
                 raise
+            except StoreUnavailable:
+                log.warning("reconciler pass skipped: Redis is unreachable")
+                self._on_error()
             except Exception:
                 # One bad pass must not end reconciliation for the life of the process.
                 log.exception("reconciler pass failed")

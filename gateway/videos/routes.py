@@ -6,7 +6,10 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from python_multipart.multipart import parse_options_header
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -37,10 +40,6 @@ def _who(request: Request) -> Principal:
     return principal
 
 
-def _base(request: Request) -> str:
-    return str(request.base_url).rstrip("/")
-
-
 def _rid(request: Request) -> str:
     return str(request.scope.get("request_id", ""))
 
@@ -55,34 +54,53 @@ async def read_fields(request: Request) -> tuple[dict[str, Any], Upload | None]:
     if ctype == "application/json":
         try:
             doc = json.loads(await request.body())
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nesting deeper than the stack
             raise InvalidRequest("The body is not valid JSON.", code="invalid_json") from None
         if not isinstance(doc, dict):
             raise InvalidRequest("The body must be a JSON object.", code="invalid_json")
         return doc, None
     if ctype in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        if ctype == "multipart/form-data":
+            await _refuse_truncated_multipart(request)
         # Field size is bounded by the request body limit; the create rules check each field.
-        form = await request.form(max_files=2, max_fields=64, max_part_size=MAX_FIELD_BYTES)
+        try:
+            form = await request.form(max_files=2, max_fields=64, max_part_size=MAX_FIELD_BYTES)
+        except MultiPartException as exc:  # outside an app (unit tests) Starlette raises it bare
+            raise InvalidRequest(exc.message, code="invalid_form") from None
+        except HTTPException as exc:  # what Starlette turns a MultiPartException into
+            raise InvalidRequest(str(exc.detail), code="invalid_form") from None
         fields: dict[str, Any] = {}
         columns: dict[str, dict[str, list[str]]] = {}
         upload = None
-        for key, value in form.multi_items():
-            if isinstance(value, UploadFile):
-                if key != "input_reference" or upload is not None:
-                    raise InvalidRequest(
-                        "Only one file, input_reference, may be uploaded.",
-                        code="invalid_value",
-                        param=key,
-                    )
-                upload = Upload(value.filename, value.content_type, await value.read())
-            else:
-                _put(fields, columns, key, value)
-        await form.close()
+        try:
+            for key, value in form.multi_items():
+                if isinstance(value, UploadFile):
+                    if key != "input_reference" or upload is not None:
+                        raise InvalidRequest(
+                            "Only one file, input_reference, may be uploaded.",
+                            code="invalid_value",
+                            param=key,
+                        )
+                    upload = Upload(value.filename, value.content_type, await value.read())
+                else:
+                    _put(fields, columns, key, value)
+        finally:
+            await form.close()  # a refused form too: its files are spooled to disk
         _zip_columns(fields, columns)
         return fields, upload
     raise InvalidRequest(
         "Send the request as JSON or multipart/form-data.", code="unsupported_media_type"
     )
+
+
+async def _refuse_truncated_multipart(request: Request) -> None:
+    # Starlette takes a body that stops inside a part for a whole form without that part, and
+    # leaves the part's spooled file open. The body is bounded by the request body limit, and
+    # its one file is read into memory below anyway.
+    _, params = parse_options_header(request.headers.get("content-type", ""))
+    boundary = params.get(b"boundary")
+    if boundary and b"--" + boundary + b"--" not in await request.body():
+        raise InvalidRequest("The multipart body is incomplete.", code="invalid_form")
 
 
 def _put(
@@ -141,8 +159,13 @@ def content_headers(
 def video_routes(
     service: VideoService,
     *,
+    public_base_url: str,
     observer: Callable[[Scope], StreamObserver | None] = lambda scope: None,
 ) -> list[BaseRoute]:
+    # URLs in answers start with the configured base, never with the caller's Host: a forged
+    # Host would otherwise point a cached or shared answer somewhere else.
+    base = public_base_url.rstrip("/")
+
     async def create(request: Request) -> Response:
         fields, upload = await read_fields(request)
         return _json(
@@ -151,7 +174,7 @@ def video_routes(
                 fields,
                 upload=upload,
                 request_id=_rid(request),
-                base_url=_base(request),
+                base_url=base,
                 idempotency_key=request.headers.get("idempotency-key"),
             )
         )
@@ -164,7 +187,7 @@ def video_routes(
                 after=q.get("after"),
                 limit=q.get("limit"),
                 order=q.get("order"),
-                base_url=_base(request),
+                base_url=base,
             )
         )
 
@@ -173,9 +196,7 @@ def video_routes(
         if request.method == "DELETE":
             return _json(await service.delete(_who(request), video_id))
         return _json(
-            await service.retrieve(
-                _who(request), video_id, request_id=_rid(request), base_url=_base(request)
-            )
+            await service.retrieve(_who(request), video_id, request_id=_rid(request), base_url=base)
         )
 
     async def remix(request: Request) -> Response:
@@ -190,7 +211,7 @@ def video_routes(
                 request.path_params["video_id"],
                 fields,
                 request_id=_rid(request),
-                base_url=_base(request),
+                base_url=base,
             )
         )
 

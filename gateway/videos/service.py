@@ -13,14 +13,12 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from redis.exceptions import RedisError
-
 from gateway.auth.principal import Principal
 from gateway.errors import (
     GatewayError,
     InvalidRequest,
     NotFound,
-    ServiceUnavailable,
+    StoreUnavailable,
     UpstreamError,
 )
 from gateway.quota.service import QuotaService
@@ -104,7 +102,7 @@ class VideoService:
                 raise caller_error(resp, raw, self.secrets(), unsafe=req.method == "POST")
             try:
                 doc = json.loads(raw)
-            except ValueError:
+            except (ValueError, RecursionError):
                 raise UpstreamError("The upstream answered something that is not JSON.") from None
             resp.finish()
             return (doc if isinstance(doc, dict) else {}), resp.key_id
@@ -201,10 +199,7 @@ class VideoService:
 
     async def _idempotent(self, team: str, key: str, fp: str) -> Claim:
         assert self.idempotency is not None
-        try:
-            return await self.idempotency.begin(team, key, fp)
-        except RedisError:
-            raise ServiceUnavailable() from None
+        return await self.idempotency.begin(team, key, fp)
 
     async def _idempotent_end(self, team: str, key: str, state: str, video_id: str = "") -> None:
         assert self.idempotency is not None
@@ -213,7 +208,7 @@ class VideoService:
                 await self.idempotency.release(team, key)
             else:
                 await self.idempotency.finish(team, key, state, video_id)
-        except RedisError:
+        except StoreUnavailable:
             # The key stays pending until it expires: a retry gets 409s, never a second job.
             log.warning("could not record the end of an idempotent create")
 

@@ -32,6 +32,8 @@ EXPORTED_METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
     # failures
     "gateway_auth_failures_total": (COUNTER, ("reason",)),
     "gateway_redis_errors_total": (COUNTER, ("operation",)),
+    # 1 while the replica's circuit breaker knows Redis is down
+    "gateway_redis_breaker_open": (GAUGE, ()),
     "gateway_errors_total": (COUNTER, ("code",)),
     # quotas; result: allowed, rejected, fail_open, kept, refunded; kind: requests_per_minute,
     # concurrent_jobs, video_seconds_per_day, video_seconds_per_month, spend_per_month

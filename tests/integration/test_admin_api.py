@@ -26,9 +26,9 @@ from gateway.quota.keys import TEAMS, TeamKeys
 from gateway.quota.model import Windows
 from gateway.quota.service import QuotaService
 from gateway.quota.store import QuotaStore
-from gateway.redis_client import close_redis, make_redis
 from gateway.settings import QuotaSettings, RedisSettings, Settings, VideoSettings
 from gateway.sim.config import SimConfig
+from gateway.store.client import close_redis, make_redis
 from gateway.upstream.keypool import KeyPool
 from gateway.videos.registry import JobRegistry, new_video_id
 from tests.conftest import Stack, make_stack
@@ -556,13 +556,14 @@ def test_a_disabled_key_serves_nothing_and_enable_lifts_a_quarantine(admin: Admi
     assert used == {admin.stack.keys["secondary"]}
 
     admin.ok("POST", "/admin/v1/upstream-keys/primary/enable")
-    # The upstream refuses secondary once: it is quarantined, and the request moves on.
+    # The upstream refuses secondary (its probe too): it is quarantined, the request moves on.
     sim = admin.stack.sim_app.state.sim
-    sim.add_fault(kind="status_401", count=1, key=admin.stack.keys["secondary"])
+    sim.key_states[admin.stack.keys["secondary"]] = "disabled"
     for _ in range(4):
         assert admin.as_team(fresh(), "POST", "/v1/chat/completions", CHAT)[0] == 200
     states = {k["id"]: k["state"] for k in admin.ok("GET", "/admin/v1/upstream-keys")["data"]}
     assert states == {"primary": "healthy", "secondary": "quarantined"}
+    del sim.key_states[admin.stack.keys["secondary"]]  # fixed upstream; an admin lifts it
     assert admin.ok("POST", "/admin/v1/upstream-keys/secondary/enable")["state"] == "healthy"
     admin.stack.clear_sim()
     for _ in range(4):

@@ -101,7 +101,8 @@ def test_redis_down_keeps_traffic_flowing_and_readyz_reports_it(tmp_path: Any) -
             started = time.monotonic()
             code, body = status_of(s.url + "/readyz")
             assert time.monotonic() - started < 2
-            assert (code, body["checks"]["redis"]) == (503, "unreachable")
+            # Rate checks fail open by default: the replica still serves, so it stays ready.
+            assert (code, body["checks"]["redis"]) == (200, "unreachable (rate checks fail open)")
             # pass-through needs no Redis: the key pool keeps its last known health
             for _ in range(3):
                 assert sdk(s, max_retries=0).chat.completions.create(model="m", messages=CHAT)

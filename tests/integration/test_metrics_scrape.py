@@ -191,6 +191,7 @@ def test_access_log_lines(live: Live) -> None:
         "upstream_status",
         "bytes",
         "quota",
+        "reason",
     }
     assert (entry["team"], entry["user"], entry["method"], entry["route"]) == (
         "team-a",

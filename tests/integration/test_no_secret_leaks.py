@@ -51,7 +51,7 @@ def test_no_secret_in_any_output(redis_url: str, caplog: pytest.LogCaptureFixtur
         first, second, _ = s.sim_keys
         sim.add_fault(kind="status_401", count=1, key=first)
         sim.add_fault(kind="status_429", count=1, key=second, retry_after=5)
-        sim.add_fault(kind="status_500", count=1)
+        sim.add_fault(kind="status_500", count=1, path_prefix="/v1/chat")
         for _ in range(4):
             status, text = _fetch(s.v1 + "/chat/completions", good, chat)
             statuses.append(status)

@@ -12,15 +12,14 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from redis.asyncio import Redis
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from gateway.errors import QuotaExceeded, ServiceUnavailable
+from gateway.errors import QuotaExceeded, ServiceUnavailable, StoreUnavailable
 from gateway.quota.keys import TeamKeys
 from gateway.quota.model import Cost, job_cost
 from gateway.quota.service import QuotaService
 from gateway.quota.store import QuotaStore
-from gateway.redis_client import close_redis, make_redis
 from gateway.settings import QuotaSettings, RedisSettings, VideoSettings
+from gateway.store.client import close_redis, make_redis
 from gateway.videos.reconciler import Reconciler
 from gateway.videos.registry import Job, JobRegistry
 
@@ -276,7 +275,7 @@ class LostReply(QuotaStore):
 
     async def reserve(self, *args: Any, **kwargs: Any) -> tuple[bool, str, int, int]:
         await super().reserve(*args, **kwargs)
-        raise RedisTimeoutError("Timeout reading from socket")
+        raise StoreUnavailable()  # what the client makes of a timeout (gateway.store.client)
 
 
 async def test_a_lost_reply_is_charged_once_in_the_end(redis: Redis) -> None:

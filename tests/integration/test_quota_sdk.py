@@ -16,6 +16,7 @@ import pytest
 from gateway.embedded_redis import RedisProcess
 from gateway.sim.config import SimConfig
 from tests.conftest import Stack, make_stack
+from tests.servers import wait_for
 
 VIDEOS = {
     "models": {"sora-2": {"sizes": ["1280x720"], "seconds": [4, 8, 12]}},
@@ -234,11 +235,18 @@ def test_redis_down(fail_open: bool) -> None:
             assert err.value.status_code == 503
             assert time.monotonic() - started < 3
             assert creates(s) == 0
-            # Back again on the same port: limits apply again, no restart needed. The client
-            # pool finds its old connections dead on first use: at most one answer is a 503.
+            # Back again on the same port: limits apply again, no restart needed, as soon as
+            # the breaker's probe has seen Redis answer (it probes every 0.25 s).
             redis = RedisProcess(port=redis.port).start()
-            raw = c.models.with_raw_response.list()
-            assert raw.headers["x-ratelimit-limit-requests"] == "100"
+
+            def limited() -> bool:
+                try:
+                    raw = c.models.with_raw_response.list()
+                except openai.InternalServerError:  # fail-closed until the probe sees Redis
+                    return False
+                return raw.headers.get("x-ratelimit-limit-requests") == "100"
+
+            wait_for(limited, timeout=5)
             failures = 0
             for _ in range(3):
                 try:

@@ -21,9 +21,9 @@ from gateway.embedded_redis import RedisProcess
 from gateway.quota.keys import TeamKeys
 from gateway.quota.service import QuotaService
 from gateway.quota.store import QuotaStore
-from gateway.redis_client import close_redis, make_redis
 from gateway.settings import RedisSettings
 from gateway.sim.config import SimConfig
+from gateway.store.client import close_redis, make_redis
 from gateway.videos.reconciler import LEADER_KEY, Reconciler
 from tests.conftest import Stack, make_stack
 from tests.servers import wait_for

@@ -18,9 +18,9 @@ from gateway.errors import QuotaExceeded
 from gateway.quota.model import job_cost
 from gateway.quota.service import QuotaService
 from gateway.quota.store import QuotaStore
-from gateway.redis_client import close_redis, make_redis, warm_up
 from gateway.settings import QuotaSettings, RedisSettings, VideoSettings
 from gateway.sim.config import SimConfig
+from gateway.store.client import close_redis, make_redis, warm_up
 from tests.cluster import Cluster
 from tests.conftest import make_stack
 

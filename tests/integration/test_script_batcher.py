@@ -5,17 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from gateway.embedded_redis import RedisProcess
-from gateway.quota.batcher import ScriptBatcher
-from gateway.redis_client import close_redis, make_redis
+from gateway.errors import StoreUnavailable
 from gateway.settings import RedisSettings
+from gateway.store.batcher import ScriptBatcher
+from gateway.store.client import close_redis, make_redis
 
 INCR = "return redis.call('INCRBY', KEYS[1], ARGV[1])"
 
@@ -68,7 +69,8 @@ async def test_a_dead_server_fails_every_waiting_call() -> None:
         results = await asyncio.gather(
             *(batch(["x"], [1]) for _ in range(5)), return_exceptions=True
         )
-        assert all(isinstance(e, RedisConnectionError) for e in results)
+        assert all(isinstance(e, StoreUnavailable) for e in results)
+        assert r.breaker.is_open  # type: ignore[attr-defined]
     finally:
         proc.stop()
         await close_redis(r)
@@ -100,8 +102,12 @@ async def test_the_wire_authenticates_selects_the_db_and_recovers_from_a_restart
         for _ in range(3):  # the dead connection costs at most one call
             try:
                 outcomes.append(await batch(["w"], [1]))
-            except RedisConnectionError:
+            except StoreUnavailable:
                 outcomes.append("failed")
+                deadline = time.monotonic() + 5  # the breaker's probe finds Redis back
+                while r.breaker.is_open:  # type: ignore[attr-defined]
+                    assert time.monotonic() < deadline
+                    await asyncio.sleep(0.02)
         assert outcomes.count("failed") <= 1
         assert outcomes[-1] == 3 - outcomes.count("failed")
     finally:

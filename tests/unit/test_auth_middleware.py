@@ -9,6 +9,7 @@ from gateway.auth.middleware import AuthMiddleware
 from gateway.auth.principal import Principal
 from gateway.auth.tokens import mint_token
 from gateway.auth.verifier import TokenVerifier
+from gateway.observability.errors import ErrorMiddleware
 from gateway.settings import AuthSettings
 
 BODY_401 = (
@@ -41,7 +42,8 @@ async def call(
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    await mw(scope, receive, send)
+    # The middleware raises; the gateway's one renderer turns that into the answer.
+    await ErrorMiddleware(mw, on_error=lambda exc: None)(scope, receive, send)
     if not sent:
         return None, [], b""
     assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]

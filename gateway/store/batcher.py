@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, ResponseError
 
-from gateway.quota.wire import wire_for
+from gateway.store.breaker import Breaker
+from gateway.store.client import UNREACHABLE, unreachable
+from gateway.store.wire import Wire, wire_for
 
 Call = tuple[Sequence[str], Sequence[str | int], asyncio.Future[Any]]
 
@@ -25,17 +27,26 @@ class ScriptBatcher:
     def __init__(self, redis: Redis, source: str) -> None:
         self.redis = redis
         self.wire = wire_for(redis)
+        self.breaker: Breaker | None = getattr(redis, "breaker", None)
         self.source = source
         self.sha = hashlib.sha1(source.encode()).hexdigest()  # noqa: S324 (Redis's script id)
         self._pending: list[Call] = []
         self._flushing: set[asyncio.Task[None]] = set()
 
     async def __call__(self, keys: Sequence[str], args: Sequence[str | int]) -> Any:
+        if self.breaker is not None:
+            self.breaker.check()
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
-        if not self._pending:
-            loop.call_soon(self._flush)
         self._pending.append((keys, args, fut))
+        if len(self._pending) == 1:
+            wire = self.wire
+            if wire is not None and wire.ready and wire.idle:
+                # Alone on an idle connection: leave now, a loop turn sooner. Calls arriving
+                # while it is answered queue up and leave together on the next turn.
+                self._flush()
+            else:
+                loop.call_soon(self._flush)
         return await fut
 
     async def _send(self, commands: list[tuple[Any, ...]]) -> list[Any]:
@@ -74,16 +85,84 @@ class ScriptBatcher:
 
     def _flush(self) -> None:
         batch, self._pending = self._pending, []
-        task = asyncio.get_running_loop().create_task(self._run(batch))
+        live = [c for c in batch if not c[2].done()]  # a caller may have gone
+        if not live:
+            return
+        if self.wire is not None and self.wire.ready:
+            self._write(self.wire, live, loaded=False)
+        else:
+            self._spawn(self._run(live))
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
         self._flushing.add(task)  # keep a reference until it is done
         task.add_done_callback(self._flushing.discard)
+
+    def _failure(self, exc: BaseException) -> BaseException:
+        if isinstance(exc, UNREACHABLE) and self.breaker is not None:
+            return unreachable(self.breaker, "evalsha", exc)
+        return exc
+
+    def _write(self, wire: Wire, live: list[Call], *, loaded: bool) -> None:
+        """Send a batch on the wire; each reply settles its caller's future as it is parsed."""
+        unknown: list[Call] = []
+        remaining = len(live)
+
+        def settle(call: Call) -> Callable[[Any], None]:
+            def on_reply(reply: Any) -> None:
+                nonlocal remaining
+                remaining -= 1
+                fut = call[2]
+                if isinstance(reply, NoScriptError) and not loaded:
+                    unknown.append(call)  # not run at all: safe to send again once loaded
+                elif not fut.done():
+                    if isinstance(reply, BaseException):
+                        fut.set_exception(self._failure(reply))
+                    else:
+                        fut.set_result(reply)
+                if remaining == 0 and unknown:
+                    self._spawn(self._reload_and_resend(unknown))
+
+            return on_reply
+
+        wire.send(
+            [("EVALSHA", self.sha, len(k), *k, *a) for k, a, _ in live], [settle(c) for c in live]
+        )
+
+    async def _reload_and_resend(self, calls: list[Call]) -> None:
+        try:
+            await self._load()
+        except Exception as exc:
+            if isinstance(exc, UNREACHABLE) and self.breaker is not None:
+                exc = unreachable(self.breaker, "script_load", exc)
+            for _, _, fut in calls:
+                if not fut.done():
+                    fut.set_exception(exc)
+            return
+        await self._run(calls, loaded=True)
 
     async def _run(self, batch: list[Call], *, loaded: bool = False) -> None:
         live = [c for c in batch if not c[2].done()]  # a caller may have gone
         if not live:
             return
+        if self.wire is not None:
+            try:
+                await self.wire.connect()
+            except UNREACHABLE as exc:
+                for _, _, fut in live:
+                    if not fut.done():
+                        fut.set_exception(self._failure(exc))
+                return
+            self._write(self.wire, live, loaded=loaded)
+            return
         try:
             results = await self._send([("EVALSHA", self.sha, len(k), *k, *a) for k, a, _ in live])
+        except UNREACHABLE as exc:
+            failure = self._failure(exc)
+            for _, _, fut in live:
+                if not fut.done():
+                    fut.set_exception(failure)
+            return
         except BaseException as exc:
             for _, _, fut in live:
                 if not fut.done():
@@ -99,17 +178,10 @@ class ScriptBatcher:
             if fut.done():
                 continue
             if isinstance(result, NoScriptError) and not loaded:
-                unknown.append(call)  # not run at all: safe to send again once loaded
+                unknown.append(call)
             elif isinstance(result, Exception):
                 fut.set_exception(result)
             else:
                 fut.set_result(result)
         if unknown:
-            try:
-                await self._load()
-            except Exception as exc:
-                for _, _, fut in unknown:
-                    if not fut.done():
-                        fut.set_exception(exc)
-                return
-            await self._run(unknown, loaded=True)
+            await self._reload_and_resend(unknown)
