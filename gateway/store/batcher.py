@@ -18,7 +18,7 @@ from redis.exceptions import NoScriptError, ResponseError
 
 from gateway.store.breaker import Breaker
 from gateway.store.client import UNREACHABLE, unreachable
-from gateway.store.wire import Wire, wire_for
+from gateway.store.wire import Wire, encode, encode_args, wire_for
 
 Call = tuple[Sequence[str], Sequence[str | int], asyncio.Future[Any]]
 
@@ -32,6 +32,7 @@ class ScriptBatcher:
         self.sha = hashlib.sha1(source.encode()).hexdigest()  # noqa: S324 (Redis's script id)
         self._pending: list[Call] = []
         self._flushing: set[asyncio.Task[None]] = set()
+        self._heads: dict[tuple[tuple[str, ...], int], bytes] = {}
 
     async def __call__(self, keys: Sequence[str], args: Sequence[str | int]) -> Any:
         if self.breaker is not None:
@@ -125,9 +126,20 @@ class ScriptBatcher:
 
             return on_reply
 
-        wire.send(
-            [("EVALSHA", self.sha, len(k), *k, *a) for k, a, _ in live], [settle(c) for c in live]
-        )
+        wire.send_raw(b"".join(self._encode(k, a) for k, a, _ in live), [settle(c) for c in live])
+
+    def _encode(self, keys: Sequence[str], args: Sequence[str | int]) -> bytes:
+        # The command's head (EVALSHA, the sha, the keys) is the same for every call of one
+        # team on one day: encoded once, it saves most of the encoding of a rate check.
+        head_key = (tuple(keys), len(args))
+        head = self._heads.get(head_key)
+        if head is None:
+            head = encode(("EVALSHA", self.sha, len(keys), *keys))
+            head = b"*%d" % (3 + len(keys) + len(args)) + head[head.index(b"\r\n") :]
+            if len(self._heads) >= 4096:
+                self._heads.clear()
+            self._heads[head_key] = head
+        return head + encode_args(args)
 
     async def _reload_and_resend(self, calls: list[Call]) -> None:
         try:

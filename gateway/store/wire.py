@@ -29,8 +29,13 @@ Reply = Callable[[Any], None]  # called once with the reply, an error reply, or 
 
 
 def encode(command: Sequence[Any]) -> bytes:
-    parts = [b"*%d\r\n" % len(command)]
-    for arg in command:
+    return b"*%d\r\n" % len(command) + encode_args(command)
+
+
+def encode_args(args: Sequence[Any]) -> bytes:
+    """The bulk strings of ``args``, without the array header."""
+    parts = []
+    for arg in args:
         data = arg if isinstance(arg, bytes) else str(arg).encode()
         parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
     return b"".join(parts)
@@ -132,10 +137,14 @@ class Wire:
     def send(self, commands: Sequence[Sequence[Any]], callbacks: Sequence[Reply]) -> None:
         """Write ``commands`` now; each callback later gets its reply (or the failure).
         Only on a ready wire."""
+        self.send_raw(b"".join(encode(c) for c in commands), callbacks)
+
+    def send_raw(self, data: bytes, callbacks: Sequence[Reply]) -> None:
+        """``send`` for commands already encoded, one callback per command in ``data``."""
         assert self._transport is not None
         deadline = time.monotonic() + (self.timeout or 0)
         self._waiting.extend((deadline, cb) for cb in callbacks)
-        self._transport.write(b"".join(encode(c) for c in commands))
+        self._transport.write(data)
         if self.timeout and self._timer is None:
             self._timer = asyncio.get_running_loop().call_at(
                 asyncio.get_running_loop().time() + self.timeout, self._check_deadline

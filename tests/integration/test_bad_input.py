@@ -359,3 +359,20 @@ def test_video_urls_start_with_the_public_base_url_whatever_the_host(redis_url: 
         assert status == 200
         urls = [v["video"]["url"] for v in page["data"]]  # type: ignore[attr-defined]
         assert urls == [f"{public}/v1/videos/{video['id']}/content"]
+
+
+@pytest.mark.parametrize(
+    "suffix", ["%2Fcontent", "%2fcontent", "%2F..%2Fother", "%5Ccontent", "/%2e%2e/x"]
+)
+def test_encoded_slash_in_a_video_id_is_400(stack: Stack, suffix: str) -> None:
+    video = "video_" + "0" * 32
+    status, _, body = _get(stack, f"/v1/videos/{video}{suffix}", stack.token())
+    assert status == 400
+    assert body["error"]["code"] == "invalid_path"  # type: ignore[index]
+    assert stack.sim_requests("/") == []
+
+
+def test_encoded_slash_in_an_admin_path_is_400(stack: Stack) -> None:
+    admin = stack.token(team="ops", roles=("gateway-admin",))
+    status, _, body = _get(stack, "/admin/v1/jobs/video_1%2F..", admin)
+    assert (status, body["error"]["code"]) == (400, "invalid_path")  # type: ignore[index]
