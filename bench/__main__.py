@@ -28,7 +28,7 @@ from typing import Any
 
 from bench import gateway_proc, nginx, procs, report, streams, videos, wrk
 from bench.procs import HarnessError
-from gateway.process import stop_process
+from gateway.dev.process import stop_process
 
 GATEWAY_CORE, LOAD_CORE = 0, 1
 CONNECTIONS = (1, 32, 256)
@@ -147,7 +147,7 @@ def run_async(coro: Coroutine[Any, Any, streams.StreamStats]) -> streams.StreamS
 
 def run(args: argparse.Namespace, out: list[str]) -> None:
     from gateway.auth.tokens import mint_token
-    from gateway.embedded_redis import RedisProcess
+    from gateway.dev.embedded_redis import RedisProcess
 
     creds = gateway_proc.Secrets()
     token = mint_token(creds.jwt, team="bench", user="bench", ttl_seconds=3600)

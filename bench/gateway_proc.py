@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench import procs
-from gateway.process import stop_process
+from gateway.dev.process import stop_process
 
 # Placeholders, expanded by the gateway from the environment: no secret is written to disk.
 _CONFIG = """\

@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 from bench import procs
-from gateway.process import stop_process
+from gateway.dev.process import stop_process
 
 DOWNLOAD_NAME = "big.bin"
 DOWNLOAD_BYTES = 1024**3

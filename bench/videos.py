@@ -14,7 +14,7 @@ from bench import downloads, gateway_proc, nginx, wrk
 from bench.downloads import DownloadRun
 from bench.procs import HarnessError
 from bench.report import Goal
-from gateway.process import stop_process
+from gateway.dev.process import stop_process
 
 SLOW_RATE, SLOW_SECONDS = "10M", 15
 POLL_CONNECTIONS = 32

@@ -21,29 +21,26 @@ from starlette.routing import Route
 
 from gateway.admin.routes import admin_routes
 from gateway.admin.service import AdminService
-from gateway.asgi import Scope
+from gateway.auth.idp import IdpClient
 from gateway.auth.jwks import JWKSCache
 from gateway.auth.middleware import AuthMiddleware
 from gateway.auth.verifier import TokenVerifier
 from gateway.errors import GatewayError, NotFound
-from gateway.idp_client import IdpClient
 from gateway.observability.access_log import AccessLog, note_quota, note_upstream
 from gateway.observability.errors import ErrorMiddleware
 from gateway.observability.http_metrics import HttpMetricsMiddleware
 from gateway.observability.metrics import Metrics
 from gateway.observability.request_id import RequestIdMiddleware
 from gateway.observability.streams import StreamMetrics
-from gateway.ops import MetricsEndpoint, Readiness, healthz
-from gateway.prefix_routes import PrefixGroup
 from gateway.proxy.limits import RequestLimitsMiddleware
 from gateway.proxy.passthrough import PassThrough
 from gateway.quota.middleware import RateLimitMiddleware
+from gateway.quota.routes import QuotaEndpoint
 from gateway.quota.service import QuotaService
 from gateway.quota.snapshot import UsageSnapshot
 from gateway.quota.store import QuotaStore
 from gateway.settings import Settings
 from gateway.store.client import close_redis, make_redis, warm_up
-from gateway.team_quota import QuotaEndpoint
 from gateway.upstream.client import UpstreamClient
 from gateway.upstream.health_store import RedisKeyHealthStore
 from gateway.upstream.keypool import KEY_STATES, KeyPool
@@ -54,6 +51,8 @@ from gateway.videos.reconciler import Reconciler, Report
 from gateway.videos.registry import JobRegistry
 from gateway.videos.routes import video_routes
 from gateway.videos.service import VideoService
+from gateway.web.asgi import Scope
+from gateway.web.routes import MetricsEndpoint, PrefixGroup, Readiness, healthz
 
 log = logging.getLogger("gateway")
 

@@ -48,7 +48,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from gateway.auth.tokens import mint_token
-    from gateway.devmode import DevServices, start_dev_services
+    from gateway.dev.services import DevServices, start_dev_services
     from gateway.web.protocol import HeadLimits, protocol_factory
 
     env = os.environ
@@ -90,7 +90,7 @@ def _serve(args: argparse.Namespace) -> int:
             # Before the workers start: each one's metrics go to files a scrape adds up.
             env[MULTIPROC_ENV] = prepare_metrics_dir(settings.server.metrics_dir)
         uvicorn.run(
-            "gateway.factory:app_from_env",
+            "gateway.web.factory:app_from_env",
             factory=True,
             host=host,
             port=port,

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 
-from gateway.asgi import Send
+from gateway.web.asgi import Send
 
 _TYPE_BY_STATUS = {
     400: "invalid_request_error",

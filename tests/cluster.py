@@ -7,7 +7,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from gateway.embedded_redis import RedisProcess, free_port, server_binary
+from gateway.dev.embedded_redis import RedisProcess, free_port, server_binary
 
 
 def _bindable(port: int) -> bool:

@@ -13,7 +13,7 @@ import redis as redis_sync
 
 from gateway.app import create_app
 from gateway.auth.tokens import mint_token
-from gateway.embedded_redis import RedisProcess
+from gateway.dev.embedded_redis import RedisProcess
 from gateway.settings import Settings, settings_from_mapping
 from gateway.sim.app import create_sim_app
 from gateway.sim.config import SimConfig

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from gateway.asgi import ASGIApp, Receive, Scope, Send, header
 from gateway.auth.verifier import TokenVerifier
 from gateway.errors import AuthenticationFailed
+from gateway.web.asgi import ASGIApp, Receive, Scope, Send, header
 
 
 class AuthMiddleware:

@@ -12,9 +12,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from gateway.asgi import ASGIApp, Message, Receive, Scope, Send
 from gateway.errors import AuthenticationFailed, GatewayError, QuotaExceeded, send_error
 from gateway.observability.access_log import note_reason
+from gateway.web.asgi import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger("gateway")
 

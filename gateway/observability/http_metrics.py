@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import time
 
-from gateway.asgi import ASGIApp, Message, Receive, Scope, Send
 from gateway.observability.access_log import CURRENT, AccessLog, RequestRecord
 from gateway.observability.metrics import Metrics
 from gateway.observability.routes import route_label
+from gateway.web.asgi import ASGIApp, Message, Receive, Scope, Send
 
 
 class HttpMetricsMiddleware:

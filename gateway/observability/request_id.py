@@ -8,8 +8,8 @@ from __future__ import annotations
 import itertools
 import os
 
-from gateway.asgi import ASGIApp, Message, Receive, Scope, Send, header
 from gateway.upstream.rewrite import valid_request_id
+from gateway.web.asgi import ASGIApp, Message, Receive, Scope, Send, header
 
 
 class RequestIdMiddleware:

@@ -9,9 +9,9 @@ So is a request with two Host headers (400).
 
 from __future__ import annotations
 
-from gateway.asgi import ASGIApp, Message, Receive, Scope, Send
 from gateway.errors import HeadersTooLarge, InvalidRequest, PayloadTooLarge
 from gateway.upstream import rewrite
+from gateway.web.asgi import ASGIApp, Message, Receive, Scope, Send
 
 # Marks of a path worth validating in full (encoded bytes, dot or empty segments, backslash);
 # a plain path costs four substring checks.

@@ -15,7 +15,6 @@ import logging
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Protocol
 
-from gateway.asgi import Receive, Scope, Send, header
 from gateway.errors import GatewayError
 from gateway.observability.routes import route_label
 from gateway.proxy import body_policy
@@ -28,6 +27,7 @@ from gateway.upstream.client import (
     caller_error,
 )
 from gateway.upstream.routes import PLAIN, RouteTable
+from gateway.web.asgi import Receive, Scope, Send, header
 
 log = logging.getLogger("gateway.proxy")
 

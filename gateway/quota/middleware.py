@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
-from gateway.asgi import ASGIApp, Message, Receive, Scope, Send
 from gateway.quota.service import QuotaService
+from gateway.web.asgi import ASGIApp, Message, Receive, Scope, Send
 
 
 class RateLimitMiddleware:

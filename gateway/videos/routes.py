@@ -14,7 +14,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from gateway.asgi import Receive, Scope, Send
 from gateway.auth.principal import Principal
 from gateway.errors import InvalidRequest, NotFound
 from gateway.proxy.passthrough import StreamObserver, relay
@@ -22,6 +21,7 @@ from gateway.upstream.client import UpstreamResponse
 from gateway.videos.create_request import Upload
 from gateway.videos.registry import Job
 from gateway.videos.service import UNSUPPORTED, Answer, VideoService
+from gateway.web.asgi import Receive, Scope, Send
 
 _CONTENT_HEADERS = (
     b"content-type",

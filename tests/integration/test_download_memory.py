@@ -17,8 +17,8 @@ import aiohttp
 import pytest
 
 from gateway.auth.tokens import mint_token
-from gateway.embedded_redis import RedisProcess
-from gateway.process import stop_process
+from gateway.dev.embedded_redis import RedisProcess
+from gateway.dev.process import stop_process
 from tests.servers import free_port, wait_for
 
 GIB = 1024**3

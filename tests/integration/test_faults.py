@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from gateway.embedded_redis import RedisProcess
+from gateway.dev.embedded_redis import RedisProcess
 from gateway.sim.config import SimConfig
 from tests.conftest import Stack, make_stack
 from tests.servers import run_server, wait_for

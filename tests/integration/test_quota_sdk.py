@@ -13,7 +13,7 @@ import httpx2
 import openai
 import pytest
 
-from gateway.embedded_redis import RedisProcess
+from gateway.dev.embedded_redis import RedisProcess
 from gateway.sim.config import SimConfig
 from tests.conftest import Stack, make_stack
 from tests.servers import wait_for

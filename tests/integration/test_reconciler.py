@@ -17,7 +17,7 @@ import openai
 import pytest
 import redis as redis_sync
 
-from gateway.embedded_redis import RedisProcess
+from gateway.dev.embedded_redis import RedisProcess
 from gateway.quota.keys import TeamKeys
 from gateway.quota.service import QuotaService
 from gateway.quota.store import QuotaStore

@@ -22,7 +22,6 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from gateway.asgi import Receive, Scope, Send
 from gateway.errors import UpstreamError
 from gateway.settings import UpstreamKey
 from gateway.sim.app import create_sim_app
@@ -31,6 +30,7 @@ from gateway.upstream.address_policy import parse_networks
 from gateway.upstream.client import UpstreamClient, UpstreamRequest
 from gateway.upstream.keypool import KeyPool
 from gateway.upstream.redirect_policy import AddressRefused, PolicyResolver, redirect_refused
+from gateway.web.asgi import Receive, Scope, Send
 from tests.conftest import Stack, make_stack
 from tests.integration.test_video_content import auth, finished_video
 from tests.integration.test_videos_sdk import VIDEOS

@@ -20,7 +20,7 @@ import httpx2
 import openai
 import pytest
 
-from gateway.embedded_redis import RedisProcess
+from gateway.dev.embedded_redis import RedisProcess
 from tests.conftest import Stack, make_stack
 from tests.servers import wait_for
 

@@ -12,7 +12,7 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from gateway.embedded_redis import RedisProcess
+from gateway.dev.embedded_redis import RedisProcess
 from gateway.errors import StoreUnavailable
 from gateway.settings import RedisSettings
 from gateway.store.batcher import ScriptBatcher

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from gateway.auth.tokens import mint_token
-from gateway.embedded_redis import RedisProcess
+from gateway.dev.embedded_redis import RedisProcess
 from gateway.sim.app import create_sim_app
 from gateway.sim.config import SimConfig
 from gateway.web.protocol import HeadLimits

@@ -14,7 +14,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from gateway.process import stop_process
+from gateway.dev.process import stop_process
 
 
 def server_binary() -> str:

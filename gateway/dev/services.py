@@ -16,8 +16,8 @@ from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gateway.embedded_redis import RedisProcess, free_port
-from gateway.process import stop_process
+from gateway.dev.embedded_redis import RedisProcess, free_port
+from gateway.dev.process import stop_process
 from gateway.settings import Settings, load_settings
 
 
