@@ -15,8 +15,8 @@ from typing import Any, cast
 from redis.asyncio import Redis
 
 from gateway.auth.principal import Principal
+from gateway.store.keys import AUDIT_STREAM
 
-AUDIT_STREAM = "gw:audit"
 AUDIT_MAXLEN = 10_000  # approximate: Redis trims whole macro-nodes, which is much cheaper
 
 

@@ -24,10 +24,10 @@ from zoneinfo import ZoneInfo
 
 from gateway.errors import QuotaExceeded, StoreUnavailable
 from gateway.quota import model
-from gateway.quota.keys import TeamKeys
 from gateway.quota.model import Cost, Limit, Windows
 from gateway.quota.store import QuotaStore
 from gateway.settings import QuotaSettings, VideoSettings
+from gateway.store.keys import TeamKeys
 
 log = logging.getLogger("gateway.quota")
 

@@ -11,8 +11,8 @@ from collections.abc import Iterable, Mapping
 from redis.exceptions import RedisError
 
 from gateway.errors import GatewayError
-from gateway.quota.keys import TeamKeys
 from gateway.quota.service import QuotaService
+from gateway.store.keys import TeamKeys
 
 log = logging.getLogger("gateway.quota")
 

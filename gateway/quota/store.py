@@ -10,10 +10,10 @@ from typing import Any, cast
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
-from gateway.quota import scripts
-from gateway.quota.keys import TEAMS, TeamKeys, reset_mark
 from gateway.quota.model import MONTH_TTL_S
 from gateway.store.batcher import ScriptBatcher
+from gateway.store.keys import TEAMS, TeamKeys, reset_mark
+from gateway.store.lua import script
 
 
 def _int(v: Any) -> int:
@@ -30,14 +30,14 @@ class QuotaStore:
         client: object = redis
         # redis-py's cluster pipelines refuse EVALSHA: on a cluster, each check is its own call.
         self._rate: Callable[..., Awaitable[Any]] = (
-            redis.register_script(scripts.RATE)
+            redis.register_script(script("gateway.quota", "rate"))
             if isinstance(client, RedisCluster)
-            else ScriptBatcher(redis, scripts.RATE)
+            else ScriptBatcher(redis, script("gateway.quota", "rate"))
         )
-        self._reserve = redis.register_script(scripts.RESERVE)
-        self._settle = redis.register_script(scripts.SETTLE)
-        self._renew = redis.register_script(scripts.RENEW)
-        self._mark = redis.register_script(scripts.MARK)
+        self._reserve = redis.register_script(script("gateway.quota", "reserve"))
+        self._settle = redis.register_script(script("gateway.quota", "settle"))
+        self._renew = redis.register_script(script("gateway.quota", "renew"))
+        self._mark = redis.register_script(script("gateway.quota", "mark"))
         self._rate_keys: dict[tuple[str, str, str], tuple[str, ...]] = {}
 
     async def aclose(self) -> None:

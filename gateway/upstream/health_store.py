@@ -10,11 +10,12 @@ from collections.abc import Sequence
 
 from redis.asyncio import Redis
 
+from gateway.store import keys
 from gateway.upstream.keypool import KeyHealth
 
 
 def health_key(key_id: str) -> str:
-    return f"gw:pool:{{{key_id}}}"
+    return keys.upstream_key_health(key_id)
 
 
 class RedisKeyHealthStore:

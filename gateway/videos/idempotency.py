@@ -18,21 +18,10 @@ from typing import Any, cast
 
 from redis.asyncio import Redis
 
-from gateway.quota.keys import TeamKeys
+from gateway.store.keys import TeamKeys
+from gateway.store.lua import script
 
 _KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
-
-# KEYS: idempotency key. ARGV: fingerprint, pending ttl ms.
-# -> {} when this call claimed it, else {state, fp, video_id}
-_BEGIN = """
-local cur = redis.call('HMGET', KEYS[1], 'state', 'fp', 'video_id')
-if not cur[1] then
-  redis.call('HSET', KEYS[1], 'state', 'pending', 'fp', ARGV[1])
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return {}
-end
-return {cur[1], cur[2] or '', cur[3] or ''}
-"""
 
 
 def valid_key(key: str) -> bool:
@@ -55,7 +44,7 @@ class IdempotencyStore:
         self.redis = redis
         self.ttl_ms = int(ttl_seconds * 1000)
         self.pending_ms = int(pending_seconds * 1000)
-        self._begin = redis.register_script(_BEGIN)
+        self._begin = redis.register_script(script("gateway.videos", "idempotency_begin"))
 
     @staticmethod
     def _key(team: str, key: str) -> str:

@@ -19,24 +19,16 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from gateway.errors import StoreUnavailable
-from gateway.quota.keys import TeamKeys
 from gateway.quota.service import QuotaService
+from gateway.store.keys import RECONCILER_LEADER, TeamKeys
+from gateway.store.lua import script
 from gateway.videos.registry import JobRegistry
 from gateway.videos.service import VideoService
 
 log = logging.getLogger("gateway.reconciler")
 
-LEADER_KEY = "gw:reconciler:leader"
+LEADER_KEY = RECONCILER_LEADER
 BATCH = 100
-
-# Take or keep the lead: only the holder's own token extends it.
-_LEAD = """
-local holder = redis.call('GET', KEYS[1])
-if holder == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-if holder then return 0 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return 1
-"""
 
 
 @dataclass
@@ -77,7 +69,7 @@ class Reconciler:
         self._on_report = on_report or (lambda r: None)
         self._on_error = on_error or (lambda: None)
         self._token = secrets.token_hex(8)
-        self._lead = redis.register_script(_LEAD)
+        self._lead = redis.register_script(script("gateway.videos", "reconciler_lead"))
         self._runs = 0
 
     async def lead(self) -> bool:

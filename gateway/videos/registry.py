@@ -16,6 +16,8 @@ from typing import Any, cast
 
 from redis.asyncio import Redis
 
+from gateway.store import keys
+
 _ID = re.compile(r"^video_[0-9a-f]{32}$")
 TERMINAL = ("completed", "failed")
 
@@ -29,11 +31,11 @@ def valid_video_id(video_id: str) -> bool:
 
 
 def job_key(video_id: str) -> str:
-    return f"gw:job:{{{video_id}}}"
+    return keys.job(video_id)
 
 
 def team_index_key(team: str) -> str:
-    return f"gw:{{team:{team}}}:videos"
+    return keys.TeamKeys(team).videos
 
 
 @dataclass
@@ -133,9 +135,7 @@ class JobRegistry:
         """True for exactly one caller per job per interval, across replicas."""
         if interval_ms <= 0:
             return True
-        return bool(
-            await self._redis.set(f"{job_key(video_id)}:poll", "1", nx=True, px=interval_ms)
-        )
+        return bool(await self._redis.set(keys.job_poll(video_id), "1", nx=True, px=interval_ms))
 
     async def page(
         self, team: str, *, after: str | None, limit: int, descending: bool

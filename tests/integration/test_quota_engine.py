@@ -14,12 +14,12 @@ import pytest
 from redis.asyncio import Redis
 
 from gateway.errors import QuotaExceeded, ServiceUnavailable, StoreUnavailable
-from gateway.quota.keys import TeamKeys
 from gateway.quota.model import Cost, job_cost
 from gateway.quota.service import QuotaService
 from gateway.quota.store import QuotaStore
 from gateway.settings import QuotaSettings, RedisSettings, VideoSettings
 from gateway.store.client import close_redis, make_redis
+from gateway.store.keys import TeamKeys
 from gateway.videos.reconciler import Reconciler
 from gateway.videos.registry import Job, JobRegistry
 

@@ -48,12 +48,12 @@ from hypothesis.stateful import (
 from redis.asyncio import Redis
 
 from gateway.errors import QuotaExceeded
-from gateway.quota.keys import TEAMS, TeamKeys
 from gateway.quota.model import Cost, job_cost, shown, stored_limit
 from gateway.quota.service import QuotaService, Reservation
 from gateway.quota.store import QuotaStore
 from gateway.settings import QuotaSettings, RedisSettings, VideoSettings
 from gateway.store.client import close_redis, make_redis
+from gateway.store.keys import TEAMS, TeamKeys
 from gateway.videos.reconciler import Reconciler
 from gateway.videos.registry import JobRegistry
 

@@ -18,12 +18,12 @@ import pytest
 import redis as redis_sync
 
 from gateway.dev.embedded_redis import RedisProcess
-from gateway.quota.keys import TeamKeys
 from gateway.quota.service import QuotaService
 from gateway.quota.store import QuotaStore
 from gateway.settings import RedisSettings
 from gateway.sim.config import SimConfig
 from gateway.store.client import close_redis, make_redis
+from gateway.store.keys import TeamKeys
 from gateway.videos.reconciler import LEADER_KEY, Reconciler
 from tests.conftest import Stack, make_stack
 from tests.servers import wait_for

@@ -1,0 +1,5 @@
+-- KEYS: slots, open index. ARGV: job id, new expiry ms, now_ms.
+-- A job seen running: extend its lease (only one that exists) and note when it was last seen,
+-- so the reconciler leaves it alone while somebody is polling it.
+redis.call('ZADD', KEYS[2], 'XX', ARGV[3], ARGV[1])
+return redis.call('ZADD', KEYS[1], 'XX', 'CH', ARGV[2], ARGV[1])

@@ -1,0 +1,28 @@
+-- KEYS: reservation, slots, day bucket, month bucket, spend month bucket, open index, and the
+--       three buckets' reset generations
+-- ARGV: job id, outcome ('kept' | 'refunded'), now_ms, day id, month id
+-- -> 1 when this call settled it, 0 when it was already settled (or never reserved)
+local res = KEYS[1]
+if redis.call('HGET', res, 'state') ~= 'reserved' then return 0 end
+if redis.call('HGET', res, 'day') ~= ARGV[4] or redis.call('HGET', res, 'month') ~= ARGV[5] then
+  return redis.error_reply('reservation buckets do not match')
+end
+if ARGV[2] == 'refunded' then
+  local vu = tonumber(redis.call('HGET', res, 'vu'))
+  local su = tonumber(redis.call('HGET', res, 'su'))
+  for i, pair in ipairs({{KEYS[3], vu}, {KEYS[4], vu}, {KEYS[5], su}}) do
+    -- Not into a bucket that has expired (it would only hold a negative), nor into one an
+    -- admin reset after this job was charged (its charge is already gone).
+    local now_gen = redis.call('GET', KEYS[6 + i]) or '0'
+    local then_gen = redis.call('HGET', res, 'g' .. i) or '0'
+    if redis.call('EXISTS', pair[1]) == 1 and now_gen == then_gen then
+      if redis.call('DECRBY', pair[1], pair[2]) < 0 then
+        redis.call('SET', pair[1], 0, 'KEEPTTL')
+      end
+    end
+  end
+end
+redis.call('HSET', res, 'state', ARGV[2], 'settled_ms', ARGV[3])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[6], ARGV[1])
+return 1

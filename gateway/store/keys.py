@@ -1,0 +1,85 @@
+"""Every Redis key the gateway uses, named in this one module.
+
+    gw:{team:<t>}:...        one team's quota counters, limits, reservations, job index and
+                             idempotency keys: one hash tag, so one team's decision runs as one
+                             script on one Cluster slot
+    gw:job:{<id>}            a video job's record (and ``:poll``, its poll lock)
+    gw:pool:{<key-id>}       an upstream key's shared health
+    gw:teams                 every team that ever reserved
+    gw:reconciler:leader     the reconciler's leader lock
+    gw:audit                 the admin audit log (a stream)
+
+Team names are restricted by the verifier (letters, digits, ``._-``), so they cannot break
+out of the tag; video ids are checked for shape before any look-up."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+TEAMS = "gw:teams"  # every team that ever reserved, for the reconciler and the admin API
+RECONCILER_LEADER = "gw:reconciler:leader"
+AUDIT_STREAM = "gw:audit"
+
+
+def job(video_id: str) -> str:
+    return f"gw:job:{{{video_id}}}"
+
+
+def job_poll(video_id: str) -> str:
+    """At most one upstream status call per job per interval, across replicas."""
+    return f"{job(video_id)}:poll"
+
+
+def upstream_key_health(key_id: str) -> str:
+    return f"gw:pool:{{{key_id}}}"
+
+
+@dataclass(frozen=True)
+class TeamKeys:
+    team: str
+
+    @property
+    def prefix(self) -> str:
+        return f"gw:{{team:{self.team}}}"
+
+    @property
+    def limits(self) -> str:
+        return f"{self.prefix}:limits"
+
+    @property
+    def rate(self) -> str:
+        return f"{self.prefix}:rate"
+
+    @property
+    def videos(self) -> str:
+        """The team's visible video jobs, scored by creation time (ms)."""
+        return f"{self.prefix}:videos"
+
+    @property
+    def slots(self) -> str:
+        return f"{self.prefix}:slots"
+
+    @property
+    def open(self) -> str:
+        return f"{self.prefix}:open"
+
+    def video_day(self, day: str) -> str:
+        return f"{self.prefix}:vs:d:{day}"
+
+    def video_month(self, month: str) -> str:
+        return f"{self.prefix}:vs:m:{month}"
+
+    def spend_month(self, month: str) -> str:
+        return f"{self.prefix}:spend:m:{month}"
+
+    def reservation(self, job_id: str) -> str:
+        return f"{self.prefix}:res:{job_id}"
+
+    def idempotency(self, digest: str) -> str:
+        return f"{self.prefix}:idem:{digest}"
+
+
+def reset_mark(bucket: str) -> str:
+    """How many times an admin has reset ``bucket``; a refund goes back only into the
+    generation its reservation was charged to."""
+    return f"{bucket}:reset"
