@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import IO
 
 from redis.asyncio import Redis
@@ -26,12 +26,12 @@ from gateway.auth.jwks import JWKSCache
 from gateway.auth.middleware import AuthMiddleware
 from gateway.auth.verifier import TokenVerifier
 from gateway.errors import GatewayError, NotFound
-from gateway.observability.access_log import AccessLog, note_quota, note_upstream
+from gateway.observability.access_log import AccessLog
 from gateway.observability.errors import ErrorMiddleware
 from gateway.observability.http_metrics import HttpMetricsMiddleware
 from gateway.observability.metrics import Metrics
+from gateway.observability.observers import Observers
 from gateway.observability.request_id import RequestIdMiddleware
-from gateway.observability.streams import StreamMetrics
 from gateway.proxy.limits import RequestLimitsMiddleware
 from gateway.proxy.passthrough import PassThrough
 from gateway.quota.middleware import RateLimitMiddleware
@@ -45,19 +45,34 @@ from gateway.upstream.client import UpstreamClient
 from gateway.upstream.health_store import RedisKeyHealthStore
 from gateway.upstream.keypool import KEY_STATES, KeyPool
 from gateway.upstream.routes import DEFAULT_ROUTES, RouteTable
-from gateway.videos.events import VideoEvents
 from gateway.videos.idempotency import IdempotencyStore
-from gateway.videos.reconciler import Reconciler, Report
+from gateway.videos.reconciler import Reconciler
 from gateway.videos.registry import JobRegistry
 from gateway.videos.routes import video_routes
 from gateway.videos.service import VideoService
-from gateway.web.asgi import Scope
+from gateway.web.asgi import Receive, Scope, Send
 from gateway.web.routes import MetricsEndpoint, PrefixGroup, Readiness, healthz
 
 log = logging.getLogger("gateway")
 
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
-GC_THRESHOLDS = (20_000, 20, 100)
+
+
+@dataclass(frozen=True, eq=False)
+class Gateway:
+    """The built gateway: an ASGI app (serve it as it is), and the parts tests reach for."""
+
+    asgi: Starlette
+    settings: Settings
+    metrics: Metrics
+    redis: Redis
+    pool: KeyPool
+    quota: QuotaService
+    videos: VideoService
+    reconciler: Reconciler
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.asgi(scope, receive, send)
 
 
 def create_app(
@@ -67,18 +82,19 @@ def create_app(
     metrics: Metrics | None = None,
     clock: Callable[[], float] = time.time,
     log_stream: IO[str] | None = None,
-) -> Starlette:
-    """Build the gateway. ``redis`` and ``metrics`` may be passed in (tests share them)."""
+    on_started: Callable[[], None] = lambda: None,
+) -> Gateway:
+    """Build the gateway. ``redis`` and ``metrics`` may be passed in (tests share them);
+    ``on_started`` runs once start-up is done (the server entry tunes the GC there)."""
     if settings.redis.embedded and redis is None:
         raise ValueError("redis.url is 'embedded': start it first (gateway serve --dev does)")
     metrics = metrics or Metrics(teams=settings.teams)
+    videos_conf, up, q = settings.videos, settings.upstream, settings.quota
+    obs = Observers(metrics, video_models={*videos_conf.models, videos_conf.resolve_model(None)})
     owns_redis = redis is None
     redis = redis or make_redis(
-        settings.redis,
-        on_error=lambda op: metrics.redis_errors.labels(op).inc(),
-        on_breaker=lambda is_open: metrics.redis_breaker_open.set(1 if is_open else 0),
+        settings.redis, on_error=obs.redis_error, on_breaker=obs.redis_breaker
     )
-    up = settings.upstream
     pool = KeyPool(
         up.keys,
         RedisKeyHealthStore(redis),
@@ -86,39 +102,9 @@ def create_app(
         cache_seconds=up.health_cache_seconds,
         cooldown_seconds=up.cooldown_seconds,
         quarantine_seconds=up.quarantine_seconds,
-        on_store_error=lambda op: metrics.redis_errors.labels(op).inc(),
+        on_store_error=obs.redis_error,
     )
     metrics.watch_keys(pool.key_ids, KEY_STATES, pool.state)
-
-    def observe_upstream(key: str, route: str, status: int, seconds: float) -> None:
-        metrics.upstream_requests.labels(key, route, str(status)).inc()
-        metrics.upstream_duration.labels(route).observe(seconds)
-        note_upstream(key, status)
-
-    def on_quota_decision(team: str, kind: str, result: str) -> None:
-        metrics.quota_decisions.labels(metrics.team_label(team), kind, result).inc()
-        note_quota(result)
-
-    known_models = set(settings.videos.models) | {settings.videos.resolve_model(None)}
-
-    def video_created(team: str, model: str, seconds: int, spend: float) -> None:
-        labels = (metrics.team_label(team), metrics.model_label(model, known_models))
-        metrics.video_jobs_created.labels(*labels).inc()
-        metrics.video_seconds.labels(*labels).inc(seconds)
-        metrics.video_spend.labels(*labels).inc(spend)
-
-    def video_finished(team: str, model: str, status: str, seconds: float) -> None:
-        name = metrics.model_label(model, known_models)
-        metrics.video_jobs_finished.labels(metrics.team_label(team), name, status).inc()
-        metrics.video_job_duration.labels(name).observe(seconds)
-
-    def stream_observer(content: bool) -> Callable[[Scope], StreamMetrics]:
-        def make(scope: Scope) -> StreamMetrics:
-            principal = scope.get("principal")
-            return StreamMetrics(metrics, principal.team if principal else None, content=content)
-
-        return make
-
     client = UpstreamClient(
         up.base_url,
         pool,
@@ -126,8 +112,8 @@ def create_app(
         read_timeout=up.read_timeout,
         max_connections=up.max_connections,
         trusted_networks=up.trusted_networks,
-        on_response=observe_upstream,
-        on_retry=lambda reason: metrics.upstream_retries.labels(reason).inc(),
+        on_response=obs.upstream,
+        on_retry=obs.upstream_retry,
     )
     idp = IdpClient(settings.auth.jwks_timeout)
     jwks = None
@@ -139,41 +125,31 @@ def create_app(
             refetch_cooldown=settings.auth.jwks_refetch_cooldown,
             clock=time.monotonic,
         )
-    verifier = TokenVerifier(settings.auth, jwks=jwks, clock=clock)
     quota = QuotaService(
         QuotaStore(redis),
-        settings.quota,
+        q,
         teams=settings.teams,
-        videos=settings.videos,
+        videos=videos_conf,
         clock=clock,
-        on_decision=on_quota_decision,
-        retry_hint_s=settings.videos.poll_after_ms / 1000,
+        on_decision=obs.quota_decision,
+        retry_hint_s=videos_conf.poll_after_ms / 1000,
     )
     videos = VideoService(
         client,
         JobRegistry(redis),
-        settings.videos,
+        videos_conf,
         teams=settings.teams,
         secrets=pool.secrets,
         clock=clock,
-        quota=quota if settings.quota.enabled else None,
+        quota=quota if q.enabled else None,
         idempotency=IdempotencyStore(
             redis,
-            ttl_seconds=settings.quota.idempotency_seconds,
+            ttl_seconds=q.idempotency_seconds,
             # A create still pending this long died with its replica: the key frees itself.
             pending_seconds=up.connect_timeout + up.read_timeout + 60,
         ),
-        events=VideoEvents(created=video_created, finished=video_finished),
+        events=obs.video_events(),
     )
-
-    def on_reconciled(report: Report) -> None:
-        metrics.reconciler_runs.labels("ok").inc()
-        metrics.reconciler_last_run.set(time.time())
-        metrics.reconciler_lag.set(report.lag_seconds)
-        for kind, n in report.drift.items():
-            metrics.quota_drift.labels(kind).inc(n)
-
-    q = settings.quota
     reconciler = Reconciler(
         redis,
         videos,
@@ -187,8 +163,8 @@ def create_app(
             up.connect_timeout + up.read_timeout + q.orphan_grace_seconds,
         ),
         clock=clock,
-        on_report=on_reconciled,
-        on_error=lambda: metrics.reconciler_runs.labels("error").inc(),
+        on_report=obs.reconciled,
+        on_error=obs.reconciler_failed,
     )
     admin = AdminService(
         redis=redis,
@@ -198,14 +174,8 @@ def create_app(
         settings=settings,
         clock=clock,
     )
-    passthrough = PassThrough(
-        client,
-        routes=RouteTable((*DEFAULT_ROUTES, *settings.server.extra_routes)),
-        secrets=pool.secrets,
-        observer=stream_observer(content=False),
-    )
     snapshot = UsageSnapshot(quota, settings.teams, settings.server.quota_metrics_seconds)
-    if settings.quota.enabled:
+    if q.enabled:
         metrics.watch_quota(snapshot)
 
     @asynccontextmanager
@@ -214,17 +184,9 @@ def create_app(
         if not await warm_up(redis):
             log.warning("Redis is unreachable at start-up; quota decisions will fail until it is")
         await pool.refresh()
-        # Move everything built at start-up out of the collector's sight: measured under load,
-        # full collections rescanned ~93k long-lived objects, pausing the loop ~27 ms each
-        # (most of the p99 at 32 connections); frozen, they take ~1 ms.
-        gc.collect()
-        gc.freeze()
-        # Fewer, larger young collections and rare full ones: with 400 open streams, the
-        # default thresholds paused the loop often enough to add ~30 ms to the p99 gap between
-        # events; these keep it under 10 ms (README "Benchmarks"). Cycles are still collected.
-        gc.set_threshold(*GC_THRESHOLDS)
+        on_started()
         background = [asyncio.create_task(reconciler.run_forever(), name="reconciler")]
-        if settings.quota.enabled:
+        if q.enabled:
             background.append(asyncio.create_task(snapshot.run_forever(), name="quota-metrics"))
         try:
             yield
@@ -242,16 +204,6 @@ def create_app(
             if owns_redis:
                 await close_redis(redis)
 
-    async def on_http_error(request: Request, exc: Exception) -> Response:
-        # Starlette's own 404/405: raised on as ours, for the one renderer (ErrorMiddleware).
-        assert isinstance(exc, HTTPException)
-        if exc.status_code == 404:
-            raise NotFound()
-        raise GatewayError(exc.detail, code="http_error", status=exc.status_code)
-
-    def on_error(exc: GatewayError) -> None:
-        metrics.errors.labels(metrics.error_code_label(exc.code)).inc()
-
     app = Starlette(
         routes=[
             # Behind prefixes: a chat request skips these routes with two string checks.
@@ -260,7 +212,7 @@ def create_app(
                 video_routes(
                     videos,
                     public_base_url=settings.server.public_base_url,
-                    observer=stream_observer(content=True),
+                    observer=obs.streams(content=True),
                 ),
             ),
             PrefixGroup("/admin/", admin_routes(admin, admin_role=settings.auth.admin_role)),
@@ -268,7 +220,7 @@ def create_app(
             Route("/healthz", healthz, methods=["GET"]),
             Route(
                 "/readyz",
-                Readiness(redis, pool, fail_open=settings.quota.rate_fail_open).handle,
+                Readiness(redis, pool, fail_open=q.rate_fail_open).handle,
                 methods=["GET"],
             ),
             Route(
@@ -284,7 +236,7 @@ def create_app(
                 metrics=metrics,
                 access_log=AccessLog(settings.server.access_log, log_stream),
             ),
-            Middleware(ErrorMiddleware, on_error=on_error),
+            Middleware(ErrorMiddleware, on_error=obs.error),
             Middleware(
                 RequestLimitsMiddleware,
                 max_body_bytes=settings.server.max_body_bytes,
@@ -292,25 +244,31 @@ def create_app(
             ),
             Middleware(
                 AuthMiddleware,
-                verifier=verifier,
+                verifier=TokenVerifier(settings.auth, jwks=jwks, clock=clock),
                 public_paths=PUBLIC_PATHS,
-                on_failure=lambda reason: metrics.auth_failures.labels(reason).inc(),
+                on_failure=obs.auth_failure,
             ),
             *(
                 [Middleware(RateLimitMiddleware, quota=quota, public_paths=PUBLIC_PATHS)]
-                if settings.quota.enabled
+                if q.enabled
                 else []
             ),
         ],
-        exception_handlers={HTTPException: on_http_error},
+        exception_handlers={HTTPException: _raise_http_error},
         lifespan=lifespan,
     )
-    app.router.default = passthrough
-    app.state.pool = pool
-    app.state.metrics = metrics
-    app.state.redis = redis
-    app.state.videos = videos
-    app.state.quota = quota
-    app.state.reconciler = reconciler
-    app.state.settings = settings
-    return app
+    app.router.default = PassThrough(
+        client,
+        routes=RouteTable((*DEFAULT_ROUTES, *settings.server.extra_routes)),
+        secrets=pool.secrets,
+        observer=obs.streams(content=False),
+    )
+    return Gateway(app, settings, metrics, redis, pool, quota, videos, reconciler)
+
+
+async def _raise_http_error(request: Request, exc: Exception) -> Response:
+    # Starlette's own 404/405: raised on as ours, for the one renderer (ErrorMiddleware).
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        raise NotFound()
+    raise GatewayError(exc.detail, code="http_error", status=exc.status_code)

@@ -155,7 +155,7 @@ def test_no_token_is_401_and_no_admin_role_is_403_on_every_endpoint(admin: Admin
             }
     r = admin.redis()
     assert r.exists(TeamKeys("x").limits, AUDIT_STREAM) == 0
-    assert admin.stack.app.state.pool.state("primary") == "healthy"
+    assert admin.stack.app.pool.state("primary") == "healthy"
 
 
 def test_teams_lists_configured_reserving_and_overridden_teams(admin: Admin) -> None:
@@ -534,7 +534,7 @@ def test_every_bad_input_has_its_status_and_code_and_changes_nothing(admin: Admi
     r = admin.redis()
     assert r.exists(TeamKeys(team).limits, AUDIT_STREAM) == 0
     assert team not in r.smembers(TEAMS)
-    assert admin.stack.app.state.pool.state("primary") == "healthy"
+    assert admin.stack.app.pool.state("primary") == "healthy"
 
 
 def test_a_disabled_key_serves_nothing_and_enable_lifts_a_quarantine(admin: Admin) -> None:

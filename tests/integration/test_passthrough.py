@@ -124,7 +124,7 @@ def test_upstream_error_code_is_kept(stack: Stack) -> None:
             sdk(single).models.list()
         assert info.value.code == "insufficient_quota"
         # One 403 the key's probe does not confirm takes nothing out of the pool.
-        assert single.app.state.pool.state("only") == "healthy"
+        assert single.app.pool.state("only") == "healthy"
 
 
 def test_429_moves_to_the_next_key_and_cools_the_first(stack: Stack) -> None:
@@ -138,7 +138,7 @@ def test_429_moves_to_the_next_key_and_cools_the_first(stack: Stack) -> None:
     assert len(served) == 4
     # at most one request ever went to the cooled key
     assert len([c for c in calls if c["key"] == first]) <= 1
-    assert stack.app.state.pool.state("primary") == "cooling"
+    assert stack.app.pool.state("primary") == "cooling"
 
 
 def test_other_replica_skips_a_cooled_key(redis_url: str) -> None:
@@ -151,10 +151,10 @@ def test_other_replica_skips_a_cooled_key(redis_url: str) -> None:
         client_a, client_b = sdk(a), sdk(b)
         for _ in range(2):
             client_a.models.list()
-        assert a.app.state.pool.state("primary") == "cooling"
+        assert a.app.pool.state("primary") == "cooling"
         # b learns it through Redis within its cache window (refreshed in the background)
         deadline = time.monotonic() + 5
-        while b.app.state.pool.state("primary") != "cooling":
+        while b.app.pool.state("primary") != "cooling":
             assert time.monotonic() < deadline, "replica b never saw the cooldown"
             client_b.models.list()
             time.sleep(0.05)
@@ -170,7 +170,7 @@ def test_401_quarantines_key_and_retries_on_another(stack: Stack) -> None:
     client = sdk(stack)
     for _ in range(3):
         assert client.models.list().data
-    assert stack.app.state.pool.state("primary") == "quarantined"
+    assert stack.app.pool.state("primary") == "quarantined"
 
 
 def test_single_key_rejected_is_502_not_401(redis_url: str) -> None:

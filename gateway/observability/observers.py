@@ -1,0 +1,83 @@
+"""What the rest of the gateway tells observability: one method per event, each turning it
+into metrics (and the access-log record) so services never import prometheus_client."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+
+from gateway.errors import GatewayError
+from gateway.observability.access_log import note_quota, note_upstream
+from gateway.observability.metrics import Metrics
+from gateway.observability.streams import StreamMetrics
+from gateway.videos.events import VideoEvents
+from gateway.videos.reconciler import Report
+from gateway.web.asgi import Scope
+
+
+class Observers:
+    def __init__(self, metrics: Metrics, *, video_models: Iterable[str]) -> None:
+        self.metrics = metrics
+        self._models = frozenset(video_models)
+
+    def redis_error(self, op: str) -> None:
+        self.metrics.redis_errors.labels(op).inc()
+
+    def redis_breaker(self, is_open: bool) -> None:
+        self.metrics.redis_breaker_open.set(1 if is_open else 0)
+
+    def upstream(self, key: str, route: str, status: int, seconds: float) -> None:
+        self.metrics.upstream_requests.labels(key, route, str(status)).inc()
+        self.metrics.upstream_duration.labels(route).observe(seconds)
+        note_upstream(key, status)
+
+    def upstream_retry(self, reason: str) -> None:
+        self.metrics.upstream_retries.labels(reason).inc()
+
+    def auth_failure(self, reason: str) -> None:
+        self.metrics.auth_failures.labels(reason).inc()
+
+    def quota_decision(self, team: str, kind: str, result: str) -> None:
+        m = self.metrics
+        m.quota_decisions.labels(m.team_label(team), kind, result).inc()
+        note_quota(result)
+
+    def error(self, exc: GatewayError) -> None:
+        self.metrics.errors.labels(self.metrics.error_code_label(exc.code)).inc()
+
+    def video_events(self) -> VideoEvents:
+        return VideoEvents(created=self._video_created, finished=self._video_finished)
+
+    def _video_created(self, team: str, model: str, seconds: int, spend: float) -> None:
+        m = self.metrics
+        labels = (m.team_label(team), m.model_label(model, self._models))
+        m.video_jobs_created.labels(*labels).inc()
+        m.video_seconds.labels(*labels).inc(seconds)
+        m.video_spend.labels(*labels).inc(spend)
+
+    def _video_finished(self, team: str, model: str, status: str, seconds: float) -> None:
+        m = self.metrics
+        name = m.model_label(model, self._models)
+        m.video_jobs_finished.labels(m.team_label(team), name, status).inc()
+        m.video_job_duration.labels(name).observe(seconds)
+
+    def streams(self, *, content: bool) -> Callable[[Scope], StreamMetrics]:
+        """Per streamed answer: in-flight and abort metrics, by the caller's team."""
+
+        def make(scope: Scope) -> StreamMetrics:
+            principal = scope.get("principal")
+            team = principal.team if principal else None
+            return StreamMetrics(self.metrics, team, content=content)
+
+        return make
+
+    def reconciled(self, report: Report) -> None:
+        m = self.metrics
+        m.reconciler_runs.labels("ok").inc()
+        m.reconciler_last_run.set(time.time())
+        m.reconciler_lag.set(report.lag_seconds)
+        for kind, n in report.drift.items():
+            m.quota_drift.labels(kind).inc(n)
+
+    def reconciler_failed(self) -> None:
+        self.metrics.reconciler_runs.labels("error").inc()
