@@ -53,7 +53,7 @@ class AdminService:
     # -- teams ----------------------------------------------------------------------------------
 
     async def teams(self) -> dict[str, Any]:
-        names = await self.quota.known_teams()
+        names = await self.quota.admin.known_teams()
         # gw:teams and hand-made keys are not validated on the way in; one odd name must not
         # take the whole listing down with a 400.
         names = [n for n in names if inputs.well_formed_team(n)]
@@ -81,7 +81,7 @@ class AdminService:
         """PUT (``replace``) or PATCH the team's overrides; null means unlimited."""
         inputs.check_team(team)
         limits = inputs.parse_limits(doc)
-        before, after = await self.quota.write_overrides(team, limits, replace=replace)
+        before, after = await self.quota.admin.write_overrides(team, limits, replace=replace)
         action = "limits.replace" if replace else "limits.merge"
         await self._audit(
             actor, action, f"team:{team}", {"overrides": before}, {"overrides": after}
@@ -91,7 +91,7 @@ class AdminService:
     async def clear_limits(self, actor: Principal, team: str) -> dict[str, Any]:
         """Back to the config's limits for this team."""
         inputs.check_team(team)
-        before, after = await self.quota.write_overrides(team, {}, replace=True)
+        before, after = await self.quota.admin.write_overrides(team, {}, replace=True)
         await self._audit(
             actor, "limits.clear", f"team:{team}", {"overrides": before}, {"overrides": after}
         )
@@ -102,7 +102,7 @@ class AdminService:
     ) -> dict[str, Any]:
         inputs.check_team(team)
         window = inputs.parse_window(doc)
-        held = await self.quota.reset_usage(team, window)
+        held = await self.quota.admin.reset_usage(team, window)
         await self._audit(
             actor,
             "usage.reset",
@@ -137,7 +137,7 @@ class AdminService:
         job = await self._job(video_id)
         if job is None:
             raise NotFound()
-        return job_view(job, quota=await self.quota.reservation(job.team, job.id))
+        return job_view(job, quota=await self.quota.admin.reservation(job.team, job.id))
 
     async def _job(self, video_id: str) -> Job | None:
         return await self.registry.get(video_id) if valid_video_id(video_id) else None

@@ -20,7 +20,7 @@ from redis.exceptions import RedisError
 
 from gateway.errors import StoreUnavailable
 from gateway.quota.service import QuotaService
-from gateway.store.keys import RECONCILER_LEADER, TeamKeys
+from gateway.store.keys import RECONCILER_LEADER
 from gateway.store.lua import script
 from gateway.videos.registry import JobRegistry
 from gateway.videos.service import VideoService
@@ -101,23 +101,20 @@ class Reconciler:
     async def run_once(self) -> Report:
         report = Report()
         now_ms = int(self.clock() * 1000)
-        for team in await self.quota.store.teams():
+        for team in await self.quota.teams_seen():
             await self._team(team, now_ms, report)
         if any(report.drift.values()):
             log.warning("reconciler repaired drift: %s", report.drift)
         return report
 
     async def _team(self, team: str, now_ms: int, report: Report) -> None:
-        k = TeamKeys(team)
-        store = self.quota.store
-        stale = await store.open_jobs(k, now_ms - self.idle_ms, BATCH)
-        for job_id in stale:
+        stale = await self.quota.stale_reservations(team, now_ms - self.idle_ms, BATCH)
+        for job_id, res in stale:
             self._runs += 1
-            res = await store.reservation(k, job_id)
             if res.get("state") != "reserved":
                 # Settled, but still indexed as open: a crash between two writes.
                 report.drift["open_index"] = report.drift.get("open_index", 0) + 1
-                await store.drop_open(k, [job_id])
+                await self.quota.forget_open(team, job_id)
                 continue
             seen_ms = now_ms - int(res.get("reserved_ms", now_ms))
             job = await self.registry.get(job_id)
@@ -139,15 +136,6 @@ class Reconciler:
             # Polls (coalesced with callers), settles if it ended, renews the lease if not,
             # and fails it past the deadline.
             await self.videos.refresh(job, request_id=f"reconciler-{self._token}-{self._runs}")
-        await self._repair_slots(k, report)
-
-    async def _repair_slots(self, k: TeamKeys, report: Report) -> None:
-        """A slot without an open reservation would block the team forever: drop it."""
-        holders = await self.quota.store.slot_holders(k)
-        if not holders:
-            return
-        is_open = await self.quota.store.is_open(k, holders)
-        strays = [h for h, o in zip(holders, is_open, strict=True) if not o]
-        if strays:
-            dropped = await self.quota.store.drop_slots(k, strays)
+        dropped = await self.quota.drop_stray_slots(team)
+        if dropped:
             report.drift["slots"] = report.drift.get("slots", 0) + dropped

@@ -252,7 +252,7 @@ class VideoService:
         if self.quota is not None:
             # Reserved before anything goes upstream: a rejected team costs nothing.
             await self.quota.reserve(
-                who.team, video_id, self.quota.cost(req.model, req.seconds, req.size)
+                who.team, video_id, self.quota.policy.cost(req.model, req.seconds, req.size)
             )
         try:
             doc, key_id = await self._call_json(
@@ -295,7 +295,7 @@ class VideoService:
         )
         job.status, job.progress = up.status, up.progress
         await self.registry.add(job)
-        spend = self.quota.cost(req.model, req.seconds, req.size).spend if self.quota else 0.0
+        spend = self.quota.policy.cost(req.model, req.seconds, req.size).spend if self.quota else 0.0
         self.events.created(job.team, job.model, job.seconds, spend)
         await self._settle_if_finished(job)
         return self._answer(job, base_url)
@@ -481,13 +481,29 @@ class VideoService:
             raw = await resp.read(64 * 1024)
             resp.close()
             exc = caller_error(resp, raw, self.secrets(), unsafe=False)
+            # The registry saw this job complete, so an upstream that no longer knows the task
+            # has dropped it (result URLs expire; a dev simulator forgets on restart). Waiting
+            # cannot bring it back, so unlike a job still running this is final.
+            if exc.code == "task_not_exist" or (
+                resp.status == 404
+                and exc.code != "variant_not_found"
+                and variant in (None, "video")
+            ):
+                raise GatewayError(
+                    "The upstream no longer has this video's content (result URLs are "
+                    "temporary); create the video again.",
+                    code="video_content_gone",
+                    param="video_id",
+                    status=410,
+                    headers={"x-should-retry": "false"},
+                )
             if resp.status == 404 or exc.code == "variant_not_found":
                 raise NotFound(
                     f"The {variant or 'video'} variant is not available.",
                     code="variant_not_available",
                     param="variant",
                 )
-            if exc.code in ("task_not_completed", "task_not_exist"):
+            if exc.code == "task_not_completed":
                 raise InvalidRequest(
                     "The video is not available upstream yet.",
                     code="video_not_ready",

@@ -69,11 +69,11 @@ async def test_rate_limit_admits_exactly_the_limit_and_says_when(redis: Redis) -
     clock = Clock(at("2026-12-01T10:00:00"))
     svc, team = service(redis, clock, {"requests_per_minute": 5})
     for i in range(5):
-        headers = dict(await svc.check_rate(team))
+        headers = dict(await svc.rate.check(team))
         assert headers[b"x-ratelimit-remaining-requests"] == str(4 - i).encode()
     clock.t += 20
     with pytest.raises(QuotaExceeded) as err:
-        await svc.check_rate(team)
+        await svc.rate.check(team)
     e = err.value
     assert (e.status, e.code) == (429, "rate_limit_exceeded")
     assert (e.headers["retry-after"], e.headers["retry-after-ms"]) == ("40", "40000")
@@ -81,23 +81,23 @@ async def test_rate_limit_admits_exactly_the_limit_and_says_when(redis: Redis) -
     assert "5 requests per minute" in e.message
     # A rejected request is not counted: 40 s later the first five have left the window.
     clock.t += 40
-    await svc.check_rate(team)
+    await svc.rate.check(team)
 
 
 async def test_no_double_burst_at_a_window_boundary(redis: Redis) -> None:
     clock = Clock(at("2026-12-01T10:00:59.900"))
     svc, team = service(redis, clock, {"requests_per_minute": 4})
     for _ in range(4):
-        await svc.check_rate(team)
+        await svc.rate.check(team)
     clock.t = at("2026-12-01T10:01:00.100")  # a fixed window would reset here
     with pytest.raises(QuotaExceeded):
-        await svc.check_rate(team)
+        await svc.rate.check(team)
 
 
 async def test_concurrent_rate_checks_admit_exactly_the_limit(redis: Redis) -> None:
     svc, team = service(redis, Clock(at("2026-12-01T10:00:00")), {"requests_per_minute": 100})
     results = await asyncio.gather(
-        *(svc.check_rate(team) for _ in range(400)), return_exceptions=True
+        *(svc.rate.check(team) for _ in range(400)), return_exceptions=True
     )
     assert sum(not isinstance(r, BaseException) for r in results) == 100
     assert all(isinstance(r, QuotaExceeded) for r in results if isinstance(r, BaseException))
@@ -106,7 +106,7 @@ async def test_concurrent_rate_checks_admit_exactly_the_limit(redis: Redis) -> N
 async def test_zero_means_blocked_and_not_worth_retrying(redis: Redis) -> None:
     svc, team = service(redis, Clock(at("2026-12-01T10:00:00")), {"requests_per_minute": 0})
     with pytest.raises(QuotaExceeded) as err:
-        await svc.check_rate(team)
+        await svc.rate.check(team)
     assert err.value.headers["x-should-retry"] == "false"
     assert "retry-after" not in err.value.headers
 
@@ -230,7 +230,7 @@ async def test_usage_report(redis: Redis) -> None:
     svc, team = service(
         redis, clock, {"requests_per_minute": 10, "video_seconds_per_day": 30, "concurrent_jobs": 2}
     )
-    await svc.check_rate(team)
+    await svc.rate.check(team)
     await svc.reserve(team, "video_" + "7" * 32, four_seconds())
     report = await svc.usage(team)
     limits = report["limits"]
@@ -260,7 +260,7 @@ async def test_a_refund_after_an_admin_reset_spares_later_charges(redis: Redis) 
     early, late = "video_" + "8" * 32, "video_" + "9" * 32
     await svc.reserve(team, early, four_seconds())
     clock.t += 1
-    await svc.reset_usage(team, "all")
+    await svc.admin.reset_usage(team, "all")
     clock.t += 1
     await svc.reserve(team, late, four_seconds())
     assert await svc.settle(team, early, "refunded")

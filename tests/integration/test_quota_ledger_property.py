@@ -430,7 +430,7 @@ class QuotaLedger(RuleBasedStateMachine):
             "month": ["video_seconds_per_month", "spend_per_month"],
             "all": list(keys),
         }[window]
-        held = self.run(self.svc.reset_usage(self.team, window))
+        held = self.run(self.svc.admin.reset_usage(self.team, window))
         for kind in kinds:
             key = keys[kind]
             assert held[kind] == shown(kind, self.counters.get(key, 0)), (kind, held)
@@ -547,7 +547,7 @@ async def test_a_job_reserved_in_the_reset_millisecond_is_refunded(redis_url: st
             clock=Clock(START_MS),  # never moves: all three calls share one millisecond
         )
         job = f"video_{1:032x}"
-        await svc.reset_usage(team, "day")
+        await svc.admin.reset_usage(team, "day")
         await svc.reserve(team, job, job_cost(4, "1280x720"))
         assert await svc.settle(team, job, "refunded")
         day = TeamKeys(team).video_day("20261231")

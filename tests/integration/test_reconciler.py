@@ -139,7 +139,7 @@ def test_orphans_are_refunded_and_stray_slots_dropped(own_redis: str, team: str)
                 quota = QuotaService(
                     QuotaStore(r), st.quota, teams=st.teams, videos=st.videos, clock=time.time
                 )
-                await quota.reserve(team, orphan, quota.cost("sora-2", 8, "1280x720"))
+                await quota.reserve(team, orphan, quota.policy.cost("sora-2", 8, "1280x720"))
             finally:
                 await close_redis(r)
 

@@ -59,7 +59,7 @@ def service(redis: Redis, limits: dict[str, int]) -> tuple[QuotaService, str]:
 async def test_rate_limit_is_exact_on_a_cluster(redis: Redis) -> None:
     svc, team = service(redis, {"requests_per_minute": 100})
     results = await asyncio.gather(
-        *(svc.check_rate(team) for _ in range(400)), return_exceptions=True
+        *(svc.rate.check(team) for _ in range(400)), return_exceptions=True
     )
     assert sum(not isinstance(r, BaseException) for r in results) == 100
     assert all(isinstance(r, QuotaExceeded) for r in results if isinstance(r, BaseException))

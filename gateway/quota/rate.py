@@ -1,0 +1,110 @@
+"""The per-request rate check: count one request against its team's sliding-window limit in
+one script call, and say the team's room in OpenAI's x-ratelimit-* headers.
+
+Redis unreachable (``StoreUnavailable``): fail open (counted) or closed, by config.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import secrets
+
+from gateway.errors import QuotaExceeded, StoreUnavailable
+from gateway.quota import model
+from gateway.quota.model import Windows
+from gateway.quota.policy import Decision, QuotaPolicy, iso, num, wait_headers
+from gateway.quota.store import QuotaStore
+from gateway.store.keys import TeamKeys
+
+
+class RateLimiter:
+    def __init__(self, store: QuotaStore, policy: QuotaPolicy, *, on_decision: Decision) -> None:
+        self.store = store
+        self.policy = policy
+        self._on_decision = on_decision
+        # Rate-log members must be unique across replicas and requests, and cheap.
+        self._member_prefix = f"{os.getpid()}.{secrets.token_hex(4)}."
+        self._seq = itertools.count()
+
+    async def check(self, team: str) -> list[tuple[bytes, bytes]]:
+        """Count one request; raise QuotaExceeded past the limit. Returns x-ratelimit headers."""
+        now = self.policy.clock()
+        w = self.policy.windows(now)
+        k = TeamKeys(team)
+        try:
+            r = await self.store.rate(
+                k,
+                now_ms=int(now * 1000),
+                member=f"{self._member_prefix}{next(self._seq)}",
+                defaults=(
+                    self.policy.defaults(
+                        team,
+                        "requests_per_minute",
+                        "video_seconds_per_day",
+                        "video_seconds_per_month",
+                    )
+                ),
+                day=w.day,
+                month=w.month,
+                window_ms=model.RATE_WINDOW_MS,
+            )
+        except StoreUnavailable:
+            if self.policy.settings.rate_fail_open:
+                self._on_decision(team, "requests_per_minute", "fail_open")
+                return []
+            raise
+        allowed, rpm, used, retry_ms, reset_ms, d_lim, d_used, m_lim, m_used = r
+        headers = self._rate_headers(rpm, used, reset_ms, w, d_lim, d_used, m_lim, m_used)
+        if allowed:
+            self._on_decision(team, "requests_per_minute", "allowed")
+            return headers
+        self._on_decision(team, "requests_per_minute", "rejected")
+        wait = None if retry_ms < 0 else retry_ms / 1000
+        when = "it is 0" if wait is None else f"retry in {math.ceil(wait)} s"
+        raise QuotaExceeded(
+            f"Team '{team}' has reached its limit of {rpm} requests per minute; {when}.",
+            code="rate_limit_exceeded",
+            headers={
+                **wait_headers(wait),
+                **{a.decode(): b.decode() for a, b in headers},
+            },
+        )
+
+    @staticmethod
+    def _rate_headers(
+        rpm: int,
+        used: int,
+        reset_ms: int,
+        w: Windows,
+        d_lim: int,
+        d_used: int,
+        m_lim: int,
+        m_used: int,
+    ) -> list[tuple[bytes, bytes]]:
+        out: list[tuple[bytes, bytes]] = []
+        if rpm >= 0:
+            out += [
+                (b"x-ratelimit-limit-requests", str(rpm).encode()),
+                (b"x-ratelimit-remaining-requests", str(max(0, rpm - used)).encode()),
+                (b"x-ratelimit-reset-requests", model.duration_text(reset_ms / 1000).encode()),
+            ]
+        # The binding video-seconds window: whichever leaves less room.
+        windows = [
+            (lim, used_, reset)
+            for lim, used_, reset in ((d_lim, d_used, w.day_reset), (m_lim, m_used, w.month_reset))
+            if lim >= 0
+        ]
+        if windows:
+            lim, used_, reset = min(windows, key=lambda x: x[0] - x[1])
+            kind = "video_seconds_per_day"
+            out += [
+                (b"x-ratelimit-limit-video-seconds", num(model.shown(kind, lim))),
+                (
+                    b"x-ratelimit-remaining-video-seconds",
+                    num(model.shown(kind, max(0, lim - used_))),
+                ),
+                (b"x-ratelimit-reset-video-seconds", iso(reset).encode()),
+            ]
+        return out
