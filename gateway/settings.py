@@ -2,19 +2,22 @@
 
 A config file may reference the environment as ``${NAME}`` or ``${NAME:-default}``. Secrets
 belong in the environment (or in files named by ``*_file`` keys), never in the YAML itself.
-Every validation error names the dotted key and the problem, so ``gateway check-config`` can
-tell an operator exactly what to fix.
+Every validation error names the dotted key and the problem, and a file is checked whole
+(every problem, keys given twice among them), so ``gateway check-config`` can tell an operator
+everything there is to fix at once.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import ipaddress
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
@@ -38,6 +41,28 @@ class SettingsError(ValueError):
         super().__init__(f"{key}: {problem}")
         self.key = key
         self.problem = problem
+
+    @property
+    def errors(self) -> tuple[SettingsError, ...]:
+        return (self,)
+
+
+class SettingsErrors(SettingsError):
+    """Several problems in one config; ``key`` and ``problem`` are the first one's."""
+
+    def __init__(self, errors: Sequence[SettingsError]) -> None:
+        super().__init__(errors[0].key, errors[0].problem)
+        self._errors = tuple(errors)
+        self.args = ("\n".join(str(e) for e in self._errors),)
+
+    @property
+    def errors(self) -> tuple[SettingsError, ...]:
+        return self._errors
+
+
+class ConfigFileError(SettingsError):
+    """The file itself is the problem (unreadable, not YAML); ``key`` is where: a path, or
+    ``path:line:column``."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -193,10 +218,59 @@ class Settings:
 
 
 # -- loading ---------------------------------------------------------------------------------
+#
+# Every default is the dataclass's own: a section reads a missing key from a default instance
+# of its dataclass, so a default is written once. Errors are collected rather than raised one
+# at a time, so that `gateway check-config` reports everything wrong with a file in one go.
+
+_TRUE_WORDS = frozenset({"true", "yes", "on", "1"})
+_FALSE_WORDS = frozenset({"false", "no", "off", "0"})
+_FROM_CLASS: Any = object()  # an accessor's default: the section dataclass's own
+
+
+def parse_bool(value: Any, key: str) -> bool:
+    """A YAML boolean, 0 or 1, or (what ``${NAME:-false}`` expands to) one of the strings
+    true/false, yes/no, on/off, 1/0 in any case."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word in _TRUE_WORDS:
+            return True
+        if word in _FALSE_WORDS:
+            return False
+    raise SettingsError(key, f"must be true or false (or yes/no, on/off, 1/0), got {value!r}")
+
+
+def _covers(key: str, earlier: str) -> bool:
+    """``key`` is ``earlier`` or contains it: after ``auth.hs256_secrets[0]`` (an unset
+    variable), ``auth.hs256_secrets`` (no secret at all) says nothing new."""
+    return earlier == key or earlier.startswith((key + ".", key + "["))
+
+
+class _Problems:
+    """The errors found in one document. A key's later errors follow from its first (an unset
+    variable leaves an empty value, which is then also too short), so only the first is kept."""
+
+    def __init__(self) -> None:
+        self.errors: list[SettingsError] = []
+
+    def add(self, error: SettingsError) -> None:
+        if not any(_covers(error.key, e.key) for e in self.errors):
+            self.errors.append(error)
+
+    def raise_any(self) -> None:
+        if len(self.errors) == 1:
+            raise self.errors[0]
+        if self.errors:
+            raise SettingsErrors(self.errors)
 
 
 def interpolate(value: str, env: Mapping[str, str], key: str) -> str:
     """Expand ``${NAME}`` and ``${NAME:-default}``; an unset NAME without default is an error."""
+    missing: list[str] = []
 
     def repl(m: re.Match[str]) -> str:
         name, default = m.group(1), m.group(2)
@@ -205,97 +279,152 @@ def interpolate(value: str, env: Mapping[str, str], key: str) -> str:
             return got
         if default is not None:
             return default
-        if got == "":
-            return ""
-        raise SettingsError(key, f"environment variable {name} is not set")
+        if got is None:
+            missing.append(name)
+        return ""
 
-    return _ENV_REF.sub(repl, value)
+    out = _ENV_REF.sub(repl, value)
+    if len(missing) == 1:
+        raise SettingsError(key, f"environment variable {missing[0]} is not set")
+    if missing:
+        raise SettingsError(key, f"environment variables {', '.join(missing)} are not set")
+    return out
 
 
-def _expand(node: Any, env: Mapping[str, str], key: str) -> Any:
+def _expand(node: Any, env: Mapping[str, str], key: str, problems: _Problems) -> Any:
     if isinstance(node, str):
-        return interpolate(node, env, key)
+        try:
+            return interpolate(node, env, key)
+        except SettingsError as exc:
+            problems.add(exc)
+            return ""
     if isinstance(node, list):
-        return [_expand(v, env, f"{key}[{i}]") for i, v in enumerate(node)]
+        return [_expand(v, env, f"{key}[{i}]", problems) for i, v in enumerate(node)]
     if isinstance(node, dict):
-        return {k: _expand(v, env, f"{key}.{k}" if key else str(k)) for k, v in node.items()}
+        return {
+            k: _expand(v, env, f"{key}.{k}" if key else str(k), problems) for k, v in node.items()
+        }
     return node
 
 
 class _Section:
-    """Reads typed values out of one mapping and remembers which keys were consumed."""
+    """Reads typed values out of one mapping and remembers which keys were consumed.
 
-    def __init__(self, data: Any, path: str) -> None:
+    A missing key yields the default (``defaults``, an instance of the section's dataclass); a
+    bad one is recorded in ``problems`` and yields the default too, so reading goes on.
+    """
+
+    def __init__(self, data: Any, path: str, defaults: Any, problems: _Problems) -> None:
         if data is None:
             data = {}
         if not isinstance(data, dict):
-            raise SettingsError(path, "must be a mapping")
+            problems.add(SettingsError(path, "must be a mapping"))
+            data = {}
         self.data: dict[str, Any] = data
         self.path = path
+        self.defaults = defaults
+        self.problems = problems
         self.used: set[str] = set()
 
     def key(self, name: str) -> str:
         return f"{self.path}.{name}" if self.path else name
 
-    def raw(self, name: str, default: Any = None) -> Any:
+    def fail(self, name: str, problem: str) -> None:
+        """Record a problem with ``name`` (relative to this section: ``keys[0].id`` is fine)."""
+        self.problems.add(SettingsError(self.key(name), problem))
+
+    def given(self, name: str) -> bool:
+        return name in self.data
+
+    def default(self, name: str, default: Any = _FROM_CLASS) -> Any:
+        return getattr(self.defaults, name) if default is _FROM_CLASS else default
+
+    def raw(self, name: str, default: Any = _FROM_CLASS) -> Any:
         self.used.add(name)
-        return self.data.get(name, default)
+        if name not in self.data:
+            return self.default(name, default)
+        return self.data[name]
 
-    def string(self, name: str, default: str | None) -> str | None:
-        v = self.raw(name, default)
-        if v is None:
-            return None
-        if not isinstance(v, str | int | float) or isinstance(v, bool):
-            raise SettingsError(self.key(name), "must be a string")
-        return str(v)
-
-    def req_string(self, name: str, default: str) -> str:
-        v = self.string(name, default)
-        if not v:
-            raise SettingsError(self.key(name), "must not be empty")
-        return v
-
-    def number(self, name: str, default: float, *, minimum: float = 0.0) -> float:
-        v = self.raw(name, default)
-        if isinstance(v, str):
-            try:
-                v = float(v)
-            except ValueError:
-                raise SettingsError(self.key(name), f"must be a number, got {v!r}") from None
-        if isinstance(v, bool) or not isinstance(v, int | float):
-            raise SettingsError(self.key(name), "must be a number")
-        if v < minimum:
-            raise SettingsError(self.key(name), f"must be >= {minimum:g}")
-        return float(v)
-
-    def integer(self, name: str, default: int, *, minimum: int = 0) -> int:
-        v = self.raw(name, default)
-        if isinstance(v, str) and v.strip().lstrip("-").isdigit():
-            v = int(v)
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise SettingsError(self.key(name), "must be an integer")
-        if v < minimum:
-            raise SettingsError(self.key(name), f"must be >= {minimum}")
-        return v
-
-    def strings(self, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
-        v = self.raw(name, list(default))
-        if v is None:
-            return ()
-        if isinstance(v, str):
-            v = [s.strip() for s in v.split(",")]
-        if not isinstance(v, list) or not all(isinstance(s, str) for s in v):
-            raise SettingsError(self.key(name), "must be a list of strings")
-        return tuple(s for s in v if s)
-
-    def section(self, name: str) -> _Section:
+    def _read(self, name: str, default: Any, check: Any) -> Any:
         self.used.add(name)
-        return _Section(self.data.get(name), self.key(name))
+        if name not in self.data:
+            return self.default(name, default)
+        try:
+            return check(self.data[name], self.key(name))
+        except SettingsError as exc:
+            self.problems.add(exc)
+            return self.default(name, default)
+
+    def string(self, name: str, default: Any = _FROM_CLASS) -> str | None:
+        def check(v: Any, key: str) -> str | None:
+            if v is None:
+                return None
+            if not isinstance(v, str | int | float) or isinstance(v, bool):
+                raise SettingsError(key, "must be a string")
+            return str(v)
+
+        out = self._read(name, default, check)
+        return None if out is None else str(out)
+
+    def req_string(self, name: str, default: Any = _FROM_CLASS) -> str:
+        def check(v: Any, key: str) -> str:
+            if not isinstance(v, str | int | float) or isinstance(v, bool):
+                raise SettingsError(key, "must be a string")
+            if not str(v):
+                raise SettingsError(key, "must not be empty")
+            return str(v)
+
+        return str(self._read(name, default, check))
+
+    def number(self, name: str, *, minimum: float = 0.0, default: Any = _FROM_CLASS) -> float:
+        def check(v: Any, key: str) -> float:
+            if isinstance(v, str):
+                try:
+                    v = float(v)
+                except ValueError:
+                    raise SettingsError(key, f"must be a number, got {v!r}") from None
+            if isinstance(v, bool) or not isinstance(v, int | float):
+                raise SettingsError(key, "must be a number")
+            if v < minimum:
+                raise SettingsError(key, f"must be >= {minimum:g}")
+            return float(v)
+
+        return float(self._read(name, default, check))
+
+    def integer(self, name: str, *, minimum: int = 0, default: Any = _FROM_CLASS) -> int:
+        def check(v: Any, key: str) -> int:
+            if isinstance(v, str) and v.strip().lstrip("-").isdigit():
+                v = int(v)
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise SettingsError(key, "must be an integer")
+            if v < minimum:
+                raise SettingsError(key, f"must be >= {minimum}")
+            return v
+
+        return int(self._read(name, default, check))
+
+    def flag(self, name: str) -> bool:
+        return bool(self._read(name, _FROM_CLASS, parse_bool))
+
+    def strings(self, name: str, default: Any = _FROM_CLASS) -> tuple[str, ...]:
+        def check(v: Any, key: str) -> tuple[str, ...]:
+            if v is None:
+                return ()
+            if isinstance(v, str):
+                v = [s.strip() for s in v.split(",")]
+            if not isinstance(v, list) or not all(isinstance(s, str) for s in v):
+                raise SettingsError(key, "must be a list of strings")
+            return tuple(s for s in v if s)
+
+        return tuple(self._read(name, default, check))
+
+    def section(self, name: str, defaults: Any = None) -> _Section:
+        self.used.add(name)
+        return _Section(self.data.get(name), self.key(name), defaults, self.problems)
 
     def finish(self) -> None:
-        unknown = sorted(set(self.data) - self.used)
-        if unknown:
-            raise SettingsError(self.key(unknown[0]), "unknown setting")
+        for name in sorted(set(self.data) - self.used, key=str):
+            self.fail(str(name), "unknown setting")
 
 
 def _read_secret_file(path: str, key: str) -> str:
@@ -303,6 +432,17 @@ def _read_secret_file(path: str, key: str) -> str:
         return Path(path).read_text().strip()
     except OSError as exc:
         raise SettingsError(key, f"cannot read secret file {path!r}: {exc.strerror}") from None
+
+
+def _secret_file(sec: _Section, name: str) -> str | None:
+    path = sec.string(name, None)
+    if not path:
+        return None
+    try:
+        return _read_secret_file(path, sec.key(name))
+    except SettingsError as exc:
+        sec.problems.add(exc)
+        return None
 
 
 def parse_key_list(spec: str, key: str = "CRAZYROUTER_API_KEYS") -> tuple[UpstreamKey, ...]:
@@ -320,153 +460,176 @@ def parse_key_list(spec: str, key: str = "CRAZYROUTER_API_KEYS") -> tuple[Upstre
     return tuple(keys)
 
 
+def _split_url(sec: _Section, name: str, url: str) -> SplitResult | None:
+    """``url`` split, or None (and a recorded problem) when it is not an http(s) URL."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 -- raises on a port that is not a number in range
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        sec.fail(name, "must be an http(s) URL")
+        return None
+    return parts
+
+
 def _upstream(sec: _Section, env: Mapping[str, str]) -> UpstreamSettings:
-    base_url = sec.req_string("base_url", UpstreamSettings.base_url) or ""
-    parts = urlsplit(base_url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise SettingsError(sec.key("base_url"), "must be an http(s) URL")
-    if parts.query or parts.fragment:
-        raise SettingsError(sec.key("base_url"), "must not have a query or fragment")
-    raw_keys = sec.raw("keys", [])
-    if raw_keys is None:
-        raw_keys = []
-    if not isinstance(raw_keys, list):
-        raise SettingsError(sec.key("keys"), "must be a list of {id, secret}")
-    keys: list[UpstreamKey] = []
-    for i, item in enumerate(raw_keys):
-        k = _Section(item, f"{sec.key('keys')}[{i}]")
-        kid = k.req_string("id", "") or ""
-        if not _KEY_ID.match(kid):
-            raise SettingsError(k.key("id"), "must be 1-64 of [A-Za-z0-9_.-]")
-        secret = k.string("secret", None)
-        secret_file = k.string("secret_file", None)
-        if secret_file:
-            secret = _read_secret_file(secret_file, k.key("secret_file"))
-        k.finish()
-        if not secret:
-            raise SettingsError(k.key("secret"), "is empty (set it from the environment)")
-        keys.append(UpstreamKey(id=kid, secret=secret))
+    base_url = sec.req_string("base_url")
+    parts = _split_url(sec, "base_url", base_url)
+    if parts is not None and (parts.query or parts.fragment):
+        sec.fail("base_url", "must not have a query or fragment")
+    keys = _upstream_keys(sec)
     shortcut = env.get("CRAZYROUTER_API_KEYS", "").strip()
     if shortcut:
-        keys = list(parse_key_list(shortcut))
+        try:
+            keys = list(parse_key_list(shortcut))
+        except SettingsError as exc:
+            sec.problems.add(exc)
     ids = [k.id for k in keys]
     dup = next((i for i in ids if ids.count(i) > 1), None)
     if dup:
-        raise SettingsError(sec.key("keys"), f"duplicate key id {dup!r}")
+        sec.fail("keys", f"duplicate key id {dup!r}")
     out = UpstreamSettings(
         base_url=base_url.rstrip("/"),
         keys=tuple(keys),
-        connect_timeout=sec.number("connect_timeout", 5.0, minimum=0.01),
-        read_timeout=sec.number("read_timeout", 300.0, minimum=0.01),
-        max_connections=sec.integer("max_connections", 512, minimum=1),
-        cooldown_seconds=sec.number("cooldown_seconds", 30.0),
-        quarantine_seconds=sec.number("quarantine_seconds", 3600.0),
-        health_cache_seconds=sec.number("health_cache_seconds", 1.0),
+        connect_timeout=sec.number("connect_timeout", minimum=0.01),
+        read_timeout=sec.number("read_timeout", minimum=0.01),
+        max_connections=sec.integer("max_connections", minimum=1),
+        cooldown_seconds=sec.number("cooldown_seconds"),
+        quarantine_seconds=sec.number("quarantine_seconds"),
+        health_cache_seconds=sec.number("health_cache_seconds"),
         trusted_networks=_networks(sec, "trusted_networks"),
     )
     sec.finish()
     return out
 
 
+def _upstream_keys(sec: _Section) -> list[UpstreamKey]:
+    raw_keys = sec.raw("keys")
+    if raw_keys is None or raw_keys == ():
+        return []
+    if not isinstance(raw_keys, list):
+        sec.fail("keys", "must be a list of {id, secret}")
+        return []
+    keys: list[UpstreamKey] = []
+    for i, item in enumerate(raw_keys):
+        k = _Section(item, sec.key(f"keys[{i}]"), None, sec.problems)
+        kid = k.req_string("id", "")
+        if not _KEY_ID.match(kid):
+            k.fail("id", "must be 1-64 of [A-Za-z0-9_.-]")
+        secret = k.string("secret", None)
+        secret = _secret_file(k, "secret_file") or secret
+        k.finish()
+        if not secret:
+            k.fail("secret", "is empty (set it from the environment)")
+        keys.append(UpstreamKey(id=kid, secret=secret or ""))
+    return keys
+
+
 def _networks(sec: _Section, name: str) -> tuple[str, ...]:
-    specs = sec.strings(name, ())
+    specs = sec.strings(name)
     try:
         return tuple(str(n) for n in parse_networks(specs))
     except ValueError as exc:
-        raise SettingsError(sec.key(name), str(exc)) from None
+        sec.fail(name, str(exc))
+        return ()
 
 
 def _redis(sec: _Section) -> RedisSettings:
-    url = sec.req_string("url", EMBEDDED) or EMBEDDED
-    if url != EMBEDDED and urlsplit(url).scheme not in ("redis", "rediss", "unix"):
-        raise SettingsError(sec.key("url"), "must be 'embedded' or a redis://, rediss:// URL")
+    url = sec.req_string("url")
+    if url != EMBEDDED:
+        try:
+            scheme = urlsplit(url).scheme
+        except ValueError:
+            scheme = ""
+        if scheme not in ("redis", "rediss", "unix"):
+            sec.fail("url", "must be 'embedded' or a redis://, rediss:// URL")
     out = RedisSettings(
         url=url,
-        socket_timeout=sec.number("socket_timeout", 0.5, minimum=0.01),
-        connect_timeout=sec.number("connect_timeout", 0.5, minimum=0.01),
-        max_connections=sec.integer("max_connections", 32, minimum=1),
-        pool_timeout=sec.number("pool_timeout", 0.5, minimum=0.01),
-        data_dir=sec.req_string("data_dir", ".gateway-data") or ".gateway-data",
-        cluster=_flag(sec, "cluster", False),
+        socket_timeout=sec.number("socket_timeout", minimum=0.01),
+        connect_timeout=sec.number("connect_timeout", minimum=0.01),
+        max_connections=sec.integer("max_connections", minimum=1),
+        pool_timeout=sec.number("pool_timeout", minimum=0.01),
+        data_dir=sec.req_string("data_dir"),
+        cluster=sec.flag("cluster"),
     )
     if out.cluster and out.embedded:
-        raise SettingsError(sec.key("cluster"), "needs a redis:// URL of a cluster node")
+        sec.fail("cluster", "needs a redis:// URL of a cluster node")
     sec.finish()
     return out
 
 
 def _access_log_mode(sec: _Section) -> str:
     # YAML reads a bare `off` as false (and `on` as true): accept what people will write.
-    raw = sec.raw("access_log", "auto")
+    raw = sec.raw("access_log")
     if raw is False:
         return "off"
     if raw is True:
         return "auto"
-    return sec.req_string("access_log", "auto") or "auto"
-
-
-def _flag(sec: _Section, name: str, default: bool) -> bool:
-    v = sec.raw(name, default)
-    if isinstance(v, str) and v.lower() in ("true", "false", "1", "0", "yes", "no"):
-        v = v.lower() in ("true", "1", "yes")
-    if not isinstance(v, bool):
-        raise SettingsError(sec.key(name), "must be true or false")
-    return v
+    mode = sec.req_string("access_log")
+    if mode not in ("auto", "json", "text", "off"):
+        sec.fail("access_log", "must be auto, json, text or off")
+    return mode
 
 
 def _auth(sec: _Section) -> AuthSettings:
-    secrets = list(sec.strings("hs256_secrets", ()))
-    for path in sec.strings("hs256_secret_files", ()):
-        secrets.append(_read_secret_file(path, sec.key("hs256_secret_files")))
+    secrets = list(sec.strings("hs256_secrets"))
+    for i, path in enumerate(sec.strings("hs256_secret_files", ())):
+        try:
+            secrets.append(_read_secret_file(path, sec.key(f"hs256_secret_files[{i}]")))
+        except SettingsError as exc:
+            sec.problems.add(exc)
     for i, s in enumerate(secrets):
         if len(s.encode()) < HS256_MIN_SECRET_BYTES:
-            raise SettingsError(
-                f"{sec.key('hs256_secrets')}[{i}]",
-                f"must be at least {HS256_MIN_SECRET_BYTES} bytes",
-            )
+            sec.fail(f"hs256_secrets[{i}]", f"must be at least {HS256_MIN_SECRET_BYTES} bytes")
     public_keys: list[str] = []
-    for i, pk in enumerate(sec.strings("public_keys", ())):
+    for i, pk in enumerate(sec.strings("public_keys")):
         if "-----BEGIN" not in pk:
-            pk = _read_secret_file(pk, f"{sec.key('public_keys')}[{i}]")
+            try:
+                pk = _read_secret_file(pk, sec.key(f"public_keys[{i}]"))
+            except SettingsError as exc:
+                sec.problems.add(exc)
+                continue
         public_keys.append(pk)
-    algorithms = sec.strings("algorithms", ("HS256",))
+    algorithms = sec.strings("algorithms")
     if not algorithms:
-        raise SettingsError(sec.key("algorithms"), "must name at least one algorithm")
+        sec.fail("algorithms", "must name at least one algorithm")
     for alg in algorithms:
         if alg not in SUPPORTED_ALGORITHMS:
-            raise SettingsError(sec.key("algorithms"), f"unsupported algorithm {alg!r}")
-    jwks_url = sec.string("jwks_url", None) or None
-    if jwks_url and urlsplit(jwks_url).scheme not in ("http", "https"):
-        raise SettingsError(sec.key("jwks_url"), "must be an http(s) URL")
+            sec.fail("algorithms", f"unsupported algorithm {alg!r}")
+    jwks_url = sec.string("jwks_url") or None
+    if jwks_url:
+        _split_url(sec, "jwks_url", jwks_url)
     if any(a.startswith("HS") for a in algorithms) and not secrets:
-        raise SettingsError(sec.key("hs256_secrets"), "HS algorithms need at least one secret")
+        sec.fail("hs256_secrets", "HS algorithms need at least one secret")
     if any(not a.startswith("HS") for a in algorithms) and not (public_keys or jwks_url):
-        raise SettingsError(sec.key("public_keys"), "RS/ES algorithms need public_keys or jwks_url")
+        sec.fail("public_keys", "RS/ES algorithms need public_keys or jwks_url")
     out = AuthSettings(
         hs256_secrets=tuple(secrets),
         public_keys=tuple(public_keys),
         jwks_url=jwks_url,
-        jwks_cache_seconds=sec.number("jwks_cache_seconds", 300.0),
-        jwks_refetch_cooldown=sec.number("jwks_refetch_cooldown", 30.0),
-        jwks_timeout=sec.number("jwks_timeout", 3.0, minimum=0.01),
+        jwks_cache_seconds=sec.number("jwks_cache_seconds"),
+        jwks_refetch_cooldown=sec.number("jwks_refetch_cooldown"),
+        jwks_timeout=sec.number("jwks_timeout", minimum=0.01),
         algorithms=algorithms,
-        issuer=sec.string("issuer", None) or None,
-        audience=sec.string("audience", None) or None,
-        leeway=sec.number("leeway", 30.0),
-        team_claim=sec.req_string("team_claim", "team") or "team",
-        roles_claim=sec.req_string("roles_claim", "roles") or "roles",
-        user_claim=sec.req_string("user_claim", "sub") or "sub",
-        admin_role=sec.req_string("admin_role", "gateway-admin") or "gateway-admin",
-        cache_size=sec.integer("cache_size", 10_000),
+        issuer=sec.string("issuer") or None,
+        audience=sec.string("audience") or None,
+        leeway=sec.number("leeway"),
+        team_claim=sec.req_string("team_claim"),
+        roles_claim=sec.req_string("roles_claim"),
+        user_claim=sec.req_string("user_claim"),
+        admin_role=sec.req_string("admin_role"),
+        cache_size=sec.integer("cache_size"),
     )
     sec.finish()
     return out
 
 
 def _server(sec: _Section) -> ServerSettings:
-    if "allowed_path_prefixes" in sec.data:
-        raise SettingsError(
-            sec.key("allowed_path_prefixes"),
+    if sec.given("allowed_path_prefixes"):
+        sec.used.add("allowed_path_prefixes")
+        sec.fail(
+            "allowed_path_prefixes",
             "replaced by the route table: only known routes are forwarded; add others with "
             "server.extra_routes (e.g. ['POST /v1/rerank'])",
         )
@@ -475,91 +638,119 @@ def _server(sec: _Section) -> ServerSettings:
         try:
             extra_routes.append(parse_route(spec))
         except ValueError as exc:
-            raise SettingsError(sec.key("extra_routes"), str(exc)) from None
-    token = sec.string("metrics_token", None) or None
-    token_file = sec.string("metrics_token_file", None)
-    if token_file:
-        token = _read_secret_file(token_file, sec.key("metrics_token_file"))
-    host = sec.req_string("host", "127.0.0.1") or "127.0.0.1"
-    port = sec.integer("port", 8080, minimum=0)
+            sec.fail("extra_routes", str(exc))
+    token = sec.string("metrics_token") or None
+    token = _secret_file(sec, "metrics_token_file") or token
+    host = sec.req_string("host")
+    port = sec.integer("port", minimum=0)
+    if port > 65535:
+        sec.fail("port", "must be <= 65535")
+    loop = sec.req_string("loop")
+    if loop not in ("asyncio", "uvloop"):
+        sec.fail("loop", "must be 'asyncio' or 'uvloop'")
     out = ServerSettings(
         host=host,
         port=port,
-        workers=sec.integer("workers", 1, minimum=1),
-        max_body_bytes=sec.integer("max_body_bytes", 32 * 1024 * 1024, minimum=1024),
-        max_header_bytes=sec.integer("max_header_bytes", 16 * 1024, minimum=1024),
-        header_timeout_seconds=sec.number("header_timeout_seconds", 10.0, minimum=0.1),
-        body_timeout_seconds=sec.number("body_timeout_seconds", 120.0, minimum=0.1),
+        workers=sec.integer("workers", minimum=1),
+        max_body_bytes=sec.integer("max_body_bytes", minimum=1024),
+        max_header_bytes=sec.integer("max_header_bytes", minimum=1024),
+        header_timeout_seconds=sec.number("header_timeout_seconds", minimum=0.1),
+        body_timeout_seconds=sec.number("body_timeout_seconds", minimum=0.1),
         public_base_url=_public_base_url(sec, host, port),
         extra_routes=tuple(extra_routes),
         metrics_token=token,
-        loop=sec.req_string("loop", "asyncio") or "asyncio",
-        drain_seconds=sec.number("drain_seconds", 20.0),
+        loop=loop,
+        drain_seconds=sec.number("drain_seconds"),
         access_log=_access_log_mode(sec),
-        metrics_dir=sec.string("metrics_dir", None) or None,
-        quota_metrics_seconds=sec.number("quota_metrics_seconds", 15.0, minimum=0.1),
+        metrics_dir=sec.string("metrics_dir") or None,
+        quota_metrics_seconds=sec.number("quota_metrics_seconds", minimum=0.1),
     )
-    if out.access_log not in ("auto", "json", "text", "off"):
-        raise SettingsError(sec.key("access_log"), "must be auto, json, text or off")
-    if out.loop not in ("asyncio", "uvloop"):
-        raise SettingsError(sec.key("loop"), "must be 'asyncio' or 'uvloop'")
-    if out.port > 65535:
-        raise SettingsError(sec.key("port"), "must be <= 65535")
     sec.finish()
     return out
+
+
+def listener_url(host: str, port: int) -> str:
+    """The default public base URL: where this listener is reached from this machine."""
+    # A wildcard listener is reachable on loopback; anything public must be configured.
+    name = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    return f"http://[{name}]:{port}" if ":" in name else f"http://{name}:{port}"
+
+
+def listening_on(settings: Settings, host: str | None, port: int | None) -> Settings:
+    """``settings`` for a server told another host/port on its command line: the listener
+    changes, and so does a public base URL that was only derived from it."""
+    server = settings.server
+    host = host or server.host
+    port = server.port if port is None else port
+    derived = server.public_base_url == listener_url(server.host, server.port)
+    url = listener_url(host, port) if derived else server.public_base_url
+    new = dataclasses.replace(server, host=host, port=port, public_base_url=url)
+    return dataclasses.replace(settings, server=new)
 
 
 def _public_base_url(sec: _Section, host: str, port: int) -> str:
     raw = sec.string("public_base_url", None)
     if not raw:
-        # A wildcard listener is reachable on loopback; anything public must be configured.
-        name = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
-        return f"http://[{name}]:{port}" if ":" in name else f"http://{name}:{port}"
-    key = sec.key("public_base_url")
+        return listener_url(host, port)
+    problem = _public_base_url_problem(raw)
+    if problem:
+        sec.fail("public_base_url", problem)
+    return raw.rstrip("/")
+
+
+def _public_base_url_problem(raw: str) -> str | None:
     if any(c.isspace() or not c.isprintable() for c in raw) or "?" in raw or "#" in raw:
-        raise SettingsError(key, "must be an absolute http(s) URL without query or fragment")
+        return "must be an absolute http(s) URL without query or fragment"
     parts = urlsplit(raw)
     try:
         parts.port  # noqa: B018 -- raises on a port that is not a number in range
     except ValueError:
-        raise SettingsError(key, "has an invalid port") from None
+        return "has an invalid port"
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise SettingsError(key, "must be an absolute http(s) URL")
+        return "must be an absolute http(s) URL"
     if parts.username is not None or parts.password is not None:
-        raise SettingsError(key, "must not carry credentials")
-    return raw.rstrip("/")
+        return "must not carry credentials"
+    return None
 
 
 _SIZE = re.compile(r"^[1-9][0-9]{1,4}x[1-9][0-9]{1,4}$")
 
 
 def _video_model(sec: _Section) -> VideoModel:
-    sizes = sec.strings("sizes", ())
+    sizes = sec.strings("sizes")
     for sz in sizes:
         if not _SIZE.match(sz):
-            raise SettingsError(sec.key("sizes"), f"bad size {sz!r} (want WIDTHxHEIGHT)")
-    raw_seconds = sec.raw("seconds", [])
-    if not isinstance(raw_seconds, list) or not all(
+            sec.fail("sizes", f"bad size {sz!r} (want WIDTHxHEIGHT)")
+    raw_seconds = sec.raw("seconds")
+    if not isinstance(raw_seconds, list | tuple) or not all(
         isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in raw_seconds
     ):
-        raise SettingsError(sec.key("seconds"), "must be a list of positive integers")
-    max_seconds = sec.integer("max_seconds", max(raw_seconds, default=60), minimum=1)
-    default_seconds = sec.integer("default_seconds", min(raw_seconds, default=4), minimum=1)
+        sec.fail("seconds", "must be a list of positive integers")
+        raw_seconds = []
+    # With a list of allowed seconds, the longest and the shortest are the natural defaults.
+    max_seconds = sec.integer(
+        "max_seconds", minimum=1, default=max(raw_seconds, default=sec.default("max_seconds"))
+    )
+    default_seconds = sec.integer(
+        "default_seconds",
+        minimum=1,
+        default=min(raw_seconds, default=sec.default("default_seconds")),
+    )
     if raw_seconds and default_seconds not in raw_seconds:
-        raise SettingsError(sec.key("default_seconds"), "must be one of seconds")
-    default_size = sec.string("default_size", sizes[0] if sizes else None)
+        sec.fail("default_seconds", "must be one of seconds")
+    default_size = sec.string("default_size") or (sizes[0] if sizes else None)
     if default_size and sizes and default_size not in sizes:
-        raise SettingsError(sec.key("default_size"), "must be one of sizes")
+        sec.fail("default_size", "must be one of sizes")
     out = VideoModel(
         sizes=sizes,
         seconds=tuple(raw_seconds),
         max_seconds=max_seconds,
         default_seconds=default_seconds,
         default_size=default_size,
-        max_prompt_chars=sec.integer("max_prompt_chars", 4000, minimum=1),
-        max_storyboard_scenes=sec.integer("max_storyboard_scenes", 10, minimum=1),
-        weight=sec.number("weight", 1.0),
-        price_per_second=sec.number("price_per_second", 0.0),
+        max_prompt_chars=sec.integer("max_prompt_chars", minimum=1),
+        max_storyboard_scenes=sec.integer("max_storyboard_scenes", minimum=1),
+        weight=sec.number("weight"),
+        price_per_second=sec.number("price_per_second"),
         size_multipliers=_multipliers(sec, sizes),
     )
     sec.finish()
@@ -567,52 +758,53 @@ def _video_model(sec: _Section) -> VideoModel:
 
 
 def _multipliers(sec: _Section, sizes: tuple[str, ...]) -> dict[str, float]:
-    raw = sec.raw("size_multipliers", {}) or {}
+    raw = sec.raw("size_multipliers") or {}
     if not isinstance(raw, dict):
-        raise SettingsError(sec.key("size_multipliers"), "must map sizes to numbers")
+        sec.fail("size_multipliers", "must map sizes to numbers")
+        return {}
     out: dict[str, float] = {}
     for size, value in raw.items():
-        key = f"{sec.key('size_multipliers')}.{size}"
+        name = f"size_multipliers.{size}"
         if not isinstance(size, str) or not _SIZE.match(size) or (sizes and size not in sizes):
-            raise SettingsError(key, "not one of the model's sizes")
-        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-            raise SettingsError(key, "must be a number >= 0")
-        out[size] = float(value)
+            sec.fail(name, "not one of the model's sizes")
+        elif isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            sec.fail(name, "must be a number >= 0")
+        else:
+            out[size] = float(value)
     return out
 
 
 def _videos(sec: _Section) -> VideoSettings:
     models_sec = sec.section("models")
     models = {
-        str(name): _video_model(models_sec.section(str(name))) for name in list(models_sec.data)
+        str(name): _video_model(models_sec.section(str(name), VideoModel()))
+        for name in list(models_sec.data)
     }
-    aliases_raw = sec.raw("aliases", {}) or {}
+    aliases_raw = sec.raw("aliases") or {}
     if not isinstance(aliases_raw, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in aliases_raw.items()
     ):
-        raise SettingsError(sec.key("aliases"), "must map names to model names")
+        sec.fail("aliases", "must map names to model names")
+        aliases_raw = {}
     for alias, target in aliases_raw.items():
         if models and target not in models:
-            raise SettingsError(f"{sec.key('aliases')}.{alias}", f"unknown model {target!r}")
-    default_model = sec.req_string("default_model", "sora-2") or "sora-2"
+            sec.fail(f"aliases.{alias}", f"unknown model {target!r}")
+    default_model = sec.req_string("default_model")
     resolved = aliases_raw.get(default_model, default_model)
     if models and resolved not in models:
-        raise SettingsError(sec.key("default_model"), f"unknown model {default_model!r}")
-    private = sec.raw("force_private", True)
-    if not isinstance(private, bool):
-        raise SettingsError(sec.key("force_private"), "must be true or false")
+        sec.fail("default_model", f"unknown model {default_model!r}")
     out = VideoSettings(
         default_model=default_model,
         aliases=dict(aliases_raw),
         models=models,
-        poll_after_ms=sec.integer("poll_after_ms", 5000, minimum=100),
-        poll_interval_seconds=sec.number("poll_interval_seconds", 5.0),
-        deadline_seconds=sec.number("deadline_seconds", 3600.0, minimum=1),
-        force_private=private,
-        extra_fields=sec.strings("extra_fields", ()),
-        reference_types=sec.strings("reference_types", VideoSettings.reference_types),
-        reference_max_bytes=sec.integer("reference_max_bytes", 10 * 1024 * 1024, minimum=1),
-        url_allowed_hosts=tuple(h.lower() for h in sec.strings("url_allowed_hosts", ())),
+        poll_after_ms=sec.integer("poll_after_ms", minimum=100),
+        poll_interval_seconds=sec.number("poll_interval_seconds"),
+        deadline_seconds=sec.number("deadline_seconds", minimum=1),
+        force_private=sec.flag("force_private"),
+        extra_fields=sec.strings("extra_fields"),
+        reference_types=sec.strings("reference_types"),
+        reference_max_bytes=sec.integer("reference_max_bytes", minimum=1),
+        url_allowed_hosts=tuple(h.lower() for h in sec.strings("url_allowed_hosts")),
     )
     sec.finish()
     return out
@@ -625,82 +817,174 @@ _TEAM_OPTIONS = ("videos_private",)
 def _teams(sec: _Section) -> dict[str, dict[str, Any]]:
     teams: dict[str, dict[str, Any]] = {}
     for name in list(sec.data):
-        key = sec.key(str(name))
         if not _TEAM_NAME.fullmatch(str(name)):
-            raise SettingsError(key, "team names are letters, digits, '.', '_' and '-'")
+            sec.fail(str(name), "team names are letters, digits, '.', '_' and '-'")
+            continue
         body = sec.raw(name) or {}
         if not isinstance(body, dict):
-            raise SettingsError(key, "must be a mapping of limits")
+            sec.fail(str(name), "must be a mapping of limits")
+            continue
         entry: dict[str, Any] = {}
         for opt, value in body.items():
-            if opt in _TEAM_OPTIONS:
-                if not isinstance(value, bool):
-                    raise SettingsError(f"{key}.{opt}", "must be true or false")
-                entry[opt] = value
-                continue
+            key = f"{sec.key(str(name))}.{opt}"
             try:
-                entry[str(opt)] = parse_limit(str(opt), value)
+                if opt in _TEAM_OPTIONS:
+                    entry[opt] = parse_bool(value, key)
+                else:
+                    entry[str(opt)] = parse_limit(str(opt), value)
+            except SettingsError as exc:
+                sec.problems.add(exc)
             except LimitError as exc:
-                raise SettingsError(f"{key}.{exc.key}", exc.problem) from None
+                sec.fail(f"{name}.{exc.key}", exc.problem)
         teams[str(name)] = entry
     teams.setdefault("default", {})
     return teams
 
 
 def _quota(sec: _Section) -> QuotaSettings:
-    tz = sec.req_string("time_zone", "UTC")
+    tz = sec.req_string("time_zone")
     try:
         ZoneInfo(tz)
     except (ZoneInfoNotFoundError, ValueError):
-        raise SettingsError(sec.key("time_zone"), f"unknown time zone {tz!r}") from None
-    fail_open = sec.raw("rate_fail_open", True)
-    if not isinstance(fail_open, bool):
-        raise SettingsError(sec.key("rate_fail_open"), "must be true or false")
+        sec.fail("time_zone", f"unknown time zone {tz!r}")
     out = QuotaSettings(
-        enabled=_flag(sec, "enabled", True),
+        enabled=sec.flag("enabled"),
         time_zone=tz,
-        currency=sec.req_string("currency", "USD"),
-        rate_fail_open=fail_open,
-        lease_seconds=sec.number("lease_seconds", 900.0, minimum=10),
-        reconcile_interval_seconds=sec.number("reconcile_interval_seconds", 30.0, minimum=0.1),
-        reconcile_idle_seconds=sec.number("reconcile_idle_seconds", 60.0, minimum=0.1),
-        orphan_grace_seconds=sec.number("orphan_grace_seconds", 60.0),
-        idempotency_seconds=sec.number("idempotency_seconds", 86_400.0, minimum=60),
+        currency=sec.req_string("currency"),
+        rate_fail_open=sec.flag("rate_fail_open"),
+        lease_seconds=sec.number("lease_seconds", minimum=10),
+        reconcile_interval_seconds=sec.number("reconcile_interval_seconds", minimum=0.1),
+        reconcile_idle_seconds=sec.number("reconcile_idle_seconds", minimum=0.1),
+        orphan_grace_seconds=sec.number("orphan_grace_seconds"),
+        idempotency_seconds=sec.number("idempotency_seconds", minimum=60),
     )
     sec.finish()
     return out
 
 
 def settings_from_mapping(data: Any, env: Mapping[str, str] | None = None) -> Settings:
-    """Build validated Settings from a parsed YAML document."""
+    """Build validated Settings from a parsed YAML document.
+
+    Raises SettingsError for one problem, SettingsErrors (its subclass) for several.
+    """
+    return _build(data, env, _Problems())
+
+
+def _build(data: Any, env: Mapping[str, str] | None, problems: _Problems) -> Settings:
     env = dict(os.environ) if env is None else env
-    root = _Section(_expand(data, env, ""), "")
+    if data is not None and not isinstance(data, dict):
+        problems.add(SettingsError("(top level)", "must be a mapping of sections"))
+        data = {}
+    root = _Section(_expand(data, env, "", problems), "", Settings(), problems)
     settings = Settings(
-        upstream=_upstream(root.section("upstream"), env),
-        redis=_redis(root.section("redis")),
-        auth=_auth(root.section("auth")),
-        server=_server(root.section("server")),
+        upstream=_upstream(root.section("upstream", UpstreamSettings()), env),
+        redis=_redis(root.section("redis", RedisSettings())),
+        auth=_auth(root.section("auth", AuthSettings())),
+        server=_server(root.section("server", ServerSettings())),
         teams=_teams(root.section("teams")),
-        videos=_videos(root.section("videos")),
-        quota=_quota(root.section("quota")),
+        videos=_videos(root.section("videos", VideoSettings())),
+        quota=_quota(root.section("quota", QuotaSettings())),
     )
     root.finish()
+    problems.raise_any()
     return settings
 
 
+class _ConfigLoader(yaml.SafeLoader):
+    """Safe YAML that also finds every key given twice in one mapping: PyYAML keeps the last
+    one silently, so a second ``server:`` block would drop what the first one set."""
+
+    def load_checked(self) -> tuple[Any, list[SettingsError]]:
+        node = self.get_single_node()
+        if node is None:
+            return None, []
+        duplicates = list(_duplicate_keys(node, "", set()))
+        return self.construct_document(node), duplicates
+
+
+def _duplicate_keys(node: yaml.Node, path: str, seen: set[int]) -> Iterator[SettingsError]:
+    if id(node) in seen:  # an alias: its keys were checked where the anchor is
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            yield from _duplicate_keys(item, f"{path}[{i}]", seen)
+    elif isinstance(node, yaml.MappingNode):
+        lines: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *base` then overriding keys of it is the point of a merge
+            name = str(key_node.value)
+            key = f"{path}.{name}" if path else name
+            line = key_node.start_mark.line + 1
+            if name in lines:
+                yield SettingsError(
+                    key,
+                    f"duplicate key (lines {lines[name]} and {line}); "
+                    "the second would silently replace the first",
+                )
+            else:
+                lines[name] = line
+            yield from _duplicate_keys(value_node, key, seen)
+
+
+def _yaml_error(path: str, text: str, exc: yaml.YAMLError) -> ConfigFileError:
+    if isinstance(exc, yaml.MarkedYAMLError):
+        mark = exc.problem_mark or exc.context_mark
+        problem = exc.problem or exc.context or "invalid YAML"
+        if mark is not None:
+            return ConfigFileError(
+                f"{path}:{mark.line + 1}:{mark.column + 1}", f"could not parse YAML: {problem}"
+            )
+        return ConfigFileError(path, f"could not parse YAML: {problem}")
+    if isinstance(exc, yaml.reader.ReaderError):
+        before = text[: exc.position]
+        line, column = before.count("\n") + 1, exc.position - (before.rfind("\n") + 1) + 1
+        return ConfigFileError(
+            f"{path}:{line}:{column}",
+            f"could not parse YAML: {exc.reason} (U+{exc.character:04X})",
+        )
+    return ConfigFileError(path, f"could not parse YAML: {exc}")
+
+
+def read_config(path: str | Path) -> tuple[Any, list[SettingsError]]:
+    """A config file's YAML document and the keys it gives twice. Raises ConfigFileError."""
+    name = str(path)
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigFileError(name, f"cannot read config: {exc.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigFileError(name, f"not UTF-8 text (byte {exc.start})") from None
+    try:
+        loader = _ConfigLoader(text)  # refuses control characters already
+        try:
+            return loader.load_checked()
+        finally:
+            loader.dispose()
+    except yaml.YAMLError as exc:
+        raise _yaml_error(name, text, exc) from None
+
+
 def load_settings(path: str | Path | None, env: Mapping[str, str] | None = None) -> Settings:
-    """Load a YAML config file (or only defaults and environment when path is None)."""
+    """Load a YAML config file (or only defaults and environment when path is None).
+
+    Raises ConfigFileError when the file cannot be read or parsed, else SettingsError (one
+    problem) or SettingsErrors (several, duplicate keys among them).
+    """
+    problems = _Problems()
     data: Any = {}
     if path is not None:
-        try:
-            text = Path(path).read_text()
-        except OSError as exc:
-            raise SettingsError(str(path), f"cannot read config: {exc.strerror}") from None
-        try:
-            data = yaml.safe_load(text) or {}
-        except yaml.YAMLError as exc:
-            raise SettingsError(str(path), f"invalid YAML: {exc}") from None
-    return settings_from_mapping(data, env)
+        data, duplicates = read_config(path)
+        for dup in duplicates:
+            problems.add(dup)
+        if data is not None and not isinstance(data, dict):
+            raise ConfigFileError(
+                str(path), "the document must be a mapping of sections (upstream:, auth:, ...)"
+            )
+    return _build(data, env, problems)
 
 
 def production_problems(settings: Settings) -> list[str]:
@@ -716,3 +1000,28 @@ def production_problems(settings: Settings) -> list[str]:
     if not (a.hs256_secrets or a.public_keys or a.jwks_url):
         problems.append("auth.hs256_secrets: no JWT secret or public key configured")
     return problems
+
+
+def _is_loopback(host: str) -> bool:
+    host = host.lower().rstrip(".")
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def cleartext_warnings(settings: Settings) -> list[str]:
+    """Plain-http URLs off this machine that carry something worth protecting: the upstream
+    gets the pool's keys, and whoever answers the JWKS URL decides which tokens are valid."""
+    out = []
+    checks = (
+        ("upstream.base_url", settings.upstream.base_url, "the upstream keys would cross"),
+        ("auth.jwks_url", settings.auth.jwks_url, "the token signing keys would come"),
+    )
+    for key, url, risk in checks:
+        parts = urlsplit(url or "")
+        if parts.scheme == "http" and not _is_loopback(parts.hostname or ""):
+            out.append(f"{key}: cleartext http to {parts.hostname}: {risk} unencrypted (use https)")
+    return out

@@ -1,4 +1,4 @@
-"""``gateway admin ...``: the admin API from a terminal, with the standard library only.
+"""gateway admin ...: the admin API from a terminal, with the standard library only.
 
     gateway admin teams                         every known team: usage / limit per kind
     gateway admin show TEAM                     one team's limits, usage, resets, sources
@@ -6,13 +6,14 @@
     gateway admin clear-limits TEAM             DELETE overrides: back to the config
     gateway admin reset-usage TEAM --window W   W: minute | day | month | all
     gateway admin jobs TEAM [--limit N] [--after ID]
-    gateway admin job ID
+    gateway admin job ID [--wait [--interval S]]
     gateway admin keys [enable|disable ID]
     gateway admin audit [--limit N]
 
-The gateway comes from ``--url`` or ``GATEWAY_URL``, the admin's JWT from ``--token`` or
-``GATEWAY_ADMIN_TOKEN``. Exit codes: 0 done, 1 the gateway answered an error (its message is
-printed), 2 a usage error or the gateway could not be reached.
+The gateway comes from --url or GATEWAY_URL, the admin's JWT from --token or
+GATEWAY_ADMIN_TOKEN (make run prints both as export lines). Exit codes: 0 done, 1 the gateway
+answered an error (its message is printed) or a waited-for job failed, 2 a usage error or the
+gateway could not be reached, 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import argparse
 import json
 import os
 import sys
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -29,15 +31,26 @@ from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from gateway.admin.tables import number, render
+from gateway.quota.model import KINDS
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 TIMEOUT_S = 15.0
+WAIT_INTERVAL_S = 2.0
+TERMINAL_STATUSES = frozenset({"completed", "failed"})
+INTERRUPTED = 130  # the shell's code for a command ended by Ctrl-C
 KIND_LABELS = {  # the teams table's column headers, in KINDS order
     "requests_per_minute": "REQ/MIN",
     "concurrent_jobs": "CONCURRENT",
     "video_seconds_per_day": "VIDEO-S/DAY",
     "video_seconds_per_month": "VIDEO-S/MONTH",
     "spend_per_month": "SPEND/MONTH",
+}
+KIND_UNITS = {  # what set-limits --help says a number means, per kind
+    "requests_per_minute": "requests per minute, any endpoint (a whole number)",
+    "concurrent_jobs": "video jobs not yet finished (a whole number)",
+    "video_seconds_per_day": "seconds of video per calendar day, times the model's weight",
+    "video_seconds_per_month": "seconds of video per calendar month, times the model's weight",
+    "spend_per_month": "spend per calendar month, in quota.currency (USD unless configured)",
 }
 UNLIMITED_WORDS = frozenset({"null", "none", "unlimited"})
 
@@ -277,6 +290,59 @@ def _job(c: AdminClient, a: argparse.Namespace) -> tuple[Any, Callable[[Any], st
     return c.call("GET", f"/admin/v1/jobs/{q(a.id)}"), job_lines
 
 
+def _clock_time() -> str:
+    return datetime.now(UTC).strftime("%H:%M:%SZ")
+
+
+def watch_job(
+    client: AdminClient,
+    job_id: str,
+    *,
+    interval: float,
+    on_change: Callable[[dict[str, Any]], None],
+    sleep: Callable[[float], None] = time.sleep,
+) -> dict[str, Any]:
+    """Poll one job until it is completed or failed; ``on_change`` sees it first and whenever
+    its status or progress moved. Ctrl-C ends the wait as a CliError, never a traceback."""
+    last: tuple[Any, Any] | None = None
+    job: dict[str, Any] = {}
+    try:
+        while True:
+            job = client.call("GET", f"/admin/v1/jobs/{q(job_id)}")
+            seen = (job.get("status"), job.get("progress"))
+            if seen != last:
+                on_change(job)
+                last = seen
+            if job.get("status") in TERMINAL_STATUSES:
+                return job
+            sleep(interval)
+    except KeyboardInterrupt:
+        status = f" (still {job['status']})" if job.get("status") else ""
+        raise CliError(INTERRUPTED, f"stopped waiting for {job_id}{status}") from None
+
+
+def change_line(job: dict[str, Any]) -> str:
+    progress = job.get("progress")
+    return " ".join(
+        [_clock_time(), job["id"], job["status"], f"{progress}%" if progress is not None else "-"]
+    )
+
+
+def _wait_job(
+    c: AdminClient, a: argparse.Namespace, out: TextIO, as_json: bool
+) -> tuple[int, dict[str, Any]]:
+    def show(job: dict[str, Any]) -> None:
+        line = json.dumps(job, separators=(",", ":")) if as_json else change_line(job)
+        print(line, file=out, flush=True)
+
+    job = watch_job(c, a.id, interval=a.interval, on_change=show)
+    if job["status"] == "failed":
+        error = job.get("error") or {}
+        code = error.get("code") or "failed"
+        return 1, {"message": f"job {job['id']} failed: {code}: {error.get('message') or '-'}"}
+    return 0, job
+
+
 def _keys(c: AdminClient, a: argparse.Namespace) -> tuple[Any, Callable[[Any], str]]:
     if a.action in (None, "list"):
         if a.key_id is not None:
@@ -298,13 +364,24 @@ def run(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.st
     try:
         if not token:
             raise CliError(2, "no admin token: set GATEWAY_ADMIN_TOKEN or pass --token")
+        client = AdminClient(url, token)
+        if getattr(args, "wait", False):
+            code, outcome = _wait_job(client, args, out, as_json)
+            if code:
+                print(f"gateway admin: {outcome['message']}", file=err)
+            elif not as_json:
+                print(job_lines(outcome), file=out)
+            return code
         command: Command = args.admin_handler
-        doc, show = command(AdminClient(url, token), args)
+        doc, show = command(client, args)
     except CliError as exc:
         if as_json and exc.body is not None:
             print(json.dumps(exc.body, indent=2), file=out)
         print(f"gateway admin: {exc.message}", file=err)
         return exc.exit_code
+    except KeyboardInterrupt:
+        print("gateway admin: interrupted", file=err)
+        return INTERRUPTED
     print(json.dumps(doc, indent=2) if as_json else show(doc), file=out)
     return 0
 
@@ -330,31 +407,102 @@ def add_admin_parser(sub: Any) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    cmds = admin.add_subparsers(dest="admin_command", required=True, metavar="COMMAND")
+    cmds = admin.add_subparsers(
+        dest="admin_command",
+        required=True,
+        metavar="COMMAND",
+        help="one of these (gateway admin COMMAND --help for its arguments)",
+    )
 
-    def command(name: str, handler: Command, help_: str) -> argparse.ArgumentParser:
-        p: argparse.ArgumentParser = cmds.add_parser(name, parents=[common], help=help_)
+    def command(name: str, handler: Command, help_: str, **extra: Any) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = cmds.add_parser(
+            name, parents=[common], help=help_, description=help_, **extra
+        )
         p.set_defaults(admin_handler=handler)
         return p
 
+    team_help = "the team's name, as in its tokens' team claim"
     command("teams", _teams, "every known team with usage and limits")
-    command("show", _show, "one team").add_argument("team")
-    p = command("set-limits", _set_limits, "set overrides: KIND=NUMBER|null|unlimited ...")
-    p.add_argument("team")
-    p.add_argument("limits", nargs="+", metavar="KIND=VALUE")
-    p.add_argument("--replace", action="store_true", help="replace all overrides (PUT)")
-    command("clear-limits", _clear_limits, "remove every override").add_argument("team")
+    command("show", _show, "one team's limits, usage, resets and their sources").add_argument(
+        "team", help=team_help
+    )
+    p = command(
+        "set-limits",
+        _set_limits,
+        "set overrides: KIND=NUMBER|null|unlimited ...",
+        epilog=_kinds_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("team", help=team_help)
+    p.add_argument(
+        "limits",
+        nargs="+",
+        metavar="KIND=VALUE",
+        help="a limit kind (below) and a number, or null / unlimited for no limit",
+    )
+    p.add_argument(
+        "--replace",
+        action="store_true",
+        help="replace all overrides with these (PUT); default: change only these (PATCH)",
+    )
+    command("clear-limits", _clear_limits, "remove every override").add_argument(
+        "team", help=team_help
+    )
     p = command("reset-usage", _reset_usage, "zero a window's counters")
-    p.add_argument("team")
-    p.add_argument("--window", required=True, choices=["minute", "day", "month", "all"])
+    p.add_argument("team", help=team_help)
+    p.add_argument(
+        "--window",
+        required=True,
+        choices=["minute", "day", "month", "all"],
+        help="which counters: the current minute, day, month, or all of them",
+    )
     p = command("jobs", _jobs, "a team's video jobs, newest first")
-    p.add_argument("team")
-    p.add_argument("--limit", type=int)
+    p.add_argument("team", help=team_help)
+    p.add_argument(
+        "--limit", type=int, help="at most this many jobs (default: the gateway's page size)"
+    )
     p.add_argument("--after", help="the last id of the previous page")
-    command("job", _job, "one video job, any team").add_argument("id")
+    p = command("job", _job, "one video job, any team")
+    p.add_argument("id", help="the video job's id (video_...)")
+    p.add_argument(
+        "--wait",
+        action="store_true",
+        help="poll until the job is completed or failed, printing each change "
+        "(exit 0 completed, 1 failed; Ctrl-C stops waiting)",
+    )
+    p.add_argument(
+        "--interval",
+        type=_interval,
+        default=WAIT_INTERVAL_S,
+        metavar="SECONDS",
+        help=f"with --wait: seconds between polls (default: {WAIT_INTERVAL_S:g})",
+    )
     p = command("keys", _keys, "upstream keys; 'keys enable ID' / 'keys disable ID'")
-    p.add_argument("action", nargs="?", choices=["list", "enable", "disable"])
-    p.add_argument("key_id", nargs="?")
+    p.add_argument(
+        "action",
+        nargs="?",
+        choices=["list", "enable", "disable"],
+        help="list (the default), or enable / disable one key",
+    )
+    p.add_argument("key_id", nargs="?", help="the upstream key's id (as in the config)")
     p = command("audit", _audit, "recent admin changes, newest first")
-    p.add_argument("--limit", type=int)
+    p.add_argument(
+        "--limit", type=int, help="at most this many entries (default: the gateway's page size)"
+    )
     admin.set_defaults(func=run)
+
+
+def _interval(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0.1 <= value <= 3600:
+        raise argparse.ArgumentTypeError("must be between 0.1 and 3600 seconds")
+    return value
+
+
+def _kinds_epilog() -> str:
+    width = max(len(k) for k in KINDS)
+    lines = [f"  {kind.ljust(width)}  {KIND_UNITS[kind]}" for kind in KINDS]
+    return "limit kinds:\n" + "\n".join(lines) + "\n\nnull or unlimited: no limit of that kind"

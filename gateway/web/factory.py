@@ -9,9 +9,11 @@ import gc
 import os
 
 from gateway.app import Gateway, create_app
-from gateway.settings import load_settings
+from gateway.settings import listening_on, load_settings
 
 GC_THRESHOLDS = (20_000, 20, 100)
+# Set by `gateway serve` for its workers: the listener its command line chose.
+LISTEN_HOST_ENV, LISTEN_PORT_ENV = "GATEWAY_LISTEN_HOST", "GATEWAY_LISTEN_PORT"
 
 
 def tune_gc() -> None:
@@ -22,9 +24,13 @@ def tune_gc() -> None:
     gc.freeze()
     # Fewer, larger young collections and rare full ones: with 400 open streams the default
     # thresholds paused the loop often enough to add ~30 ms to the p99 gap between events;
-    # these keep it under 10 ms (docs/benchmarks.md). Cycles are still collected.
+    # these keep it under 10 ms (bench/RESULTS.md). Cycles are still collected.
     gc.set_threshold(*GC_THRESHOLDS)
 
 
 def app_from_env() -> Gateway:
-    return create_app(load_settings(os.environ.get("GATEWAY_CONFIG") or None), on_started=tune_gc)
+    env = os.environ
+    settings = load_settings(env.get("GATEWAY_CONFIG") or None)
+    port = env.get(LISTEN_PORT_ENV)
+    settings = listening_on(settings, env.get(LISTEN_HOST_ENV), int(port) if port else None)
+    return create_app(settings, on_started=tune_gc)

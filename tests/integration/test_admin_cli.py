@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import subprocess
 import sys
@@ -249,3 +250,101 @@ def test_no_token_or_no_gateway_exits_2(cli: Cli) -> None:
     done = cli.run("--url", "file:///etc/passwd", "teams")
     assert done.returncode == 2
     assert "must be an http(s) URL" in done.stderr
+
+
+@pytest.fixture
+def quick(redis_url: str) -> Iterator[Cli]:
+    """Jobs that finish in about a second, and a reconciler that polls them meanwhile: the
+    admin API reads the registry, which the reconciler keeps current when no caller polls."""
+    with make_stack(
+        redis_url,
+        sim=SimConfig(job_seconds=1.5, content_bytes=100),
+        videos={**VIDEOS, "poll_interval_seconds": 0.2},
+        quota={"reconcile_interval_seconds": 0.2, "reconcile_idle_seconds": 0.1},
+    ) as stack:
+        token = stack.token(team=fresh(), user="root", roles=("gateway-admin",))
+        yield Cli(stack, fresh(), token)
+
+
+def create_video(cli: Cli, prompt: str) -> str:
+    import urllib.request
+
+    req = urllib.request.Request(
+        cli.stack.v1 + "/videos",
+        data=json.dumps({"model": "sora-2", "prompt": prompt, "seconds": "4"}).encode(),
+        headers={
+            "Authorization": f"Bearer {cli.stack.token(team=cli.team, user='carol')}",
+            "Content-Type": "application/json",
+        },
+        method="POST",
+    )
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return str(json.load(r)["id"])
+
+
+def test_job_wait_prints_each_change_until_completed(quick: Cli) -> None:
+    job_id = create_video(quick, "a lighthouse")
+    done = quick.run("job", job_id, "--wait", "--interval", "0.1")
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    lines = done.stdout.splitlines()
+    changes = [line.split()[1:] for line in lines if re.match(r"\d\d:\d\d:\d\dZ ", line)]
+    assert {c[0] for c in changes} == {job_id}
+    statuses = [c[1] for c in changes]
+    assert statuses[0] in ("queued", "in_progress")
+    assert statuses[-1] == "completed"
+    assert changes[-1][2] == "100%"
+    assert set(statuses) <= {"queued", "in_progress", "completed"}
+    assert len(changes) == len({tuple(c) for c in changes})  # a line per change, not per poll
+    # then the job as `gateway admin job` shows it
+    assert "status           completed" in lines
+    assert f"id               {job_id}" in lines
+
+    again = json.loads(quick.ok("job", job_id, "--wait", "--json").splitlines()[-1])
+    assert (again["id"], again["status"]) == (job_id, "completed")
+
+
+def test_job_wait_exits_1_when_the_job_fails(quick: Cli) -> None:
+    job_id = create_video(quick, "SIMFAIL please")
+    done = quick.run("job", job_id, "--wait", "--interval", "0.1")
+    assert done.returncode == 1
+    assert done.stdout.splitlines()[-1].split()[1:3] == [job_id, "failed"]
+    assert done.stderr.startswith(f"gateway admin: job {job_id} failed: ")
+
+
+def test_ctrl_c_stops_waiting_cleanly(cli: Cli) -> None:
+    import signal
+    import threading
+
+    job_id = create_video(cli, "SIMNEVER")  # never finishes
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("GATEWAY_", "CRAZYROUTER_", "REDIS_URL"))
+    }
+    env.update(PYTHONPATH=str(ROOT), GATEWAY_URL=cli.stack.url, GATEWAY_ADMIN_TOKEN=cli.token)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "admin", "job", job_id, "--wait", "--interval", "0.2"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    stdout = proc.stdout
+    assert stdout is not None
+    first: list[str] = []
+    reader = threading.Thread(target=lambda: first.append(stdout.readline()))
+    reader.start()
+    reader.join(timeout=30)
+    try:
+        assert first, "no status line while waiting"
+        assert first[0].split()[1:3] in ([job_id, "queued"], [job_id, "in_progress"])
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130
+    assert err.startswith(f"gateway admin: stopped waiting for {job_id} (still ")
+    assert "Traceback" not in err

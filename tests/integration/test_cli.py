@@ -124,6 +124,28 @@ def test_dev_mode_serves_the_printed_example_and_keeps_state(tmp_path: Path) -> 
         )
         assert result.returncode == 0, result.stderr
         assert result.stdout.strip()
+        # the printed export lines are all the admin CLI needs
+        exports = re.findall(r"^export GATEWAY_\w+=\S+$", out, re.MULTILINE)
+        assert [e.split("=")[0] for e in exports] == [
+            "export GATEWAY_URL",
+            "export GATEWAY_ADMIN_TOKEN",
+        ]
+        assert f"export GATEWAY_URL=http://127.0.0.1:{port}" in exports
+        admin = subprocess.run(
+            [
+                "sh",
+                "-c",
+                "\n".join([*exports, 'exec "$0" -m gateway admin show dev']),
+                sys.executable,
+            ],
+            env=clean_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert admin.returncode == 0, admin.stderr
+        assert admin.stdout.startswith("team dev (")
+        assert f'make run ARGS="--port {port + 1}"' in out
         children = _child_pids(served.proc.pid)
         assert len(children) >= 2  # the embedded Redis and the simulator
     finally:

@@ -1,24 +1,31 @@
-"""The admin CLI's pure parts: KIND=VALUE arguments, quoted path segments, aligned tables."""
+"""The admin CLI's pure parts: KIND=VALUE arguments, quoted path segments, aligned tables, the
+help texts of every command, and waiting for a job against a scripted client."""
 
 from __future__ import annotations
 
 import argparse
 import io
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from gateway import __version__
 from gateway.admin.cli import (
+    KIND_UNITS,
     AdminClient,
     CliError,
+    change_line,
     jobs_table,
     parse_assignments,
     q,
     run,
     teams_table,
+    watch_job,
 )
 from gateway.admin.tables import number, render
 from gateway.cli import build_parser
+from gateway.quota.model import KINDS
 
 
 def test_assignments() -> None:
@@ -142,3 +149,127 @@ def test_no_token_is_a_usage_error(monkeypatch: pytest.MonkeyPatch) -> None:
     assert run(args, out, err) == 2
     assert out.getvalue() == ""
     assert "GATEWAY_ADMIN_TOKEN" in err.getvalue()
+
+
+# -- help ------------------------------------------------------------------------------------
+
+
+def _parsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from _parsers(sub)
+
+
+def test_every_argument_and_command_has_a_description() -> None:
+    for parser in _parsers(build_parser()):
+        for action in parser._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            assert action.help, f"{parser.prog}: {action.dest} has no help"
+            if isinstance(action, argparse._SubParsersAction):
+                for choice in action._choices_actions:
+                    assert choice.help, f"{parser.prog} {choice.dest} has no help"
+
+
+def test_no_markup_in_any_help() -> None:
+    for parser in _parsers(build_parser()):
+        text = parser.format_help()
+        assert "`" not in text, parser.prog
+
+
+def test_set_limits_help_lists_every_kind_with_its_unit() -> None:
+    (admin,) = [p for p in _parsers(build_parser()) if p.prog == "gateway admin set-limits"]
+    text = admin.format_help()
+    assert set(KIND_UNITS) == set(KINDS)
+    listed = text.split("limit kinds:\n")[1].splitlines()[: len(KINDS)]
+    for kind, line in zip(KINDS, listed, strict=True):
+        assert line.split(None, 1) == [kind, KIND_UNITS[kind]]
+    assert "null or unlimited: no limit of that kind" in text
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out == f"gateway {__version__}\n"
+
+
+@pytest.mark.parametrize("bad", ["0", "-1", "soon", "3601"])
+def test_wait_interval_is_bounded(bad: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args(["admin", "job", "video_1", "--wait", "--interval", bad])
+    assert info.value.code == 2
+    assert "--interval" in capsys.readouterr().err
+
+
+# -- waiting for a job -----------------------------------------------------------------------
+
+
+class Replies(AdminClient):
+    """Answers GETs of one job from a script; the seam is ``call``, so no socket is needed."""
+
+    def __init__(self, *docs: dict[str, Any] | BaseException) -> None:
+        super().__init__("http://gateway.invalid", "t")
+        self.docs = list(docs)
+        self.paths: list[str] = []
+
+    def call(self, method: str, path: str, body: Any = None) -> Any:
+        self.paths.append(f"{method} {path}")
+        doc = self.docs.pop(0)
+        if isinstance(doc, BaseException):
+            raise doc
+        return doc
+
+
+def _job(status: str, progress: int | None) -> dict[str, Any]:
+    return {"id": "video_1", "status": status, "progress": progress}
+
+
+def test_watch_prints_changes_only_and_stops_at_the_end() -> None:
+    client = Replies(
+        _job("queued", 0),
+        _job("queued", 0),
+        _job("in_progress", 40),
+        _job("in_progress", 40),
+        _job("in_progress", 80),
+        _job("completed", 100),
+    )
+    seen: list[tuple[str, Any]] = []
+    slept: list[float] = []
+    done = watch_job(
+        client,
+        "video_1",
+        interval=0.5,
+        on_change=lambda j: seen.append((j["status"], j["progress"])),
+        sleep=slept.append,
+    )
+    assert done == _job("completed", 100)
+    assert seen == [("queued", 0), ("in_progress", 40), ("in_progress", 80), ("completed", 100)]
+    assert slept == [0.5] * 5
+    assert client.paths == ["GET /admin/v1/jobs/video_1"] * 6
+    assert client.docs == []
+
+
+def test_watch_quotes_the_id_and_ends_on_failed() -> None:
+    client = Replies(_job("failed", None))
+    watch_job(client, "a/../b", interval=1, on_change=lambda j: None, sleep=lambda s: None)
+    assert client.paths == ["GET /admin/v1/jobs/a%2F..%2Fb"]
+
+
+def test_ctrl_c_while_waiting_is_a_clean_exit_naming_the_last_status() -> None:
+    client = Replies(_job("in_progress", 10), KeyboardInterrupt())
+    with pytest.raises(CliError) as info:
+        watch_job(client, "video_1", interval=1, on_change=lambda j: None, sleep=lambda s: None)
+    assert (info.value.exit_code, info.value.message) == (
+        130,
+        "stopped waiting for video_1 (still in_progress)",
+    )
+
+
+def test_change_line() -> None:
+    line = change_line(_job("in_progress", 40)).split()
+    assert line[1:] == ["video_1", "in_progress", "40%"]
+    assert len(line[0]) == len("12:00:00Z")
+    assert change_line(_job("queued", None)).split()[1:] == ["video_1", "queued", "-"]

@@ -142,7 +142,7 @@ def test_quota_section_is_validated() -> None:
         load(quota={"time_zone": "Mars/Olympus"})
     assert err.value.key == "quota.time_zone"
     with pytest.raises(SettingsError) as err:
-        load(quota={"rate_fail_open": "yes"})
+        load(quota={"rate_fail_open": "maybe"})
     assert err.value.key == "quota.rate_fail_open"
     s = load(quota={"time_zone": "Europe/Berlin", "currency": "EUR"}, teams={"a": {}})
     assert (s.quota.time_zone, s.quota.currency, s.teams["a"]) == ("Europe/Berlin", "EUR", {})
