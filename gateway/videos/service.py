@@ -23,6 +23,7 @@ from gateway.errors import (
 )
 from gateway.quota.service import QuotaService
 from gateway.settings import VideoSettings
+from gateway.upstream import rewrite
 from gateway.upstream.client import (
     UpstreamClient,
     UpstreamRequest,
@@ -141,8 +142,12 @@ class VideoService:
         if up.status in ("completed", "failed") and job.completed_at is None:
             changes["completed_at"] = int(self.clock())
         if up.status == "failed":
-            changes["error_code"] = up.error_code or "generation_failed"
-            changes["error_message"] = up.error_message or "The video generation failed."
+            # Upstream text, shown to the caller: redacted like any upstream error answer.
+            secrets = tuple(self.secrets())
+            changes["error_code"] = rewrite.redact(up.error_code or "generation_failed", secrets)
+            changes["error_message"] = rewrite.redact(
+                up.error_message or "The video generation failed.", secrets
+            )[:1000]
         if any(getattr(job, k) != v for k, v in changes.items()):
             job = await self.registry.update(job, **changes)
         # Every poll that sees the end tries to settle; the script lets exactly one through.
@@ -295,7 +300,9 @@ class VideoService:
         )
         job.status, job.progress = up.status, up.progress
         await self.registry.add(job)
-        spend = self.quota.policy.cost(req.model, req.seconds, req.size).spend if self.quota else 0.0
+        spend = 0.0
+        if self.quota is not None:
+            spend = self.quota.policy.cost(req.model, req.seconds, req.size).spend
         self.events.created(job.team, job.model, job.seconds, spend)
         await self._settle_if_finished(job)
         return self._answer(job, base_url)

@@ -53,3 +53,20 @@ def test_expired_upstream_fails_the_video_and_refunds_it(shaped: Stack) -> None:
         # Settled once: a later poll of the finished job changes nothing.
         assert c.videos.retrieve(video.id).status == "failed"
         assert limits(shaped)["concurrent_jobs"]["used"] == 0
+
+
+def test_a_failed_jobs_upstream_message_is_redacted(
+    shaped: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = shaped.sim_keys[0]
+    leaky = {"message": f"key {secret} has no access; sk-other-account-123456", "code": secret}
+    monkeypatch.setattr("gateway.sim.jobs._ERROR", leaky)
+    with openai.OpenAI(base_url=shaped.v1, api_key=shaped.token()) as c:
+        video = c.videos.create(prompt="SIMFAIL with a leaky message", seconds="4")
+        seen = c.videos.poll(video.id)
+        assert seen.status == "failed"
+        assert seen.error is not None
+        shown = f"{seen.error.code} {seen.error.message}"
+        assert secret not in shown
+        assert "sk-other-account-123456" not in shown
+        assert "***" in seen.error.message
