@@ -1,5 +1,9 @@
 """A Crazyrouter simulator: what the gateway talks to in development, tests and benchmarks.
 
+It answers every route the gateway forwards (chat, completions, responses, embeddings,
+moderations, images, audio, models) the way OpenAI does, with ``usage`` the tests can predict
+(see ``tokens.py``), and the video task routes the way new-api does.
+
 It behaves like a new-api deployment where that matters to the gateway: keys are checked, jobs
 belong to the key that created them (another key gets new-api's ``task_not_exist`` as HTTP 400),
 video status comes in one of three shapes, downloads honour ``Range``, and every answer carries
@@ -20,7 +24,16 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway.sim import catalog, chat, videos
+from gateway.sim import (
+    audio,
+    catalog,
+    chat,
+    completions,
+    images,
+    moderations,
+    responses,
+    videos,
+)
 from gateway.sim.call import Call, read_call
 from gateway.sim.config import SimConfig
 from gateway.sim.content import content_bytes
@@ -45,7 +58,16 @@ _SEGMENT = "[^/]+"
 # (method, path pattern, handler, needs a key)
 _ROUTES: list[tuple[str, re.Pattern[str], Handler, bool]] = [
     ("POST", re.compile("/v1/chat/completions"), chat.chat_completions, True),
+    ("POST", re.compile("/v1/completions"), completions.completions, True),
+    ("POST", re.compile("/v1/responses"), responses.create_response, True),
     ("POST", re.compile("/v1/embeddings"), catalog.embeddings, True),
+    ("POST", re.compile("/v1/moderations"), moderations.moderations, True),
+    ("POST", re.compile("/v1/images/generations"), images.generations, True),
+    ("POST", re.compile("/v1/images/edits"), images.edits, True),
+    ("POST", re.compile("/v1/images/variations"), images.variations, True),
+    ("POST", re.compile("/v1/audio/speech"), audio.speech, True),
+    ("POST", re.compile("/v1/audio/transcriptions"), audio.transcriptions, True),
+    ("POST", re.compile("/v1/audio/translations"), audio.translations, True),
     ("GET", re.compile("/v1/models"), catalog.list_models, True),
     ("GET", re.compile(f"/v1/models/(?P<model>{_SEGMENT})"), catalog.get_model, True),
     ("POST", re.compile("/v1/videos"), videos.create_video, True),
@@ -53,6 +75,7 @@ _ROUTES: list[tuple[str, re.Pattern[str], Handler, bool]] = [
     ("GET", re.compile(f"/v1/videos/(?P<id>{_SEGMENT})/content"), videos.video_content, True),
     ("POST", re.compile(f"/v1/videos/(?P<id>{_SEGMENT})/remix"), videos.remix_video, True),
     ("GET", re.compile(r"/files/(?P<id>[^/]+)\.mp4"), videos.result_file, False),
+    ("GET", re.compile(r"/files/images/(?P<seed>[0-9a-f]{24})\.png"), images.image_file, False),
 ]
 _SLOW = frozenset({"slow"})
 _DROP = frozenset({"drop"})

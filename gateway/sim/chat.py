@@ -1,44 +1,55 @@
-"""``POST /v1/chat/completions``, plain and streamed, in OpenAI's format."""
+"""``POST /v1/chat/completions``, plain and streamed, in OpenAI's format.
+
+A stream carries ``usage`` only when the caller asked with ``stream_options.include_usage``:
+then every chunk has ``"usage": null`` and one last chunk, with no choices, has the totals.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import json
 import secrets
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 
+from gateway.sim import fields, sse, tokens, usage
 from gateway.sim.call import Call
 from gateway.sim.errors import openai_error
 from gateway.sim.state import SimState
 
-
-def words(n: int) -> list[str]:
-    """The answer: the same for every request, so tests can check what arrived."""
-    return [f"word{i} " for i in range(n)]
+MAX_CHOICES = 128
 
 
-def _prompt_tokens(doc: dict[str, Any]) -> int:
-    messages = doc.get("messages")
-    if not isinstance(messages, list):
-        return 0
-    return sum(len(str(m.get("content", "")).split()) for m in messages if isinstance(m, dict))
+def _limit(doc: dict[str, Any]) -> int | None:
+    newer = fields.integer(doc, "max_completion_tokens", None, low=1)
+    return newer if newer is not None else fields.integer(doc, "max_tokens", None, low=1)
 
 
 async def chat_completions(state: SimState, call: Call) -> Response:
     doc = call.json
     if not isinstance(doc, dict):
         return openai_error(400, "invalid_request_error", "the body must be a JSON object")
+    messages = doc.get("messages")
+    try:
+        if not isinstance(messages, list):
+            raise fields.missing("messages")
+        n = fields.integer(doc, "n", 1, low=1, high=MAX_CHOICES) or 1
+        limit = _limit(doc)
+    except fields.BadField as exc:
+        return exc.response()
     model = str(doc.get("model") or "gpt-4o-mini")
-    answer = words(state.config.stream_events)
-    usage = {
-        "prompt_tokens": _prompt_tokens(doc),
-        "completion_tokens": len(answer),
-        "total_tokens": _prompt_tokens(doc) + len(answer),
-    }
+    pieces = tokens.answer(state.config.stream_events)
+    finish = "stop"
+    if limit is not None and limit < len(pieces):
+        pieces, finish = pieces[:limit], "length"
+    prompt = tokens.messages_tokens(messages)
+    totals = usage.chat(
+        prompt,
+        n * len(pieces),
+        cached=state.prompt_cache.cached_tokens(model, messages, prompt),
+        reasoning=n * tokens.reasoning_tokens(model, len(pieces)),
+    )
     head = {
         "id": "chatcmpl-" + secrets.token_hex(12),
         "created": int(time.time()),
@@ -46,40 +57,36 @@ async def chat_completions(state: SimState, call: Call) -> Response:
         "system_fingerprint": "fp_sim",
     }
     if not doc.get("stream"):
-        message = {"role": "assistant", "content": "".join(answer).strip()}
-        choice = {"index": 0, "message": message, "finish_reason": "stop"}
+        message = {"role": "assistant", "content": "".join(pieces).strip()}
+        choices = [
+            {"index": i, "message": message, "logprobs": None, "finish_reason": finish}
+            for i in range(n)
+        ]
         return JSONResponse(
-            {**head, "object": "chat.completion", "choices": [choice], "usage": usage}
+            {**head, "object": "chat.completion", "choices": choices, "usage": totals}
         )
     options = doc.get("stream_options")
     with_usage = isinstance(options, dict) and bool(options.get("include_usage"))
+    extra: dict[str, Any] = {"usage": None} if with_usage else {}
 
-    def event(choices: list[dict[str, Any]], **extra: Any) -> bytes:
-        chunk = {**head, "object": "chat.completion.chunk", "choices": choices, **extra}
-        return b"data: " + json.dumps(chunk).encode() + b"\n\n"
+    def event(choices: list[dict[str, Any]], **more: Any) -> bytes:
+        return sse.data(
+            {**head, "object": "chat.completion.chunk", "choices": choices, **extra, **more}
+        )
 
     async def events() -> AsyncIterator[bytes]:
-        interval = state.config.stream_interval
-        for i, word in enumerate(answer):
-            if i and interval:
-                await asyncio.sleep(interval)
-            delta = {"role": "assistant", "content": word} if i == 0 else {"content": word}
-            finish = "stop" if i == len(answer) - 1 else None
-            yield event([{"index": 0, "delta": delta, "finish_reason": finish}])
-        if not answer:
-            yield event([{"index": 0, "delta": {"role": "assistant"}, "finish_reason": "stop"}])
+        for i, piece in enumerate(pieces):
+            await sse.pace(state, i)
+            delta = {"role": "assistant", "content": piece} if i == 0 else {"content": piece}
+            done = finish if i == len(pieces) - 1 else None
+            for index in range(n):
+                yield event([{"index": index, "delta": delta, "finish_reason": done}])
+        if not pieces:
+            for index in range(n):
+                choice = {"index": index, "delta": {"role": "assistant"}, "finish_reason": finish}
+                yield event([choice])
         if with_usage:
-            yield event([], usage=usage)
-        yield b"data: [DONE]\n\n"
+            yield event([], usage=totals)
+        yield sse.DONE
 
-    async def counted() -> AsyncIterator[bytes]:
-        try:
-            async for chunk in events():
-                yield chunk
-        except (asyncio.CancelledError, GeneratorExit):
-            state.aborted += 1
-            raise
-
-    return StreamingResponse(
-        counted(), media_type="text/event-stream", headers={"cache-control": "no-cache"}
-    )
+    return sse.stream(state, events())

@@ -9,6 +9,8 @@ from gateway.sim.faults import Fault
 _STATUS_FAULTS = {
     "status_401": (401, "invalid_api_key", "Invalid token"),
     "status_403": (403, "insufficient_quota", "The account's quota is used up"),
+    # what an OpenAI-style channel answers for an object it no longer has
+    "status_404": (404, "not_found", "The requested resource was not found"),
     "status_429": (429, "rate_limit_exceeded", "rate limited"),
     "status_500": (500, "internal_error", "simulated server error"),
     "status_503": (503, "service_unavailable", "simulated outage"),
@@ -18,6 +20,19 @@ _STATUS_FAULTS = {
 def openai_error(status: int, code: str, message: str) -> JSONResponse:
     body = {"error": {"message": message, "type": "new_api_error", "code": code}}
     return JSONResponse(body, status_code=status)
+
+
+def invalid_field(param: str, message: str, code: str = "invalid_value") -> JSONResponse:
+    """OpenAI's own validation error, which new-api relays as it came."""
+    body = {
+        "error": {
+            "message": message,
+            "type": "invalid_request_error",
+            "param": param,
+            "code": code,
+        }
+    }
+    return JSONResponse(body, status_code=400)
 
 
 def task_error(status: int, code: str, message: str | None = None) -> JSONResponse:

@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-STATUS_KINDS = frozenset({"status_401", "status_403", "status_429", "status_500", "status_503"})
+STATUS_KINDS = frozenset(
+    {"status_401", "status_403", "status_404", "status_429", "status_500", "status_503"}
+)
 KINDS = STATUS_KINDS | {"slow", "drop", "content_redirect"}
 
 

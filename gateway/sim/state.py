@@ -8,6 +8,7 @@ from typing import Any
 from gateway.sim.config import SimConfig
 from gateway.sim.faults import Fault
 from gateway.sim.jobs import Job
+from gateway.sim.usage import PromptCache
 
 
 class SimState:
@@ -23,6 +24,7 @@ class SimState:
         self.key_states: dict[str, str] = {}
         # Per key, the only models it may use (new-api's token model whitelist): others 403.
         self.key_models: dict[str, tuple[str, ...]] = {}
+        self.prompt_cache = PromptCache()
 
     def note_abort(self) -> None:
         self.aborted += 1

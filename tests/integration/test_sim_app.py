@@ -16,22 +16,13 @@ import pytest
 from gateway.sim.app import content_bytes, create_sim_app
 from gateway.sim.config import SimConfig
 from gateway.sim.state import SimState
+from tests.clock import Clock
 from tests.servers import run_server
 
 KEY, OTHER = "sk-sim-test-one", "sk-sim-test-two"
 SIZE = 300_000
 UPSTREAM_HEADERS = ("x-oneapi-request-id", "server", "set-cookie", "x-powered-by")
 TASK_NOT_EXIST = {"code": "task_not_exist", "message": "task_not_exist", "data": None}
-
-
-class Clock:
-    """The simulator's clock, moved by the test instead of by sleeping."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @dataclass
@@ -154,7 +145,10 @@ async def test_chat_completion(sim: Sim) -> None:
         "role": "assistant",
         "content": " ".join(f"word{i}" for i in range(8)),
     }
-    assert doc["usage"] == {"prompt_tokens": 2, "completion_tokens": 8, "total_tokens": 10}
+    usage = doc["usage"]
+    # One token per 4 characters of "hello there" (rounded up), one per answer word.
+    assert (usage["prompt_tokens"], usage["completion_tokens"], usage["total_tokens"]) == (3, 8, 11)
+    assert usage["prompt_tokens_details"]["cached_tokens"] == 0
 
 
 async def test_chat_stream_sends_the_configured_events_then_done() -> None:
