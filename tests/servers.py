@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import socket
 import threading
 import time
@@ -21,13 +22,39 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.01) -> None:
+def wait_for(
+    predicate: Any, timeout: float = 10.0, interval: float = 0.01, *, message: str = ""
+) -> None:
     """Poll ``predicate`` until it is truthy or the deadline passes (never sleep for luck)."""
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
-            raise TimeoutError(f"condition not met within {timeout}s")
+            raise TimeoutError(_timed_out(message, timeout))
         time.sleep(interval)
+
+
+async def wait_for_async(
+    predicate: Any, timeout: float = 10.0, interval: float = 0.01, *, message: str = ""
+) -> None:
+    """``wait_for`` for a test on the event loop, which keeps running while it polls (a
+    blocking sleep would freeze the very thing being waited for). ``predicate`` may return an
+    awaitable."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(_timed_out(message, timeout))
+        await asyncio.sleep(interval)
+
+
+def _timed_out(message: str, timeout: float) -> str:
+    return (
+        f"{message} (not within {timeout}s)" if message else f"condition not met within {timeout}s"
+    )
 
 
 @contextlib.contextmanager

@@ -1,6 +1,6 @@
 """The only place that talks HTTP to the upstream.
 
-aiohttp was chosen by measurement (see README, "Benchmarks"): at 32 connections it sustains
+aiohttp was chosen by measurement (see bench/RESULTS.md): at 32 connections it sustains
 several times the throughput of httpx/httpx2 on this hardware. It stays behind this seam:
 callers get an ``UpstreamResponse`` and never touch aiohttp types.
 
@@ -148,6 +148,7 @@ class UpstreamClient:
         on_response: Callable[[str, str, int, float], None] = lambda k, r, s, d: None,
         on_retry: Callable[[str], None] = lambda reason: None,
         trusted_networks: Iterable[str] = (),
+        session_factory: Callable[[], aiohttp.ClientSession] | None = None,
     ) -> None:
         self._base_url = base_url
         self._trusted = parse_networks(trusted_networks)
@@ -160,8 +161,14 @@ class UpstreamClient:
         self._on_retry = on_retry
         self._session: aiohttp.ClientSession | None = None
         self._probes: dict[str, asyncio.Future[bool]] = {}
+        self._session_factory = session_factory
 
     async def start(self) -> None:
+        if self._session_factory is not None:
+            # The seam tests swap (tests/fakes.py): retry and key policy stay on the real path,
+            # only the socket I/O is replaced.
+            self._session = self._session_factory()
+            return
         connector = aiohttp.TCPConnector(
             limit=self._max_connections,
             limit_per_host=0,

@@ -8,7 +8,6 @@ import os
 import secrets
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ import pytest
 from gateway.auth.tokens import mint_token
 from gateway.dev.embedded_redis import RedisProcess
 from gateway.dev.process import stop_process
-from tests.servers import free_port, wait_for
+from tests.servers import free_port, wait_for, wait_for_async
 
 GIB = 1024**3
 
@@ -119,13 +118,13 @@ async def _finished_video(s: Served, http: aiohttp.ClientSession) -> str:
     headers = {"Authorization": f"Bearer {s.token}"}
     async with http.post(s.url + "/v1/videos", json={"prompt": "p"}, headers=headers) as r:
         vid = str((await r.json())["id"])
-    deadline = time.monotonic() + 10
-    while True:
+
+    async def completed() -> bool:
         async with http.get(f"{s.url}/v1/videos/{vid}", headers=headers) as r:
-            if (await r.json())["status"] == "completed":
-                return vid
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.1)
+            return bool((await r.json())["status"] == "completed")
+
+    await wait_for_async(completed, timeout=10, interval=0.1)
+    return vid
 
 
 async def test_one_gib_download_keeps_memory_flat(served: Served) -> None:

@@ -3,7 +3,6 @@ and an identity provider serving JWKS over a real socket."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 import urllib.error
@@ -25,7 +24,7 @@ from starlette.routing import Route
 from gateway.dev.embedded_redis import RedisProcess
 from gateway.sim.config import SimConfig
 from tests.conftest import Stack, make_stack
-from tests.servers import run_server, wait_for
+from tests.servers import run_server, wait_for, wait_for_async
 
 CHAT = [{"role": "user", "content": "hi"}]
 
@@ -86,10 +85,12 @@ async def test_caller_disconnect_closes_the_upstream_stream(redis_url: str) -> N
             first = await resp.content.readline()
             assert first.startswith(b"data:")
             resp.close()  # the caller hangs up twenty seconds early
-        deadline = time.monotonic() + 2
-        while s.sim_app.state.sim.aborted < 1:
-            assert time.monotonic() < deadline, "the upstream stream was not closed within 1-2 s"
-            await asyncio.sleep(0.02)
+        await wait_for_async(
+            lambda: s.sim_app.state.sim.aborted >= 1,
+            timeout=2,
+            interval=0.02,
+            message="the upstream stream was not closed within 1-2 s",
+        )
 
 
 def test_redis_down_keeps_traffic_flowing_and_readyz_reports_it(tmp_path: Any) -> None:

@@ -14,6 +14,7 @@ import pytest
 
 from gateway.sim.config import SimConfig
 from tests.conftest import Stack, make_stack
+from tests.servers import wait_for
 
 
 @pytest.fixture
@@ -88,10 +89,7 @@ def test_a_key_in_flight_is_409_and_the_sdk_retry_gets_the_job(stack: Stack, tea
     t.start()
     try:
         with sdk(stack, team, max_retries=0) as c:
-            deadline_hits = 0
-            while creates(stack) == 0 and deadline_hits < 200:  # the first has reached upstream
-                threading.Event().wait(0.01)
-                deadline_hits += 1
+            wait_for(lambda: creates(stack) > 0)  # the first has reached upstream
             with pytest.raises(openai.ConflictError) as err:
                 c.videos.create(prompt="slow one", extra_headers=h)
             assert err.value.code == "idempotency_key_in_use"

@@ -22,14 +22,7 @@ from gateway.store.client import close_redis, make_redis
 from gateway.store.keys import TeamKeys
 from gateway.videos.reconciler import Reconciler
 from gateway.videos.registry import Job, JobRegistry
-
-
-class Clock:
-    def __init__(self, t: float) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
+from tests.clock import Clock
 
 
 def at(text: str) -> float:
@@ -71,7 +64,7 @@ async def test_rate_limit_admits_exactly_the_limit_and_says_when(redis: Redis) -
     for i in range(5):
         headers = dict(await svc.rate.check(team))
         assert headers[b"x-ratelimit-remaining-requests"] == str(4 - i).encode()
-    clock.t += 20
+    clock.now += 20
     with pytest.raises(QuotaExceeded) as err:
         await svc.rate.check(team)
     e = err.value
@@ -80,7 +73,7 @@ async def test_rate_limit_admits_exactly_the_limit_and_says_when(redis: Redis) -
     assert e.headers["x-ratelimit-remaining-requests"] == "0"
     assert "5 requests per minute" in e.message
     # A rejected request is not counted: 40 s later the first five have left the window.
-    clock.t += 40
+    clock.now += 40
     await svc.rate.check(team)
 
 
@@ -89,7 +82,7 @@ async def test_no_double_burst_at_a_window_boundary(redis: Redis) -> None:
     svc, team = service(redis, clock, {"requests_per_minute": 4})
     for _ in range(4):
         await svc.rate.check(team)
-    clock.t = at("2026-12-01T10:01:00.100")  # a fixed window would reset here
+    clock.now = at("2026-12-01T10:01:00.100")  # a fixed window would reset here
     with pytest.raises(QuotaExceeded):
         await svc.rate.check(team)
 
@@ -195,7 +188,7 @@ async def test_refund_goes_back_to_the_day_it_was_charged_to(redis: Redis) -> No
     svc, team = service(redis, clock, {"video_seconds_per_day": 100})
     job = "video_" + "2" * 32
     await svc.reserve(team, job, four_seconds())
-    clock.t = at("2027-01-01T00:00:01")
+    clock.now = at("2027-01-01T00:00:01")
     await svc.reserve(team, "video_" + "3" * 32, four_seconds())
     assert await svc.settle(team, job, "refunded")
     assert await counters(redis, team, "20261231", "202612") == (0, 0, 0)
@@ -216,12 +209,12 @@ async def test_a_slot_never_outlives_its_lease(redis: Redis) -> None:
     clock = Clock(at("2026-12-01T10:00:00"))
     svc, team = service(redis, clock, {"concurrent_jobs": 1})
     await svc.reserve(team, "video_" + "5" * 32, four_seconds())
-    clock.t += 300
+    clock.now += 300
     await svc.renew(team, "video_" + "5" * 32)  # seen running: the lease runs from now
-    clock.t += 599
+    clock.now += 599
     with pytest.raises(QuotaExceeded):
         await svc.reserve(team, "video_" + "6" * 32, four_seconds())
-    clock.t += 2  # nobody renewed it: the slot is free again
+    clock.now += 2  # nobody renewed it: the slot is free again
     await svc.reserve(team, "video_" + "6" * 32, four_seconds())
 
 
@@ -259,9 +252,9 @@ async def test_a_refund_after_an_admin_reset_spares_later_charges(redis: Redis) 
     svc, team = service(redis, clock, {"video_seconds_per_day": 100})
     early, late = "video_" + "8" * 32, "video_" + "9" * 32
     await svc.reserve(team, early, four_seconds())
-    clock.t += 1
+    clock.now += 1
     await svc.admin.reset_usage(team, "all")
-    clock.t += 1
+    clock.now += 1
     await svc.reserve(team, late, four_seconds())
     assert await svc.settle(team, early, "refunded")
     # The reset already forgave the early job: its refund must not eat the late job's charge.
@@ -302,8 +295,8 @@ async def test_a_lost_reply_is_charged_once_in_the_end(redis: Redis) -> None:
             size="1280x720",
             seconds=4,
             prompt="p",
-            created_at=int(clock.t),
-            created_ms=int(clock.t * 1000),
+            created_at=int(clock.now),
+            created_ms=int(clock.now * 1000),
             status="completed",
         )
     )
@@ -318,7 +311,7 @@ async def test_a_lost_reply_is_charged_once_in_the_end(redis: Redis) -> None:
         orphan_seconds=120,
         clock=clock,
     )
-    clock.t += 121
+    clock.now += 121
     report = await reconciler.run_once()
     assert (report.orphans_refunded, report.settled) == (1, 1)
     assert await counters(redis, team, "20261201", "202612") == (4000, 4000, 0)

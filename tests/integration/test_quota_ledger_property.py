@@ -56,6 +56,7 @@ from gateway.store.client import close_redis, make_redis
 from gateway.store.keys import TEAMS, TeamKeys
 from gateway.videos.reconciler import Reconciler
 from gateway.videos.registry import JobRegistry
+from tests.clock import Clock
 
 T = TypeVar("T")
 
@@ -84,16 +85,6 @@ CODES = {
 LIVE = ("reserved", "kept")
 
 
-class Clock:
-    """Whole milliseconds, so that ``int(clock() * 1000)`` in the gateway gives them back."""
-
-    def __init__(self, ms: int) -> None:
-        self.ms = ms
-
-    def __call__(self) -> float:
-        return self.ms / 1000
-
-
 @dataclass
 class Job:
     """What the model knows about one job id."""
@@ -120,7 +111,7 @@ class QuotaLedger(RuleBasedStateMachine):
         self.redis = self.loop.run_until_complete(_connect(REDIS_URL))
         self.team = "prop-" + secrets.token_hex(4)
         self.k = TeamKeys(self.team)
-        self.clock = Clock(START_MS)
+        self.clock = Clock(START_MS / 1000)
         self.svc = QuotaService(
             QuotaStore(self.redis),
             QuotaSettings(lease_seconds=LEASE_S),
@@ -544,7 +535,7 @@ async def test_a_job_reserved_in_the_reset_millisecond_is_refunded(redis_url: st
             QuotaSettings(lease_seconds=LEASE_S),
             teams={"default": {}, team: LIMITS},
             videos=VideoSettings(),
-            clock=Clock(START_MS),  # never moves: all three calls share one millisecond
+            clock=Clock(START_MS / 1000),  # never moves: all three calls share one millisecond
         )
         job = f"video_{1:032x}"
         await svc.admin.reset_usage(team, "day")

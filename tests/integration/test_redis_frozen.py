@@ -63,7 +63,7 @@ def test_a_frozen_redis_answers_503_fast_on_every_route(
     proc, url = frozen_redis
     teams = {"default": {}, "team-a": LIMITS}
     # A long socket timeout makes "waited for Redis" (2 s) and "knew it was down" (a few ms on
-    # an idle machine; bench figures are in docs/operations.md) impossible to confuse even on
+    # an idle machine; figures in docs/operations.md) impossible to confuse even on
     # a loaded CI machine.
     with make_stack(
         url,

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -17,6 +16,7 @@ from gateway.errors import StoreUnavailable
 from gateway.settings import RedisSettings
 from gateway.store.batcher import ScriptBatcher
 from gateway.store.client import close_redis, make_redis
+from tests.servers import wait_for_async
 
 INCR = "return redis.call('INCRBY', KEYS[1], ARGV[1])"
 
@@ -104,10 +104,11 @@ async def test_the_wire_authenticates_selects_the_db_and_recovers_from_a_restart
                 outcomes.append(await batch(["w"], [1]))
             except StoreUnavailable:
                 outcomes.append("failed")
-                deadline = time.monotonic() + 5  # the breaker's probe finds Redis back
-                while r.breaker.is_open:  # type: ignore[attr-defined]
-                    assert time.monotonic() < deadline
-                    await asyncio.sleep(0.02)
+                await wait_for_async(  # the breaker's probe finds Redis back
+                    lambda: not r.breaker.is_open,  # type: ignore[attr-defined]
+                    timeout=5,
+                    interval=0.02,
+                )
         assert outcomes.count("failed") <= 1
         assert outcomes[-1] == 3 - outcomes.count("failed")
     finally:

@@ -8,7 +8,6 @@ import re
 import secrets
 import signal
 import socket
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from gateway.auth.tokens import mint_token
 from gateway.sim.app import create_sim_app
 from gateway.sim.config import SimConfig
 from tests.integration.test_cli import Served, clean_env, gateway_cmd
-from tests.servers import free_port, run_server
+from tests.servers import free_port, run_server, wait_for
 
 CONFIG = """\
 upstream: {{base_url: "{sim}", keys: [{{id: primary, secret: "${{UPSTREAM_KEY}}"}}]}}
@@ -52,11 +51,14 @@ def serve(
             clean_env(GATEWAY_JWT_SECRET=jwt, UPSTREAM_KEY=key),
         )
         try:
-            deadline = time.monotonic() + 60
-            while served.output.count("Application startup complete") < workers:
-                assert time.monotonic() < deadline, served.output
+
+            def all_started() -> bool:
+                if served.output.count("Application startup complete") >= workers:
+                    return True
                 assert served.proc.poll() is None, served.output
-                time.sleep(0.05)
+                return False
+
+            wait_for(all_started, timeout=60, interval=0.05)
             yield {
                 "url": f"http://127.0.0.1:{port}",
                 "port": port,
@@ -113,14 +115,18 @@ def test_sigterm_drains_a_download_and_refuses_new_connections(
                 got = len(next(chunks))
                 served: Served = g["served"]
                 served.proc.send_signal(signal.SIGTERM)
-                deadline = time.monotonic() + 10
-                while True:  # the listener closes at once; the download carries on
+
+                def refused() -> bool:
                     try:
                         socket.create_connection(("127.0.0.1", g["port"]), timeout=1).close()
                     except ConnectionRefusedError:
-                        break
-                    assert time.monotonic() < deadline, "still accepting after SIGTERM"
-                    time.sleep(0.02)
+                        return True
+                    return False
+
+                # the listener closes at once; the download carries on
+                wait_for(
+                    refused, timeout=10, interval=0.02, message="still accepting after SIGTERM"
+                )
                 for chunk in chunks:
                     got += len(chunk)
         assert got == size

@@ -11,19 +11,12 @@ from gateway.auth.jwks import JWKSCache
 from gateway.auth.verifier import TokenVerifier
 from gateway.errors import AuthenticationFailed
 from gateway.settings import AuthSettings
+from tests.clock import Clock
 
 NOW = 1_800_000_000.0
 URL = "https://idp.example/jwks"
 CACHE_SECONDS = 300.0
 COOLDOWN = 30.0
-
-
-class Clock:
-    def __init__(self, now: float = NOW) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def jwk(kid: str | None, private_key: Any, **extra: Any) -> dict[str, Any]:
@@ -99,7 +92,7 @@ def rsa_key() -> rsa.RSAPrivateKey:
 
 
 async def test_es256_via_jwks_fetched_lazily_and_cached(k1: Any) -> None:
-    idp, clock = FakeIdp(jwk("k1", k1)), Clock()
+    idp, clock = FakeIdp(jwk("k1", k1)), Clock(NOW)
     v = verifier_for(cache_for(idp, clock), clock)
     assert idp.calls == 0
     assert (await v.verify(token(k1, "k1", clock))).team == "team-a"
@@ -108,13 +101,13 @@ async def test_es256_via_jwks_fetched_lazily_and_cached(k1: Any) -> None:
 
 
 async def test_rs256_via_jwks(rsa_key: Any) -> None:
-    idp, clock = FakeIdp(jwk("r1", rsa_key)), Clock()
+    idp, clock = FakeIdp(jwk("r1", rsa_key)), Clock(NOW)
     v = verifier_for(cache_for(idp, clock), clock, "RS256")
     assert (await v.verify(token(rsa_key, "r1", clock, alg="RS256"))).user == "alice"
 
 
 async def test_keys_are_prepared_once_per_fetch(k1: Any) -> None:
-    idp, clock = FakeIdp(jwk("k1", k1)), Clock()
+    idp, clock = FakeIdp(jwk("k1", k1)), Clock(NOW)
     cache = cache_for(idp, clock)
     first = await cache.key_for("k1", "ES256")
     assert await cache.key_for("k1", "ES256") is first
@@ -122,7 +115,7 @@ async def test_keys_are_prepared_once_per_fetch(k1: Any) -> None:
 
 
 async def test_unknown_kid_refetches_once_then_is_rejected(k1: Any, k2: Any) -> None:
-    idp, clock = FakeIdp(jwk("k1", k1)), Clock()
+    idp, clock = FakeIdp(jwk("k1", k1)), Clock(NOW)
     v = verifier_for(cache_for(idp, clock), clock)
     await v.verify(token(k1, "k1", clock))
     clock.now += COOLDOWN
@@ -136,7 +129,7 @@ async def test_unknown_kid_refetches_once_then_is_rejected(k1: Any, k2: Any) -> 
 
 
 async def test_a_rotated_in_key_is_found_by_the_refetch(k1: Any, k2: Any) -> None:
-    idp, clock = FakeIdp(jwk("k1", k1)), Clock()
+    idp, clock = FakeIdp(jwk("k1", k1)), Clock(NOW)
     v = verifier_for(cache_for(idp, clock), clock)
     await v.verify(token(k1, "k1", clock))
     idp.keys.append(jwk("k2", k2))
@@ -146,7 +139,7 @@ async def test_a_rotated_in_key_is_found_by_the_refetch(k1: Any, k2: Any) -> Non
 
 
 async def test_refetch_cooldown_bounds_fetches_for_many_unknown_kids(k1: Any) -> None:
-    idp, clock = FakeIdp(jwk("k1", k1)), Clock()
+    idp, clock = FakeIdp(jwk("k1", k1)), Clock(NOW)
     cache = cache_for(idp, clock)
     await cache.key_for("k1", "ES256")
     for second in range(1, 96):
@@ -157,7 +150,7 @@ async def test_refetch_cooldown_bounds_fetches_for_many_unknown_kids(k1: Any) ->
 
 
 async def test_cache_expiry_refetches_and_drops_revoked_keys(k1: Any, k2: Any) -> None:
-    idp, clock = FakeIdp(jwk("k1", k1), jwk("k2", k2)), Clock()
+    idp, clock = FakeIdp(jwk("k1", k1), jwk("k2", k2)), Clock(NOW)
     cache = cache_for(idp, clock)
     await cache.key_for("k1", "ES256")
     idp.keys = [jwk("k2", k2)]
@@ -171,7 +164,7 @@ async def test_cache_expiry_refetches_and_drops_revoked_keys(k1: Any, k2: Any) -
 
 
 async def test_idp_down_keeps_last_good_keys(k1: Any) -> None:
-    idp, clock = FakeIdp(jwk("k1", k1)), Clock()
+    idp, clock = FakeIdp(jwk("k1", k1)), Clock(NOW)
     v = verifier_for(cache_for(idp, clock), clock)
     await v.verify(token(k1, "k1", clock))
     idp.down = True
@@ -188,7 +181,7 @@ async def test_idp_down_keeps_last_good_keys(k1: Any) -> None:
     [b"<html>502 Bad Gateway</html>", b"\xff\xfe", b"[1, 2]", b"{}", b'{"keys": "x"}', b""],
 )
 async def test_garbage_from_the_idp_keeps_last_good_keys(k1: Any, body: bytes) -> None:
-    idp, clock = FakeIdp(jwk("k1", k1)), Clock()
+    idp, clock = FakeIdp(jwk("k1", k1)), Clock(NOW)
     cache = cache_for(idp, clock)
     good = await cache.key_for("k1", "ES256")
     idp.body = body
@@ -198,7 +191,7 @@ async def test_garbage_from_the_idp_keeps_last_good_keys(k1: Any, body: bytes) -
 
 
 async def test_an_empty_key_set_keeps_last_good_keys(k1: Any) -> None:
-    idp, clock = FakeIdp(jwk("k1", k1)), Clock()
+    idp, clock = FakeIdp(jwk("k1", k1)), Clock(NOW)
     cache = cache_for(idp, clock)
     await cache.key_for("k1", "ES256")
     idp.keys = []
@@ -207,7 +200,7 @@ async def test_an_empty_key_set_keeps_last_good_keys(k1: Any) -> None:
 
 
 async def test_idp_down_at_start_recovers_after_the_cooldown(k1: Any) -> None:
-    idp, clock = FakeIdp(jwk("k1", k1)), Clock()
+    idp, clock = FakeIdp(jwk("k1", k1)), Clock(NOW)
     cache = cache_for(idp, clock)
     idp.down = True
     assert await unknown(cache, "k1")
@@ -232,7 +225,7 @@ async def test_bad_keys_in_the_set_do_not_hide_good_ones(k1: Any) -> None:
         "not-a-dict",
         jwk("k1", k1),
     )
-    cache = cache_for(idp, Clock())
+    cache = cache_for(idp, Clock(NOW))
     assert isinstance(await cache.key_for("k1", "ES256"), ec.EllipticCurvePublicKey)
     for kid, alg in [("broken", "ES256"), ("weak", "RS256"), ("enc", "ES256"), ("oct", "HS256")]:
         assert await unknown(cache, kid, alg)
@@ -243,7 +236,7 @@ async def test_key_must_fit_the_algorithm(k1: Any, rsa_key: Any) -> None:
     idp = FakeIdp(
         jwk("ec", k1), jwk("rsa", rsa_key), jwk("p384", p384), jwk("pin", rsa_key, alg="RS512")
     )
-    cache = cache_for(idp, Clock())
+    cache = cache_for(idp, Clock(NOW))
     assert isinstance(await cache.key_for("ec", "ES256"), ec.EllipticCurvePublicKey)
     assert isinstance(await cache.key_for("rsa", "RS384"), rsa.RSAPublicKey)
     assert isinstance(await cache.key_for("p384", "ES384"), ec.EllipticCurvePublicKey)
@@ -255,7 +248,7 @@ async def test_key_must_fit_the_algorithm(k1: Any, rsa_key: Any) -> None:
 
 
 async def test_no_kid_matches_only_a_single_fitting_key(k1: Any, k2: Any, rsa_key: Any) -> None:
-    clock = Clock()
+    clock = Clock(NOW)
     one = cache_for(FakeIdp(jwk("k1", k1), jwk("r", rsa_key)), clock)
     assert isinstance(await one.key_for(None, "ES256"), ec.EllipticCurvePublicKey)
     assert isinstance(await one.key_for(None, "RS256"), rsa.RSAPublicKey)
@@ -266,7 +259,7 @@ async def test_no_kid_matches_only_a_single_fitting_key(k1: Any, k2: Any, rsa_ke
 
 
 async def test_concurrent_first_fetch_shares_one_call(k1: Any) -> None:
-    idp, clock = FakeIdp(jwk("k1", k1)), Clock()
+    idp, clock = FakeIdp(jwk("k1", k1)), Clock(NOW)
     idp.hold = asyncio.Event()
     v = verifier_for(cache_for(idp, clock), clock)
     tasks = [asyncio.create_task(v.verify(token(k1, "k1", clock, sub=f"u{i}"))) for i in range(20)]
@@ -279,7 +272,7 @@ async def test_concurrent_first_fetch_shares_one_call(k1: Any) -> None:
 
 
 async def test_a_cancelled_caller_does_not_cancel_the_shared_fetch(k1: Any) -> None:
-    idp, clock = FakeIdp(jwk("k1", k1)), Clock()
+    idp, clock = FakeIdp(jwk("k1", k1)), Clock(NOW)
     idp.hold = asyncio.Event()
     cache = cache_for(idp, clock)
     first = asyncio.create_task(cache.key_for("k1", "ES256"))
@@ -293,7 +286,7 @@ async def test_a_cancelled_caller_does_not_cancel_the_shared_fetch(k1: Any) -> N
 
 
 async def test_hs256_never_consults_the_jwks(rsa_key: Any) -> None:
-    idp, clock = FakeIdp(jwk("r1", rsa_key)), Clock()
+    idp, clock = FakeIdp(jwk("r1", rsa_key)), Clock(NOW)
     settings = AuthSettings(
         algorithms=("RS256", "HS256"), hs256_secrets=(secrets.token_urlsafe(48),), jwks_url=URL
     )

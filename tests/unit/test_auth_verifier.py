@@ -14,16 +14,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from gateway.auth.verifier import TokenVerifier
 from gateway.errors import AuthenticationFailed
 from gateway.settings import AuthSettings
+from tests.clock import Clock
 
 NOW = 1_800_000_000.0
-
-
-class Clock:
-    def __init__(self, now: float = NOW) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def claims(**over: Any) -> dict[str, Any]:
@@ -67,7 +60,7 @@ def secret() -> str:
 
 @pytest.fixture
 def hs(secret: str) -> TokenVerifier:
-    return TokenVerifier(AuthSettings(hs256_secrets=(secret,)), clock=Clock())
+    return TokenVerifier(AuthSettings(hs256_secrets=(secret,)), clock=Clock(NOW))
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +81,7 @@ async def test_good_hs256_token(hs: TokenVerifier, secret: str) -> None:
 
 async def test_secret_rotation_accepts_the_second_secret(secret: str) -> None:
     newer = secrets.token_urlsafe(48)
-    v = TokenVerifier(AuthSettings(hs256_secrets=(newer, secret)), clock=Clock())
+    v = TokenVerifier(AuthSettings(hs256_secrets=(newer, secret)), clock=Clock(NOW))
     assert (await v.verify(hs256(secret))).team == "team-a"
     assert (await v.verify(hs256(newer))).team == "team-a"
 
@@ -153,7 +146,7 @@ async def test_leeway_accepts_small_clock_skew(hs: TokenVerifier, secret: str) -
 
 
 async def test_leeway_comes_from_settings(secret: str) -> None:
-    v = TokenVerifier(AuthSettings(hs256_secrets=(secret,), leeway=0), clock=Clock())
+    v = TokenVerifier(AuthSettings(hs256_secrets=(secret,), leeway=0), clock=Clock(NOW))
     assert await reason(v, hs256(secret, exp=NOW - 1)) == "expired"
     assert await reason(v, hs256(secret, nbf=NOW + 1)) == "not_yet_valid"
 
@@ -182,7 +175,7 @@ async def test_hs256_signed_with_the_rsa_public_key_is_refused(
         hs256_secrets=(secret,) if with_hs else (),
         public_keys=(pem,),
     )
-    v = TokenVerifier(settings, clock=Clock())
+    v = TokenVerifier(settings, clock=Clock(NOW))
     assert (await v.verify(jwt.encode(claims(), rsa_key, algorithm="RS256"))).team == "team-a"
     expected = "bad_signature" if with_hs else "bad_algorithm"
     # The PEM as configured, and the variants an attacker would also try.
@@ -196,7 +189,7 @@ async def test_rs256_via_pem_issuer_audience_and_roles_string(
     settings = AuthSettings(
         algorithms=("RS256",), public_keys=(public_pem(rsa_key),), issuer="idp", audience="gw"
     )
-    v = TokenVerifier(settings, clock=Clock())
+    v = TokenVerifier(settings, clock=Clock(NOW))
 
     def rs(**over: Any) -> str:
         return jwt.encode(claims(**over), rsa_key, algorithm="RS256")
@@ -225,7 +218,7 @@ async def test_claim_names_come_from_settings(secret: str) -> None:
     settings = AuthSettings(
         hs256_secrets=(secret,), team_claim="org", user_claim="email", roles_claim="scope"
     )
-    v = TokenVerifier(settings, clock=Clock())
+    v = TokenVerifier(settings, clock=Clock(NOW))
     token = hs256(secret, team=None, sub=None, roles=None, org="o1", email="a@x", scope="r w")
     p = await v.verify(token)
     assert (p.team, p.user, p.roles) == ("o1", "a@x", frozenset({"r", "w"}))
@@ -236,7 +229,7 @@ async def test_es_keys_are_pinned_to_their_curve() -> None:
     p256 = ec.generate_private_key(ec.SECP256R1())
     p384 = ec.generate_private_key(ec.SECP384R1())
     settings = AuthSettings(algorithms=("ES256", "ES384"), public_keys=(public_pem(p256),))
-    v = TokenVerifier(settings, clock=Clock())
+    v = TokenVerifier(settings, clock=Clock(NOW))
     assert (await v.verify(jwt.encode(claims(), p256, algorithm="ES256"))).team == "team-a"
     assert await reason(v, jwt.encode(claims(), p384, algorithm="ES384")) == "bad_signature"
 
@@ -285,7 +278,7 @@ class DecodeSpy:
 async def test_cache_hit_skips_verification_but_expires_on_the_clock(
     secret: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    spy, clock = DecodeSpy(monkeypatch), Clock()
+    spy, clock = DecodeSpy(monkeypatch), Clock(NOW)
     v = TokenVerifier(AuthSettings(hs256_secrets=(secret,)), clock=clock)
     token = hs256(secret, exp=NOW + 100)
     assert (await v.verify(token)).user == "alice"
@@ -301,7 +294,7 @@ async def test_cache_hit_skips_verification_but_expires_on_the_clock(
 async def test_cache_entries_live_at_most_five_minutes(
     secret: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    spy, clock = DecodeSpy(monkeypatch), Clock()
+    spy, clock = DecodeSpy(monkeypatch), Clock(NOW)
     v = TokenVerifier(AuthSettings(hs256_secrets=(secret,)), clock=clock)
     token = hs256(secret, exp=NOW + 86_400)
     await v.verify(token)
@@ -315,7 +308,9 @@ async def test_cache_entries_live_at_most_five_minutes(
 
 async def test_cache_is_bounded(secret: str, monkeypatch: pytest.MonkeyPatch) -> None:
     spy = DecodeSpy(monkeypatch)
-    v = TokenVerifier(replace(AuthSettings(hs256_secrets=(secret,)), cache_size=3), clock=Clock())
+    v = TokenVerifier(
+        replace(AuthSettings(hs256_secrets=(secret,)), cache_size=3), clock=Clock(NOW)
+    )
     tokens = [hs256(secret, sub=f"u{i}") for i in range(10)]
     for t in tokens:
         await v.verify(t)
@@ -330,7 +325,9 @@ async def test_cache_size_zero_disables_the_cache(
     secret: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     spy = DecodeSpy(monkeypatch)
-    v = TokenVerifier(replace(AuthSettings(hs256_secrets=(secret,)), cache_size=0), clock=Clock())
+    v = TokenVerifier(
+        replace(AuthSettings(hs256_secrets=(secret,)), cache_size=0), clock=Clock(NOW)
+    )
     token = hs256(secret)
     await v.verify(token)
     await v.verify(token)
@@ -340,5 +337,7 @@ async def test_cache_size_zero_disables_the_cache(
 async def test_cache_belongs_to_one_verifier(hs: TokenVerifier, secret: str) -> None:
     token = hs256(secret)
     await hs.verify(token)
-    other = TokenVerifier(AuthSettings(hs256_secrets=(secrets.token_urlsafe(48),)), clock=Clock())
+    other = TokenVerifier(
+        AuthSettings(hs256_secrets=(secrets.token_urlsafe(48),)), clock=Clock(NOW)
+    )
     assert await reason(other, token) == "bad_signature"

@@ -6,14 +6,7 @@ import pytest
 from gateway.errors import NoUpstreamKey
 from gateway.settings import UpstreamKey
 from gateway.upstream.keypool import COOLING, DISABLED, HEALTHY, QUARANTINED, KeyHealth, KeyPool
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.clock import Clock
 
 
 class MemoryStore:

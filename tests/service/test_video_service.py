@@ -1,0 +1,273 @@
+"""VideoService with the upstream faked (tests.fakes) and the registry and quotas on a real
+Redis; the clock is pinned (tests.clock), so nothing here waits for the gateway's own time."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+
+from gateway.auth.principal import Principal
+from gateway.errors import GatewayError, NotFound, UpstreamTimeout
+from gateway.quota.service import QuotaService
+from gateway.quota.store import QuotaStore
+from gateway.settings import QuotaSettings, RedisSettings, VideoSettings
+from gateway.store import keys
+from gateway.store.client import close_redis, make_redis
+from gateway.store.keys import TeamKeys
+from gateway.upstream.client import UpstreamClient
+from gateway.videos.registry import JobRegistry, new_video_id
+from gateway.videos.service import VideoService
+from tests.clock import Clock
+from tests.fakes import FakeResponse, FakeUpstream, SeenRequest
+from tests.servers import wait_for_async
+
+BASE = "https://gateway.test"
+FIELDS = {"prompt": "a cat on a skateboard", "seconds": "4"}
+TASK = {"id": "task_up_1", "status": "queued", "progress": 0}
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[Redis]:
+    r = make_redis(RedisSettings(url=redis_url))
+    yield r
+    await close_redis(r)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock(1_790_000_000.0)  # mid-month: no day or month boundary near
+
+
+def who(team: str) -> Principal:
+    return Principal(team=team, user="alice", roles=frozenset())
+
+
+def service(
+    client: UpstreamClient, redis: Redis, clock: Clock, **videos: Any
+) -> tuple[VideoService, QuotaService]:
+    settings = VideoSettings(**{"poll_interval_seconds": 0.0, **videos})
+    teams: dict[str, dict[str, Any]] = {"default": {}}
+    quota = QuotaService(
+        QuotaStore(redis), QuotaSettings(), teams=teams, videos=settings, clock=clock
+    )
+    svc = VideoService(
+        client,
+        JobRegistry(redis),
+        settings,
+        teams=teams,
+        secrets=client.pool.secrets,
+        clock=clock,
+        quota=quota,
+    )
+    return svc, quota
+
+
+async def reservation(quota: QuotaService, team: str, video_id: str) -> dict[str, str]:
+    return await quota.store.reservation(TeamKeys(team), video_id)
+
+
+async def used(quota: QuotaService, team: str, kind: str) -> Any:
+    return (await quota.usage(team))["limits"][kind]["used"]
+
+
+def team_name() -> str:
+    return "svc-" + secrets.token_hex(4)
+
+
+def create_then_poll(poll: dict[str, Any]) -> Any:
+    """A handler: the create answers TASK, every status poll answers ``poll``."""
+
+    def answer(req: SeenRequest) -> FakeResponse:
+        return FakeResponse(200, json=TASK if req.method == "POST" else poll)
+
+    return answer
+
+
+@pytest.mark.parametrize(
+    ("status", "code"),
+    [
+        (400, "invalid_prompt"),
+        (429, "rate_limited"),  # one key, nothing to retry on: refused, certainly not run
+        (401, "upstream_auth_failed"),  # our key refused (the probe finds it fine)
+    ],
+)
+async def test_a_create_the_upstream_certainly_refused_is_reserved_then_refunded(
+    client: UpstreamClient,
+    upstream: FakeUpstream,
+    redis: Redis,
+    clock: Clock,
+    monkeypatch: pytest.MonkeyPatch,
+    status: int,
+    code: str,
+) -> None:
+    svc, quota = service(client, redis, clock)
+    team, vid = team_name(), new_video_id()
+    monkeypatch.setattr("gateway.videos.service.new_video_id", lambda: vid)
+    at_upstream: list[dict[str, str]] = []
+
+    async def refuse(req: SeenRequest) -> FakeResponse:
+        if req.method == "GET":  # the 401 probe: this key reads fine
+            return FakeResponse(200, json={"object": "list", "data": []})
+        at_upstream.append(await reservation(quota, team, vid))
+        return FakeResponse(status, json={"error": {"message": "no", "code": code}})
+
+    upstream.handler = refuse
+    with pytest.raises(GatewayError) as err:
+        await svc.create(who(team), FIELDS, upload=None, request_id="r-1", base_url=BASE)
+    assert err.value.code == code
+    assert not err.value.maybe_processed
+    # The charge was in place before the upstream saw the create...
+    assert at_upstream[0]["state"] == "reserved"
+    assert [r.method for r in upstream.requests].count("POST") == 1
+    # ...and given back after it refused.
+    res = await reservation(quota, team, vid)
+    assert res["state"] == "refunded"
+    assert "outcome" not in res
+    assert await used(quota, team, "video_seconds_per_day") == 0
+    assert await used(quota, team, "concurrent_jobs") == 0
+    assert await svc.registry.get(vid) is None
+
+
+def _time_out(req: SeenRequest) -> FakeResponse:
+    raise TimeoutError
+
+
+@pytest.mark.parametrize(
+    ("handler", "status", "code"),
+    [
+        (_time_out, 504, "upstream_timeout"),
+        (lambda req: FakeResponse(500, b"oops"), 500, "upstream_http_500"),
+        (lambda req: FakeResponse(200, json={"status": "queued"}), 502, "upstream_unavailable"),
+    ],
+    ids=["timeout", "5xx", "answer-without-id"],
+)
+async def test_a_create_with_an_unknown_outcome_keeps_its_charge_marked_unknown(
+    client: UpstreamClient,
+    upstream: FakeUpstream,
+    redis: Redis,
+    clock: Clock,
+    monkeypatch: pytest.MonkeyPatch,
+    handler: Any,
+    status: int,
+    code: str,
+) -> None:
+    svc, quota = service(client, redis, clock)
+    team, vid = team_name(), new_video_id()
+    monkeypatch.setattr("gateway.videos.service.new_video_id", lambda: vid)
+    upstream.handler = handler
+    with pytest.raises(GatewayError) as err:
+        await svc.create(who(team), FIELDS, upload=None, request_id="r-1", base_url=BASE)
+    assert (err.value.status, err.value.code) == (status, code)
+    assert err.value.maybe_processed
+    assert err.value.headers["x-should-retry"] == "false"
+    assert len(upstream.requests) == 1  # never sent twice
+    res = await reservation(quota, team, vid)
+    assert (res["state"], res["outcome"]) == ("reserved", "unknown")  # the reconciler settles it
+    assert await used(quota, team, "video_seconds_per_day") == 4
+    assert await used(quota, team, "concurrent_jobs") == 1
+    assert await svc.registry.get(vid) is None
+
+
+async def test_a_timeout_is_the_upstream_timeout_error(
+    client: UpstreamClient, upstream: FakeUpstream, redis: Redis, clock: Clock
+) -> None:
+    svc, _ = service(client, redis, clock)
+    upstream.handler = _time_out
+    with pytest.raises(UpstreamTimeout):
+        await svc.create(who(team_name()), FIELDS, upload=None, request_id="r", base_url=BASE)
+
+
+async def test_another_teams_video_is_not_found_exactly_like_a_missing_one(
+    client: UpstreamClient, upstream: FakeUpstream, redis: Redis, clock: Clock
+) -> None:
+    svc, _ = service(client, redis, clock)
+    upstream.handler = create_then_poll({**TASK, "status": "completed", "progress": 100})
+    owner, other = team_name(), team_name()
+    made = await svc.create(who(owner), FIELDS, upload=None, request_id="r", base_url=BASE)
+    vid = str(made.body["id"])
+    upstream.requests.clear()
+
+    def attempts(video_id: str) -> list[Any]:
+        b = who(other)
+        return [
+            lambda: svc.retrieve(b, video_id, request_id="r", base_url=BASE),
+            lambda: svc.delete(b, video_id),
+            lambda: svc.remix(b, video_id, {"prompt": "again"}, request_id="r", base_url=BASE),
+            lambda: svc.open_content(b, video_id, variant=None, headers=(), request_id="r"),
+            lambda: svc.list(b, after=video_id, limit=None, order=None, base_url=BASE),
+        ]
+
+    answers = []
+    for video_id in (vid, new_video_id(), "video_not-an-id", "task_up_1"):
+        for attempt in attempts(video_id):
+            with pytest.raises(NotFound) as err:
+                await attempt()
+            e = err.value
+            answers.append((e.status, e.code, e.param, e.message))
+    assert set(answers) == {(404, "not_found", "video_id", "No video found with that id.")}
+    assert upstream.requests == []  # no id of anyone's reached the upstream
+    # The owner still has it: the other team's delete touched nothing.
+    mine = await svc.retrieve(who(owner), vid, request_id="r", base_url=BASE)
+    assert mine.body["id"] == vid
+
+
+async def test_refresh_polls_the_upstream_at_most_once_per_interval(
+    client: UpstreamClient, upstream: FakeUpstream, redis: Redis, clock: Clock
+) -> None:
+    svc, quota = service(client, redis, clock, poll_interval_seconds=0.2)
+    upstream.handler = create_then_poll({**TASK, "status": "in_progress", "progress": 40})
+    team = team_name()
+    made = await svc.create(who(team), FIELDS, upload=None, request_id="r", base_url=BASE)
+    job = await svc.registry.get(str(made.body["id"]))
+    assert job is not None
+    polls = await asyncio.gather(*(svc.refresh(job, request_id="r") for _ in range(5)))
+    gets = [r for r in upstream.requests if r.method == "GET"]
+    assert len(gets) == 1  # five pollers, across replicas or not, one upstream call
+    assert gets[0].path == "/v1/videos/task_up_1"
+    assert gets[0].headers["authorization"] == f"Bearer {client.pool.secrets()[0]}"
+    assert {p.status for p in polls} == {"in_progress"}
+    await svc.refresh(job, request_id="r")
+    assert len([r for r in upstream.requests if r.method == "GET"]) == 1
+
+    # The interval is held in Redis (shared by replicas): once it lapses, one more call.
+    poll_lock = keys.job_poll(job.id)
+
+    async def lapsed() -> bool:
+        return not await redis.exists(poll_lock)
+
+    await wait_for_async(lapsed, timeout=5)
+    upstream.handler = create_then_poll({**TASK, "status": "completed", "progress": 100})
+    job = await svc.refresh(job, request_id="r")
+    assert len([r for r in upstream.requests if r.method == "GET"]) == 2
+    assert job.status == "completed"
+    assert job.completed_at == int(clock())
+    assert (await reservation(quota, team, job.id))["state"] == "kept"
+    # A finished job is never polled again, whatever the interval.
+    await redis.delete(poll_lock)
+    await svc.refresh(job, request_id="r")
+    assert len([r for r in upstream.requests if r.method == "GET"]) == 2
+
+
+async def test_a_job_past_the_deadline_fails_without_asking_the_upstream(
+    client: UpstreamClient, upstream: FakeUpstream, redis: Redis, clock: Clock
+) -> None:
+    svc, quota = service(client, redis, clock, deadline_seconds=60)
+    upstream.handler = create_then_poll(TASK)
+    team = team_name()
+    made = await svc.create(who(team), FIELDS, upload=None, request_id="r", base_url=BASE)
+    job = await svc.registry.get(str(made.body["id"]))
+    assert job is not None
+    clock.advance(60)
+    job = await svc.refresh(job, request_id="r")
+    assert job.status == "queued"  # at the deadline, not past it
+    clock.advance(0.001)
+    upstream.requests.clear()
+    job = await svc.refresh(job, request_id="r")
+    assert (job.status, job.error_code) == ("failed", "timeout")
+    assert upstream.requests == []
+    assert (await reservation(quota, team, job.id))["state"] == "refunded"
