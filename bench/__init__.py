@@ -1,1 +1,1 @@
-"""`make bench`: the gateway against direct and nginx, on loopback (see README, Benchmarks)."""
+"""`make bench`: the gateway against direct and nginx, on loopback (see docs/benchmarks.md)."""

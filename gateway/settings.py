@@ -138,7 +138,7 @@ class ServerSettings:
     # Forwarded beyond the built-in route table (gateway.upstream.routes): "POST /v1/x/{id}".
     extra_routes: tuple[RouteRule, ...] = ()
     metrics_token: str | None = field(default=None, repr=False)
-    # asyncio, not uvloop, by measurement: see README "Benchmarks" (uvloop stalls new
+    # asyncio, not uvloop, by measurement: see bench/RESULTS.md (uvloop stalls new
     # connections for seconds after many clients drop at once).
     loop: str = "asyncio"
     drain_seconds: float = 20.0  # on SIGTERM: how long in-flight requests may take to finish
