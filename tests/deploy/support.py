@@ -20,6 +20,10 @@ GATEWAY_SRC = ROOT / "gateway"
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "kubernetes"
 DOCKERFILE = DEPLOY / "Dockerfile"
+# At the context root: the only place the classic builder reads, and BuildKit's fallback.
+DOCKERIGNORE = ROOT / ".dockerignore"
+REQUIREMENTS_LOCK = DEPLOY / "requirements.lock"
+BUILD_LOCK = DEPLOY / "build-requirements.lock"
 COMPOSE_FILE = DEPLOY / "docker-compose.yml"
 COMPOSE_GATEWAY_CONFIG = DEPLOY / "gateway.compose.yaml"
 ENV_EXAMPLE = DEPLOY / "env.example"
@@ -134,6 +138,12 @@ def compose_interpolate(value: str, env: Mapping[str, str]) -> str:
     return _COMPOSE_VAR.sub(repl, value)
 
 
+def without_compose_refs(value: str) -> str:
+    """A value with every ``${VAR...}``/``$VAR`` reference (and ``$$``) taken out: what is
+    written in the file itself."""
+    return _COMPOSE_VAR.sub("", value)
+
+
 def read_env_file(path: Path) -> tuple[dict[str, str], set[str]]:
     """``NAME=value`` lines, and the names only mentioned as commented-out ``# NAME=...``."""
     active: dict[str, str] = {}
@@ -207,6 +217,34 @@ def exec_form(args: str) -> list[str]:
 
 def option(argv: list[str], flag: str) -> str | None:
     return argv[argv.index(flag) + 1] if flag in argv else None
+
+
+def base_images() -> list[str]:
+    """Every stage's FROM, with the ARG defaults filled in (a stage name is not a base)."""
+    ins = dockerfile_instructions()
+    args = dict(a.partition("=")[::2] for w, a in ins if w == "ARG" and "=" in a)
+    stages: set[str] = set()
+    bases = []
+    for word, rest in ins:
+        if word != "FROM":
+            continue
+        words = rest.split()
+        image = re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: args[m.group(1) or m.group(2)], words[0])
+        if image not in stages:
+            bases.append(image)
+        if len(words) == 3 and words[1].upper() == "AS":
+            stages.add(words[2])
+    return bases
+
+
+def copy_sources() -> list[str]:
+    """What the Dockerfile's COPY instructions take from the build context."""
+    sources: list[str] = []
+    for word, args in dockerfile_instructions():
+        words = args.split()
+        if word == "COPY" and not any(w.startswith("--from") for w in words):
+            sources += [w for w in words[:-1] if not w.startswith("--")]
+    return sources
 
 
 def final_stage() -> list[tuple[str, str]]:
@@ -297,7 +335,7 @@ def gateway_paths() -> frozenset[str]:
     settings = settings_from_mapping(
         load_yaml(COMPOSE_GATEWAY_CONFIG), compose_gateway_env(service)
     )
-    app = create_app(settings)
+    app = create_app(settings).asgi
     return frozenset(str(getattr(r, "path", "")) for r in app.routes)
 
 

@@ -10,6 +10,7 @@ import yaml
 
 from tests.deploy.support import (
     DEPLOY,
+    DOCKERIGNORE,
     ENV_EXAMPLE,
     PLACEHOLDER,
     SECRET_TEMPLATE,
@@ -28,7 +29,8 @@ def _id(path: Path) -> str:
 def test_the_kit_is_complete() -> None:
     expected = [
         "Dockerfile",
-        "Dockerfile.dockerignore",
+        "requirements.lock",
+        "build-requirements.lock",
         "docker-compose.yml",
         "env.example",
         "gateway.compose.yaml",
@@ -42,6 +44,7 @@ def test_the_kit_is_complete() -> None:
     ]
     missing = [p for p in expected if not (DEPLOY / p).is_file()]
     assert not missing
+    assert DOCKERIGNORE.is_file()
 
 
 @pytest.mark.parametrize("path", YAML_FILES, ids=_id)

@@ -3,8 +3,12 @@ endpoints, set only environment the gateway reads, and carry a config the gatewa
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 import subprocess
+import tomllib
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,9 +16,11 @@ import yaml
 
 from gateway.auth.verifier import TokenVerifier
 from gateway.settings import production_problems, settings_from_mapping
+from tests.deploy import kustomize
 from tests.deploy.support import (
     K8S,
     PLACEHOLDER,
+    ROOT,
     RULES_FILE,
     SECRET_TEMPLATE,
     config_env_refs,
@@ -123,16 +129,86 @@ def test_every_manifest_parses(m: dict[str, dict[str, Any]]) -> None:
     assert m["PodDisruptionBudget"]["apiVersion"] == "policy/v1"
 
 
-def test_kustomize_renders() -> None:
+def test_kustomization_renders(m: dict[str, dict[str, Any]]) -> None:
+    rendered = {d["kind"]: d for d in kustomize.render(K8S)}
+    assert set(rendered) == set(m)
+    part_of = load_yaml(K8S / "kustomization.yaml")["labels"][0]["pairs"]
+    for kind, doc in rendered.items():
+        assert part_of.items() <= doc["metadata"]["labels"].items(), kind
+        # The labels stay off selectors, which a Deployment can never change once applied.
+        assert doc.get("spec", {}).get("selector") == m[kind].get("spec", {}).get("selector")
+    [container] = rendered["Deployment"]["spec"]["template"]["spec"]["containers"]
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    image = re.fullmatch(r"[^@]+:(?P<tag>[^:/@]+)(@sha256:[0-9a-f]{64})?", container["image"])
+    assert image, container["image"]
+    assert image.group("tag") == version, "the image tag follows pyproject.toml's version"
+
+
+def _kustomize_version(kubectl: str) -> tuple[int, ...] | None:
+    proc = subprocess.run(
+        [kubectl, "version", "--client", "-o", "json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    try:
+        found = json.loads(proc.stdout).get("kustomizeVersion", "")
+    except json.JSONDecodeError:
+        return None
+    m = re.fullmatch(r"v(\d+)\.(\d+)\.(\d+).*", found)
+    return tuple(int(g) for g in m.groups()) if m else None
+
+
+def test_kubectl_kustomize_renders_the_same() -> None:
     kubectl = shutil.which("kubectl")
     if kubectl is None:
-        pytest.skip("kubectl is not on PATH (it renders kustomizations offline)")
+        pytest.skip("kubectl is not on PATH (the Python rendering above still runs)")
+    version = _kustomize_version(kubectl)
+    if version is None or version < (4, 1, 0):
+        # Debian's kubernetes-client (1.20) embeds kustomize 2.0.3, which predates `labels`.
+        pytest.skip(f"kubectl's kustomize is older than v4.1 ({version}); it cannot read labels")
     proc = subprocess.run(
         [kubectl, "kustomize", str(K8S)], capture_output=True, text=True, timeout=60, check=False
     )
     assert proc.returncode == 0, proc.stderr
-    kinds = {d["kind"] for d in yaml.safe_load_all(proc.stdout) if d}
-    assert kinds == set(_manifests())
+    theirs = {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(proc.stdout) if d}
+    ours = {(d["kind"], d["metadata"]["name"]): d for d in kustomize.render(K8S)}
+    assert theirs == ours
+
+
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+_API_VERSION = re.compile(r"v\d+|([a-z0-9-]+\.)*[a-z0-9-]+/v\d+((alpha|beta)\d+)?")
+
+
+@pytest.mark.parametrize(
+    "path", sorted(p for p in K8S.glob("*.y*ml") if p.name != "kustomization.yaml"), ids=str
+)
+def test_every_manifest_is_a_named_resource(path: Path) -> None:
+    docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    assert len(docs) == 1, path.name
+    [doc] = docs
+    assert _API_VERSION.fullmatch(doc["apiVersion"]), doc["apiVersion"]
+    assert re.fullmatch(r"[A-Z][A-Za-z]+", doc["kind"]), doc["kind"]
+    assert _DNS_LABEL.fullmatch(doc["metadata"]["name"]), doc["metadata"]["name"]
+    assert "namespace" not in doc["metadata"], "the namespace is chosen at apply time (-n)"
+    assert doc["metadata"]["labels"]["app.kubernetes.io/name"] == "crazyrouter-gateway"
+    assert isinstance(doc.get("spec", doc.get("data", doc.get("stringData"))), dict)
+
+
+def test_manifests_match_the_kubernetes_schema() -> None:
+    kubernetes_validate = pytest.importorskip(
+        "kubernetes_validate",
+        reason="kubernetes-validate (which ships the Kubernetes schemas) is not installed",
+    )
+    version = kubernetes_validate.latest_version()
+    checked = set()
+    for doc in [*kustomize.render(K8S), load_yaml(SECRET_TEMPLATE)]:
+        if doc["apiVersion"].startswith("monitoring.coreos.com/"):
+            continue  # the Prometheus Operator's CRDs: no schema in the package
+        kubernetes_validate.validate(doc, version, strict=True)
+        checked.add(doc["kind"])
+    assert {"Deployment", "Service", "ConfigMap", "Secret"} <= checked
 
 
 def test_prometheus_rule_matches_the_rules_file(m: dict[str, dict[str, Any]]) -> None:
