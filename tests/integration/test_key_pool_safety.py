@@ -13,11 +13,12 @@ from collections.abc import Iterator
 import httpx2
 import openai
 import pytest
+from openai.types.chat import ChatCompletion, ChatCompletionMessageParam
 
 from tests.conftest import Stack, make_stack
 from tests.servers import wait_for
 
-CHAT = [{"role": "user", "content": "hi"}]
+CHAT: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
 
 
 @contextlib.contextmanager
@@ -27,8 +28,10 @@ def two_replicas(redis_url: str) -> Iterator[tuple[Stack, Stack]]:
             yield a, b
 
 
-def sdk(stack: Stack, team: str = "team-a") -> openai.OpenAI:
-    return openai.OpenAI(base_url=stack.v1, api_key=stack.token(team=team), max_retries=0)
+def chat(stack: Stack, model: str = "m", team: str = "team-a") -> ChatCompletion:
+    """One chat call through the SDK, on a client closed right after (no socket left behind)."""
+    with openai.OpenAI(base_url=stack.v1, api_key=stack.token(team=team), max_retries=0) as c:
+        return c.chat.completions.create(model=model, messages=CHAT)  # type: ignore[arg-type]
 
 
 def key_states(stack: Stack) -> dict[str, str]:
@@ -52,7 +55,7 @@ def test_a_model_403_is_the_callers_and_hurts_no_key(redis_url: str) -> None:
         for _ in range(5):  # a persistent caller, on both replicas
             for replica in (a, b):
                 with pytest.raises(openai.PermissionDeniedError) as info:
-                    sdk(replica).chat.completions.create(model="gpt-banned", messages=CHAT)
+                    chat(replica, "gpt-banned")
                 assert info.value.status_code == 403
                 assert info.value.code == "model_not_allowed"
         # each refused request reached the upstream once: no retry on the other key
@@ -61,9 +64,7 @@ def test_a_model_403_is_the_callers_and_hurts_no_key(redis_url: str) -> None:
         for replica in (a, b):
             assert key_states(replica) == {"primary": "healthy", "secondary": "healthy"}
             for _ in range(4):  # other teams are served, by both keys, on both replicas
-                answer = sdk(replica, team="team-b").chat.completions.create(
-                    model="gpt-ok", messages=CHAT
-                )
+                answer = chat(replica, "gpt-ok", team="team-b")
                 assert answer.choices
 
 
@@ -73,12 +74,12 @@ def test_a_disabled_key_is_confirmed_quarantined_and_the_call_retried(redis_url:
         bad = a.keys["primary"]
         sim.key_states[bad] = "disabled"
         for _ in range(6):  # every call succeeds, whichever key the pool tries first
-            assert sdk(a).chat.completions.create(model="m", messages=CHAT).choices
+            assert chat(a).choices
         assert probes(a) == [bad]  # one probe, of that key alone, confirmed it
         assert key_states(a) == {"primary": "quarantined", "secondary": "healthy"}
 
         def seen_by_b() -> bool:  # the other replica learns it through the shared health
-            assert sdk(b).chat.completions.create(model="m", messages=CHAT).choices
+            assert chat(b).choices
             return key_states(b)["primary"] == "quarantined"
 
         wait_for(seen_by_b, timeout=5)
@@ -91,7 +92,7 @@ def test_one_request_quarantines_at_most_one_key(redis_url: str) -> None:
         for secret in s.sim_keys:
             sim.key_states[secret] = "disabled"
         with pytest.raises(openai.APIStatusError) as info:
-            sdk(s).chat.completions.create(model="m", messages=CHAT)
+            chat(s)
         assert (info.value.status_code, info.value.code) == (502, "upstream_auth_failed")
         states = sorted(key_states(s).values())
         assert states == ["healthy", "quarantined"]
@@ -102,7 +103,7 @@ def test_a_passing_401_the_probe_does_not_confirm_quarantines_nothing(redis_url:
         first = s.keys["primary"]
         s.sim_app.state.sim.add_fault(kind="status_401", count=1, key=first, path_prefix="/v1/chat")
         for _ in range(6):
-            assert sdk(s).chat.completions.create(model="m", messages=CHAT).choices
+            assert chat(s).choices
         assert probes(s) == [first]
         assert key_states(s) == {"primary": "healthy", "secondary": "healthy"}
 
@@ -115,7 +116,7 @@ def test_an_exhausted_key_403_is_confirmed_but_never_retried(redis_url: str) -> 
         codes = []
         for _ in range(6):  # whichever key the pool tries first, one call lands on the bad key
             try:
-                sdk(s).chat.completions.create(model="m", messages=CHAT)
+                chat(s)
                 codes.append("ok")
             except openai.PermissionDeniedError as exc:
                 codes.append(str(exc.code))

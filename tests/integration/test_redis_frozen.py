@@ -132,3 +132,4 @@ def test_a_frozen_redis_answers_503_fast_on_every_route(
         metrics = httpx2.get(s.url + "/metrics").text
         assert "gateway_redis_breaker_open 0.0" in metrics
         assert 'gateway_errors_total{code="service_unavailable"}' in metrics
+        client.close()
