@@ -45,7 +45,7 @@ test: $(STAMP) $(SDK2_STAMP)
 check: $(STAMP)
 	$(BIN)/ruff format --check gateway tests bench
 	$(BIN)/ruff check gateway tests bench
-	$(BIN)/mypy gateway bench
+	$(BIN)/mypy gateway bench tests
 
 ## bench: gateway vs direct vs nginx (needs wrk and nginx: see docs/benchmarks.md)
 bench: $(STAMP)

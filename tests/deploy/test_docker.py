@@ -11,7 +11,7 @@ import subprocess
 import sys
 import tomllib
 from importlib import resources
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import pytest
@@ -46,7 +46,7 @@ from tests.deploy.support import (
 
 @pytest.fixture(scope="module")
 def compose() -> dict[str, Any]:
-    return load_yaml(COMPOSE_FILE)
+    return cast("dict[str, Any]", load_yaml(COMPOSE_FILE))
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +56,7 @@ def gateways(compose: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def gateway_config() -> dict[str, Any]:
-    return load_yaml(COMPOSE_GATEWAY_CONFIG)
+    return cast("dict[str, Any]", load_yaml(COMPOSE_GATEWAY_CONFIG))
 
 
 # -- Dockerfile -------------------------------------------------------------------------------

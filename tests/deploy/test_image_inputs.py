@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import tomllib
 from pathlib import Path
+from typing import cast
 
 import pytest
 from packaging.markers import default_environment
@@ -166,7 +167,8 @@ def test_context_filter_follows_docker(patterns: str, path: str, excluded: bool)
 
 def _image_environment() -> dict[str, str]:
     """The marker environment of the image: Linux, CPython 3.11."""
-    env = dict(default_environment())
+    # Environment is a TypedDict of str fields, which dict() widens to dict[str, object].
+    env = cast("dict[str, str]", dict(default_environment()))
     env.update(
         sys_platform="linux",
         platform_system="Linux",

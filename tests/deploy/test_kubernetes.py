@@ -9,7 +9,7 @@ import shutil
 import subprocess
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import yaml
@@ -55,23 +55,23 @@ def m() -> dict[str, dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def pod(m: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    return m["Deployment"]["spec"]["template"]
+    return cast("dict[str, Any]", m["Deployment"]["spec"]["template"])
 
 
 @pytest.fixture(scope="module")
 def container(pod: dict[str, Any]) -> dict[str, Any]:
     containers = pod["spec"]["containers"]
     assert len(containers) == 1
-    return containers[0]
+    return cast("dict[str, Any]", containers[0])
 
 
 @pytest.fixture(scope="module")
 def gateway_doc(m: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    return yaml.safe_load(m["ConfigMap"]["data"][CONFIG_KEY])
+    return cast("dict[str, Any]", yaml.safe_load(m["ConfigMap"]["data"][CONFIG_KEY]))
 
 
 def _secret_template() -> dict[str, str]:
-    return load_yaml(SECRET_TEMPLATE)["stringData"]
+    return cast("dict[str, str]", load_yaml(SECRET_TEMPLATE)["stringData"])
 
 
 def _pod_env(container: dict[str, Any]) -> dict[str, str]:

@@ -7,7 +7,7 @@ import re
 import shutil
 import subprocess
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -39,7 +39,7 @@ SEVERITIES = frozenset({"critical", "warning", "info"})
 
 @pytest.fixture(scope="module")
 def compose() -> dict[str, Any]:
-    return load_yaml(COMPOSE_FILE)
+    return cast("dict[str, Any]", load_yaml(COMPOSE_FILE))
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,7 @@ def rules() -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def dashboard() -> dict[str, Any]:
-    return load_json(DASHBOARD)
+    return cast("dict[str, Any]", load_json(DASHBOARD))
 
 
 def _mounts(service: dict[str, Any]) -> dict[str, str]:

@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 import pytest
 import redis as redis_sync
 
-from gateway.admin.audit import AUDIT_STREAM, AuditLog
+from gateway.admin.audit import AuditLog
 from gateway.admin.service import AdminService
 from gateway.auth.principal import Principal
 from gateway.errors import ServiceUnavailable
@@ -28,7 +28,7 @@ from gateway.quota.store import QuotaStore
 from gateway.settings import QuotaSettings, RedisSettings, Settings, VideoSettings
 from gateway.sim.config import SimConfig
 from gateway.store.client import close_redis, make_redis
-from gateway.store.keys import TEAMS, TeamKeys
+from gateway.store.keys import AUDIT_STREAM, TEAMS, TeamKeys
 from gateway.upstream.keypool import KeyPool
 from gateway.videos.registry import JobRegistry, new_video_id
 from tests.conftest import Stack, make_stack

@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import secrets
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 
 from tests.integration.test_cli import ROOT, clean_env, gateway_cmd
 
 
-def check(*args: str, cwd: Path | None = None, **env: str) -> subprocess.CompletedProcess[str]:
+def check(
+    *args: str, cwd: Path | None = None, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         gateway_cmd("check-config", *args),
         cwd=cwd,
-        env=clean_env(**env),
+        env=clean_env(**(env or {})),
         capture_output=True,
         text=True,
         timeout=60,
@@ -93,7 +96,7 @@ def test_a_yaml_error_is_one_line_naming_the_file_once(tmp_path: Path) -> None:
 
 def test_booleans_from_the_environment_pass(tmp_path: Path) -> None:
     path = write(tmp_path, PRODUCTION)
-    done = check(str(path), **production_env())
+    done = check(str(path), env=production_env())
     assert done.returncode == 0, done.stderr
     assert done.stdout == f"{path}: OK (1 upstream keys)\n"
     assert done.stderr == ""
@@ -104,7 +107,7 @@ def test_cleartext_urls_are_warnings_and_errors_with_strict(tmp_path: Path) -> N
     env = production_env(
         BASE="http://crazyrouter.internal:3000", JWKS="http://idp.internal/jwks", ALGS="HS256,RS256"
     )
-    done = check(str(path), **env)
+    done = check(str(path), env=env)
     assert done.returncode == 0
     assert done.stdout == f"{path}: OK (1 upstream keys)\n"
     assert done.stderr.splitlines() == [
@@ -114,7 +117,7 @@ def test_cleartext_urls_are_warnings_and_errors_with_strict(tmp_path: Path) -> N
         "keys would come unencrypted (use https)",
     ]
 
-    strict = check(str(path), "--strict", **env)
+    strict = check(str(path), "--strict", env=env)
     assert strict.returncode == 1
     assert strict.stdout == ""
     assert strict.stderr.splitlines()[:2] == done.stderr.splitlines()
@@ -123,7 +126,7 @@ def test_cleartext_urls_are_warnings_and_errors_with_strict(tmp_path: Path) -> N
     loopback = check(
         str(path),
         "--strict",
-        **production_env(
+        env=production_env(
             BASE="http://127.0.0.1:8090", JWKS="http://localhost:9000/jwks", ALGS="HS256,RS256"
         ),
     )
@@ -144,10 +147,12 @@ def test_dev_applies_the_development_fallbacks_and_starts_nothing(tmp_path: Path
     assert list(tmp_path.iterdir()) == []  # no secret written, no data directory
 
     # what is set is used, and checked
-    given = check(dev_yaml, "--dev", cwd=tmp_path, GATEWAY_JWT_SECRET=secrets.token_urlsafe(40))
+    given = check(
+        dev_yaml, "--dev", cwd=tmp_path, env={"GATEWAY_JWT_SECRET": secrets.token_urlsafe(40)}
+    )
     assert given.returncode == 0, given.stderr
     assert "a generated JWT secret" not in given.stdout
-    short = check(dev_yaml, "--dev", cwd=tmp_path, GATEWAY_JWT_SECRET="short")
+    short = check(dev_yaml, "--dev", cwd=tmp_path, env={"GATEWAY_JWT_SECRET": "short"})
     assert short.returncode == 1
     assert short.stderr == f"{dev_yaml}: auth.hs256_secrets[0]: must be at least 32 bytes\n"
 

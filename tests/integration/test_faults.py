@@ -16,6 +16,7 @@ import jwt
 import openai
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
+from openai.types.chat import ChatCompletionMessageParam
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -26,7 +27,7 @@ from gateway.sim.config import SimConfig
 from tests.conftest import Stack, make_stack
 from tests.servers import run_server, wait_for, wait_for_async
 
-CHAT = [{"role": "user", "content": "hi"}]
+CHAT: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
 
 
 def sdk(stack: Stack, **kw: Any) -> openai.OpenAI:

@@ -303,7 +303,7 @@ async def test_a_lost_reply_is_charged_once_in_the_end(redis: Redis) -> None:
     assert await counters(redis, team, "20261201", "202612") == (8000, 8000, 0)
     reconciler = Reconciler(
         redis,
-        None,  # type: ignore[arg-type] (only jobs with a record need the video service)
+        None,  # type: ignore[arg-type]  # only jobs with a record need the video service
         svc,
         JobRegistry(redis),
         interval_seconds=30,

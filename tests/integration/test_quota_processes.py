@@ -9,11 +9,14 @@ import contextlib
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TypedDict
 
 import aiohttp
 import pytest
+from starlette.applications import Starlette
 
 from gateway.auth.tokens import mint_token
+from gateway.dev.embedded_redis import RedisProcess
 from gateway.sim.app import create_sim_app
 from gateway.sim.config import SimConfig
 from tests.integration.test_cli import Served, clean_env, gateway_cmd
@@ -32,17 +35,23 @@ videos: {{poll_interval_seconds: 0}}
 """
 
 
+class Replicas(TypedDict):
+    urls: list[str]
+    jwt: str
+    sim: Starlette
+
+
 @pytest.fixture(scope="module")
 def replicas(
-    tmp_path_factory: pytest.TempPathFactory, redis_server: object
-) -> Iterator[dict[str, object]]:
+    tmp_path_factory: pytest.TempPathFactory, redis_server: RedisProcess
+) -> Iterator[Replicas]:
     tmp = Path(tmp_path_factory.mktemp("replicas"))
     jwt, key = secrets.token_urlsafe(48), "sk-" + secrets.token_hex(16)
     sim_app = create_sim_app(SimConfig(keys=(key,), job_seconds=3600))
     with contextlib.ExitStack() as stack:
         sim = stack.enter_context(run_server(sim_app, server_header=False))
         cfg = tmp / "gateway.yaml"
-        cfg.write_text(CONFIG.format(sim=sim, redis=redis_server.url))  # type: ignore[attr-defined]
+        cfg.write_text(CONFIG.format(sim=sim, redis=redis_server.url))
         env = clean_env(GATEWAY_JWT_SECRET=jwt, UPSTREAM_KEY=key)
         ports = [free_port() for _ in range(REPLICAS)]
         served = [
@@ -81,7 +90,7 @@ async def burst(
         return await asyncio.gather(*tasks)
 
 
-def test_four_replicas_admit_exactly_the_rate_limit(redis_url: str, replicas: dict) -> None:
+def test_four_replicas_admit_exactly_the_rate_limit(redis_url: str, replicas: Replicas) -> None:
     token = mint_token(replicas["jwt"], team="rate", user="u", ttl_seconds=600)
     results = asyncio.run(burst(replicas["urls"], token, 400, "GET", "/v1/models"))
     counts = collections.Counter(results)
@@ -90,7 +99,9 @@ def test_four_replicas_admit_exactly_the_rate_limit(redis_url: str, replicas: di
     assert len(seen) == 100
 
 
-def test_four_replicas_admit_exactly_the_concurrency_limit(redis_url: str, replicas: dict) -> None:
+def test_four_replicas_admit_exactly_the_concurrency_limit(
+    redis_url: str, replicas: Replicas
+) -> None:
     token = mint_token(replicas["jwt"], team="jobs", user="u", ttl_seconds=600)
     sim = replicas["sim"].state.sim
     before = sum(1 for r in sim.requests if r["path"] == "/v1/videos" and r["method"] == "POST")

@@ -82,7 +82,9 @@ def test_known_routes_are_forwarded(stack: Stack) -> None:
     with openai.OpenAI(base_url=stack.v1, api_key=stack.token(), max_retries=0) as client:
         assert client.models.list().data
         assert client.models.retrieve("gpt-4o-mini").id
-        assert client.chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}])
+        assert client.chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "x"}]
+        )
     assert [r["path"] for r in everything_upstream(stack)] == [
         "/v1/models",
         "/v1/models/gpt-4o-mini",

@@ -19,6 +19,7 @@ from typing import Any
 import httpx2
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from gateway.dev.process import stop_process
 from gateway.sim import audio, images, tokens
@@ -141,7 +142,7 @@ def test_chat_max_tokens_cuts_the_answer_and_reasoning_models_bill_reasoning(
     sdk: Sdk,
 ) -> None:
     client = sdk(stack)
-    message = [{"role": "user", "content": "x" * 10}]
+    message: list[ChatCompletionMessageParam] = [{"role": "user", "content": "x" * 10}]
     cut = client.chat.completions.create(model="gpt-4o-mini", messages=message, max_tokens=3)
     assert cut.choices[0].finish_reason == "length"
     assert cut.usage is not None
@@ -156,10 +157,11 @@ def test_chat_max_tokens_cuts_the_answer_and_reasoning_models_bill_reasoning(
 
 def test_a_repeated_long_prompt_is_served_from_the_cache(stack: Stack, sdk: Sdk) -> None:
     client = sdk(stack)
-    message = [{"role": "user", "content": "y" * 4500}]  # 1125 tokens
+    long = "y" * 4500  # 1125 tokens
+    message: list[ChatCompletionMessageParam] = [{"role": "user", "content": long}]
     first = client.chat.completions.create(model="gpt-4o-mini", messages=message)
     again = client.chat.completions.create(model="gpt-4o-mini", messages=message)
-    short = [{"role": "user", "content": "y" * 40}]
+    short: list[ChatCompletionMessageParam] = [{"role": "user", "content": "y" * 40}]
     client.chat.completions.create(model="gpt-4o-mini", messages=short)
     small = client.chat.completions.create(model="gpt-4o-mini", messages=short)
     cached = [
@@ -233,7 +235,9 @@ def test_responses_plain(stack: Stack, sdk: Sdk) -> None:
     assert done.status == "completed"
     assert done.output_text == ANSWER
     assert [item.type for item in done.output] == ["message"]
-    assert done.store is False  # the gateway forced it; the answer says what was done
+    # The gateway forced it; the answer says what was done. The SDK's Response model leaves out
+    # `store`, which the API returns (it arrives as an extra field).
+    assert done.store is False  # type: ignore[attr-defined]
     assert done.usage is not None
     # "be brief" (8 characters) -> 2 tokens, "hello there" (11) -> 3
     assert (done.usage.input_tokens, done.usage.output_tokens) == (5, 8)

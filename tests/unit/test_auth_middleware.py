@@ -11,6 +11,7 @@ from gateway.auth.tokens import mint_token
 from gateway.auth.verifier import TokenVerifier
 from gateway.observability.errors import ErrorMiddleware
 from gateway.settings import AuthSettings
+from gateway.web.asgi import Message
 
 BODY_401 = (
     b'{"error":{"message":"Invalid or missing bearer token.","type":"authentication_error",'
@@ -34,12 +35,12 @@ class App:
 async def call(
     mw: AuthMiddleware, scope: dict[str, Any]
 ) -> tuple[int | None, list[tuple[bytes, bytes]], bytes]:
-    sent: list[dict[str, Any]] = []
+    sent: list[Message] = []
 
-    async def receive() -> dict[str, Any]:
+    async def receive() -> Message:
         return {"type": "http.request", "body": b"", "more_body": False}
 
-    async def send(message: dict[str, Any]) -> None:
+    async def send(message: Message) -> None:
         sent.append(message)
 
     # The middleware raises; the gateway's one renderer turns that into the answer.

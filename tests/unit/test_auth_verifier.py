@@ -39,7 +39,7 @@ def forge_hs256(secret: bytes, payload: dict[str, Any]) -> str:
     return head + "." + b64(hmac.new(secret, head.encode(), hashlib.sha256).digest())
 
 
-def public_pem(private_key: Any) -> str:
+def public_pem(private_key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> str:
     return (
         private_key.public_key()
         .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)

@@ -60,7 +60,7 @@ def test_bad_limits_name_the_limit(kind: str, value: Any, problem: str) -> None:
 
 
 def test_precedence_override_then_team_then_default() -> None:
-    config = {
+    config: dict[str, dict[str, int | None]] = {
         "default": {"requests_per_minute": 60, "concurrent_jobs": 2},
         "research": {"concurrent_jobs": 10, "spend_per_month": None},
     }

@@ -1,5 +1,6 @@
 import dataclasses
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -174,7 +175,7 @@ def test_model_agnostic_without_a_table() -> None:
 
 # -- one boolean parser ----------------------------------------------------------------------
 
-BOOLEAN_PLACES = [
+BOOLEAN_PLACES: list[tuple[Callable[[object], dict[str, object]], Callable[[Settings], object]]] = [
     # (where the flag sits in a document, how to read it back)
     (lambda v: {"quota": {"rate_fail_open": v}}, lambda s: s.quota.rate_fail_open),
     (lambda v: {"quota": {"enabled": v}}, lambda s: s.quota.enabled),
