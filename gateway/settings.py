@@ -22,7 +22,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
-from gateway.quota.model import LimitError, parse_limit
+from gateway.quota.model import Limit, LimitError, parse_limit
 from gateway.upstream.address_policy import parse_networks
 from gateway.upstream.routes import RouteRule, parse_route
 
@@ -207,12 +207,35 @@ class QuotaSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class TeamSettings:
+    """One entry of ``teams``. A kind absent from ``limits`` falls back to the ``default``
+    entry (and then to unlimited); ``videos_private`` None falls back likewise, then to
+    ``videos.force_private``."""
+
+    limits: Mapping[str, Limit] = field(default_factory=dict)
+    videos_private: bool | None = None
+
+
+def team_table(entries: Mapping[str, Mapping[str, Any]]) -> dict[str, TeamSettings]:
+    """TeamSettings from already-validated entries (limits and options mixed, as in YAML)."""
+    out = {
+        name: TeamSettings(
+            limits={k: v for k, v in entry.items() if k not in _TEAM_OPTIONS},
+            videos_private=entry.get("videos_private"),
+        )
+        for name, entry in entries.items()
+    }
+    out.setdefault("default", TeamSettings())
+    return out
+
+
+@dataclass(frozen=True, kw_only=True)
 class Settings:
     upstream: UpstreamSettings = field(default_factory=UpstreamSettings)
     redis: RedisSettings = field(default_factory=RedisSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
     server: ServerSettings = field(default_factory=ServerSettings)
-    teams: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: {"default": {}})
+    teams: Mapping[str, TeamSettings] = field(default_factory=lambda: {"default": TeamSettings()})
     videos: VideoSettings = field(default_factory=VideoSettings)
     quota: QuotaSettings = field(default_factory=QuotaSettings)
 
@@ -814,8 +837,8 @@ _TEAM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _TEAM_OPTIONS = ("videos_private",)
 
 
-def _teams(sec: _Section) -> dict[str, dict[str, Any]]:
-    teams: dict[str, dict[str, Any]] = {}
+def _teams(sec: _Section) -> dict[str, TeamSettings]:
+    teams: dict[str, dict[str, Any]] = {}  # validated entries, typed by team_table
     for name in list(sec.data):
         if not _TEAM_NAME.fullmatch(str(name)):
             sec.fail(str(name), "team names are letters, digits, '.', '_' and '-'")
@@ -837,8 +860,7 @@ def _teams(sec: _Section) -> dict[str, dict[str, Any]]:
             except LimitError as exc:
                 sec.fail(f"{name}.{exc.key}", exc.problem)
         teams[str(name)] = entry
-    teams.setdefault("default", {})
-    return teams
+    return team_table(teams)
 
 
 def _quota(sec: _Section) -> QuotaSettings:

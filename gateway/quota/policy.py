@@ -7,12 +7,11 @@ import functools
 import math
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any
 from zoneinfo import ZoneInfo
 
 from gateway.quota import model
 from gateway.quota.model import Cost, Limit, Windows
-from gateway.settings import QuotaSettings, VideoSettings
+from gateway.settings import QuotaSettings, TeamSettings, VideoSettings
 
 RETRY_CAP_S = 120.0  # longer waits: tell the SDK not to retry at all
 Decision = Callable[[str, str, str], None]  # team, kind, result
@@ -40,12 +39,13 @@ class QuotaPolicy:
         self,
         settings: QuotaSettings,
         *,
-        teams: Mapping[str, Mapping[str, Any]],
+        teams: Mapping[str, TeamSettings],
         videos: VideoSettings,
         clock: Callable[[], float],
     ) -> None:
         self.settings = settings
         self.teams = teams
+        self._limits = {name: t.limits for name, t in teams.items()}
         self.videos = videos
         self.clock = clock
         self.tz = ZoneInfo(settings.time_zone)
@@ -62,7 +62,7 @@ class QuotaPolicy:
         return w
 
     def config_limits(self, team: str) -> dict[str, Limit]:
-        return model.effective_limits(team, self.teams, {})
+        return model.effective_limits(team, self._limits, {})
 
     def defaults(self, team: str, *kinds: str) -> list[int]:
         """The configured limits of ``kinds`` as the scripts store them (an override in Redis

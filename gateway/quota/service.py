@@ -23,7 +23,7 @@ from gateway.quota.model import Cost, Limit, Windows
 from gateway.quota.policy import Decision, QuotaPolicy, iso, wait_headers
 from gateway.quota.rate import RateLimiter
 from gateway.quota.store import QuotaStore
-from gateway.settings import QuotaSettings, VideoSettings
+from gateway.settings import QuotaSettings, TeamSettings, VideoSettings
 from gateway.store.keys import TeamKeys
 
 log = logging.getLogger("gateway.quota")
@@ -50,7 +50,7 @@ class QuotaService:
         store: QuotaStore,
         settings: QuotaSettings,
         *,
-        teams: Mapping[str, Mapping[str, Any]],
+        teams: Mapping[str, TeamSettings],
         videos: VideoSettings,
         clock: Callable[[], float],
         on_decision: Decision | None = None,

@@ -22,7 +22,7 @@ from gateway.errors import (
     UpstreamError,
 )
 from gateway.quota.service import QuotaService
-from gateway.settings import VideoSettings
+from gateway.settings import TeamSettings, VideoSettings
 from gateway.upstream import rewrite
 from gateway.upstream.client import (
     UpstreamClient,
@@ -68,7 +68,7 @@ class VideoService:
         registry: JobRegistry,
         settings: VideoSettings,
         *,
-        teams: Mapping[str, Mapping[str, Any]],
+        teams: Mapping[str, TeamSettings],
         secrets: Callable[[], Iterable[str]],
         clock: Callable[[], float],
         resolve: Resolver = system_resolver,
@@ -90,9 +90,10 @@ class VideoService:
     # -- helpers ----------------------------------------------------------------------------
 
     def _force_private(self, team: str) -> bool:
-        conf = self.teams.get(team) or self.teams.get("default") or {}
-        value = conf.get("videos_private", self.settings.force_private)
-        return bool(value) if isinstance(value, bool) else self.settings.force_private
+        for conf in (self.teams.get(team), self.teams.get("default")):
+            if conf is not None and conf.videos_private is not None:
+                return conf.videos_private
+        return self.settings.force_private
 
     async def _call_json(self, req: UpstreamRequest) -> tuple[dict[str, Any], str]:
         """The upstream's JSON answer and the id of the key that got it."""

@@ -25,7 +25,7 @@ from gateway.errors import ServiceUnavailable
 from gateway.quota.model import Windows
 from gateway.quota.service import QuotaService
 from gateway.quota.store import QuotaStore
-from gateway.settings import QuotaSettings, RedisSettings, Settings, VideoSettings
+from gateway.settings import QuotaSettings, RedisSettings, Settings, VideoSettings, team_table
 from gateway.sim.config import SimConfig
 from gateway.store.client import close_redis, make_redis
 from gateway.store.keys import AUDIT_STREAM, TEAMS, TeamKeys
@@ -674,7 +674,7 @@ def _service(redis_url: str, audit_url: str | None = None) -> tuple[AdminService
     quota = QuotaService(
         QuotaStore(clients[0]),
         QuotaSettings(),
-        teams={"default": {}},
+        teams=team_table({}),
         videos=VideoSettings(),
         clock=time.time,
     )

@@ -17,7 +17,7 @@ from gateway.errors import QuotaExceeded, ServiceUnavailable, StoreUnavailable
 from gateway.quota.model import Cost, job_cost
 from gateway.quota.service import QuotaService
 from gateway.quota.store import QuotaStore
-from gateway.settings import QuotaSettings, RedisSettings, VideoSettings
+from gateway.settings import QuotaSettings, RedisSettings, VideoSettings, team_table
 from gateway.store.client import close_redis, make_redis
 from gateway.store.keys import TeamKeys
 from gateway.videos.reconciler import Reconciler
@@ -41,7 +41,7 @@ def service(redis: Redis, clock: Clock, limits: dict[str, Any]) -> tuple[QuotaSe
     svc = QuotaService(
         QuotaStore(redis),
         QuotaSettings(lease_seconds=600),
-        teams={"default": {}, team: limits},
+        teams=team_table({team: limits}),
         videos=VideoSettings(),
         clock=clock,
     )

@@ -51,7 +51,7 @@ from gateway.errors import QuotaExceeded
 from gateway.quota.model import Cost, job_cost, shown, stored_limit
 from gateway.quota.service import QuotaService, Reservation
 from gateway.quota.store import QuotaStore
-from gateway.settings import QuotaSettings, RedisSettings, VideoSettings
+from gateway.settings import QuotaSettings, RedisSettings, VideoSettings, team_table
 from gateway.store.client import close_redis, make_redis
 from gateway.store.keys import TEAMS, TeamKeys
 from gateway.videos.reconciler import Reconciler
@@ -115,7 +115,7 @@ class QuotaLedger(RuleBasedStateMachine):
         self.svc = QuotaService(
             QuotaStore(self.redis),
             QuotaSettings(lease_seconds=LEASE_S),
-            teams={"default": {}, self.team: LIMITS},
+            teams=team_table({self.team: LIMITS}),
             videos=VideoSettings(),
             clock=self.clock,
         )
@@ -533,7 +533,7 @@ async def test_a_job_reserved_in_the_reset_millisecond_is_refunded(redis_url: st
         svc = QuotaService(
             QuotaStore(redis),
             QuotaSettings(lease_seconds=LEASE_S),
-            teams={"default": {}, team: LIMITS},
+            teams=team_table({team: LIMITS}),
             videos=VideoSettings(),
             clock=Clock(START_MS / 1000),  # never moves: all three calls share one millisecond
         )

@@ -18,7 +18,7 @@ from gateway.errors import QuotaExceeded
 from gateway.quota.model import job_cost
 from gateway.quota.service import QuotaService
 from gateway.quota.store import QuotaStore
-from gateway.settings import QuotaSettings, RedisSettings, VideoSettings
+from gateway.settings import QuotaSettings, RedisSettings, VideoSettings, team_table
 from gateway.sim.config import SimConfig
 from gateway.store.client import close_redis, make_redis, warm_up
 from tests.cluster import Cluster
@@ -48,7 +48,7 @@ def service(redis: Redis, limits: dict[str, int]) -> tuple[QuotaService, str]:
         QuotaService(
             QuotaStore(redis),
             QuotaSettings(),
-            teams={"default": {}, team: limits},
+            teams=team_table({team: limits}),
             videos=VideoSettings(),
             clock=time.time,
         ),

@@ -15,7 +15,7 @@ from gateway.auth.principal import Principal
 from gateway.errors import GatewayError, NotFound, UpstreamTimeout
 from gateway.quota.service import QuotaService
 from gateway.quota.store import QuotaStore
-from gateway.settings import QuotaSettings, RedisSettings, VideoSettings
+from gateway.settings import QuotaSettings, RedisSettings, VideoSettings, team_table
 from gateway.store import keys
 from gateway.store.client import close_redis, make_redis
 from gateway.store.keys import TeamKeys
@@ -51,7 +51,7 @@ def service(
     client: UpstreamClient, redis: Redis, clock: Clock, **videos: Any
 ) -> tuple[VideoService, QuotaService]:
     settings = VideoSettings(**{"poll_interval_seconds": 0.0, **videos})
-    teams: dict[str, dict[str, Any]] = {"default": {}}
+    teams = team_table({})
     quota = QuotaService(
         QuotaStore(redis), QuotaSettings(), teams=teams, videos=settings, clock=clock
     )

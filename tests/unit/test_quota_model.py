@@ -11,7 +11,7 @@ import pytest
 
 from gateway.quota import model
 from gateway.quota.model import LimitError, Windows
-from gateway.settings import Settings, SettingsError, settings_from_mapping
+from gateway.settings import Settings, SettingsError, TeamSettings, settings_from_mapping
 
 UTC = ZoneInfo("UTC")
 
@@ -145,7 +145,8 @@ def test_quota_section_is_validated() -> None:
         load(quota={"rate_fail_open": "maybe"})
     assert err.value.key == "quota.rate_fail_open"
     s = load(quota={"time_zone": "Europe/Berlin", "currency": "EUR"}, teams={"a": {}})
-    assert (s.quota.time_zone, s.quota.currency, s.teams["a"]) == ("Europe/Berlin", "EUR", {})
+    assert (s.quota.time_zone, s.quota.currency) == ("Europe/Berlin", "EUR")
+    assert s.teams["a"] == TeamSettings()
 
 
 def test_price_table_is_validated() -> None:

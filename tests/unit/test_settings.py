@@ -15,6 +15,7 @@ from gateway.settings import (
     Settings,
     SettingsError,
     SettingsErrors,
+    TeamSettings,
     UpstreamSettings,
     VideoModel,
     VideoSettings,
@@ -182,7 +183,7 @@ BOOLEAN_PLACES: list[tuple[Callable[[object], dict[str, object]], Callable[[Sett
     (lambda v: {"videos": {"force_private": v}}, lambda s: s.videos.force_private),
     (
         lambda v: {"teams": {"t": {"videos_private": v}}},
-        lambda s: s.teams["t"]["videos_private"],
+        lambda s: s.teams["t"].videos_private,
     ),
     (
         lambda v: {"redis": {"url": "redis://127.0.0.1:7000/0", "cluster": v}},
@@ -489,3 +490,24 @@ def test_cleartext_urls_off_this_machine_are_warned_about(
     for w in warnings:
         assert "cleartext http" in w
         assert w.endswith("unencrypted (use https)")
+
+
+def test_teams_are_typed_and_fall_back_to_default() -> None:
+    s = settings_from_mapping(
+        {
+            "auth": {"hs256_secrets": ["s" * 40]},
+            "teams": {
+                "default": {"requests_per_minute": 60, "videos_private": False},
+                "research": {"concurrent_jobs": 2},
+            },
+        },
+        env={},
+    )
+    assert s.teams["research"] == TeamSettings(limits={"concurrent_jobs": 2})
+    assert s.teams["default"] == TeamSettings(
+        limits={"requests_per_minute": 60}, videos_private=False
+    )
+    # an absent entry gets the default one; every document has a default entry
+    assert settings_from_mapping({"auth": {"hs256_secrets": ["s" * 40]}}, env={}).teams == {
+        "default": TeamSettings()
+    }
