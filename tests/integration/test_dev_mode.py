@@ -131,8 +131,13 @@ def test_the_first_make_run_says_it_installs_and_shows_progress(tmp_path: Path) 
 
     def dry_run(target: str) -> list[str]:
         done = subprocess.run(
-            ["make", "-n", target, f"VENV={venv}", f"SDK2_VENV={tmp_path / 'sdk2'}"],
+            ["make", "-n", target, f"VENV={venv}", f"SDK2_VENV={tmp_path / 'sdk2'}", "ARGS="],
             cwd=ROOT,
+            # Under `make test` (as in CI) this would be a sub-make: it would inherit the outer
+            # make's variables and print "Entering/Leaving directory" lines.
+            env={
+                k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")
+            },
             capture_output=True,
             text=True,
             timeout=30,
