@@ -19,8 +19,9 @@ from gateway.upstream.routes import CHAT, RESPONSES
 
 # Keys that name an object stored on the upstream account, wherever they appear.
 _OBJECT_REFS = ("file_id", "vector_store_ids", "previous_response_id", "conversation")
-# Substrings that make a body worth parsing: most chat bodies contain none of them.
-_CHAT_MARKERS = (b"file_id", b"vector_store_ids", b'"store"', b"container")
+# Substrings that make a body worth parsing: most chat bodies contain none of them. A JSON
+# escape (\u0066ile_id is "file_id" to the upstream's parser) counts too.
+_CHAT_MARKERS = (b"file_id", b"vector_store_ids", b'"store"', b"container", b"\\u")
 
 
 def _refuse(param: str) -> InvalidRequest:

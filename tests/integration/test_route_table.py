@@ -229,3 +229,25 @@ def test_upstream_errors_are_redacted_in_every_field(
         error = r.json()["error"]
         assert set(error) == {"message", "type", "param", "code"}
         assert "***" in error["message"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "code"),
+    [
+        # a JSON escape hides the key from a byte search, not from the upstream's parser
+        (
+            b'{"model":"m","messages":[{"role":"user","content":[{"type":"file",'
+            b'"file":{"\\u0066ile_id":"file-other-team"}}]}]}',
+            "unsupported_parameter",
+        ),
+        (b'{"model":"m","messages":[{"role":"user","content":"x"}],"st\\u006fre":true}', None),
+    ],
+)
+def test_escaped_keys_get_the_same_policy(stack: Stack, raw: bytes, code: str | None) -> None:
+    r = call(stack, "POST", "/v1/chat/completions", raw)
+    if code is not None:
+        assert (r.status_code, r.json()["error"]["code"]) == (400, code)
+        assert everything_upstream(stack) == []
+    else:
+        assert r.status_code == 200
+        assert everything_upstream(stack)[0]["json"]["store"] is False
