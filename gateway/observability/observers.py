@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from gateway.errors import GatewayError
 from gateway.observability.access_log import note_quota, note_upstream
@@ -19,6 +20,7 @@ class Observers:
     def __init__(self, metrics: Metrics, *, video_models: Iterable[str]) -> None:
         self.metrics = metrics
         self._models = frozenset(video_models)
+        self._decisions: dict[tuple[str, str, str], Any] = {}
 
     def redis_error(self, op: str) -> None:
         self.metrics.redis_errors.labels(op).inc()
@@ -38,8 +40,16 @@ class Observers:
         self.metrics.auth_failures.labels(reason).inc()
 
     def quota_decision(self, team: str, kind: str, result: str) -> None:
-        m = self.metrics
-        m.quota_decisions.labels(m.team_label(team), kind, result).inc()
+        # Once per request: the labelled child is looked up once per combination, not per call
+        # (prometheus_client's labels() takes a lock and builds a tuple every time).
+        key = (team, kind, result)
+        child = self._decisions.get(key)
+        if child is None:
+            m = self.metrics
+            child = m.quota_decisions.labels(m.team_label(team), kind, result)
+            if len(self._decisions) < 10_000:  # team names come from tokens: bounded
+                self._decisions[key] = child
+        child.inc()
         note_quota(result)
 
     def error(self, exc: GatewayError) -> None:
