@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from redis._parsers.base import BaseParser
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 Reply = Callable[[Any], None]  # called once with the reply, an error reply, or the failure
@@ -55,8 +56,9 @@ def parse(buf: bytes | bytearray, pos: int = 0) -> tuple[Any, int]:
     if kind == b"+":
         return body, pos
     if kind == b"-":
-        text = body.decode(errors="replace")
-        return (NoScriptError(text) if text.startswith("NOSCRIPT") else ResponseError(text)), pos
+        # redis-py's own mapping: LOADING, NOAUTH, max clients... are ConnectionErrors (Redis
+        # cannot serve now), NOSCRIPT a NoScriptError, the rest ResponseErrors.
+        return BaseParser.parse_error(body.decode(errors="replace")), pos  # type: ignore[no-untyped-call]
     if kind == b":":
         return int(body), pos
     if kind == b"$":
@@ -78,29 +80,48 @@ def parse(buf: bytes | bytearray, pos: int = 0) -> tuple[Any, int]:
     raise ValueError(f"unexpected Redis reply {bytes(buf[pos - 2 : pos + 18])!r}")
 
 
-class _Protocol(asyncio.Protocol):
-    def __init__(self, wire: Wire) -> None:
-        self.wire = wire
+class _Connection(asyncio.Protocol):
+    """One TCP (or Unix) connection: its transport and the callbacks waiting on it, in write
+    order. A connection that is replaced keeps its own queue, so nothing it receives or loses
+    can ever reach the callers of the connection after it."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.waiting: collections.deque[tuple[float, Reply]] = collections.deque()
         self.buf = bytearray()
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
         pos = 0
-        waiting = self.wire._waiting
         try:
-            while pos < len(self.buf):
+            while pos < len(self.buf) and not self.closed:
                 reply, pos = parse(self.buf, pos)
-                _, callback = waiting.popleft()
+                _, callback = self.waiting.popleft()
                 callback(reply)
         except _Incomplete:
             pass
         except (ValueError, IndexError) as exc:
-            self.wire.close(RedisConnectionError(f"Redis connection failed: {exc!r}"))
+            self.fail(RedisConnectionError(f"Redis connection failed: {exc!r}"))
             return
         del self.buf[:pos]
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.wire.close(RedisConnectionError("Redis connection closed"), lost=True)
+        self.fail(RedisConnectionError("Redis connection closed"))
+
+    def fail(self, error: BaseException) -> None:
+        """Abort the connection (unsent bytes are dropped, never sent late) and fail every
+        callback still waiting on it."""
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+        waiting, self.waiting = self.waiting, collections.deque()
+        for _, callback in waiting:
+            callback(error)
 
 
 class Wire:
@@ -119,20 +140,19 @@ class Wire:
         self.host, self.port, self.path, self.db = host, port, path, db
         self.username, self.password = username, password
         self.connect_timeout, self.timeout = connect_timeout, timeout
-        self._transport: asyncio.Transport | None = None
-        # (deadline, callback) per command written and not yet answered, in write order.
-        self._waiting: collections.deque[tuple[float, Reply]] = collections.deque()
+        self._conn: _Connection | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self._connecting: asyncio.Lock | None = None
+        self._connecting: asyncio.Future[None] | None = None
 
     @property
     def ready(self) -> bool:
-        return self._transport is not None and not self._transport.is_closing()
+        conn = self._conn
+        return conn is not None and not conn.closed and conn.transport is not None
 
     @property
     def idle(self) -> bool:
         """Nothing written is still unanswered (a command sent now leaves alone)."""
-        return not self._waiting
+        return self._conn is None or not self._conn.waiting
 
     def send(self, commands: Sequence[Sequence[Any]], callbacks: Sequence[Reply]) -> None:
         """Write ``commands`` now; each callback later gets its reply (or the failure).
@@ -141,20 +161,22 @@ class Wire:
 
     def send_raw(self, data: bytes, callbacks: Sequence[Reply]) -> None:
         """``send`` for commands already encoded, one callback per command in ``data``."""
-        assert self._transport is not None
+        conn = self._conn
+        assert conn is not None
+        assert conn.transport is not None
         deadline = time.monotonic() + (self.timeout or 0)
-        self._waiting.extend((deadline, cb) for cb in callbacks)
-        self._transport.write(data)
+        conn.waiting.extend((deadline, cb) for cb in callbacks)
+        conn.transport.write(data)
         if self.timeout and self._timer is None:
-            self._timer = asyncio.get_running_loop().call_at(
-                asyncio.get_running_loop().time() + self.timeout, self._check_deadline
-            )
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_at(loop.time() + self.timeout, self._check_deadline)
 
     def _check_deadline(self) -> None:
         self._timer = None
-        if not self._waiting:
+        conn = self._conn
+        if conn is None or not conn.waiting:
             return
-        oldest = self._waiting[0][0]
+        oldest = conn.waiting[0][0]
         now = time.monotonic()
         if now >= oldest:
             self.close(RedisTimeoutError("Timeout talking to Redis"))
@@ -178,34 +200,35 @@ class Wire:
         return replies
 
     async def connect(self) -> None:
-        """Connect (again) unless ready. AUTH and SELECT are part of it, all within the connect
-        timeout: a frozen Redis must not hold the lock, and every caller behind it, forever."""
+        """Connect (again) unless ready. One attempt at a time, shared by everyone waiting
+        for it: callers queued behind a failing attempt must not each wait out their own.
+        AUTH and SELECT are part of it, all within the connect timeout."""
         if self.ready:
             return
-        if self._connecting is None:
-            self._connecting = asyncio.Lock()
-        async with self._connecting:
-            if _ready(self):  # another caller connected while this one waited for the lock
-                return
+        attempt = self._connecting
+        if attempt is None or attempt.done():
+            attempt = asyncio.ensure_future(self._reconnect())
+            self._connecting = attempt
+        await asyncio.shield(attempt)
+
+    async def _reconnect(self) -> None:
+        self.close()
+        try:
+            await asyncio.wait_for(self._open(), self.connect_timeout)
+        except (OSError, TimeoutError) as exc:
             self.close()
-            try:
-                await asyncio.wait_for(self._open(), self.connect_timeout)
-            except (OSError, TimeoutError) as exc:
-                self.close()
-                raise RedisConnectionError(f"Redis connection failed: {exc!r}") from None
-            except BaseException:
-                self.close()
-                raise
+            raise RedisConnectionError(f"Redis connection failed: {exc!r}") from None
+        except BaseException:
+            self.close()
+            raise
 
     async def _open(self) -> None:
         loop = asyncio.get_running_loop()
         if self.path:
-            transport, _ = await loop.create_unix_connection(lambda: _Protocol(self), self.path)
+            _, conn = await loop.create_unix_connection(_Connection, self.path)
         else:
-            transport, _ = await loop.create_connection(
-                lambda: _Protocol(self), self.host or "127.0.0.1", self.port
-            )
-        self._transport = transport
+            _, conn = await loop.create_connection(_Connection, self.host or "127.0.0.1", self.port)
+        self._conn = conn
         hello: list[Sequence[Any]] = []
         if self.password:
             auth = ("AUTH", self.username, self.password) if self.username else None
@@ -220,25 +243,22 @@ class Wire:
                 if isinstance(reply, Exception):
                     raise RedisConnectionError(f"Redis refused the connection setup: {reply}")
 
-    def close(self, error: BaseException | None = None, *, lost: bool = False) -> None:
-        transport, self._transport = self._transport, None
-        if transport is not None and not lost:
-            transport.close()
+    def close(self, error: BaseException | None = None) -> None:
+        conn, self._conn = self._conn, None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        # Whatever was sent and not answered can never be matched to a reply now.
-        failure = error or RedisConnectionError("Redis connection closed")
-        waiting, self._waiting = self._waiting, collections.deque()
-        for _, callback in waiting:
-            callback(failure)
+        if conn is not None:
+            # Whatever was sent and not answered can never be matched to a reply now.
+            conn.fail(error or RedisConnectionError("Redis connection closed"))
 
     async def aclose(self) -> None:
         self.close()
-
-
-def _ready(wire: Wire) -> bool:
-    return wire.ready
+        attempt = self._connecting
+        if attempt is not None and not attempt.done():
+            attempt.cancel()
+            with contextlib.suppress(BaseException):
+                await attempt
 
 
 def _resolver(fut: asyncio.Future[Any]) -> Reply:

@@ -7,12 +7,14 @@ import asyncio
 import contextlib
 import itertools
 import math
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from redis._parsers.base import BaseParser
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -99,13 +101,13 @@ class Replies:
 def received(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
     """Every chunk the wire's protocol is handed by the event loop, in order."""
     chunks: list[bytes] = []
-    original = wire_module._Protocol.data_received
+    original = wire_module._Connection.data_received
 
     def spy(self: Any, data: bytes) -> None:
         chunks.append(bytes(data))
         original(self, data)
 
-    monkeypatch.setattr(wire_module._Protocol, "data_received", spy)
+    monkeypatch.setattr(wire_module._Connection, "data_received", spy)
     return chunks
 
 
@@ -157,7 +159,7 @@ async def test_pipelined_commands_leave_at_once_and_their_replies_find_their_cal
         ]
         assert replies[0] == 1
         assert isinstance(replies[1], NoScriptError)
-        assert str(replies[1]) == "NOSCRIPT No matching script"
+        assert str(replies[1]) == "No matching script"  # as redis-py words it
         assert replies[2] == [b"a", None]
 
         # Separate callers on the one connection, answered in one write.
@@ -275,8 +277,9 @@ def _encoded(draw_value: tuple[str, Any]) -> tuple[bytes, Any]:
     if kind == "status":
         return b"+" + value + b"\r\n", value
     if kind == "error":
-        cls = NoScriptError if value.startswith("NOSCRIPT") else ResponseError
-        return b"-" + value.encode() + b"\r\n", (cls, value)
+        # what redis-py itself would raise: its class and its message
+        err = BaseParser.parse_error(value)  # type: ignore[no-untyped-call]
+        return b"-" + value.encode() + b"\r\n", (type(err), str(err))
     if kind == "int":
         return b":%d\r\n" % value, value
     if kind == "bulk":
@@ -343,12 +346,75 @@ def test_replies_fed_in_any_split_reach_their_callers_in_order(
 ) -> None:
     stream = b"".join(data for data, _ in batch)
     points = sorted({math.floor(c * len(stream)) for c in cuts} | {0, len(stream)})
-    wire = Wire()
     got: list[Any] = []
-    wire._waiting.extend((math.inf, got.append) for _ in batch)
-    protocol = wire_module._Protocol(wire)
+    protocol = wire_module._Connection()
+    protocol.waiting.extend((math.inf, got.append) for _ in batch)
     for a, b in itertools.pairwise(points):
         protocol.data_received(stream[a:b])
     assert [_plain(v) for v in got] == [expected for _, expected in batch]
-    assert wire.idle
+    assert not protocol.waiting
     assert protocol.buf == b""
+
+
+class _Transport(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.aborted = False
+        self.written: list[bytes] = []
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written.append(bytes(data))
+
+    def is_closing(self) -> bool:
+        return self.aborted
+
+
+def test_a_replaced_connection_never_reaches_the_next_ones_callers() -> None:
+    # A connection closed while its write buffer was full used to report connection_lost
+    # later, after a reconnect, and fail (or feed) the new connection's callers.
+    wire = Wire(timeout=None)
+    old = wire_module._Connection()
+    old.connection_made(_Transport())
+    wire._conn = old
+    got_old: list[Any] = []
+    wire.send_raw(b"*1\r\n$4\r\nPING\r\n", [got_old.append])
+    wire.close()
+    assert old.transport is not None
+    assert old.transport.is_closing()  # aborted: unsent bytes are dropped, never sent late
+    assert [type(x) for x in got_old] == [RedisConnectionError]
+    new = wire_module._Connection()
+    new.connection_made(_Transport())
+    wire._conn = new
+    got_new: list[Any] = []
+    wire.send_raw(b"*1\r\n$4\r\nPING\r\n", [got_new.append])
+    old.data_received(b"+PONG\r\n")  # a late reply on the old socket
+    old.connection_lost(None)
+    assert got_new == []
+    assert wire.ready
+    new.data_received(b"+PONG\r\n")
+    assert got_new == [b"PONG"]
+
+
+async def test_callers_share_one_connect_attempt() -> None:
+    # A Redis that accepts the connection but never answers AUTH (a paused process): six
+    # callers must fail together after one connect timeout, not one after another.
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1 << 16)
+        await asyncio.sleep(30)
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    wire = Wire(host="127.0.0.1", port=port, password="x", connect_timeout=0.3, timeout=5)
+    started = time.monotonic()
+    try:
+        results = await asyncio.gather(
+            *(wire.call([("PING",)]) for _ in range(6)), return_exceptions=True
+        )
+    finally:
+        await wire.aclose()
+        server.close()
+    assert all(isinstance(r, RedisConnectionError) for r in results)
+    assert time.monotonic() - started < 1.0  # one 0.3 s attempt, not six
