@@ -2,11 +2,13 @@
 
 Stored objects on the upstream belong to the whole account, not to a team, so a body that
 names one could reach another team's data: the Responses API's ``previous_response_id`` and
-``conversation``, ``background`` runs (fetched later by id), ``file_id`` and
-``vector_store_ids`` anywhere in the input, a code-interpreter ``container`` named by id. Those
-are refused with 400 ``unsupported_parameter``; and nothing is stored upstream in the first
-place: the Responses API's ``store`` (which defaults to true) and chat's ``store`` are forced
-to false.
+``conversation``, ``background`` runs (fetched later by id), ``file_id(s)`` and
+``vector_store_ids`` anywhere in the input, item references, stored prompts and earlier audio
+answers by id, a code-interpreter ``container`` named by id. Those are refused with 400
+``unsupported_parameter``; and nothing is stored upstream in the first place: the Responses
+API's ``store`` (which defaults to true) and chat's ``store`` are forced to false. Keys are
+compared case-insensitively, a key given twice is refused, and the upstream receives our own
+serialisation of the checked document, never the caller's bytes.
 """
 
 from __future__ import annotations
@@ -17,11 +19,17 @@ from typing import Any
 from gateway.errors import InvalidRequest
 from gateway.upstream.routes import CHAT, RESPONSES
 
-# Keys that name an object stored on the upstream account, wherever they appear.
-_OBJECT_REFS = ("file_id", "vector_store_ids", "previous_response_id", "conversation")
-# Substrings that make a body worth parsing: most chat bodies contain none of them. A JSON
-# escape (\u0066ile_id is "file_id" to the upstream's parser) counts too.
-_CHAT_MARKERS = (b"file_id", b"vector_store_ids", b'"store"', b"container", b"\\u")
+# Keys that name an object stored on the upstream account, wherever they appear. Keys are
+# compared in lower case: the upstream (new-api, Go) matches JSON fields case-insensitively.
+_OBJECT_REFS = frozenset(
+    {"file_id", "file_ids", "vector_store_ids", "previous_response_id", "conversation"}
+)
+# Objects that point at a stored object by their "id": {"type": "item_reference", "id": ...},
+# a stored prompt ({"prompt": {"id": "pmpt_..."}}), an earlier audio answer (audio.id).
+_BY_ID = frozenset({"prompt", "audio"})
+# Parsing is on the event loop: refuse bodies made of more values than any real request has,
+# before they cost every other caller seconds (a 32 MB body of tiny objects took ~6 s).
+MAX_JSON_VALUES = 200_000
 
 
 def _refuse(param: str) -> InvalidRequest:
@@ -33,10 +41,27 @@ def _refuse(param: str) -> InvalidRequest:
     )
 
 
+def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # Two spellings of one key ({"store": true, "store": false}, or "Store") could be read
+    # differently by the upstream's parser than by ours: refuse the ambiguity.
+    out: dict[str, Any] = {}
+    seen: set[str] = set()
+    for key, value in pairs:
+        folded = key.lower()
+        if folded in seen:
+            raise InvalidRequest(f"The body names '{key}' twice.", code="invalid_json", param=key)
+        seen.add(folded)
+        out[key] = value
+    return out
+
+
 def parse_json_object(body: bytes) -> dict[str, Any]:
-    """The body as a JSON object, or 400 ``invalid_json`` (deep nesting included)."""
+    """The body as a JSON object, or 400 ``invalid_json`` (deep nesting, duplicate keys and
+    bodies of too many values included)."""
+    if body.count(b"{") + body.count(b"[") + body.count(b",") > MAX_JSON_VALUES:
+        raise InvalidRequest("The body has too many JSON values.", code="request_too_complex")
     try:
-        doc = json.loads(body)
+        doc = json.loads(body, object_pairs_hook=_pairs)
     except (ValueError, RecursionError):
         raise InvalidRequest("The body is not valid JSON.", code="invalid_json") from None
     if not isinstance(doc, dict):
@@ -44,38 +69,44 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
     return doc
 
 
-def _scan(node: Any, depth: int = 0) -> None:
-    # Bodies already parsed, so depth is bounded by the JSON parser; iterate, don't recurse.
+def _scan(node: Any) -> None:
+    # Iterate, don't recurse: depth is bounded by the parser, but the stack need not be.
     stack = [node]
     while stack:
         item = stack.pop()
         if isinstance(item, dict):
+            if str(item.get("type", "")).lower() == "item_reference":
+                raise _refuse("item_reference")
             for key, value in item.items():
-                if key in _OBJECT_REFS and value not in (None, "", []):
+                folded = key.lower()
+                if folded in _OBJECT_REFS and value not in (None, "", []):
                     raise _refuse(key)
-                if key == "container" and isinstance(value, str):
+                if folded == "container" and isinstance(value, str):
                     raise _refuse(key)
+                if folded in _BY_ID and isinstance(value, dict) and value.get("id"):
+                    raise _refuse(f"{key}.id")
                 if isinstance(value, dict | list):
                     stack.append(value)
         elif isinstance(item, list):
             stack.extend(v for v in item if isinstance(v, dict | list))
 
 
-def apply(kind: str, body: bytes | None) -> bytes | None:
-    """The body to send upstream for a route of this ``kind``, or an InvalidRequest."""
-    if kind == RESPONSES:
-        if not body:
-            raise InvalidRequest("The body must be a JSON object.", code="invalid_json")
-        doc = parse_json_object(body)
-        if doc.get("background"):
-            raise _refuse("background")
-        _scan(doc)
+def _get(doc: dict[str, Any], name: str) -> Any:
+    return next((v for k, v in doc.items() if k.lower() == name), None)
+
+
+def apply(kind: str, body: bytes | None) -> bytes:
+    """The body to send upstream for a route of this ``kind``, or an InvalidRequest. What
+    leaves is always our own serialisation of what we checked, never the caller's bytes."""
+    if not body:
+        raise InvalidRequest("The body must be a JSON object.", code="invalid_json")
+    doc = parse_json_object(body)
+    if kind == RESPONSES and _get(doc, "background"):
+        raise _refuse("background")
+    _scan(doc)
+    stored = [k for k in doc if k.lower() == "store"]
+    for key in stored:
+        del doc[key]
+    if kind == RESPONSES or stored:  # the Responses API stores unless told not to
         doc["store"] = False
-        return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
-    if kind == CHAT and body and any(m in body for m in _CHAT_MARKERS):
-        doc = parse_json_object(body)
-        _scan(doc)
-        if doc.get("store"):
-            doc["store"] = False
-            return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
-    return body
+    return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()

@@ -251,3 +251,79 @@ def test_escaped_keys_get_the_same_policy(stack: Stack, raw: bytes, code: str | 
     else:
         assert r.status_code == 200
         assert everything_upstream(stack)[0]["json"]["store"] is False
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "code"),
+    [
+        (
+            "/v1/responses",
+            {"model": "m", "input": "x", "Previous_Response_Id": "r"},
+            400,
+            "unsupported_parameter",
+        ),
+        (
+            "/v1/responses",
+            {"model": "m", "input": "x", "Background": True},
+            400,
+            "unsupported_parameter",
+        ),
+        (
+            "/v1/chat/completions",
+            {"model": "m", "messages": [], "File_Id": "f"},
+            400,
+            "unsupported_parameter",
+        ),
+        (
+            "/v1/responses",
+            {
+                "model": "m",
+                "input": "x",
+                "tools": [
+                    {"type": "code_interpreter", "container": {"type": "auto", "file_ids": ["f"]}}
+                ],
+            },
+            400,
+            "unsupported_parameter",
+        ),
+        (
+            "/v1/responses",
+            {"model": "m", "input": [{"type": "item_reference", "id": "msg_1"}]},
+            400,
+            "unsupported_parameter",
+        ),
+        (
+            "/v1/responses",
+            {"model": "m", "input": "x", "prompt": {"id": "pmpt_1"}},
+            400,
+            "unsupported_parameter",
+        ),
+        (
+            "/v1/chat/completions",
+            {"model": "m", "messages": [{"role": "assistant", "audio": {"id": "audio_1"}}]},
+            400,
+            "unsupported_parameter",
+        ),
+    ],
+)
+def test_stored_object_references_in_any_spelling_are_refused(
+    stack: Stack, path: str, body: dict[str, Any], status: int, code: str
+) -> None:
+    r = call(stack, "POST", path, body)
+    assert (r.status_code, r.json()["error"]["code"]) == (status, code)
+    assert everything_upstream(stack) == []
+
+
+@pytest.mark.parametrize(
+    ("raw", "code"),
+    [
+        (b'{"model":"m","messages":[],"store":true,"store":false}', "invalid_json"),
+        (b'{"model":"m","messages":[],"store":false,"Store":true}', "invalid_json"),
+        (b"model=m&store=true", "invalid_json"),
+        (b'{"model":"m","messages":[' + b"{}," * 250_000 + b"{}]}", "request_too_complex"),
+    ],
+)
+def test_ambiguous_or_non_json_chat_bodies_are_refused(stack: Stack, raw: bytes, code: str) -> None:
+    r = call(stack, "POST", "/v1/chat/completions", raw)
+    assert (r.status_code, r.json()["error"]["code"]) == (400, code)
+    assert everything_upstream(stack) == []
