@@ -17,7 +17,7 @@ import json
 from typing import Any
 
 from gateway.errors import InvalidRequest
-from gateway.upstream.routes import CHAT, RESPONSES
+from gateway.upstream.routes import RESPONSES
 
 # Keys that name an object stored on the upstream account, wherever they appear. Keys are
 # compared in lower case: the upstream (new-api, Go) matches JSON fields case-insensitively.

@@ -47,9 +47,10 @@ class Breaker:
             return
         self.is_open = True
         log.warning("Redis is unreachable; failing fast until a probe reaches it")
-        self._on_change(True)
+        # The probe first: a failing callback must never leave the breaker open for good.
         with contextlib.suppress(RuntimeError):  # no running loop: nothing to probe with
             self._probing = asyncio.get_running_loop().create_task(self._probe_until_back())
+        self._on_change(True)
 
     async def _probe_until_back(self) -> None:
         while self.is_open:

@@ -16,8 +16,13 @@ from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import ClusterPipeline, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import (
+    ClusterDownError,
+    RedisClusterUnreachableError,
+    RedisError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.errors import StoreUnavailable
@@ -25,7 +30,16 @@ from gateway.settings import RedisSettings
 from gateway.store.breaker import Breaker
 from gateway.store.wire import Wire
 
-UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+# Redis could not answer: connection, timeout, and a cluster without a reachable node or with
+# its slots moving (redis-py raises those outside its ConnectionError tree).
+UNREACHABLE = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    OSError,
+    RedisClusterUnreachableError,
+    ClusterDownError,
+    TryAgainError,
+)
 # redis-py raises this ConnectionError when its pool is busy: Redis is fine, we are loaded.
 _POOL_BUSY = "No connection available."
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import aiohttp
@@ -37,6 +37,7 @@ from gateway.upstream.redirect_policy import (
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "DELETE", "PUT"})
 PROBE_PATH = "/v1/models"  # cheap, free, and readable with any valid key
 PROBE_TIMEOUT = 5.0
+COOLDOWN_CAP_FACTOR = 10  # an upstream Retry-After cools a key for at most this many cooldowns
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 MAX_REDIRECTS = 3
 USER_AGENT = f"crazyrouter-gateway/{__version__}"
@@ -85,6 +86,10 @@ class UpstreamResponse:
 
     def header(self, name: str) -> str | None:
         return self._resp.headers.get(name)
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        return self._resp.headers
 
     async def read(self, limit: int = 16 * 1024 * 1024) -> bytes:
         body = bytearray()
@@ -153,8 +158,13 @@ class UpstreamClient:
         self._base_url = base_url
         self._trusted = parse_networks(trusted_networks)
         self.pool = pool
+        # ``connect`` bounds the wait for a pooled connection too: with the pool full, a caller
+        # gets a fast 503 instead of waiting behind other teams' long streams.
         self._timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=connect_timeout, sock_read=read_timeout
+            total=None,
+            connect=connect_timeout,
+            sock_connect=connect_timeout,
+            sock_read=read_timeout,
         )
         self._max_connections = max_connections
         self._on_response = on_response
@@ -265,7 +275,7 @@ class UpstreamClient:
         no_retry = {"x-should-retry": "false"} if unsafe else {}
         url = self._base_url + req.path + (f"?{req.query}" if req.query else "")
         tried: set[str] = set()
-        quarantined = False  # one request never takes more than one key out of the pool
+        touched = False  # one request never changes the health of more than one key
         while True:
             lease = self.pool.lease(req.key_id) if req.key_id else self.pool.acquire(tried)
             tried.add(lease.key_id)
@@ -278,6 +288,16 @@ class UpstreamClient:
                 resp = await session.request(
                     req.method, url, headers=headers, data=body, allow_redirects=False
                 )
+            except aiohttp.ConnectionTimeoutError as exc:
+                # No connection in time (the pool is full, or connecting is slow): certainly
+                # not sent, so never an unknown outcome.
+                lease.release()
+                self._on_response(lease.key_id, req.route, 0, time.perf_counter() - started)
+                raise UpstreamError(
+                    "The upstream could not be reached in time; try again shortly.",
+                    status=503,
+                    headers={"retry-after": "1"},
+                ) from exc
             except aiohttp.ClientConnectorError as exc:
                 lease.release()
                 self._on_response(lease.key_id, req.route, 0, time.perf_counter() - started)
@@ -305,36 +325,56 @@ class UpstreamClient:
                 raise
             self._on_response(lease.key_id, req.route, resp.status, time.perf_counter() - started)
             out = UpstreamResponse(resp, lease)
-            if resp.status == 429:
-                wait = rewrite.retry_after_seconds(resp.headers, self.pool.cooldown_seconds)
-                await self.pool.cool_down(lease.key_id, wait)
-            elif resp.status == 401:
-                # Not processed, so safe to send on another key; but only the probe's verdict
-                # takes this key out of the pool, and one request takes at most one key out.
-                if not quarantined and await self._confirm_bad_key(lease):
-                    quarantined = True
-                    await self.pool.quarantine(lease.key_id)
-            elif resp.status == 403:
-                # Often about the request (a model this key may not use): only a 403 that says
-                # the key itself is bad is worth a probe. Never retried on another key: it would
-                # refuse the same request, and be blamed for it.
-                body = await out.peek(rewrite.ERROR_PEEK_BYTES)
-                if (
-                    not quarantined
-                    and rewrite.says_key_is_bad(
-                        rewrite.decode_body(body, out.header("content-encoding"))
-                    )
-                    and await self._confirm_bad_key(lease)
-                ):
-                    await self.pool.quarantine(lease.key_id)
+            try:
+                retry = await self._judge(out, lease, touched=touched)
+            except BaseException:
+                out.close()  # a body that broke off mid-error, a cancelled caller: no leak
+                raise
+            if retry is None:
                 return out
-            else:
-                return out
+            touched = touched or retry
             if can_retry and self._has_other_key(tried):
                 out.close()
                 self._on_retry(str(resp.status))
                 continue
             return out
+
+    async def _judge(self, out: UpstreamResponse, lease: Lease, *, touched: bool) -> bool | None:
+        """What a refusal says about the key. None: answer the caller with ``out``; True or
+        False: this key's health was (or was not) changed and another key may be tried.
+
+        One request changes the health of one key at most (``touched``): otherwise a caller
+        whose requests are refused for their own reasons could take the pool offline."""
+        if out.status == 429:
+            if touched:
+                return None
+            # Capped: a long Retry-After may be about one model, not the whole key.
+            wait = rewrite.retry_after_seconds(out.headers, self.pool.cooldown_seconds)
+            await self.pool.cool_down(
+                lease.key_id, min(wait, self.pool.cooldown_seconds * COOLDOWN_CAP_FACTOR)
+            )
+            return True
+        if out.status == 401:
+            # Not processed, so safe to send on another key; but only the probe's verdict
+            # takes this key out of the pool.
+            if not touched and await self._confirm_bad_key(lease):
+                await self.pool.quarantine(lease.key_id)
+                return True
+            return False
+        if out.status == 403:
+            # Often about the request (a model this key may not use): only a 403 that says the
+            # key itself is bad is worth a probe. Never retried on another key: it would refuse
+            # the same request, and be blamed for it.
+            body = await out.peek(rewrite.ERROR_PEEK_BYTES)
+            if (
+                not touched
+                and rewrite.says_key_is_bad(
+                    rewrite.decode_body(body, out.header("content-encoding"))
+                )
+                and await self._confirm_bad_key(lease)
+            ):
+                await self.pool.quarantine(lease.key_id)
+        return None
 
     async def _confirm_bad_key(self, lease: Lease) -> bool:
         """Ask the upstream, with this key alone, for something every valid key may read.
@@ -403,7 +443,7 @@ def caller_error(
         )
     if resp.status == 429:
         wait = resp.header("retry-after")
-        if wait and wait.isdigit():
+        if wait and wait.isascii() and wait.isdigit():
             exc.headers["retry-after"] = wait
     elif resp.status >= 500 and unsafe:
         # The upstream may have acted on it: the SDK must not send it again.

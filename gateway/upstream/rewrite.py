@@ -129,7 +129,8 @@ def response_headers(upstream: Iterable[tuple[bytes, bytes]]) -> list[tuple[byte
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
     """Remove anything that looks like an upstream key from an upstream-provided message."""
-    for s in secrets:
+    # Longest first: a key that is a prefix of another must not leave the longer one's tail.
+    for s in sorted(secrets, key=len, reverse=True):
         if s:
             text = text.replace(s, "***")
     return _SECRET_LIKE.sub("sk-***", text)

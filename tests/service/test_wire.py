@@ -401,9 +401,14 @@ def test_a_replaced_connection_never_reaches_the_next_ones_callers() -> None:
 async def test_callers_share_one_connect_attempt() -> None:
     # A Redis that accepts the connection but never answers AUTH (a paused process): six
     # callers must fail together after one connect timeout, not one after another.
+    writers: list[asyncio.StreamWriter] = []
+    done = asyncio.Event()
+
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
         await reader.read(1 << 16)
-        await asyncio.sleep(30)
+        await done.wait()
+        writer.close()
 
     server = await asyncio.start_server(silent, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
@@ -415,6 +420,11 @@ async def test_callers_share_one_connect_attempt() -> None:
         )
     finally:
         await wire.aclose()
+        done.set()
         server.close()
+        await server.wait_closed()
+        for writer in writers:
+            writer.close()
+            await writer.wait_closed()
     assert all(isinstance(r, RedisConnectionError) for r in results)
     assert time.monotonic() - started < 1.0  # one 0.3 s attempt, not six
