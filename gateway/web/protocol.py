@@ -74,6 +74,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._head_timer: TimerHandle | None = None
         self._body_timer: TimerHandle | None = None
         self._refusal: GatewayError | None = None  # to answer once earlier responses are out
+        self._completed = 0  # requests whose message ended (a piece may end one, start the next)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -94,11 +95,14 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             room = self.limits.max_header_bytes - seen
             piece, data = data[:room], data[room:]
             self._head_bytes = seen + len(piece)
+            completed = self._completed
             if piece:
                 super().data_received(piece)
             if self.parser is None or self.transport.is_closing():
                 return
-            if not self._in_head():
+            if not self._in_head() or self._completed != completed:
+                # The head ended in this piece (or a whole request did, and the next head
+                # started): the rest is counted afresh.
                 if self.parser.should_upgrade():
                     return  # the upgrade took the connection (uvicorn drops the rest likewise)
                 continue
@@ -130,6 +134,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._cancel(self._body_timer)
         self._body_timer = None
         self._head_bytes = 0
+        self._completed += 1
         super().on_message_complete()
 
     # Deadlines

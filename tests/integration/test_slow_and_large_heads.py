@@ -439,3 +439,21 @@ def test_an_oversized_head_after_a_pipelined_request_is_refused(
         assert first is not None
         assert first.status == 200
         assert_error(conn.response(), 431, "request_header_fields_too_large")
+
+
+@pytest.mark.parametrize("size", [1975, 1985, 1995])
+def test_a_request_ending_inside_the_head_budget_leaves_the_next_head_its_own(
+    connect: Callable[[str], Conn], size: int
+) -> None:
+    # The body of the first request ends inside the bytes counted against the head limit and
+    # a small pipelined request follows in the same write: it used to get a false 431.
+    with recorder_server() as (url, _):
+        conn = connect(url)
+        body = b"b" * size
+        first = f"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {size}\r\n\r\n".encode()
+        conn.send(first + body + b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        one, two = conn.response(), conn.response()
+        assert one is not None
+        assert two is not None
+        assert (one.status, one.body) == (200, str(size).encode())
+        assert (two.status, two.body) == (200, b"0")
