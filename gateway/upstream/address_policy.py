@@ -59,7 +59,19 @@ def embedded_ipv4(ip: ipaddress.IPv6Address) -> tuple[ipaddress.IPv4Address, ...
     return ()
 
 
+# Not public although some Python versions' tables call them global: deprecated IPv6
+# site-local, the IPv4 special-purpose block 192.0.0.0/24 (192.0.0.8, ...) and the retired
+# 6to4 relay anycast 192.88.99.0/24.
+_NOT_PUBLIC = (
+    ipaddress.ip_network("fec0::/10"),
+    ipaddress.ip_network("192.0.0.0/24"),
+    ipaddress.ip_network("192.88.99.0/24"),
+)
+
+
 def _global(ip: IPAddress) -> bool:
+    if any(ip.version == net.version and ip in net for net in _NOT_PUBLIC):
+        return False
     return ip.is_global and not ip.is_multicast
 
 

@@ -38,7 +38,11 @@ NON_PUBLIC_V4 = [
 non_public_v4 = st.sampled_from(NON_PUBLIC_V4).flatmap(
     lambda net: st.ip_addresses(v=4, network=net)
 )
-public_v4 = st.ip_addresses(v=4).filter(lambda ip: ip.is_global and not ip.is_multicast)
+# Python's own table, less the special-purpose blocks the policy refuses on top of it.
+_EXTRA_DENY = (ipaddress.ip_network("192.0.0.0/24"), ipaddress.ip_network("192.88.99.0/24"))
+public_v4 = st.ip_addresses(v=4).filter(
+    lambda ip: ip.is_global and not ip.is_multicast and not any(ip in n for n in _EXTRA_DENY)
+)
 bits = st.integers(min_value=0, max_value=(1 << 80) - 1)
 
 
@@ -228,3 +232,8 @@ async def test_image_url_resolving_to_an_embedding_form_is_refused() -> None:
 
     with pytest.raises(InvalidRequest):
         await check_image_url("https://images.example/a.png", allowed_hosts=(), resolve=resolve)
+
+
+@pytest.mark.parametrize("address", ["fec0::1", "192.0.0.8", "192.0.0.170", "192.88.99.1"])
+def test_special_purpose_blocks_python_calls_global_are_refused(address: str) -> None:
+    assert not is_public(address)
