@@ -57,7 +57,6 @@ class QuotaService:
         retry_hint_s: float = 5.0,
     ) -> None:
         self.store = store
-        self.settings, self.teams, self.videos, self.clock = settings, teams, videos, clock
         self.policy = QuotaPolicy(settings, teams=teams, videos=videos, clock=clock)
         self._on_decision = on_decision or (lambda team, kind, result: None)
         self._retry_hint_s = retry_hint_s

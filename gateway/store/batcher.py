@@ -51,12 +51,8 @@ class ScriptBatcher:
         return await fut
 
     async def _send(self, commands: list[tuple[Any, ...]]) -> list[Any]:
-        """Write every command at once on one pooled connection, then read each reply.
-
-        redis-py's Pipeline does the same with more bookkeeping per batch; batches under load
-        are small (a few calls), so that fixed cost is most of what a check costs."""
-        if self.wire is not None:
-            return await self.wire.call(commands)
+        """Without a wire (TLS): write every command at once on one pooled connection, then
+        read each reply. redis-py's Pipeline does the same with more bookkeeping per batch."""
         pool = self.redis.connection_pool
         conn = await pool.get_connection()  # type: ignore[no-untyped-call]
         try:
@@ -99,9 +95,9 @@ class ScriptBatcher:
         self._flushing.add(task)  # keep a reference until it is done
         task.add_done_callback(self._flushing.discard)
 
-    def _failure(self, exc: BaseException) -> BaseException:
+    def _failure(self, exc: BaseException, op: str = "evalsha") -> BaseException:
         if isinstance(exc, UNREACHABLE) and self.breaker is not None:
-            return unreachable(self.breaker, "evalsha", exc)
+            return unreachable(self.breaker, op, exc)
         return exc
 
     def _write(self, wire: Wire, live: list[Call], *, loaded: bool) -> None:
@@ -145,11 +141,10 @@ class ScriptBatcher:
         try:
             await self._load()
         except Exception as exc:
-            if isinstance(exc, UNREACHABLE) and self.breaker is not None:
-                exc = unreachable(self.breaker, "script_load", exc)
+            failure = self._failure(exc, "script_load")
             for _, _, fut in calls:
                 if not fut.done():
-                    fut.set_exception(exc)
+                    fut.set_exception(failure)
             return
         await self._run(calls, loaded=True)
 

@@ -275,7 +275,11 @@ async def test_a_lost_reply_is_charged_once_in_the_end(redis: Redis) -> None:
     clock = Clock(at("2026-12-01T10:00:00"))
     svc, team = service(redis, clock, {"video_seconds_per_day": 100})
     lossy = QuotaService(
-        LostReply(redis), svc.settings, teams=svc.teams, videos=svc.videos, clock=clock
+        LostReply(redis),
+        svc.policy.settings,
+        teams=svc.policy.teams,
+        videos=svc.policy.videos,
+        clock=clock,
     )
     lost = "video_" + "a" * 32
     with pytest.raises(ServiceUnavailable):
