@@ -26,6 +26,11 @@ from gateway.auth.jwks import JWKSCache
 from gateway.auth.middleware import AuthMiddleware
 from gateway.auth.verifier import TokenVerifier
 from gateway.errors import GatewayError, NotFound
+from gateway.metering.prices import PriceTable
+from gateway.metering.report import UsageReport
+from gateway.metering.routes import UsageEndpoint
+from gateway.metering.service import Meter
+from gateway.metering.store import MeterStore
 from gateway.observability.access_log import AccessLog
 from gateway.observability.errors import ErrorMiddleware
 from gateway.observability.http_metrics import HttpMetricsMiddleware
@@ -174,9 +179,28 @@ def create_app(
         settings=settings,
         clock=clock,
     )
+    prices = PriceTable(settings.pricing.models)
+    meter = Meter(
+        MeterStore(redis),
+        quota.policy,
+        settings.pricing,
+        team_models=settings.team_models,
+        prices=lambda: prices,
+        events=obs.meter_events(),
+    )
+    usage = UsageEndpoint(
+        UsageReport(
+            meter.store,
+            tz=quota.policy.tz,
+            currency=q.currency,
+            clock=clock,
+            configured_teams=settings.teams,
+        )
+    )
     snapshot = UsageSnapshot(quota, settings.teams, settings.server.quota_metrics_seconds)
     if q.enabled:
         metrics.watch_quota(snapshot)
+        metrics.budget_alert_share.set(q.budget_alert_share)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -201,6 +225,7 @@ def create_app(
             await pool.close()
             await idp.close()
             await quota.store.aclose()
+            await meter.store.aclose()
             if owns_redis:
                 await close_redis(redis)
 
@@ -215,8 +240,12 @@ def create_app(
                     observer=obs.streams(content=True),
                 ),
             ),
-            PrefixGroup("/admin/", admin_routes(admin, admin_role=settings.auth.admin_role)),
+            PrefixGroup(
+                "/admin/",
+                admin_routes(admin, admin_role=settings.auth.admin_role, usage=usage.any_team),
+            ),
             Route("/v1/gateway/quota", QuotaEndpoint(quota).handle, methods=["GET"]),
+            Route("/v1/gateway/usage", usage.own, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route(
                 "/readyz",
@@ -262,6 +291,8 @@ def create_app(
         routes=RouteTable((*DEFAULT_ROUTES, *settings.server.extra_routes)),
         secrets=pool.secrets,
         observer=obs.streams(content=False),
+        # Metering is part of the quota: a gateway without quotas charges nobody.
+        meter=meter if q.enabled else None,
     )
     return Gateway(app, settings, metrics, redis, pool, quota, videos, reconciler)
 

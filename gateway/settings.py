@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 from urllib.parse import SplitResult, urlsplit
@@ -22,6 +24,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
+from gateway.metering.prices import ModelPrice, exact
 from gateway.quota.model import Limit, LimitError, parse_limit
 from gateway.upstream.address_policy import parse_networks
 from gateway.upstream.routes import RouteRule, parse_route
@@ -195,6 +198,8 @@ class QuotaSettings:
     # false: no limit is enforced and no quota call reaches Redis (a pure pass-through gateway)
     enabled: bool = True
     time_zone: str = "UTC"  # days and months follow this zone's calendar
+    # The budget alert (deploy/prometheus/rules.yml) fires above this share of a limit.
+    budget_alert_share: float = 0.9
     currency: str = "USD"
     rate_fail_open: bool = True  # Redis down: let requests through (counted) or answer 503
     lease_seconds: float = 900.0  # a concurrency slot expires unless its job is seen running
@@ -207,13 +212,32 @@ class QuotaSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class PricingSettings:
+    """What calls cost (see docs/metering.md). Metering runs whenever quotas do."""
+
+    models: Mapping[str, ModelPrice] = field(default_factory=dict)  # name or glob -> price
+    unpriced: str = "refuse"  # refuse: 403 model_not_priced | allow: charged zero, counted
+    # Redis unreachable at admission: allow (forwarded unmetered, counted as fail_open, like
+    # quota.rate_fail_open) | refuse (503: no call goes unmetered)
+    store_down: str = "allow"
+    source: str = "none"  # none: the prices are pricing.models (crazyrouter: not built yet)
+    # The estimate: output tokens assumed (and sent as the cap) when a call names none.
+    default_max_output_tokens: int = 4096
+    image_input_tokens: int = 2000  # tokens assumed per image a chat or responses call sends
+    transcription_max_seconds: int = 1500  # audio seconds assumed for a per-second price
+    max_tags_per_day: int = 100  # distinct x-gateway-tag values per team and day
+    ledger_retention_days: int = 400
+
+
+@dataclass(frozen=True, kw_only=True)
 class TeamSettings:
     """One entry of ``teams``. A kind absent from ``limits`` falls back to the ``default``
-    entry (and then to unlimited); ``videos_private`` None falls back likewise, then to
-    ``videos.force_private``."""
+    entry (and then to unlimited); ``videos_private`` and ``models`` None fall back likewise
+    (then to ``videos.force_private``, and to any model)."""
 
     limits: Mapping[str, Limit] = field(default_factory=dict)
     videos_private: bool | None = None
+    models: tuple[str, ...] | None = None  # globs of the models the team may call
 
 
 def team_table(entries: Mapping[str, Mapping[str, Any]]) -> dict[str, TeamSettings]:
@@ -222,6 +246,7 @@ def team_table(entries: Mapping[str, Mapping[str, Any]]) -> dict[str, TeamSettin
         name: TeamSettings(
             limits={k: v for k, v in entry.items() if k not in _TEAM_OPTIONS},
             videos_private=entry.get("videos_private"),
+            models=entry.get("models"),
         )
         for name, entry in entries.items()
     }
@@ -238,6 +263,15 @@ class Settings:
     teams: Mapping[str, TeamSettings] = field(default_factory=lambda: {"default": TeamSettings()})
     videos: VideoSettings = field(default_factory=VideoSettings)
     quota: QuotaSettings = field(default_factory=QuotaSettings)
+    pricing: PricingSettings = field(default_factory=PricingSettings)
+
+    def team_models(self, team: str) -> tuple[str, ...] | None:
+        """The model globs ``team`` may call (None: any model)."""
+        own = self.teams.get(team)
+        if own is not None and own.models is not None:
+            return own.models
+        default = self.teams.get("default")
+        return default.models if default is not None else None
 
 
 # -- loading ---------------------------------------------------------------------------------
@@ -399,7 +433,14 @@ class _Section:
 
         return str(self._read(name, default, check))
 
-    def number(self, name: str, *, minimum: float = 0.0, default: Any = _FROM_CLASS) -> float:
+    def number(
+        self,
+        name: str,
+        *,
+        minimum: float = 0.0,
+        maximum: float = math.inf,
+        default: Any = _FROM_CLASS,
+    ) -> float:
         def check(v: Any, key: str) -> float:
             if isinstance(v, str):
                 try:
@@ -410,6 +451,8 @@ class _Section:
                 raise SettingsError(key, "must be a number")
             if v < minimum:
                 raise SettingsError(key, f"must be >= {minimum:g}")
+            if v > maximum:
+                raise SettingsError(key, f"must be <= {maximum:g}")
             return float(v)
 
         return float(self._read(name, default, check))
@@ -834,7 +877,8 @@ def _videos(sec: _Section) -> VideoSettings:
 
 
 _TEAM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_TEAM_OPTIONS = ("videos_private",)
+_TEAM_OPTIONS = ("videos_private", "models")
+_MODEL_GLOB = re.compile(r"^[A-Za-z0-9*?\[\]][A-Za-z0-9_.:/@*?\[\]!-]{0,127}$")
 
 
 def _teams(sec: _Section) -> dict[str, TeamSettings]:
@@ -851,7 +895,9 @@ def _teams(sec: _Section) -> dict[str, TeamSettings]:
         for opt, value in body.items():
             key = f"{sec.key(str(name))}.{opt}"
             try:
-                if opt in _TEAM_OPTIONS:
+                if opt == "models":
+                    entry[opt] = _model_globs(value, key)
+                elif opt in _TEAM_OPTIONS:
                     entry[opt] = parse_bool(value, key)
                 else:
                     entry[str(opt)] = parse_limit(str(opt), value)
@@ -861,6 +907,122 @@ def _teams(sec: _Section) -> dict[str, TeamSettings]:
                 sec.fail(f"{name}.{exc.key}", exc.problem)
         teams[str(name)] = entry
     return team_table(teams)
+
+
+def _model_globs(value: Any, key: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise SettingsError(key, "must be a list of model names or globs (gpt-4o*)")
+    for v in value:
+        if not _MODEL_GLOB.fullmatch(v):
+            raise SettingsError(key, f"{v!r} is not a model name or glob")
+    return tuple(value)
+
+
+def _price(sec: _Section, name: str) -> Any:
+    """A price: a number >= 0 (a decimal string too, for prices finer than a float says)."""
+    raw = sec.raw(name, None)
+    if raw is None:
+        return None
+    try:
+        if isinstance(raw, bool) or not isinstance(raw, int | float | str):
+            raise ValueError
+        value = exact(raw)
+    except (ValueError, ZeroDivisionError):
+        sec.fail(name, "must be a number >= 0")
+        return None
+    if value < 0 or value > 10**6:
+        sec.fail(name, "must be a number >= 0 and at most 1000000")
+        return None
+    return value
+
+
+_IMAGE_KEY = re.compile(r"^(\*|auto|[1-9][0-9]{1,4}x[1-9][0-9]{1,4})(/[a-z]{1,16})?$")
+
+
+def _model_price(sec: _Section) -> ModelPrice:
+    images: dict[str, Fraction] = {}
+    raw_images = sec.raw("per_image", None)
+    if isinstance(raw_images, dict):
+        for size, value in raw_images.items():
+            name = f"per_image.{size}"
+            try:
+                if not isinstance(size, str) or not _IMAGE_KEY.fullmatch(size):
+                    raise ValueError
+                if isinstance(value, bool) or not isinstance(value, int | float | str):
+                    raise ValueError
+                price = exact(value)
+                if price < 0:
+                    raise ValueError
+            except (ValueError, ZeroDivisionError):
+                sec.fail(name, "want SIZE or SIZE/QUALITY (or *) mapped to a number >= 0")
+                continue
+            images[size] = price
+    elif raw_images is not None:
+        one = _price(sec, "per_image")
+        if one is not None:
+            images["*"] = one
+    sec.used.add("per_image")
+    cap = sec.raw("max_output_tokens", None)
+    if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
+        sec.fail("max_output_tokens", "must be a whole number >= 1")
+        cap = None
+    sec.used.add("max_output_tokens")
+    zero = Fraction(0)
+    out = ModelPrice(
+        input_per_million=_price(sec, "input_per_million") or zero,
+        output_per_million=_price(sec, "output_per_million") or zero,
+        cached_input_per_million=_price(sec, "cached_input_per_million"),
+        per_request=_price(sec, "per_request") or zero,
+        per_image=images,
+        per_audio_second=_price(sec, "per_audio_second") or zero,
+        per_character=_price(sec, "per_character") or zero,
+        max_output_tokens=cap,
+    )
+    for name in (
+        "input_per_million",
+        "output_per_million",
+        "cached_input_per_million",
+        "per_request",
+        "per_audio_second",
+        "per_character",
+    ):
+        sec.used.add(name)
+    sec.finish()
+    return out
+
+
+def _pricing(sec: _Section) -> PricingSettings:
+    models_sec = sec.section("models")
+    models: dict[str, ModelPrice] = {}
+    for name in list(models_sec.data):
+        if not isinstance(name, str) or not _MODEL_GLOB.fullmatch(name):
+            models_sec.fail(str(name), "not a model name or glob")
+            continue
+        models[name] = _model_price(models_sec.section(name, PricingSettings()))
+    unpriced = sec.req_string("unpriced")
+    if unpriced not in ("refuse", "allow"):
+        sec.fail("unpriced", "must be refuse or allow")
+    store_down = sec.req_string("store_down")
+    if store_down not in ("refuse", "allow"):
+        sec.fail("store_down", "must be refuse or allow")
+    source = sec.req_string("source")
+    if source != "none":
+        # Loading Crazyrouter's list (GET /api/pricing) is not built yet: say so rather than
+        # start with prices the operator believes are loaded.
+        sec.fail("source", "only 'none' is supported: price every model under pricing.models")
+    out = PricingSettings(
+        models=models,
+        unpriced=unpriced,
+        store_down=store_down,
+        source=source,
+        default_max_output_tokens=sec.integer("default_max_output_tokens", minimum=1),
+        image_input_tokens=sec.integer("image_input_tokens"),
+        transcription_max_seconds=sec.integer("transcription_max_seconds", minimum=1),
+        max_tags_per_day=sec.integer("max_tags_per_day"),
+        ledger_retention_days=sec.integer("ledger_retention_days", minimum=1),
+    )
+    sec.finish()
+    return out
 
 
 def _quota(sec: _Section) -> QuotaSettings:
@@ -879,6 +1041,7 @@ def _quota(sec: _Section) -> QuotaSettings:
         reconcile_idle_seconds=sec.number("reconcile_idle_seconds", minimum=0.1),
         orphan_grace_seconds=sec.number("orphan_grace_seconds"),
         idempotency_seconds=sec.number("idempotency_seconds", minimum=60),
+        budget_alert_share=sec.number("budget_alert_share", minimum=0.01, maximum=1),
     )
     sec.finish()
     return out
@@ -906,6 +1069,7 @@ def _build(data: Any, env: Mapping[str, str] | None, problems: _Problems) -> Set
         teams=_teams(root.section("teams")),
         videos=_videos(root.section("videos", VideoSettings())),
         quota=_quota(root.section("quota", QuotaSettings())),
+        pricing=_pricing(root.section("pricing", PricingSettings())),
     )
     root.finish()
     problems.raise_any()

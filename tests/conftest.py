@@ -84,6 +84,8 @@ def gateway_config(
         # Every app runs a reconciler; in tests it stays out of the way (one shared Redis, many
         # stacks) unless a test asks for it.
         "quota": {"reconcile_interval_seconds": 3600, **sections.pop("quota", {})},
+        # Tests that are not about metering call models without a price.
+        "pricing": sections.pop("pricing", {"unpriced": "allow"}),
     }
     return settings_from_mapping(doc, env={})
 

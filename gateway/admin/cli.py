@@ -8,6 +8,7 @@
     gateway admin jobs TEAM [--limit N] [--after ID]
     gateway admin job ID [--wait [--interval S]]
     gateway admin keys [enable|disable ID]
+    gateway admin usage [--from D] [--to D] [--group-by F] [--team T] [--csv]
     gateway admin audit [--limit N]
 
 The gateway comes from --url or GATEWAY_URL, the admin's JWT from --token or
@@ -44,13 +45,30 @@ KIND_LABELS = {  # the teams table's column headers, in KINDS order
     "video_seconds_per_day": "VIDEO-S/DAY",
     "video_seconds_per_month": "VIDEO-S/MONTH",
     "spend_per_month": "SPEND/MONTH",
+    "tokens_per_minute": "TOK/MIN",
+    "tokens_per_day": "TOK/DAY",
+    "spend_per_day": "SPEND/DAY",
 }
 KIND_UNITS = {  # what set-limits --help says a number means, per kind
     "requests_per_minute": "requests per minute, any endpoint (a whole number)",
     "concurrent_jobs": "video jobs not yet finished (a whole number)",
     "video_seconds_per_day": "seconds of video per calendar day, times the model's weight",
     "video_seconds_per_month": "seconds of video per calendar month, times the model's weight",
-    "spend_per_month": "spend per calendar month, in quota.currency (USD unless configured)",
+    "spend_per_month": "spend per calendar month, every priced call (video included), in "
+    "quota.currency",
+    "tokens_per_minute": "input plus output tokens in the last 60 s, like OpenAI's TPM",
+    "tokens_per_day": "input plus output tokens per calendar day (a whole number)",
+    "spend_per_day": "spend per calendar day, every priced call, in quota.currency",
+}
+USAGE_COLUMNS = {  # the usage table's measure columns
+    "requests": "REQUESTS",
+    "input_tokens": "INPUT",
+    "cached_tokens": "CACHED",
+    "output_tokens": "OUTPUT",
+    "images": "IMAGES",
+    "audio_seconds": "AUDIO-S",
+    "video_seconds": "VIDEO-S",
+    "spend": "SPEND",
 }
 UNLIMITED_WORDS = frozenset({"null", "none", "unlimited"})
 
@@ -80,25 +98,33 @@ class AdminClient:
         self._opener = urllib.request.build_opener(_NoRedirect)
 
     def call(self, method: str, path: str, body: Any = None) -> Any:
+        raw = self._send(method, path, body, accept="application/json")
+        try:
+            return json.loads(raw)
+        except ValueError:
+            raise CliError(1, f"the gateway at {self.url} did not answer JSON") from None
+
+    def text(self, path: str) -> str:
+        """A GET whose answer is text (a CSV report), as it came."""
+        return self._send("GET", path, None, accept="text/csv").decode("utf-8", "replace")
+
+    def _send(self, method: str, path: str, body: Any, *, accept: str) -> bytes:
         data = None if body is None else json.dumps(body).encode()
         # The scheme was checked to be http(s) above, so no file: or custom-scheme opening.
         req = urllib.request.Request(self.url + path, data=data, method=method)  # noqa: S310
         req.add_header("Authorization", f"Bearer {self._token}")
-        req.add_header("Accept", "application/json")
+        req.add_header("Accept", accept)
         if data is not None:
             req.add_header("Content-Type", "application/json")
         try:
             with self._opener.open(req, timeout=self._timeout) as resp:
-                raw = resp.read()
+                raw: bytes = resp.read()
         except urllib.error.HTTPError as exc:
             raise _http_error(exc) from None
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             raise CliError(2, f"cannot reach the gateway at {self.url}: {reason}") from None
-        try:
-            return json.loads(raw)
-        except ValueError:
-            raise CliError(1, f"the gateway at {self.url} did not answer JSON") from None
+        return raw
 
 
 def _http_error(exc: urllib.error.HTTPError) -> CliError:
@@ -353,6 +379,32 @@ def _keys(c: AdminClient, a: argparse.Namespace) -> tuple[Any, Callable[[Any], s
     return c.call("POST", f"/admin/v1/upstream-keys/{q(a.key_id)}/{a.action}"), keys_table
 
 
+def usage_table(doc: dict[str, Any]) -> str:
+    group = list(doc["group_by"])
+    measures = [m for m in USAGE_COLUMNS]
+    rows = [
+        [str(r[g]) or "-" for g in group] + [number(r[m]) for m in measures] for r in doc["data"]
+    ]
+    if not rows:
+        return f"no usage from {doc['from']} to {doc['to']}"
+    total = doc["total"]
+    rows.append(["TOTAL"] + [""] * (len(group) - 1) + [number(total[m]) for m in measures])
+    headers = [g.upper() for g in group] + [USAGE_COLUMNS[m] for m in measures]
+    right = set(range(len(group), len(headers)))
+    legend = f"{doc['from']} to {doc['to']}; spend in {doc['currency']}"
+    return render(headers, rows, right=right) + "\n" + legend
+
+
+def _usage(c: AdminClient, a: argparse.Namespace) -> tuple[Any, Callable[[Any], str]]:
+    query = _query(
+        **{"from": a.since, "to": a.until, "group_by": a.group_by, "team": a.team},
+        format="csv" if a.csv else None,
+    )
+    if a.csv:
+        return c.text("/admin/v1/usage" + query), lambda text: str(text).rstrip("\n")
+    return c.call("GET", "/admin/v1/usage" + query), usage_table
+
+
 def _audit(c: AdminClient, a: argparse.Namespace) -> tuple[Any, Callable[[Any], str]]:
     return c.call("GET", "/admin/v1/audit" + _query(limit=a.limit)), audit_table
 
@@ -485,6 +537,21 @@ def add_admin_parser(sub: Any) -> None:
         help="list (the default), or enable / disable one key",
     )
     p.add_argument("key_id", nargs="?", help="the upstream key's id (as in the config)")
+    p = command("usage", _usage, "who spent what on which model, per day (the ledger)")
+    p.add_argument(
+        "--from",
+        dest="since",
+        metavar="DATE",
+        help="first day, YYYY-MM-DD (default: the first of this month)",
+    )
+    p.add_argument("--to", dest="until", metavar="DATE", help="last day (default: today)")
+    p.add_argument(
+        "--group-by",
+        metavar="FIELDS",
+        help="comma-separated: team,user,model,tag,day (default: team,user,model)",
+    )
+    p.add_argument("--team", help="only this team")
+    p.add_argument("--csv", action="store_true", help="print the gateway's CSV instead")
     p = command("audit", _audit, "recent admin changes, newest first")
     p.add_argument(
         "--limit", type=int, help="at most this many entries (default: the gateway's page size)"

@@ -23,12 +23,21 @@ PREFIX = "/admin/v1"
 Handler = Callable[[Request, Principal], Awaitable[dict[str, Any]]]
 
 
-def admin_routes(admin: AdminService, *, admin_role: str) -> list[BaseRoute]:
+def admin_routes(
+    admin: AdminService,
+    *,
+    admin_role: str,
+    usage: Callable[[Request], Awaitable[Response]] | None = None,
+) -> list[BaseRoute]:
+    def check(request: Request) -> Principal:
+        who = request.scope.get("principal")
+        if not isinstance(who, Principal) or not who.has_role(admin_role):
+            raise PermissionDenied("This endpoint needs the gateway admin role.")
+        return who
+
     def guarded(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
-            who = request.scope.get("principal")
-            if not isinstance(who, Principal) or not who.has_role(admin_role):
-                raise PermissionDenied("This endpoint needs the gateway admin role.")
+            who = check(request)
             # no-store: limits and usage change under the caller; a cached view misleads.
             return JSONResponse(await handler(request, who), headers={"cache-control": "no-store"})
 
@@ -88,6 +97,15 @@ def admin_routes(admin: AdminService, *, admin_role: str) -> list[BaseRoute]:
         ("/upstream-keys/{id}/disable", disable, "POST"),
         ("/audit", audit, "GET"),
     ]
-    return [
+    routes: list[BaseRoute] = [
         Route(PREFIX + path, guarded(handler), methods=[method]) for path, handler, method in table
     ]
+    if usage is not None:
+        report = usage
+
+        async def usage_report(request: Request) -> Response:
+            check(request)
+            return await report(request)
+
+        routes.append(Route(PREFIX + "/usage", usage_report, methods=["GET"]))
+    return routes

@@ -147,6 +147,36 @@ class Metrics:
             ["team", "model"],
             registry=r,
         )
+        self.tokens = Counter(
+            "gateway_tokens_total",
+            "Tokens charged to metered calls, by type (input, cached, output)",
+            ["team", "model", "type"],
+            registry=r,
+        )
+        self.spend = Counter(
+            "gateway_spend_total",
+            "Spend charged, in quota.currency, by kind of call (chat, images, video, ...)",
+            ["team", "model", "kind"],
+            registry=r,
+        )
+        self.usage_estimated = Counter(
+            "gateway_usage_estimated_total",
+            "Metered calls charged their estimate because no usage arrived, by kind",
+            ["kind"],
+            registry=r,
+        )
+        self.unpriced_calls = Counter(
+            "gateway_unpriced_calls_total",
+            "Calls forwarded for a model with no price (pricing.unpriced: allow), charged zero",
+            ["model"],
+            registry=r,
+        )
+        self.budget_alert_share = Gauge(
+            "gateway_budget_alert_share",
+            "The share of a budget at which the budget alert fires (quota.budget_alert_share)",
+            registry=r,
+            multiprocess_mode="max",
+        )
         self.content_bytes = Counter(
             "gateway_content_bytes_total",
             "Video content bytes sent to callers",

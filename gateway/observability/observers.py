@@ -8,12 +8,17 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from gateway.errors import GatewayError
+from gateway.metering.prices import Usage
+from gateway.metering.service import MeterEvents
 from gateway.observability.access_log import note_quota, note_upstream
 from gateway.observability.metrics import Metrics
 from gateway.observability.streams import StreamMetrics
+from gateway.quota.model import SPEND_UNITS
 from gateway.videos.events import VideoEvents
 from gateway.videos.reconciler import Report
 from gateway.web.asgi import Scope
+
+MAX_MODEL_LABELS = 200
 
 
 class Observers:
@@ -71,6 +76,9 @@ class Observers:
         m.video_jobs_finished.labels(m.team_label(team), name, status).inc()
         m.video_job_duration.labels(name).observe(seconds)
 
+    def meter_events(self) -> MeterEvents:
+        return _MeterMetrics(self.metrics, self.quota_decision)
+
     def streams(self, *, content: bool) -> Callable[[Scope], StreamMetrics]:
         """Per streamed answer: in-flight and abort metrics, by the caller's team."""
 
@@ -91,3 +99,44 @@ class Observers:
 
     def reconciler_failed(self) -> None:
         self.metrics.reconciler_runs.labels("error").inc()
+
+
+class _MeterMetrics:
+    """Metering's events as metrics. Model names come from callers (a glob price matches
+    many): the first ``MAX_MODEL_LABELS`` seen are labels, the rest are 'other'."""
+
+    def __init__(self, metrics: Metrics, decision: Callable[[str, str, str], None]) -> None:
+        self.metrics = metrics
+        self._decision = decision
+        self._labels: set[str] = set()
+
+    def decision(self, team: str, kind: str, result: str) -> None:
+        self._decision(team, kind, result)
+
+    def _model(self, model: str) -> str:
+        if model in self._labels:
+            return model
+        if len(self._labels) < MAX_MODEL_LABELS and len(model) <= 64:
+            self._labels.add(model)
+            return model
+        return "other"
+
+    def charged(self, team: str, model: str, kind: str, usage: Usage, spend_units: int) -> None:
+        m = self.metrics
+        t, name = m.team_label(team), self._model(model)
+        # input counts every input token, as the ledger does; cached is the part of it cached.
+        for kind_of, n in (
+            ("input", usage.input_tokens),
+            ("cached", usage.cached_tokens),
+            ("output", usage.output_tokens),
+        ):
+            if n:
+                m.tokens.labels(t, name, kind_of).inc(n)
+        if spend_units:
+            m.spend.labels(t, name, kind).inc(spend_units / SPEND_UNITS)
+
+    def estimated(self, kind: str) -> None:
+        self.metrics.usage_estimated.labels(kind).inc()
+
+    def unpriced(self, model: str) -> None:
+        self.metrics.unpriced_calls.labels(self._model(model)).inc()

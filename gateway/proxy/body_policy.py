@@ -98,6 +98,15 @@ def _get(doc: dict[str, Any], name: str) -> Any:
 def apply(kind: str, body: bytes | None) -> bytes:
     """The body to send upstream for a route of this ``kind``, or an InvalidRequest. What
     leaves is always our own serialisation of what we checked, never the caller's bytes."""
+    return serialise(checked(kind, body))
+
+
+def serialise(doc: dict[str, Any]) -> bytes:
+    return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def checked(kind: str, body: bytes | None) -> dict[str, Any]:
+    """The parsed body with the policy applied (``store`` forced off), or an InvalidRequest."""
     if not body:
         raise InvalidRequest("The body must be a JSON object.", code="invalid_json")
     doc = parse_json_object(body)
@@ -109,4 +118,4 @@ def apply(kind: str, body: bytes | None) -> bytes:
         del doc[key]
     if kind == RESPONSES or stored:  # the Responses API stores unless told not to
         doc["store"] = False
-    return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
+    return doc

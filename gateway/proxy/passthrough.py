@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Protocol
 
 from gateway.errors import GatewayError
+from gateway.metering import kinds
+from gateway.metering.service import Meter
 from gateway.observability.routes import route_label
 from gateway.proxy import body_policy
+from gateway.proxy.metered import open_call
 from gateway.upstream import rewrite
 from gateway.upstream.client import (
     IDEMPOTENT,
@@ -55,21 +58,35 @@ class PassThrough:
         routes: RouteTable,
         secrets: Callable[[], Iterable[str]],
         observer: Callable[[Scope], StreamObserver | None] = lambda scope: None,
+        meter: Meter | None = None,
     ) -> None:
         self.client = client
         self.routes = routes
         self.secrets = secrets
         self.observer = observer
+        self.meter = meter
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         raw_path = scope.get("raw_path") or scope["path"].encode()
         decoded, path = rewrite.upstream_path(raw_path.split(b"?", 1)[0])
         rule = self.routes.match(scope["method"], decoded)
+        metered = self.meter is not None and rule.meter != kinds.FREE
         try:
-            body, body_done = await _request_body(scope, receive, whole=rule.body != PLAIN)
+            body, body_done = await _request_body(
+                scope, receive, whole=rule.body != PLAIN or metered
+            )
         except _ClientGone:
             return  # nobody to answer; not an error worth a traceback in the server log
-        if rule.body != PLAIN:
+        call = None
+        headers = tuple(scope["headers"])
+        if metered:
+            assert self.meter is not None
+            assert not isinstance(body, AsyncIterator)
+            call = await open_call(self.meter, scope, rule, body)
+            body = call.body
+            # The answer is read for its usage: it must come uncompressed.
+            headers = tuple(h for h in headers if h[0] != b"accept-encoding")
+        elif rule.body != PLAIN:
             assert not isinstance(body, AsyncIterator)
             body = body_policy.apply(rule.body, body)
         req = UpstreamRequest(
@@ -78,19 +95,36 @@ class PassThrough:
             # No route in the table takes a query, and new-api reads some (e.g. a key) from
             # it: the caller's query string stays here.
             query="",
-            headers=tuple(scope["headers"]),
+            headers=headers,
             body=body,
             route=route_label(scope["path"]),
             request_id=scope.get("request_id", ""),
         )
-        resp = await self.client.send(req)
+        try:
+            resp = await self.client.send(req)
+        except GatewayError as exc:
+            if call is not None:
+                await call.upstream_failed(exc)
+            raise
+        except BaseException:
+            if call is not None:
+                await call.settle_shielded(None)
+            raise
+        watch = receive if body_done() else None
         try:
             if resp.status >= 400:
                 raw = await resp.read(BUFFER_LIMIT)
+                if call is not None:  # new-api bills no failed call
+                    await call.settle_shielded(None, failed=True)
                 raise self._upstream_error(resp, raw, unsafe=req.method not in IDEMPOTENT)
-            await relay(resp, receive if body_done() else None, send, observer=self.observer(scope))
+            if call is not None:
+                await call.answer(resp, watch, send, relay, self.observer(scope))
+            else:
+                await relay(resp, watch, send, observer=self.observer(scope))
         finally:
             resp.close()
+            if call is not None and not call.admission.settled:
+                await call.settle_shielded(None)
 
     def _upstream_error(self, resp: UpstreamResponse, raw: bytes, *, unsafe: bool) -> GatewayError:
         resp.finish()
@@ -154,18 +188,26 @@ async def relay(
     send: Send,
     headers: list[tuple[bytes, bytes]] | None = None,
     observer: StreamObserver | None = None,
+    *,
+    tap: Callable[[bytes], bytes] | None = None,
+    before_end: Callable[[], Awaitable[None]] | None = None,
+    chunks: AsyncIterator[bytes] | None = None,
 ) -> None:
     """Send the upstream's answer to the caller, streaming anything large or open-ended.
 
     ``receive`` (when the request body is fully read) is watched for a disconnect, on which
-    the upstream response is closed at once rather than drained.
+    the upstream response is closed at once rather than drained. A stream's chunks pass
+    through ``tap`` (which may hold part of one back), ``before_end`` runs once the upstream
+    has ended and before the caller is told so, and ``chunks`` replaces the response's own.
     """
     if headers is None:
         headers = rewrite.response_headers(resp.raw_headers)
     length = resp.header("content-length")
     ctype = resp.header("content-type") or ""
     if (
-        length is not None
+        tap is None
+        and chunks is None
+        and length is not None
         and length.isdigit()
         and int(length) <= BUFFER_LIMIT
         and ("event-stream" not in ctype)
@@ -189,9 +231,13 @@ async def relay(
         await send({"type": "http.response.start", "status": resp.status, "headers": headers})
         n = 0
         try:
-            async for chunk in resp.iter_chunks():
+            async for chunk in chunks or resp.iter_chunks():
                 if disconnected.is_set():
                     return
+                if tap is not None:
+                    chunk = tap(chunk)
+                    if not chunk:
+                        continue
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 if observer is not None:
                     observer.chunk(len(chunk))
@@ -207,6 +253,8 @@ async def relay(
             # Returning without the final message makes the server cut the connection.
             return
         if not disconnected.is_set():
+            if before_end is not None:
+                await before_end()
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             outcome = "complete"
     finally:

@@ -42,8 +42,12 @@ class QuotaAdmin:
         every = window == "all"
         rate = every or window == "minute"
         buckets: list[tuple[str, str]] = []
+        if rate:
+            buckets.append(("tokens_per_minute", k.tokens_minute))
         if every or window == "day":
             buckets.append(("video_seconds_per_day", k.video_day(w.day)))
+            buckets.append(("tokens_per_day", k.tokens_day(w.day)))
+            buckets.append(("spend_per_day", k.spend_day(w.day)))
         if every or window == "month":
             buckets.append(("video_seconds_per_month", k.video_month(w.month)))
             buckets.append(("spend_per_month", k.spend_month(w.month)))
@@ -51,7 +55,7 @@ class QuotaAdmin:
             raise ValueError(f"unknown window {window!r}")
         since = int(now * 1000) - model.RATE_WINDOW_MS + 1 if rate else None
         requests, values = await self.store.reset_counters(
-            k, rate_since_ms=since, buckets=[key for _, key in buckets]
+            k, rate_since_ms=since, buckets=[key for _, key in buckets], hashes={k.tokens_minute}
         )
         held: dict[str, int | float] = {}
         if rate:

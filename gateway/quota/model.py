@@ -20,8 +20,15 @@ KINDS = (
     "video_seconds_per_day",
     "video_seconds_per_month",
     "spend_per_month",
+    "tokens_per_minute",
+    "tokens_per_day",
+    "spend_per_day",
 )
-INTEGER_KINDS = frozenset({"requests_per_minute", "concurrent_jobs"})
+INTEGER_KINDS = frozenset(
+    {"requests_per_minute", "concurrent_jobs", "tokens_per_minute", "tokens_per_day"}
+)
+SPEND_KINDS = frozenset({"spend_per_day", "spend_per_month"})
+TOKEN_WINDOW_S = 60  # tokens_per_minute: the last 60 whole seconds
 SECOND_UNITS = 1000  # stored video seconds per second
 SPEND_UNITS = 1_000_000  # stored spend per currency unit
 RATE_WINDOW_MS = 60_000
@@ -92,7 +99,7 @@ def stored_limit(kind: str, value: Limit) -> int:
         return -1
     if kind.startswith("video_seconds"):
         return round(value * SECOND_UNITS)
-    if kind == "spend_per_month":
+    if kind in SPEND_KINDS:
         return round(value * SPEND_UNITS)
     return int(value)
 
@@ -101,7 +108,7 @@ def shown(kind: str, stored: int | float) -> int | float:
     """A counter read from Redis in the unit a person reads (seconds, currency)."""
     if kind.startswith("video_seconds"):
         v = stored / SECOND_UNITS
-    elif kind == "spend_per_month":
+    elif kind in SPEND_KINDS:
         v = stored / SPEND_UNITS
     else:
         return int(stored)

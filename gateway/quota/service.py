@@ -34,6 +34,9 @@ _CODES = {
     "video_seconds_per_day": "video_seconds_quota_exceeded",
     "video_seconds_per_month": "video_seconds_quota_exceeded",
     "spend_per_month": "spend_quota_exceeded",
+    "spend_per_day": "spend_quota_exceeded",
+    "tokens_per_minute": "token_quota_exceeded",
+    "tokens_per_day": "token_quota_exceeded",
 }
 
 
@@ -85,6 +88,7 @@ class QuotaService:
                     "video_seconds_per_day",
                     "video_seconds_per_month",
                     "spend_per_month",
+                    "spend_per_day",
                 )
             ),
             day=w.day,
@@ -116,10 +120,11 @@ class QuotaService:
         reset = w.day_reset if kind.endswith("_day") else w.month_reset
         needed = cost.video_units if kind.startswith("video") else cost.spend_units
         never = needed > limit  # this job can never fit, whatever resets
-        if kind == "spend_per_month":
+        if kind in model.SPEND_KINDS:
             cur = self.policy.settings.currency
+            window = "day" if kind.endswith("_day") else "month"
             what = (
-                f"its spend limit of {model.shown(kind, limit)} {cur} per month "
+                f"its spend limit of {model.shown(kind, limit)} {cur} per {window} "
                 f"({model.shown(kind, used)} {cur} used, this job costs {cost.spend:g} {cur})"
             )
         else:
@@ -190,6 +195,11 @@ class QuotaService:
             "video_seconds_per_day": w.day_reset,
             "video_seconds_per_month": w.month_reset,
             "spend_per_month": w.month_reset,
+            "tokens_per_minute": (
+                used["tokens_reset_ms"] / 1000 if used["tokens_reset_ms"] else None
+            ),
+            "tokens_per_day": w.day_reset,
+            "spend_per_day": w.day_reset,
         }
         out: dict[str, Any] = {}
         for kind in model.KINDS:

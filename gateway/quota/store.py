@@ -4,13 +4,13 @@ replay of the same reservation is harmless, but a rate count is not)."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from typing import Any, cast
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
-from gateway.quota.model import MONTH_TTL_S
+from gateway.quota.model import MONTH_TTL_S, TOKEN_WINDOW_S
 from gateway.store.batcher import ScriptBatcher
 from gateway.store.keys import TEAMS, TeamKeys, reset_mark
 from gateway.store.lua import script
@@ -93,9 +93,12 @@ class QuotaStore:
             reset_mark(k.video_day(day)),
             reset_mark(k.video_month(month)),
             reset_mark(k.spend_month(month)),
+            k.spend_day(day),
+            reset_mark(k.spend_day(day)),
         ]
+        # defaults: concurrent, video day, video month, spend month, spend day
         args: list[str | int] = [now_ms, job_id, video_units, spend_units, lease_ms]
-        args += [*defaults, day, month, *ttls]
+        args += [*defaults[:4], day, month, *ttls, defaults[4]]
         reply = cast(list[Any], await self._reserve(keys=keys, args=args))
         kind = _text(reply[1])
         if reply[0] == 1:
@@ -117,6 +120,8 @@ class QuotaStore:
             *buckets,
             k.open,
             *(reset_mark(b) for b in buckets),
+            k.spend_day(day),
+            reset_mark(k.spend_day(day)),
         ]
         reply = await self._settle(keys=keys, args=[job_id, outcome, now_ms, day, month])
         return int(cast(int, reply)) == 1
@@ -162,8 +167,17 @@ class QuotaStore:
             pipe.get(k.video_month(month))
             pipe.get(k.spend_month(month))
             pipe.zrangebyscore(k.rate, now_ms - window_ms + 1, "+inf", 0, 1, withscores=True)
-            rate, slots, vd, vm, sp, oldest = await pipe.execute()
+            pipe.hgetall(k.tokens_minute)
+            pipe.get(k.tokens_day(day))
+            pipe.get(k.spend_day(day))
+            rate, slots, vd, vm, sp, oldest, tpm, td, sd = await pipe.execute()
+        since = now_ms // 1000 - TOKEN_WINDOW_S
+        seconds = {int(a): int(b) for a, b in tpm.items() if int(a) > since}
         return {
+            "tokens_reset_ms": (min(seconds) + TOKEN_WINDOW_S) * 1000 if seconds else 0,
+            "tokens_per_minute": sum(seconds.values()),
+            "tokens_per_day": _int(td),
+            "spend_per_day": _int(sd),
             # When the oldest request in the window leaves it (0: the window is empty).
             "rate_reset_ms": int(oldest[0][1]) + window_ms if oldest else 0,
             "requests_per_minute": _int(rate),
@@ -206,6 +220,7 @@ class QuotaStore:
         *,
         rate_since_ms: int | None,
         buckets: Sequence[str],
+        hashes: Collection[str] = (),
     ) -> tuple[int, list[int]]:
         """Delete the rate log (when ``rate_since_ms`` is given) and the ``buckets`` in one
         MULTI; answers what they held (requests since then, each bucket's value).
@@ -217,7 +232,10 @@ class QuotaStore:
                 pipe.zcount(k.rate, rate_since_ms, "+inf")
                 pipe.delete(k.rate)
             for b in buckets:
-                pipe.get(b)
+                if b in hashes:  # per-second counts: what it held is their sum
+                    pipe.hvals(b)
+                else:
+                    pipe.get(b)
             if buckets:
                 pipe.delete(*buckets)
             for b in buckets:
@@ -229,7 +247,8 @@ class QuotaStore:
         if rate_since_ms is not None:
             rate = _int(replies[0])
             replies = replies[2:]
-        return rate, [_int(v) for v in replies[: len(buckets)]]
+        held = replies[: len(buckets)]
+        return rate, [sum(map(int, v)) if isinstance(v, list) else _int(v) for v in held]
 
     async def teams_with_overrides(self, scan_count: int = 1000) -> list[str]:
         """Teams whose limits hash exists, however it was written (the admin API also adds

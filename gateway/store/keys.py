@@ -72,6 +72,29 @@ class TeamKeys:
     def spend_month(self, month: str) -> str:
         return f"{self.prefix}:spend:m:{month}"
 
+    def spend_day(self, day: str) -> str:
+        return f"{self.prefix}:spend:d:{day}"
+
+    @property
+    def tokens_minute(self) -> str:
+        """Tokens per second of the last minute: a hash of epoch second -> tokens."""
+        return f"{self.prefix}:tpm"
+
+    def tokens_day(self, day: str) -> str:
+        return f"{self.prefix}:tok:d:{day}"
+
+    def metered_call(self, call_id: str) -> str:
+        """One metered call's reservation, until it settles."""
+        return f"{self.prefix}:call:{call_id}"
+
+    def ledger(self, day: str) -> str:
+        """The day's usage ledger: a hash of (user, model, tag, measure) -> amount."""
+        return f"{self.prefix}:ledger:{day}"
+
+    def tags(self, day: str) -> str:
+        """The distinct x-gateway-tag values the team used that day (bounded)."""
+        return f"{self.prefix}:tags:{day}"
+
     def reservation(self, job_id: str) -> str:
         return f"{self.prefix}:res:{job_id}"
 

@@ -6,7 +6,8 @@ own, and anything else — new-api's native task routes (``/v1/video/generations
 Suno, Kling), and object routes whose ids belong to the whole upstream account
 (``/v1/files/{id}``, ``/v1/batches``, ``/v1/responses/{id}``, stored chat completions) — is
 ``404 unsupported_endpoint`` before anything is sent. An operator can add routes in config
-(``server.extra_routes``), accepting what they cost and reveal.
+(``server.extra_routes``), accepting what they reveal; each call on one is metered at the
+``per_request`` price of the model its JSON body names (``-`` when it names none).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from gateway.errors import NotFound
+from gateway.metering import kinds
 
 # How a forwarded JSON body is checked before it leaves (gateway.proxy.body_policy).
 PLAIN, CHAT, RESPONSES = "plain", "chat", "responses"
@@ -25,22 +27,24 @@ class RouteRule:
     method: str
     template: str  # "/v1/models/{model}": a {name} segment matches any one segment
     body: str = PLAIN
+    # How a call is metered (gateway.metering.kinds); FREE spends nothing.
+    meter: str = kinds.REQUEST
 
 
 DEFAULT_ROUTES: tuple[RouteRule, ...] = (
-    RouteRule("POST", "/v1/chat/completions", CHAT),
-    RouteRule("POST", "/v1/completions"),
-    RouteRule("POST", "/v1/embeddings"),
-    RouteRule("POST", "/v1/moderations"),
-    RouteRule("POST", "/v1/images/generations"),
-    RouteRule("POST", "/v1/images/edits"),
-    RouteRule("POST", "/v1/images/variations"),
-    RouteRule("POST", "/v1/audio/speech"),
-    RouteRule("POST", "/v1/audio/transcriptions"),
-    RouteRule("POST", "/v1/audio/translations"),
-    RouteRule("GET", "/v1/models"),
-    RouteRule("GET", "/v1/models/{model}"),
-    RouteRule("POST", "/v1/responses", RESPONSES),
+    RouteRule("POST", "/v1/chat/completions", CHAT, kinds.CHAT),
+    RouteRule("POST", "/v1/completions", meter=kinds.COMPLETIONS),
+    RouteRule("POST", "/v1/embeddings", meter=kinds.EMBEDDINGS),
+    RouteRule("POST", "/v1/moderations", meter=kinds.MODERATIONS),
+    RouteRule("POST", "/v1/images/generations", meter=kinds.IMAGES),
+    RouteRule("POST", "/v1/images/edits", meter=kinds.IMAGE_UPLOAD),
+    RouteRule("POST", "/v1/images/variations", meter=kinds.IMAGE_UPLOAD),
+    RouteRule("POST", "/v1/audio/speech", meter=kinds.SPEECH),
+    RouteRule("POST", "/v1/audio/transcriptions", meter=kinds.TRANSCRIPTION),
+    RouteRule("POST", "/v1/audio/translations", meter=kinds.TRANSCRIPTION),
+    RouteRule("GET", "/v1/models", meter=kinds.FREE),
+    RouteRule("GET", "/v1/models/{model}", meter=kinds.FREE),
+    RouteRule("POST", "/v1/responses", RESPONSES, kinds.RESPONSES),
 )
 
 

@@ -52,6 +52,15 @@ EXPORTED_METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
     "gateway_video_job_duration_seconds": (HISTOGRAM, ("model",)),
     "gateway_video_seconds_total": (COUNTER, ("team", "model")),
     "gateway_video_spend_total": (COUNTER, ("team", "model")),
+    # metering; type: input (every input token), cached (the cached part), output; kind: chat,
+    # completions, responses, embeddings, moderations, images, image_upload, speech,
+    # transcription, request, video
+    "gateway_tokens_total": (COUNTER, ("team", "model", "type")),
+    "gateway_spend_total": (COUNTER, ("team", "model", "kind")),
+    "gateway_usage_estimated_total": (COUNTER, ("kind",)),
+    "gateway_unpriced_calls_total": (COUNTER, ("model",)),
+    # the share of a budget at which GatewayTeamBudgetAboveShare fires (quota.budget_alert_share)
+    "gateway_budget_alert_share": (GAUGE, ()),
     # downloads and streams; side: client, upstream
     "gateway_content_bytes_total": (COUNTER, ("team",)),
     "gateway_streams_in_flight": (GAUGE, ()),

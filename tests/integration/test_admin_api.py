@@ -247,6 +247,9 @@ def test_patch_merges_put_replaces_delete_restores_the_config(admin: Admin) -> N
         "video_seconds_per_day": (100, "config"),
         "video_seconds_per_month": (None, "config"),
         "spend_per_month": (None, "config"),
+        "tokens_per_minute": (None, "config"),
+        "tokens_per_day": (None, "config"),
+        "spend_per_day": (None, "config"),
     }
     assert r.exists(TeamKeys(t).limits) == 0
     # An empty PUT also clears; an empty PATCH changes nothing.
@@ -294,6 +297,9 @@ def test_usage_reset_zeroes_its_window_only_and_keeps_running_jobs(admin: Admin)
         "video_seconds_per_day": 4,
         "video_seconds_per_month": 4,
         "spend_per_month": 1,
+        "tokens_per_minute": 0,
+        "tokens_per_day": 0,
+        "spend_per_day": 1,  # the video's charge counts against the day's spend too
     }
     reservation = r.hgetall(k.reservation(job))
     reset = f"/admin/v1/teams/{t}/usage/reset"
@@ -307,6 +313,7 @@ def test_usage_reset_zeroes_its_window_only_and_keeps_running_jobs(admin: Admin)
     assert r.exists(k.video_day(w.day)) == 0
     assert r.get(k.video_month(w.month)) == "4000"
     assert r.get(k.spend_month(w.month)) == "1000000"
+    assert r.exists(k.spend_day(w.day)) == 0
 
     admin.as_team(t, "GET", "/v1/models")
     admin.ok("POST", reset, {"window": "month"})
@@ -320,6 +327,9 @@ def test_usage_reset_zeroes_its_window_only_and_keeps_running_jobs(admin: Admin)
         "video_seconds_per_day": 0,
         "video_seconds_per_month": 0,
         "spend_per_month": 0,
+        "tokens_per_minute": 0,
+        "tokens_per_day": 0,
+        "spend_per_day": 0,
     }
     assert r.zrange(k.slots, 0, -1) == [job]
     assert r.hgetall(k.reservation(job)) == reservation
@@ -331,10 +341,11 @@ def test_usage_reset_zeroes_its_window_only_and_keeps_running_jobs(admin: Admin)
         ("usage.reset", "day"),
         ("usage.reset", "minute"),
     ]
-    assert entries[2]["before"]["used"] == {"video_seconds_per_day": 4}
-    assert entries[2]["after"]["used"] == {"video_seconds_per_day": 0}
+    day = {"video_seconds_per_day": 4, "tokens_per_day": 0, "spend_per_day": 1}
+    assert entries[2]["before"]["used"] == day
+    assert entries[2]["after"]["used"] == dict.fromkeys(day, 0)
     assert entries[1]["before"]["used"] == {"video_seconds_per_month": 4, "spend_per_month": 1}
-    assert entries[3]["before"]["used"] == {"requests_per_minute": 3}
+    assert entries[3]["before"]["used"] == {"requests_per_minute": 3, "tokens_per_minute": 0}
 
 
 def test_team_jobs_pages_newest_first_and_any_job_can_be_shown(admin: Admin) -> None:

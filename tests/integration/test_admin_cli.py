@@ -115,11 +115,22 @@ def test_limits_teams_show_and_reset_as_tables_and_json(cli: Cli) -> None:
         "VIDEO-S/DAY",
         "VIDEO-S/MONTH",
         "SPEND/MONTH",
+        "TOK/MIN",
+        "TOK/DAY",
+        "SPEND/DAY",
     ]
     assert body[-1] == "used/limit per kind; * = admin override"
-    assert [t, "yes", "0/5*", "0/unlimited", "0/unlimited*", "0/unlimited", "0/unlimited"] in [
-        line.split() for line in body
-    ]
+    free = ["0/unlimited"] * 3
+    assert [
+        t,
+        "yes",
+        "0/5*",
+        "0/unlimited",
+        "0/unlimited*",
+        "0/unlimited",
+        "0/unlimited",
+        *free,
+    ] in [line.split() for line in body]
 
     # --json is the API's answer as it is, before or after the subcommand
     shown = json.loads(cli.ok("--json", "show", t))

@@ -205,6 +205,9 @@ def test_quota_endpoint_shape(redis_url: str, team: str) -> None:
             "video_seconds_per_day",
             "video_seconds_per_month",
             "spend_per_month",
+            "tokens_per_minute",
+            "tokens_per_day",
+            "spend_per_day",
         }
         rpm = body["limits"]["requests_per_minute"]
         assert (rpm["limit"], rpm["used"], rpm["source"]) == (50, 1, "config")

@@ -91,6 +91,9 @@ def test_teams_table() -> None:
                     "video_seconds_per_day": _limit(8, 120),
                     "video_seconds_per_month": _limit(8.5, None),
                     "spend_per_month": _limit(0.8, 50),
+                    "tokens_per_minute": _limit(1200, 40000),
+                    "tokens_per_day": _limit(5000, None),
+                    "spend_per_day": _limit(0.25, 5, "override"),
                 },
             }
         ]
@@ -104,6 +107,9 @@ def test_teams_table() -> None:
         "8/120",
         "8.5/unlimited",
         "0.8/50",
+        "1200/40000",
+        "5000/unlimited",
+        "0.25/5*",
     ]
     assert teams_table({"data": []}) == "no teams yet"
 

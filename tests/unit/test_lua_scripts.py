@@ -8,9 +8,10 @@ import pytest
 
 from gateway.store.lua import script
 
-SCRIPTS = [("gateway.quota", name) for name in ("rate", "reserve", "settle", "renew", "mark")] + [
-    ("gateway.videos", name) for name in ("idempotency_begin", "reconciler_lead")
-]
+SCRIPTS = [
+    ("gateway.quota", name)
+    for name in ("rate", "reserve", "settle", "renew", "mark", "meter_reserve", "meter_settle")
+] + [("gateway.videos", name) for name in ("idempotency_begin", "reconciler_lead")]
 
 
 @pytest.mark.parametrize(("package", "name"), SCRIPTS)

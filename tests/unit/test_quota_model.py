@@ -71,6 +71,9 @@ def test_precedence_override_then_team_then_default() -> None:
         "video_seconds_per_day": None,
         "video_seconds_per_month": None,
         "spend_per_month": None,
+        "tokens_per_minute": None,
+        "tokens_per_day": None,
+        "spend_per_day": None,
     }
     other = model.effective_limits("unlisted", config, {})
     assert (other["requests_per_minute"], other["concurrent_jobs"]) == (60, 2)

@@ -1,7 +1,8 @@
 -- KEYS: limits, slots, day bucket, month bucket, spend month bucket, reservation, open index,
---       and the three buckets' reset generations
+--       the three buckets' reset generations, spend day bucket and its reset generation
 -- ARGV: now_ms, job id, video units, spend units, lease_ms, default concurrent, default day,
---       default month, default spend, day id, month id, day ttl s, month ttl s, reservation ttl s
+--       default month, default spend, day id, month id, day ttl s, month ttl s, reservation ttl s,
+--       default spend per day
 -- -> {1, 'reserved'} | {1, 'exists'} | {0, kind, used, limit}
 --!prelude
 local now, job = tonumber(ARGV[1]), ARGV[2]
@@ -14,6 +15,7 @@ if conc >= 0 and running + 1 > conc then return {0, 'concurrent_jobs', running, 
 local checks = {
   {'video_seconds_per_day', ARGV[7], KEYS[3], vu},
   {'video_seconds_per_month', ARGV[8], KEYS[4], vu},
+  {'spend_per_day', ARGV[15], KEYS[11], su},
   {'spend_per_month', ARGV[9], KEYS[5], su},
 }
 for _, c in ipairs(checks) do
@@ -28,11 +30,13 @@ redis.call('INCRBY', KEYS[4], vu)
 redis.call('EXPIRE', KEYS[4], ARGV[13])
 redis.call('INCRBY', KEYS[5], su)
 redis.call('EXPIRE', KEYS[5], ARGV[13])
+redis.call('INCRBY', KEYS[11], su)
+redis.call('EXPIRE', KEYS[11], ARGV[12])
 -- The buckets' reset generations now: a refund only goes back into the same generation.
 redis.call('HSET', KEYS[6], 'state', 'reserved', 'day', ARGV[10], 'month', ARGV[11],
            'vu', vu, 'su', su, 'reserved_ms', now,
            'g1', redis.call('GET', KEYS[8]) or '0', 'g2', redis.call('GET', KEYS[9]) or '0',
-           'g3', redis.call('GET', KEYS[10]) or '0')
+           'g3', redis.call('GET', KEYS[10]) or '0', 'g4', redis.call('GET', KEYS[12]) or '0')
 redis.call('EXPIRE', KEYS[6], ARGV[14])
 redis.call('ZADD', KEYS[7], now, job)
 return {1, 'reserved'}

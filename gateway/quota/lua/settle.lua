@@ -1,5 +1,5 @@
--- KEYS: reservation, slots, day bucket, month bucket, spend month bucket, open index, and the
---       three buckets' reset generations
+-- KEYS: reservation, slots, day bucket, month bucket, spend month bucket, open index, the
+--       three buckets' reset generations, spend day bucket and its reset generation
 -- ARGV: job id, outcome ('kept' | 'refunded'), now_ms, day id, month id
 -- -> 1 when this call settled it, 0 when it was already settled (or never reserved)
 local res = KEYS[1]
@@ -10,10 +10,15 @@ end
 if ARGV[2] == 'refunded' then
   local vu = tonumber(redis.call('HGET', res, 'vu'))
   local su = tonumber(redis.call('HGET', res, 'su'))
-  for i, pair in ipairs({{KEYS[3], vu}, {KEYS[4], vu}, {KEYS[5], su}}) do
+  local buckets = {{KEYS[3], vu, KEYS[7]}, {KEYS[4], vu, KEYS[8]}, {KEYS[5], su, KEYS[9]}}
+  -- Reserved before the day's spend bucket existed (an older gateway): no g4, not charged.
+  if redis.call('HEXISTS', res, 'g4') == 1 then
+    buckets[4] = {KEYS[10], su, KEYS[11]}
+  end
+  for i, pair in ipairs(buckets) do
     -- Not into a bucket that has expired (it would only hold a negative), nor into one an
     -- admin reset after this job was charged (its charge is already gone).
-    local now_gen = redis.call('GET', KEYS[6 + i]) or '0'
+    local now_gen = redis.call('GET', pair[3]) or '0'
     local then_gen = redis.call('HGET', res, 'g' .. i) or '0'
     if redis.call('EXISTS', pair[1]) == 1 and now_gen == then_gen then
       if redis.call('DECRBY', pair[1], pair[2]) < 0 then

@@ -1,0 +1,83 @@
+"""What a call consumed, read from the upstream's answer (pure).
+
+JSON answers carry ``usage``; streams carry it in an event the tap in ``streams`` finds. An
+answer without usage (a shape that has none, a cut connection) yields None, and the call is
+charged its estimate.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from fractions import Fraction
+from typing import Any
+
+from gateway.metering import kinds
+from gateway.metering.prices import Usage
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def _details(usage: Mapping[str, Any], name: str) -> Mapping[str, Any]:
+    found = usage.get(name)
+    return found if isinstance(found, dict) else {}
+
+
+def from_usage(kind: str, usage: Any) -> Usage | None:
+    """A ``usage`` object of chat, completions, embeddings or responses (either naming)."""
+    if not isinstance(usage, dict):
+        return None
+    if "input_tokens" in usage or "output_tokens" in usage:  # Responses (and gpt-4o-transcribe)
+        inp = _count(usage.get("input_tokens"))
+        cached = _count(_details(usage, "input_tokens_details").get("cached_tokens"))
+        return Usage(
+            input_tokens=inp,
+            cached_tokens=min(cached, inp),
+            output_tokens=_count(usage.get("output_tokens")),
+        )
+    if "prompt_tokens" in usage:
+        inp = _count(usage.get("prompt_tokens"))
+        cached = _count(_details(usage, "prompt_tokens_details").get("cached_tokens"))
+        out = _count(usage.get("completion_tokens"))
+        if kind == kinds.EMBEDDINGS:
+            out = 0
+        return Usage(input_tokens=inp, cached_tokens=min(cached, inp), output_tokens=out)
+    if usage.get("type") == "duration":  # whisper bills seconds
+        return Usage(audio_seconds=_seconds(usage.get("seconds")))
+    return None
+
+
+def _seconds(value: Any) -> Fraction:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return Fraction(0)
+    return max(Fraction(0), Fraction(str(value)))
+
+
+def from_json(kind: str, body: bytes) -> Usage | None:
+    """The usage a buffered JSON answer reports; None when it reports none. A transcription
+    that does not say how long its audio was (``response_format`` text, srt, vtt) bills
+    ``per_request``."""
+    try:
+        doc = json.loads(body)
+    except (ValueError, RecursionError):
+        doc = None
+    if not isinstance(doc, dict):
+        return Usage() if kind == kinds.TRANSCRIPTION else None
+    if kind in (kinds.IMAGES, kinds.IMAGE_UPLOAD):
+        data = doc.get("data")
+        if not isinstance(data, list):
+            return None
+        return Usage(images=sum(1 for d in data if isinstance(d, dict)))
+    if kind == kinds.SPEECH:
+        return None
+    if kind == kinds.TRANSCRIPTION:
+        found = from_usage(kind, doc.get("usage"))
+        if found is None and "duration" in doc:
+            found = Usage(audio_seconds=_seconds(doc.get("duration")))
+        return found or Usage()
+    if kind == kinds.MODERATIONS:
+        return from_usage(kind, doc.get("usage")) or Usage()
+    return from_usage(kind, doc.get("usage"))

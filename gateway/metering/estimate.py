@@ -1,0 +1,170 @@
+"""The estimate a call is admitted on: an upper bound of what it can consume (pure).
+
+Input tokens are bounded by the request's size in bytes: every tokenizer the upstream's
+models use (byte-level BPE) spends at least one byte of text per token, and the JSON around the
+text (keys, quotes, message framing) is longer than the few tokens the model adds per message.
+An image, audio clip or file sent by URL is only a few bytes but costs tokens, so each one
+adds ``pricing.image_input_tokens``. No tokenizer runs on the hot path: the bound is one
+length and five substring counts.
+
+Output tokens are bounded by the caller's own cap (``max_tokens``, ``max_completion_tokens``,
+``max_output_tokens``) times the number of answers asked for; a call that names no cap is
+sent upstream with the model's cap added, so that the bound holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any
+
+from gateway.errors import InvalidRequest
+from gateway.metering import kinds
+from gateway.metering.prices import ModelPrice, Usage
+
+# What makes a part of the input cost tokens beyond its bytes.
+_MEDIA_MARKS = (
+    b'"image_url"',
+    b'"input_image"',
+    b'"file_url"',
+    b'"input_file"',
+    b'"input_audio"',
+)
+MAX_N = 128  # answers per call the upstream accepts at most (chat's n)
+MAX_CAP = 10_000_000  # a max_tokens beyond this is not a cap anyone means
+LEGACY_DEFAULT_CAP = 16  # the completions API's max_tokens when a call names none
+
+
+@dataclass(frozen=True)
+class Estimate:
+    model: str
+    bound: Usage
+    size: str | None = None
+    quality: str | None = None
+    # Fields the forwarded body gains so that the bound holds (an output cap).
+    inject: Mapping[str, Any] = field(default_factory=dict)
+
+
+def _bad(param: str, message: str, code: str = "invalid_value") -> InvalidRequest:
+    return InvalidRequest(message, code=code, param=param)
+
+
+def _int_field(doc: Mapping[str, Any], name: str, *, low: int, high: int) -> int | None:
+    value = doc.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _bad(name, f"'{name}' must be an integer.", "invalid_type")
+    if not low <= value <= high:
+        raise _bad(name, f"'{name}' must be between {low} and {high}.")
+    return value
+
+
+def _model(doc: Mapping[str, Any], default: str | None) -> str:
+    value = doc.get("model", default)
+    if value is None:
+        raise _bad("model", "You must provide a model parameter.", "missing_required_parameter")
+    if not isinstance(value, str) or not value or len(value) > 256:
+        raise _bad("model", "'model' must be a non-empty string.", "invalid_type")
+    return value
+
+
+def model_of(kind: str, doc: Mapping[str, Any]) -> str:
+    """The model a call names (or the upstream's default for routes that have one)."""
+    if kind in (kinds.IMAGES, kinds.IMAGE_UPLOAD):
+        return _model(doc, "dall-e-2")
+    if kind == kinds.MODERATIONS:
+        return _model(doc, "omni-moderation-latest")
+    if kind == kinds.REQUEST:
+        value = doc.get("model")
+        return value if isinstance(value, str) and value else "-"
+    return _model(doc, None)
+
+
+def input_bound(body: bytes, media_tokens: int) -> int:
+    # A media part names itself twice, by its type and by its field ({"type": "image_url",
+    # "image_url": ...}, {"type": "input_image", "image_url": ...}): half a part per mark.
+    marks = sum(body.count(m) for m in _MEDIA_MARKS)
+    return len(body) + marks * -(-media_tokens // 2)
+
+
+def _prompts(prompt: Any) -> int:
+    """How many prompts a legacy completions call sends (a list of strings or of token lists)."""
+    if isinstance(prompt, list) and prompt and not all(isinstance(t, int) for t in prompt):
+        return len(prompt)
+    return 1
+
+
+def estimate(
+    kind: str,
+    doc: Mapping[str, Any],
+    body: bytes,
+    price: ModelPrice | None,
+    *,
+    default_cap: int,
+    media_tokens: int,
+    max_audio_seconds: int,
+) -> Estimate:
+    """The bound for a call of ``kind`` whose parsed body (or form fields) is ``doc``; raises
+    InvalidRequest for a field the bound depends on that is not what the API accepts."""
+    model = model_of(kind, doc)
+    cap = (price.max_output_tokens if price else None) or default_cap
+    if kind == kinds.CHAT:
+        n = _int_field(doc, "n", low=1, high=MAX_N) or 1
+        given = _int_field(doc, "max_completion_tokens", low=1, high=MAX_CAP)
+        legacy = _int_field(doc, "max_tokens", low=1, high=MAX_CAP)
+        out = given if given is not None else legacy
+        inject = {} if out is not None else {"max_completion_tokens": cap}
+        return Estimate(
+            model,
+            Usage(input_tokens=input_bound(body, media_tokens), output_tokens=n * (out or cap)),
+            inject=inject,
+        )
+    if kind == kinds.RESPONSES:
+        out = _int_field(doc, "max_output_tokens", low=1, high=MAX_CAP)
+        inject = {} if out is not None else {"max_output_tokens": cap}
+        return Estimate(
+            model,
+            Usage(input_tokens=input_bound(body, media_tokens), output_tokens=out or cap),
+            inject=inject,
+        )
+    if kind == kinds.COMPLETIONS:
+        n = _int_field(doc, "n", low=1, high=MAX_N) or 1
+        best = _int_field(doc, "best_of", low=1, high=MAX_N) or 1
+        out = _int_field(doc, "max_tokens", low=0, high=MAX_CAP)
+        # The legacy API's own default cap is 16 tokens: sent explicitly, the answer is the
+        # same and the bound cannot depend on the upstream keeping that default.
+        inject = {} if out is not None else {"max_tokens": LEGACY_DEFAULT_CAP}
+        per = LEGACY_DEFAULT_CAP if out is None else out
+        total = per * max(n, best) * _prompts(doc.get("prompt"))
+        return Estimate(
+            model,
+            Usage(input_tokens=input_bound(body, media_tokens), output_tokens=total),
+            inject=inject,
+        )
+    if kind in (kinds.EMBEDDINGS, kinds.MODERATIONS):
+        return Estimate(model, Usage(input_tokens=input_bound(body, media_tokens)))
+    if kind in (kinds.IMAGES, kinds.IMAGE_UPLOAD):
+        n = _int_field(doc, "n", low=1, high=10) or 1
+        size = doc.get("size")
+        quality = doc.get("quality")
+        return Estimate(
+            model,
+            Usage(images=n),
+            size=size if isinstance(size, str) else None,
+            quality=quality if isinstance(quality, str) else None,
+        )
+    if kind == kinds.SPEECH:
+        text = doc.get("input")
+        if not isinstance(text, str):
+            raise _bad("input", "'input' must be a string.", "invalid_type")
+        return Estimate(model, Usage(characters=len(text)))
+    if kind == kinds.TRANSCRIPTION:
+        # The duration is known only once the upstream has decoded the audio.
+        seconds = Fraction(max_audio_seconds)
+        return Estimate(
+            model,
+            Usage(input_tokens=len(body), output_tokens=cap, audio_seconds=seconds),
+        )
+    return Estimate(model, Usage())

@@ -1,0 +1,170 @@
+"""Prices per model and the exact cost of a usage (pure: no I/O).
+
+Prices are kept as exact fractions of the configured currency, and a call's cost is rounded
+*up* to a whole stored unit (a millionth of the currency) once, on the total: 0.15 per
+million tokens times 1000 tokens is exactly 150 units, never 149.99999.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from fractions import Fraction
+
+from gateway.quota.model import SPEND_UNITS
+
+MILLION = 1_000_000
+
+
+def exact(value: float | int | str | Fraction) -> Fraction:
+    """A configured price as the decimal a person wrote (0.1 is 1/10, not a binary float)."""
+    if isinstance(value, Fraction):
+        return value
+    return Fraction(str(value)) if isinstance(value, float) else Fraction(value)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Usage:
+    """What one call consumed; every field a count the upstream reports (or we estimate)."""
+
+    input_tokens: int = 0  # all input tokens, the cached ones included
+    cached_tokens: int = 0  # of input_tokens, how many were read from the prompt cache
+    output_tokens: int = 0  # reasoning tokens included, as they are billed
+    images: int = 0
+    audio_seconds: Fraction = Fraction(0)
+    characters: int = 0
+    requests: int = 1
+
+    @property
+    def tokens(self) -> int:
+        """What a tokens-per-minute or -per-day limit counts: input plus output."""
+        return self.input_tokens + self.output_tokens
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelPrice:
+    """One model's price list, in the configured currency. Absent parts cost nothing."""
+
+    input_per_million: Fraction = Fraction(0)
+    output_per_million: Fraction = Fraction(0)
+    cached_input_per_million: Fraction | None = None  # None: the input price
+    per_request: Fraction = Fraction(0)
+    # By "size/quality", "size" or "*" (any), most specific first; empty: per_image_default.
+    per_image: Mapping[str, Fraction] = field(default_factory=dict)
+    per_audio_second: Fraction = Fraction(0)
+    per_character: Fraction = Fraction(0)
+    # The output cap the estimate assumes (and the gateway sends) when a call names none.
+    max_output_tokens: int | None = None
+    source: str = "config"  # config | crazyrouter
+
+    @property
+    def cached_price(self) -> Fraction:
+        if self.cached_input_per_million is None:
+            return self.input_per_million
+        return self.cached_input_per_million
+
+    def image_price(self, size: str | None, quality: str | None) -> Fraction:
+        table = self.per_image
+        for name in (f"{size}/{quality}", f"{size}", "*"):
+            if name in table:
+                return table[name]
+        return Fraction(0)
+
+    @property
+    def prices_images(self) -> bool:
+        return bool(self.per_image)
+
+    def cost_units(
+        self, usage: Usage, *, size: str | None = None, quality: str | None = None
+    ) -> int:
+        """The cost of ``usage`` in stored units (millionths of the currency), rounded up."""
+        cached = min(usage.cached_tokens, usage.input_tokens)
+        money = (
+            (usage.input_tokens - cached) * self.input_per_million / MILLION
+            + cached * self.cached_price / MILLION
+            + usage.output_tokens * self.output_per_million / MILLION
+            + usage.requests * self.per_request
+            + usage.images * self.image_price(size, quality)
+            + usage.audio_seconds * self.per_audio_second
+            + usage.characters * self.per_character
+        )
+        return max(0, math.ceil(money * SPEND_UNITS))
+
+    def estimate_units(
+        self, usage: Usage, *, size: str | None = None, quality: str | None = None
+    ) -> int:
+        """An upper bound of ``cost_units`` for any real usage within ``usage``: the estimate
+        cannot know how much of the input will be cached, so it prices all of it at the
+        dearer of the two input prices."""
+        dear = max(self.input_per_million, self.cached_price)
+        bound = ModelPrice(
+            input_per_million=dear,
+            output_per_million=self.output_per_million,
+            per_request=self.per_request,
+            per_image=self.per_image,
+            per_audio_second=self.per_audio_second,
+            per_character=self.per_character,
+        )
+        return bound.cost_units(
+            Usage(
+                input_tokens=usage.input_tokens,
+                output_tokens=usage.output_tokens,
+                images=usage.images,
+                audio_seconds=usage.audio_seconds,
+                characters=usage.characters,
+                requests=usage.requests,
+            ),
+            size=size,
+            quality=quality,
+        )
+
+
+class PriceTable:
+    """Prices by model name: an exact entry first, then the first glob (in config order) that
+    matches, then the prices a source (Crazyrouter's list) loaded, then none."""
+
+    def __init__(
+        self,
+        configured: Mapping[str, ModelPrice],
+        loaded: Mapping[str, ModelPrice] | None = None,
+    ) -> None:
+        self._exact = {k: v for k, v in configured.items() if not _is_glob(k)}
+        self._globs = [(k, v) for k, v in configured.items() if _is_glob(k)]
+        self._loaded: Mapping[str, ModelPrice] = dict(loaded or {})
+        self._cache: dict[str, ModelPrice | None] = {}
+
+    def with_loaded(self, loaded: Mapping[str, ModelPrice]) -> PriceTable:
+        """The same configured prices over a newly loaded list."""
+        return PriceTable({**self._exact, **dict(self._globs)}, loaded)
+
+    @property
+    def loaded_count(self) -> int:
+        return len(self._loaded)
+
+    def models(self) -> Iterable[str]:
+        return [*self._exact, *(k for k, _ in self._globs), *self._loaded]
+
+    def lookup(self, model: str) -> ModelPrice | None:
+        try:
+            return self._cache[model]
+        except KeyError:
+            pass
+        found = self._exact.get(model)
+        if found is None:
+            found = next((p for pat, p in self._globs if fnmatchcase(model, pat)), None)
+        if found is None:
+            found = self._loaded.get(model)
+        if len(self._cache) < 10_000:  # model names come from callers: bounded
+            self._cache[model] = found
+        return found
+
+
+def _is_glob(pattern: str) -> bool:
+    return any(c in pattern for c in "*?[")
+
+
+def allowed(model: str, patterns: tuple[str, ...] | None) -> bool:
+    """Whether a team whose ``models:`` are ``patterns`` may call ``model`` (None: any)."""
+    return patterns is None or any(fnmatchcase(model, p) for p in patterns)

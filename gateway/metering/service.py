@@ -1,0 +1,309 @@
+"""Metering a forwarded call: admit it on its estimate, then settle it to its real usage.
+
+``admit`` checks the team may call the model, that the model has a price, and reserves the
+estimate against every window the call touches in one script (tokens per minute and day,
+spend per day and month); ``settle`` charges the real usage (or the estimate when none came)
+exactly once, the difference going back to the buckets the estimate went to, and writes the
+ledger in the same script.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import re
+import secrets
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from gateway.errors import (
+    GatewayError,
+    InvalidRequest,
+    PermissionDenied,
+    QuotaExceeded,
+    StoreUnavailable,
+)
+from gateway.metering import kinds, ledger
+from gateway.metering.estimate import Estimate, estimate, model_of
+from gateway.metering.prices import ModelPrice, PriceTable, Usage, allowed
+from gateway.metering.store import MeterStore, Verdict
+from gateway.quota import model
+from gateway.quota.policy import QuotaPolicy, iso, wait_headers
+from gateway.settings import PricingSettings
+from gateway.store.keys import TeamKeys
+
+TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,63}$")
+CALL_TTL_S = 6 * 3600  # longer than any answer streams; an unsettled estimate stays charged
+_KINDS = ("tokens_per_minute", "tokens_per_day", "spend_per_day", "spend_per_month")
+# Kinds whose estimate is their exact cost: nothing in the answer can change it.
+_EXACT = frozenset({kinds.SPEECH, kinds.REQUEST})
+
+
+class MeterEvents(Protocol):
+    def decision(self, team: str, kind: str, result: str) -> None: ...
+    def charged(self, team: str, model: str, kind: str, usage: Usage, spend_units: int) -> None: ...
+    def estimated(self, kind: str) -> None: ...
+    def unpriced(self, model: str) -> None: ...
+
+
+class NoEvents:
+    def decision(self, team: str, kind: str, result: str) -> None:
+        pass
+
+    def charged(self, team: str, model: str, kind: str, usage: Usage, spend_units: int) -> None:
+        pass
+
+    def estimated(self, kind: str) -> None:
+        pass
+
+    def unpriced(self, model: str) -> None:
+        pass
+
+
+@dataclass
+class Admission:
+    """One admitted call, until it settles."""
+
+    team: str
+    user: str
+    kind: str
+    tag: str
+    call_id: str
+    day: str
+    month: str
+    estimate: Estimate
+    price: ModelPrice | None
+    reserved_tokens: int
+    reserved_units: int
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    settled: bool = False
+    cost_units: int = 0
+    # Admitted without Redis (pricing.store_down: allow): priced and counted, never stored.
+    offline: bool = False
+
+    @property
+    def model(self) -> str:
+        return self.estimate.model
+
+    def cost(self, usage: Usage) -> int:
+        if self.price is None:
+            return 0
+        return self.price.cost_units(usage, size=self.estimate.size, quality=self.estimate.quality)
+
+
+class Meter:
+    def __init__(
+        self,
+        store: MeterStore,
+        policy: QuotaPolicy,
+        pricing: PricingSettings,
+        *,
+        team_models: Callable[[str], tuple[str, ...] | None],
+        prices: Callable[[], PriceTable],
+        events: MeterEvents | None = None,
+    ) -> None:
+        self.store = store
+        self.policy = policy
+        self.pricing = pricing
+        self.team_models = team_models
+        self.prices = prices
+        self.events: MeterEvents = events or NoEvents()
+        self._ids = itertools.count()
+        self._prefix = f"{os.getpid()}.{secrets.token_hex(4)}."
+
+    def tag_of(self, raw: bytes | None) -> str:
+        if raw is None:
+            return ""
+        tag = raw.decode("latin-1")
+        if not TAG.fullmatch(tag):
+            raise InvalidRequest(
+                "x-gateway-tag must be 1 to 64 letters, digits or '_.:/-', starting with a "
+                "letter or digit.",
+                code="invalid_tag",
+                param="x-gateway-tag",
+            )
+        return tag
+
+    def price_for(
+        self, team: str, kind: str, doc: Mapping[str, Any]
+    ) -> tuple[str, ModelPrice | None]:
+        name = model_of(kind, doc)
+        if not allowed(name, self.team_models(team)):
+            raise PermissionDenied(
+                f"Team '{team}' may not use the model '{name}'.",
+                code="model_not_allowed",
+                param="model",
+            )
+        price = self.prices().lookup(name)
+        if price is None and kind != kinds.MODERATIONS:
+            if self.pricing.unpriced != "allow":
+                raise PermissionDenied(
+                    f"The model '{name}' has no price configured, so the gateway cannot "
+                    "meter it; ask the gateway's operators to add one.",
+                    code="model_not_priced",
+                    param="model",
+                )
+            self.events.unpriced(name)
+        return name, price
+
+    async def admit(
+        self, team: str, user: str, kind: str, doc: Mapping[str, Any], body: bytes, tag: str
+    ) -> Admission:
+        """Reserve the call's estimate, or raise (403 model, 429 quota, 400 bad field)."""
+        _, price = self.price_for(team, kind, doc)
+        est = estimate(
+            kind,
+            doc,
+            body,
+            price,
+            default_cap=self.pricing.default_max_output_tokens,
+            media_tokens=self.pricing.image_input_tokens,
+            max_audio_seconds=self.pricing.transcription_max_seconds,
+        )
+        units = price.estimate_units(est.bound, size=est.size, quality=est.quality) if price else 0
+        tokens = est.bound.tokens if kind in kinds.TOKEN_KINDS else 0
+        now = self.policy.clock()
+        w = self.policy.windows(now)
+        call_id = f"{self._prefix}{next(self._ids)}"
+        try:
+            verdict = await self.store.reserve(
+                TeamKeys(team),
+                call_id,
+                now_s=int(now),
+                tokens=tokens,
+                spend=units,
+                defaults=self.policy.defaults(team, *_KINDS),
+                day=w.day,
+                month=w.month,
+                ttls=(model.DAY_TTL_S, model.MONTH_TTL_S, CALL_TTL_S),
+                tag=tag,
+                max_tags=self.pricing.max_tags_per_day,
+            )
+        except StoreUnavailable:
+            if self.pricing.store_down != "allow":
+                raise
+            self.events.decision(team, "metered", "fail_open")
+            verdict = Verdict(True, "", 0, -1, -1, -1)
+            offline = True
+        else:
+            offline = False
+        if not verdict.admitted:
+            self.events.decision(team, _family(verdict.kind), "rejected")
+            raise self._rejection(team, verdict, tokens, units, now)
+        self.events.decision(team, "metered", "allowed")
+        return Admission(
+            team=team,
+            user=user,
+            kind=kind,
+            tag=tag,
+            call_id=call_id,
+            day=w.day,
+            month=w.month,
+            estimate=est,
+            price=price,
+            reserved_tokens=tokens,
+            reserved_units=units,
+            headers=_token_headers(verdict, now),
+            offline=offline,
+        )
+
+    async def settle(self, adm: Admission, usage: Usage | None, *, failed: bool = False) -> int:
+        """Charge what the call consumed (None: the estimate, counted) exactly once; answers
+        the charge in stored units. A failed call (the upstream refused it) is refunded."""
+        if adm.settled:
+            return adm.cost_units
+        adm.settled = True
+        if failed:
+            used, cost, entries = Usage(requests=0), 0, {}
+        else:
+            if usage is None:
+                usage = adm.estimate.bound
+                if adm.kind not in _EXACT:
+                    self.events.estimated(adm.kind)
+            used = usage
+            cost = adm.cost(usage) if adm.price is not None else 0
+            entries = ledger.entries(adm.user, adm.model, adm.tag, usage, cost)
+        adm.cost_units = cost
+        if adm.offline:  # nothing was reserved: the metrics still count what it cost
+            if not failed:
+                self.events.charged(adm.team, adm.model, adm.kind, used, cost)
+            return cost
+        await self.store.settle(
+            TeamKeys(adm.team),
+            adm.call_id,
+            tokens=used.tokens if adm.kind in kinds.TOKEN_KINDS else 0,
+            spend=cost,
+            day=adm.day,
+            month=adm.month,
+            ledger=entries,
+            ledger_ttl=self.pricing.ledger_retention_days * 86_400,
+        )
+        if not failed:
+            self.events.charged(adm.team, adm.model, adm.kind, used, cost)
+        return cost
+
+    def _rejection(
+        self, team: str, v: Verdict, tokens: int, units: int, now: float
+    ) -> GatewayError:
+        w = self.policy.windows(now)
+        if v.kind == "tags":
+            return InvalidRequest(
+                f"Team '{team}' has used {v.limit} distinct x-gateway-tag values today, the "
+                "most a day may have; reuse one of them.",
+                code="too_many_tags",
+                param="x-gateway-tag",
+            )
+        never = v.wait_s < 0
+        if v.kind == "tokens_per_minute":
+            wait: float | None = None if never else float(v.wait_s)
+            what = (
+                f"its limit of {v.limit} tokens per minute ({v.used} used, this call may use "
+                f"up to {tokens})"
+            )
+            when = "the call is larger than the limit" if never else f"retry in {v.wait_s} s"
+            headers = {
+                "x-ratelimit-limit-tokens": str(v.limit),
+                "x-ratelimit-remaining-tokens": str(max(0, v.limit - v.used)),
+                "x-ratelimit-reset-tokens": model.duration_text(v.wait_s if not never else 60),
+            }
+        else:
+            reset = w.day_reset if v.kind.endswith("_day") else w.month_reset
+            wait = None if never else reset - now
+            window = "day" if v.kind.endswith("_day") else "month"
+            if v.kind.startswith("spend"):
+                cur = self.policy.settings.currency
+                what = (
+                    f"its spend limit of {model.shown(v.kind, v.limit)} {cur} per {window} "
+                    f"({model.shown(v.kind, v.used)} {cur} used, this call may cost up to "
+                    f"{model.shown(v.kind, units)} {cur})"
+                )
+            else:
+                what = (
+                    f"its limit of {v.limit} tokens per {window} ({v.used} used, this call "
+                    f"may use up to {tokens})"
+                )
+            when = "the call is larger than the limit" if never else f"it resets at {iso(reset)}"
+            headers = {}
+        code = "token_quota_exceeded" if v.kind.startswith("tokens") else "spend_quota_exceeded"
+        return QuotaExceeded(
+            f"Team '{team}' would exceed {what}; {when}.",
+            code=code,
+            headers={**headers, **wait_headers(wait)},
+        )
+
+
+def _family(kind: str) -> str:
+    return "tokens" if kind.startswith("tokens") else "spend" if kind.startswith("spend") else kind
+
+
+def _token_headers(v: Verdict, now: float) -> list[tuple[bytes, bytes]]:
+    if v.limit < 0:
+        return []
+    reset = 0 if v.oldest_s < 0 else max(0, v.oldest_s + model.TOKEN_WINDOW_S - math.floor(now))
+    return [
+        (b"x-ratelimit-limit-tokens", str(v.limit).encode()),
+        (b"x-ratelimit-remaining-tokens", str(max(0, v.limit - v.used)).encode()),
+        (b"x-ratelimit-reset-tokens", model.duration_text(reset).encode()),
+    ]

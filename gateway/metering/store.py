@@ -1,0 +1,139 @@
+"""The metering scripts and the ledger's reads against Redis.
+
+Like the quota store, no call is retried: a script whose reply was lost may have run. A lost
+reservation reply leaves an estimate charged that nobody settles; it expires with its
+reservation record, and the charge stays (the safe side of a budget).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+
+from gateway.quota.model import TOKEN_WINDOW_S
+from gateway.store.batcher import ScriptBatcher
+from gateway.store.keys import TEAMS, TeamKeys, reset_mark
+from gateway.store.lua import script
+
+
+def _text(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    admitted: bool
+    kind: str  # the limit that refused ('' when admitted)
+    used: int
+    limit: int  # -1: unlimited
+    wait_s: int  # refused: seconds until it could fit (-1 never); admitted: -1
+    oldest_s: int  # admitted: the oldest second counted in the minute (-1: none)
+
+
+class MeterStore:
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        client: object = redis
+        cluster = isinstance(client, RedisCluster)
+
+        def load(name: str) -> Callable[..., Awaitable[Any]]:
+            source = script("gateway.quota", name)
+            # redis-py's cluster pipelines refuse EVALSHA: there, each call is its own.
+            return redis.register_script(source) if cluster else ScriptBatcher(redis, source)
+
+        self._reserve = load("meter_reserve")
+        self._settle = load("meter_settle")
+        self._known: set[str] = set()
+
+    async def aclose(self) -> None:
+        for batcher in (self._reserve, self._settle):
+            wire = getattr(batcher, "wire", None)
+            if wire is not None:
+                await wire.aclose()
+
+    async def reserve(
+        self,
+        k: TeamKeys,
+        call_id: str,
+        *,
+        now_s: int,
+        tokens: int,
+        spend: int,
+        defaults: Sequence[int],
+        day: str,
+        month: str,
+        ttls: tuple[int, int, int],
+        tag: str,
+        max_tags: int,
+    ) -> Verdict:
+        keys = (
+            k.limits,
+            k.tokens_minute,
+            k.tokens_day(day),
+            k.spend_day(day),
+            k.spend_month(month),
+            k.metered_call(call_id),
+            k.tags(day),
+            reset_mark(k.tokens_day(day)),
+            reset_mark(k.spend_day(day)),
+            reset_mark(k.spend_month(month)),
+            reset_mark(k.tokens_minute),
+        )
+        args = [now_s, tokens, spend, *defaults, day, month, *ttls, tag, max_tags, TOKEN_WINDOW_S]
+        reply = _text(await self._reserve(keys=keys, args=args)).split(",")
+        if k.team not in self._known:
+            # Once per team and process: the admin usage report lists teams from this set.
+            await self.redis.sadd(TEAMS, k.team)
+            self._known.add(k.team)
+        if reply[0] == "1":
+            return Verdict(True, "", int(reply[2]), int(reply[1]), -1, int(reply[3]))
+        return Verdict(False, reply[1], int(reply[2]), int(reply[3]), int(reply[4]), -1)
+
+    async def settle(
+        self,
+        k: TeamKeys,
+        call_id: str,
+        *,
+        tokens: int,
+        spend: int,
+        day: str,
+        month: str,
+        ledger: Mapping[str, int],
+        ledger_ttl: int,
+    ) -> bool:
+        keys = (
+            k.metered_call(call_id),
+            k.tokens_minute,
+            k.tokens_day(day),
+            k.spend_day(day),
+            k.spend_month(month),
+            k.ledger(day),
+            reset_mark(k.tokens_day(day)),
+            reset_mark(k.spend_day(day)),
+            reset_mark(k.spend_month(month)),
+            reset_mark(k.tokens_minute),
+        )
+        args: list[str | int] = [tokens, spend, day, month, ledger_ttl]
+        for name, amount in ledger.items():
+            if amount:
+                args += [name, amount]
+        return int(await self._settle(keys=keys, args=args)) == 1
+
+    async def ledger_days(self, k: TeamKeys, days: Sequence[str]) -> list[dict[str, int]]:
+        """The team's ledger hash for each day (empty where nothing was spent)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for day in days:
+                pipe.hgetall(k.ledger(day))
+            replies = await pipe.execute()
+        return [{_text(a): int(b) for a, b in r.items()} for r in replies]
+
+    async def reservation(self, k: TeamKeys, call_id: str) -> dict[str, str]:
+        raw = await self.redis.hgetall(k.metered_call(call_id))
+        return {_text(a): _text(b) for a, b in raw.items()}
+
+    async def teams(self) -> list[str]:
+        return sorted(_text(m) for m in await self.redis.smembers(TEAMS))

@@ -1,0 +1,227 @@
+"""A metered call's way through the pass-through: in, its body read and its estimate reserved;
+out, its answer read for usage as it passes, and the call settled exactly once.
+
+What goes upstream is our own serialisation of the checked JSON body (top-level keys in lower
+case: new-api reads fields case-insensitively, so a ``"Max_Tokens"`` we did not see would
+otherwise count), with an output cap added when the caller named none, and for chat streams
+``stream_options.include_usage`` set. Multipart bodies leave as they came. The answer:
+
+- an upstream error refunds the reservation (new-api bills no failed call);
+- a JSON answer is read whole (up to ``METER_BUFFER``), settled to its ``usage`` before it is
+  sent, and carries ``x-gateway-cost``; a larger one is streamed on and charged its estimate;
+- an event stream passes through a ``UsageTap`` and settles before its last (empty) message;
+- speech is charged by the characters it was asked to read, known before it is sent;
+- anything that ends without usage (an abort, a cut, a timeout the upstream may have acted on)
+  is charged the estimate, which stays charged too when Redis cannot take the settlement.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.errors import GatewayError, InvalidRequest
+from gateway.metering import answers, kinds
+from gateway.metering.forms import form_fields
+from gateway.metering.prices import Usage
+from gateway.metering.service import Admission, Meter
+from gateway.metering.streams import UsageTap
+from gateway.proxy import body_policy
+from gateway.quota.model import SPEND_UNITS
+from gateway.upstream import rewrite
+from gateway.upstream.client import UpstreamResponse
+from gateway.upstream.routes import PLAIN, RouteRule
+from gateway.web.asgi import Receive, Scope, Send, header
+
+log = logging.getLogger("gateway.metering")
+
+METER_BUFFER = 64 * 1024 * 1024  # a JSON answer up to this is read whole for its usage
+_settling: set[asyncio.Task[Any]] = set()  # settlements outliving a cancelled request
+
+
+def cost_text(units: int) -> str:
+    """Stored units as the currency amount, exactly (0.000150, never 0.00015000000000000001)."""
+    return f"{units // SPEND_UNITS}.{units % SPEND_UNITS:06d}"
+
+
+@dataclass
+class MeteredCall:
+    meter: Meter
+    admission: Admission
+    body: bytes | None  # what goes upstream
+    hide_usage: bool  # the caller did not ask for a stream's usage: drop it on the way
+
+    async def settle(self, usage: Usage | None, *, failed: bool = False) -> int:
+        """Settle once; a settlement Redis cannot take leaves the estimate charged."""
+        adm = self.admission
+        try:
+            return await self.meter.settle(adm, usage, failed=failed)
+        except GatewayError:
+            log.warning("could not settle a metered call; its estimate stays charged")
+            return adm.reserved_units
+
+    async def settle_shielded(self, usage: Usage | None, *, failed: bool = False) -> None:
+        """Settle even when the request's task is being cancelled."""
+        if self.admission.settled:
+            return
+        task = asyncio.ensure_future(self.settle(usage, failed=failed))
+        _settling.add(task)
+        task.add_done_callback(_settling.discard)
+        await asyncio.shield(task)
+
+    async def upstream_failed(self, exc: GatewayError) -> None:
+        # A timeout or a cut after the request left may have been billed: keep the estimate.
+        await self.settle_shielded(None, failed=not exc.maybe_processed)
+
+    async def answer(
+        self,
+        resp: UpstreamResponse,
+        receive: Receive | None,
+        send: Send,
+        relay: Callable[..., Any],
+        observer: Any,
+    ) -> None:
+        adm = self.admission
+        headers = rewrite.response_headers(resp.raw_headers) + adm.headers
+        ctype = resp.header("content-type") or ""
+        try:
+            if "event-stream" in ctype:
+                tap = UsageTap(adm.kind, hide_usage=self.hide_usage)
+                headers = [(k, v) for k, v in headers if k != b"content-length"]
+
+                async def before_end() -> None:
+                    rest = tap.flush()
+                    await self.settle(tap.usage or _completed(adm.kind))
+                    if rest:
+                        await send({"type": "http.response.body", "body": rest, "more_body": True})
+
+                await relay(
+                    resp, receive, send, headers, observer, tap=tap.feed, before_end=before_end
+                )
+                if not adm.settled:  # cut or abandoned: what the tap saw, else the estimate
+                    await self.settle_shielded(tap.usage)
+                return
+            if adm.kind == kinds.SPEECH:  # audio bytes: the cost was known before it started
+                cost = await self.settle(adm.estimate.bound)
+                await relay(resp, receive, send, [*headers, _cost(cost)], observer)
+                return
+            await self._buffered(resp, receive, send, relay, observer, headers)
+        finally:
+            if not adm.settled:
+                await self.settle_shielded(None)
+
+    async def _buffered(
+        self,
+        resp: UpstreamResponse,
+        receive: Receive | None,
+        send: Send,
+        relay: Callable[..., Any],
+        observer: Any,
+        headers: list[tuple[bytes, bytes]],
+    ) -> None:
+        adm = self.admission
+        body = bytearray()
+        chunks = resp.iter_chunks()
+        async for chunk in chunks:  # a cut raises UpstreamError: 502, the estimate charged
+            body += chunk
+            if len(body) > METER_BUFFER:
+                break
+        else:
+            usage = answers.from_json(adm.kind, bytes(body))
+            cost = await self.settle(usage)
+            resp.finish()
+            start = {
+                "type": "http.response.start",
+                "status": resp.status,
+                "headers": [*headers, _cost(cost)],
+            }
+            await send(start)
+            await send({"type": "http.response.body", "body": bytes(body)})
+            if observer is not None:
+                observer.chunk(len(body))
+            return
+        # Too large to hold: streamed on, charged the estimate (counted as estimated).
+        await self.settle(None)
+
+        async def rest() -> Any:
+            yield bytes(body)
+            async for chunk in chunks:
+                yield chunk
+
+        await relay(resp, receive, send, headers, observer, chunks=rest())
+
+
+def _completed(kind: str) -> Usage | None:
+    # A transcription stream that completed without usage bills per request, like its JSON.
+    return Usage() if kind == kinds.TRANSCRIPTION else None
+
+
+def _cost(units: int) -> tuple[bytes, bytes]:
+    return (b"x-gateway-cost", cost_text(units).encode())
+
+
+def _principal(scope: Scope) -> tuple[str, str]:
+    p = scope.get("principal")
+    return (p.team, p.user) if p is not None else ("", "")
+
+
+def _lowered(doc: dict[str, Any]) -> dict[str, Any]:
+    return {k.lower(): v for k, v in doc.items()}
+
+
+async def open_call(meter: Meter, scope: Scope, rule: RouteRule, body: bytes | None) -> MeteredCall:
+    """Read the body for the estimate, apply the body policy, and reserve; raises the 400,
+    403 or 429 that refuses the call before anything goes upstream."""
+    kind = rule.meter
+    team, user = _principal(scope)
+    tag = meter.tag_of(header(scope, b"x-gateway-tag"))
+    raw = body or b""
+    out: bytes | None = body
+    hide = False
+    ctype = (header(scope, b"content-type") or b"").decode("latin-1")
+    if kind in kinds.JSON_KINDS or (kind in kinds.FORM_KINDS and "json" in ctype.lower()):
+        if rule.body != PLAIN:
+            doc = _lowered(body_policy.checked(rule.body, body))
+        elif not raw:
+            raise InvalidRequest("The body must be a JSON object.", code="invalid_json")
+        else:
+            doc = _lowered(body_policy.parse_json_object(raw))
+        adm = await meter.admit(team, user, kind, doc, raw, tag)
+        doc.update(adm.estimate.inject)
+        if kind in (kinds.CHAT, kinds.COMPLETIONS) and doc.get("stream") is True:
+            hide = _ask_for_usage(doc)
+        out = body_policy.serialise(doc)
+    elif kind in kinds.FORM_KINDS:
+        fields: dict[str, Any] = dict(form_fields(raw, ctype))
+        n = fields.get("n")
+        if isinstance(n, str) and n.isascii() and n.isdigit():  # form fields are text
+            fields["n"] = int(n)
+        adm = await meter.admit(team, user, kind, fields, raw, tag)
+    else:  # a route added in config: its JSON body's model, when it names one
+        doc = {}
+        if raw and "json" in ctype.lower():
+            try:
+                doc = _lowered(body_policy.parse_json_object(raw))
+            except InvalidRequest:
+                doc = {}  # not ours to judge: the upstream answers it
+        adm = await meter.admit(team, user, kind, doc, raw, tag)
+    return MeteredCall(meter, adm, out, hide)
+
+
+def _ask_for_usage(doc: dict[str, Any]) -> bool:
+    """Make a chat stream carry its usage; answers whether the caller had not asked."""
+    options = doc.get("stream_options")
+    if options is None:
+        doc["stream_options"] = {"include_usage": True}
+        return True
+    if not isinstance(options, dict):
+        raise InvalidRequest(
+            "'stream_options' must be an object.", code="invalid_type", param="stream_options"
+        )
+    if options.get("include_usage") is True:
+        return False
+    doc["stream_options"] = {**options, "include_usage": True}
+    return True

@@ -1,0 +1,303 @@
+"""Metering as a team sees it: the official SDK against the gateway against the simulator, on
+real sockets with a real Redis. Every call is charged its real usage (read from the JSON, or
+from the stream as it passes), a caller that did not ask for a stream's usage never sees it,
+and a refusal (unpriced, not allowed, over a budget) leaves nothing upstream."""
+
+from __future__ import annotations
+
+import math
+import secrets
+from collections.abc import Iterator
+from fractions import Fraction
+from typing import Any
+
+import httpx2
+import openai
+import pytest
+from openai.types.chat import ChatCompletionMessageParam
+
+from tests.conftest import Stack, make_stack
+
+M = 1_000_000
+PRICES: dict[str, dict[str, Any]] = {
+    "gpt-4o-mini": {
+        "input_per_million": 0.15,
+        "cached_input_per_million": 0.075,
+        "output_per_million": 0.6,
+    },
+    "o4-mini": {"input_per_million": 1.1, "output_per_million": 4.4, "max_output_tokens": 300},
+    "gpt-3.5-turbo-instruct": {"input_per_million": 1.5, "output_per_million": 2},
+    "text-embedding-3-small": {"input_per_million": 0.02},
+    "dall-e-3": {"per_image": {"1024x1024/hd": 0.08, "*": 0.04}},
+    "tts-1": {"per_character": 0.000015},
+    "whisper-1": {"per_audio_second": 0.0001},
+}
+
+
+def fresh_team() -> str:
+    return "m-" + secrets.token_hex(4)
+
+
+@pytest.fixture
+def team() -> str:
+    return fresh_team()
+
+
+def metered_stack(redis_url: str, limits: dict[str, dict[str, Any]], **kw: Any) -> Any:
+    pricing = {"models": PRICES, **kw.pop("pricing", {})}
+    return make_stack(redis_url, teams={"default": {}, **limits}, pricing=pricing, **kw)
+
+
+_open: list[openai.OpenAI] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_clients() -> Iterator[None]:
+    yield
+    while _open:
+        _open.pop().close()
+
+
+def sdk(stack: Stack, team: str, **kw: Any) -> openai.OpenAI:
+    c = openai.OpenAI(
+        base_url=stack.v1,
+        api_key=stack.token(team=team),
+        max_retries=0,
+        _strict_response_validation=True,
+        **kw,
+    )
+    _open.append(c)
+    return c
+
+
+def quota(stack: Stack, team: str) -> dict[str, Any]:
+    r = httpx2.get(
+        stack.v1 + "/gateway/quota", headers={"Authorization": f"Bearer {stack.token(team=team)}"}
+    )
+    assert r.status_code == 200, r.text
+    return r.json()["limits"]  # type: ignore[no-any-return]
+
+
+def units(money: Fraction) -> int:
+    return math.ceil(money * M)
+
+
+def token_cost(model: str, inp: int, out: int, cached: int = 0) -> int:
+    p = {k: Fraction(str(v)) for k, v in PRICES[model].items() if "per_million" in k}
+    cached_price = p.get("cached_input_per_million", p["input_per_million"])
+    money = (
+        (inp - cached) * p["input_per_million"]
+        + cached * cached_price
+        + out * p.get("output_per_million", Fraction(0))
+    ) / M
+    return units(money)
+
+
+def shown(u: int) -> str:
+    return f"{u // M}.{u % M:06d}"
+
+
+@pytest.fixture
+def stack(redis_url: str, team: str) -> Iterator[Stack]:
+    with metered_stack(redis_url, {team: {"spend_per_day": 100}}) as s:
+        yield s
+
+
+def test_chat_is_charged_its_real_usage_and_says_so(stack: Stack, team: str) -> None:
+    raw = sdk(stack, team).chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "hello there, how are you"}]
+    )
+    done = raw.parse()
+    assert done.usage is not None
+    cost = token_cost("gpt-4o-mini", done.usage.prompt_tokens, done.usage.completion_tokens)
+    assert raw.headers["x-gateway-cost"] == shown(cost)
+    limits = quota(stack, team)
+    assert limits["spend_per_day"]["used"] == pytest.approx(cost / M)
+    assert limits["tokens_per_day"]["used"] == done.usage.total_tokens
+    # The caller named no cap: the gateway sent one, so that its estimate is a bound.
+    (sent,) = stack.sim_requests("/v1/chat/completions")
+    assert sent["json"]["max_completion_tokens"] == 4096
+
+
+def test_a_stream_the_caller_asked_no_usage_of_carries_none(stack: Stack, team: str) -> None:
+    chunks = list(
+        sdk(stack, team).chat.completions.create(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": "tell me a story about a fox"}],
+            stream=True,
+        )
+    )
+    assert chunks
+    assert all(c.choices for c in chunks)  # no usage-only chunk
+    assert all(c.usage is None for c in chunks)
+    assert all("usage" not in c.model_dump(exclude_unset=True) for c in chunks)
+    (sent,) = stack.sim_requests("/v1/chat/completions")
+    assert sent["json"]["stream_options"] == {"include_usage": True}
+    text = "".join(c.choices[0].delta.content or "" for c in chunks)
+    # The simulator's tokens: one per four characters (rounded up), of text it counts.
+    assert quota(stack, team)["tokens_per_day"]["used"] > len(text) // 4
+
+
+def test_a_stream_that_asked_for_usage_gets_it_and_is_charged_it(stack: Stack, team: str) -> None:
+    chunks = list(
+        sdk(stack, team).chat.completions.create(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": "tell me a story about a fox"}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    last = chunks[-1]
+    assert last.choices == []
+    assert last.usage is not None
+    assert quota(stack, team)["tokens_per_day"]["used"] == last.usage.total_tokens
+    cost = token_cost("gpt-4o-mini", last.usage.prompt_tokens, last.usage.completion_tokens)
+    assert quota(stack, team)["spend_per_day"]["used"] == pytest.approx(cost / M)
+
+
+def test_responses_plain_and_streamed(stack: Stack, team: str) -> None:
+    c = sdk(stack, team)
+    plain = c.responses.create(model="o4-mini", input="what is a fox")
+    assert plain.usage is not None
+    streamed = None
+    with c.responses.stream(model="o4-mini", input="what is a badger") as events:
+        for event in events:
+            if event.type == "response.completed":
+                streamed = event.response.usage
+    assert streamed is not None
+    total = plain.usage.total_tokens + streamed.total_tokens
+    assert quota(stack, team)["tokens_per_day"]["used"] == total
+    cost = token_cost("o4-mini", plain.usage.input_tokens, plain.usage.output_tokens) + token_cost(
+        "o4-mini", streamed.input_tokens, streamed.output_tokens
+    )
+    assert quota(stack, team)["spend_per_day"]["used"] == pytest.approx(cost / M)
+    # The model's own cap (max_output_tokens in its price entry) went with each call.
+    assert [r["json"]["max_output_tokens"] for r in stack.sim_requests("/v1/responses")] == [
+        300,
+        300,
+    ]
+
+
+def test_embeddings_images_speech_and_transcription(stack: Stack, team: str) -> None:
+    c = sdk(stack, team)
+    raw = c.embeddings.with_raw_response.create(
+        model="text-embedding-3-small", input=["a fox", "a badger"], encoding_format="float"
+    )
+    emb = raw.parse()
+    assert raw.headers["x-gateway-cost"] == shown(
+        token_cost("text-embedding-3-small", emb.usage.prompt_tokens, 0)
+    )
+    raw_img = c.images.with_raw_response.generate(
+        model="dall-e-3", prompt="a fox", n=1, size="1024x1024", quality="hd"
+    )
+    assert len(raw_img.parse().data or []) == 1
+    assert raw_img.headers["x-gateway-cost"] == "0.080000"
+    speech = c.audio.speech.with_raw_response.create(
+        model="tts-1", voice="alloy", input="Hello, fox."
+    )
+    assert speech.headers["x-gateway-cost"] == shown(units(Fraction("0.000015") * 11))
+    assert speech.content
+    tr = c.audio.transcriptions.with_raw_response.create(
+        model="whisper-1", file=("a.wav", b"RIFF" + bytes(4000), "audio/wav")
+    )
+    assert float(tr.headers["x-gateway-cost"]) > 0
+
+
+def test_unpriced_and_disallowed_models_never_reach_the_upstream(redis_url: str, team: str) -> None:
+    limits = {team: {"models": ["gpt-4o*", "tts-*"]}}
+    with metered_stack(redis_url, limits) as s:
+        c = sdk(s, team)
+        with pytest.raises(openai.PermissionDeniedError) as err:
+            c.chat.completions.create(model="o4-mini", messages=[{"role": "user", "content": "x"}])
+        assert (err.value.status_code, err.value.code) == (403, "model_not_allowed")
+        with pytest.raises(openai.PermissionDeniedError) as err:
+            c.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "x"}])
+        assert (err.value.status_code, err.value.code) == (403, "model_not_priced")
+        assert s.sim_requests("/v1/chat") == []
+        # another team, not restricted, still reaches the model
+        other = sdk(s, fresh_team())
+        assert other.chat.completions.create(
+            model="o4-mini", messages=[{"role": "user", "content": "x"}]
+        ).choices
+
+
+def test_token_limit_refuses_with_openai_headers_and_nothing_upstream(
+    redis_url: str, team: str
+) -> None:
+    with metered_stack(redis_url, {team: {"tokens_per_minute": 2000}}) as s:
+        c = sdk(s, team)
+        hi: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
+        raw = c.chat.completions.with_raw_response.create(
+            model="gpt-4o-mini", messages=hi, max_tokens=50
+        )
+        assert raw.headers["x-ratelimit-limit-tokens"] == "2000"
+        left = int(raw.headers["x-ratelimit-remaining-tokens"])
+        assert 1800 < left < 1950  # the estimate: the body's bytes plus the 50 asked for
+        # The simulator counts a token per four characters: this prompt is 300 tokens.
+        big: list[ChatCompletionMessageParam] = [{"role": "user", "content": "x" * 1200}]
+        done = c.chat.completions.create(model="gpt-4o-mini", messages=big, max_tokens=20)
+        assert done.usage is not None
+        assert done.usage.prompt_tokens >= 300
+        # Settled to the real usage (300-odd tokens), not the estimate (1200-odd) ...
+        c.chat.completions.create(model="gpt-4o-mini", messages=hi, max_tokens=1500)
+        # ... but this one's estimate no longer fits in the minute.
+        with pytest.raises(openai.RateLimitError) as err:
+            c.chat.completions.create(model="gpt-4o-mini", messages=hi, max_tokens=1850)
+        e = err.value
+        assert e.code == "token_quota_exceeded"
+        assert e.response.headers["x-ratelimit-limit-tokens"] == "2000"
+        assert 1 <= int(e.response.headers["retry-after"]) <= 60
+        assert "x-should-retry" not in e.response.headers
+        with pytest.raises(openai.RateLimitError) as err:
+            c.chat.completions.create(model="gpt-4o-mini", messages=hi, max_tokens=5000)
+        assert err.value.response.headers["x-should-retry"] == "false"
+        assert "larger than the limit" in err.value.message
+        assert len(s.sim_requests("/v1/chat")) == 3
+
+
+def test_spend_budget_refuses_what_would_pass_it(redis_url: str, team: str) -> None:
+    with metered_stack(redis_url, {team: {"spend_per_day": 0.1}}) as s:
+        c = sdk(s, team)
+        c.images.generate(model="dall-e-3", prompt="a fox", size="1024x1024", quality="hd")
+        with pytest.raises(openai.RateLimitError) as err:
+            c.images.generate(model="dall-e-3", prompt="a fox", size="1024x1024", quality="hd")
+        assert err.value.code == "spend_quota_exceeded"
+        assert "0.1 USD per day" in err.value.message
+        assert len(s.sim_requests("/v1/images")) == 1
+        assert quota(s, team)["spend_per_day"]["used"] == pytest.approx(0.08)
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        ({"messages": []}, 400, "missing_required_parameter"),
+        ({"model": 7, "messages": []}, 400, "invalid_type"),
+        ({"model": "gpt-4o-mini", "messages": [], "n": 0}, 400, "invalid_value"),
+        ({"model": "gpt-4o-mini", "messages": [], "max_tokens": "9"}, 400, "invalid_type"),
+        ({"model": "gpt-4o-mini", "messages": [], "Model": "x"}, 400, "invalid_json"),
+        (
+            {"model": "gpt-4o-mini", "messages": [], "stream": True, "stream_options": 3},
+            400,
+            "invalid_type",
+        ),
+    ],
+)
+def test_bad_fields_the_estimate_reads_are_refused(
+    stack: Stack, team: str, body: dict[str, Any], status: int, code: str
+) -> None:
+    r = httpx2.post(
+        stack.v1 + "/chat/completions",
+        json=body,
+        headers={"Authorization": f"Bearer {stack.token(team=team)}"},
+    )
+    assert r.status_code == status, r.text
+    assert r.json()["error"]["code"] == code
+    assert stack.sim_requests("/v1/chat") == []
+
+
+def test_bad_tag_is_refused(stack: Stack, team: str) -> None:
+    c = sdk(stack, team, default_headers={"x-gateway-tag": "has space"})
+    with pytest.raises(openai.BadRequestError) as err:
+        c.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}])
+    assert err.value.code == "invalid_tag"
+    assert stack.sim_requests("/v1/chat") == []

@@ -1,0 +1,315 @@
+"""Metering's pure parts: prices and costs, the estimate, usage read from answers and from
+streams, the ledger's rows and CSV, and multipart fields."""
+
+from __future__ import annotations
+
+import json
+import math
+from fractions import Fraction
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gateway.errors import InvalidRequest
+from gateway.metering import answers, kinds, ledger
+from gateway.metering.estimate import estimate
+from gateway.metering.forms import form_fields
+from gateway.metering.prices import ModelPrice, PriceTable, Usage, allowed, exact
+from gateway.metering.streams import UsageTap
+
+prices = st.decimals(min_value=0, max_value=1000, places=4).map(lambda d: Fraction(str(d)))
+counts = st.integers(min_value=0, max_value=10**9)
+
+
+@given(inp=counts, out=counts, pin=prices, pout=prices)
+def test_token_cost_is_the_exact_amount_rounded_up_once(
+    inp: int, out: int, pin: Fraction, pout: Fraction
+) -> None:
+    price = ModelPrice(input_per_million=pin, output_per_million=pout)
+    money = Fraction(inp) * pin / 10**6 + Fraction(out) * pout / 10**6
+    got = price.cost_units(Usage(input_tokens=inp, output_tokens=out))
+    assert got == math.ceil(money * 10**6)
+    assert Fraction(got, 10**6) - money < Fraction(1, 10**6)
+
+
+@given(
+    inp=counts,
+    cached=counts,
+    out=counts,
+    real_out=counts,
+    pin=prices,
+    pcached=prices,
+    pout=prices,
+)
+def test_the_estimate_price_bounds_any_usage_within_it(
+    inp: int,
+    cached: int,
+    out: int,
+    real_out: int,
+    pin: Fraction,
+    pcached: Fraction,
+    pout: Fraction,
+) -> None:
+    price = ModelPrice(
+        input_per_million=pin, cached_input_per_million=pcached, output_per_million=pout
+    )
+    bound = price.estimate_units(Usage(input_tokens=inp, output_tokens=out))
+    real = Usage(input_tokens=inp, cached_tokens=min(cached, inp), output_tokens=min(real_out, out))
+    assert price.cost_units(real) <= bound
+
+
+def test_decimal_prices_are_what_was_written() -> None:
+    assert exact(0.1) == Fraction(1, 10)
+    p = ModelPrice(input_per_million=exact(0.15))
+    assert p.cost_units(Usage(input_tokens=1000)) == 150
+
+
+def test_image_prices_most_specific_first() -> None:
+    p = ModelPrice(per_image={"1024x1024/hd": Fraction(8, 100), "1024x1024": Fraction(4, 100)})
+    assert p.image_price("1024x1024", "hd") == Fraction(8, 100)
+    assert p.image_price("1024x1024", "standard") == Fraction(4, 100)
+    assert p.image_price("512x512", None) == 0
+    assert p.cost_units(Usage(images=3), size="1024x1024", quality="hd") == 240_000
+
+
+def test_price_table_exact_then_globs_in_order_then_loaded() -> None:
+    a, b, c, d = (ModelPrice(per_request=Fraction(i)) for i in range(1, 5))
+    table = PriceTable({"gpt-4o": a, "gpt-4o*": b, "gpt-*": c}, loaded={"claude": d})
+    assert table.lookup("gpt-4o") is a
+    assert table.lookup("gpt-4o-mini") is b
+    assert table.lookup("gpt-5") is c
+    assert table.lookup("claude") is d
+    assert table.lookup("mistral") is None
+    assert table.with_loaded({"mistral": d}).lookup("mistral") is d
+
+
+def test_team_model_globs() -> None:
+    assert allowed("anything", None)
+    assert allowed("gpt-4o-mini", ("gpt-4o*",))
+    assert not allowed("o4-mini", ("gpt-4o*",))
+    assert not allowed("x", ())
+
+
+def _est(kind: str, doc: dict[str, Any], price: ModelPrice | None = None) -> Any:
+    body = json.dumps(doc).encode()
+    return estimate(
+        kind, doc, body, price, default_cap=4096, media_tokens=2000, max_audio_seconds=1500
+    ), body
+
+
+def test_chat_estimate_is_bytes_plus_media_plus_cap_times_n() -> None:
+    doc = {
+        "model": "m",
+        "n": 3,
+        "max_tokens": 100,
+        "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}],
+    }
+    est, body = _est(kinds.CHAT, doc)
+    assert est.bound.input_tokens == len(body) + 2000
+    assert est.bound.output_tokens == 300
+    assert est.inject == {}
+    # No cap: the model's own (or the default) is sent, so that the bound holds.
+    est, _ = _est(kinds.CHAT, {"model": "m", "messages": []}, ModelPrice(max_output_tokens=77))
+    assert (est.bound.output_tokens, est.inject) == (77, {"max_completion_tokens": 77})
+
+
+def test_completions_estimate_counts_prompts_and_best_of() -> None:
+    est, _ = _est(kinds.COMPLETIONS, {"model": "m", "prompt": ["a", "b"], "best_of": 3})
+    assert est.bound.output_tokens == 16 * 3 * 2  # the API's own default cap, sent explicitly
+    assert est.inject == {"max_tokens": 16}
+    est, _ = _est(kinds.COMPLETIONS, {"model": "m", "prompt": [1, 2, 3], "max_tokens": 0})
+    assert est.bound.output_tokens == 0
+
+
+def test_other_estimates() -> None:
+    est, _ = _est(kinds.IMAGES, {"prompt": "p", "n": 4, "size": "1024x1024"})
+    assert (est.model, est.bound.images, est.size) == ("dall-e-2", 4, "1024x1024")
+    est, _ = _est(kinds.SPEECH, {"model": "tts-1", "input": "héllo"})
+    assert est.bound.characters == 5
+    est, _ = _est(kinds.MODERATIONS, {"input": "x"})
+    assert est.model == "omni-moderation-latest"
+    est, _ = _est(kinds.REQUEST, {})
+    assert (est.model, est.bound) == ("-", Usage())
+
+
+@pytest.mark.parametrize(
+    ("kind", "doc", "param", "code"),
+    [
+        (kinds.CHAT, {"messages": []}, "model", "missing_required_parameter"),
+        (kinds.CHAT, {"model": ""}, "model", "invalid_type"),
+        (kinds.CHAT, {"model": "m", "n": True}, "n", "invalid_type"),
+        (kinds.CHAT, {"model": "m", "n": 129}, "n", "invalid_value"),
+        (
+            kinds.CHAT,
+            {"model": "m", "max_completion_tokens": 0},
+            "max_completion_tokens",
+            "invalid_value",
+        ),
+        (
+            kinds.RESPONSES,
+            {"model": "m", "max_output_tokens": 1.5},
+            "max_output_tokens",
+            "invalid_type",
+        ),
+        (kinds.IMAGES, {"n": 11}, "n", "invalid_value"),
+        (kinds.SPEECH, {"model": "tts-1"}, "input", "invalid_type"),
+    ],
+)
+def test_bad_estimate_fields(kind: str, doc: dict[str, Any], param: str, code: str) -> None:
+    with pytest.raises(InvalidRequest) as err:
+        _est(kind, doc)
+    assert (err.value.param, err.value.code) == (param, code)
+
+
+def test_usage_from_json_answers() -> None:
+    chat = {
+        "usage": {
+            "prompt_tokens": 10,
+            "completion_tokens": 5,
+            "prompt_tokens_details": {"cached_tokens": 4},
+        }
+    }
+    got = answers.from_json(kinds.CHAT, json.dumps(chat).encode())
+    assert got == Usage(input_tokens=10, cached_tokens=4, output_tokens=5)
+    resp = {"usage": {"input_tokens": 7, "output_tokens": 2}}
+    assert answers.from_json(kinds.RESPONSES, json.dumps(resp).encode()) == Usage(
+        input_tokens=7, output_tokens=2
+    )
+    emb = {"usage": {"prompt_tokens": 3, "total_tokens": 3}}
+    assert answers.from_json(kinds.EMBEDDINGS, json.dumps(emb).encode()) == Usage(input_tokens=3)
+    imgs = {"data": [{"url": "u"}, {"url": "v"}]}
+    assert answers.from_json(kinds.IMAGES, json.dumps(imgs).encode()) == Usage(images=2)
+    whisper = {"text": "t", "usage": {"type": "duration", "seconds": 2.5}}
+    assert answers.from_json(kinds.TRANSCRIPTION, json.dumps(whisper).encode()) == Usage(
+        audio_seconds=Fraction(5, 2)
+    )
+    # A transcription that says nothing of its length (text format) bills per request.
+    assert answers.from_json(kinds.TRANSCRIPTION, b"hello") == Usage()
+    assert answers.from_json(kinds.CHAT, b"{}") is None
+    assert answers.from_json(kinds.CHAT, b"not json") is None
+    neg = {"usage": {"prompt_tokens": -5, "completion_tokens": True}}
+    assert answers.from_json(kinds.CHAT, json.dumps(neg).encode()) == Usage()
+
+
+def _chat_stream(with_usage_nulls: bool) -> bytes:
+    extra = {"usage": None} if with_usage_nulls else {}
+    events = [
+        {"choices": [{"index": 0, "delta": {"content": "a 'usage':null \\n\\n"}}], **extra},
+        {"choices": [{"index": 0, "delta": {"content": "b"}}], **extra},
+        {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2}},
+    ]
+    out = b"".join(
+        b"data: " + json.dumps(e, separators=(",", ":")).encode() + b"\n\n" for e in events
+    )
+    return out + b"data: [DONE]\n\n"
+
+
+def _feed(tap: UsageTap, data: bytes, cuts: list[int]) -> bytes:
+    out = []
+    last = 0
+    for cut in sorted(set(cuts)):
+        out.append(tap.feed(data[last:cut]))
+        last = cut
+    out.append(tap.feed(data[last:]))
+    out.append(tap.flush())
+    return b"".join(out)
+
+
+@given(cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=12))
+def test_tap_hides_usage_whatever_the_chunking(cuts: list[int]) -> None:
+    data = _chat_stream(with_usage_nulls=True)
+    tap = UsageTap(kinds.CHAT, hide_usage=True)
+    out = _feed(tap, data, [c for c in cuts if c < len(data)])
+    assert tap.usage == Usage(input_tokens=3, output_tokens=2)
+    # What the caller would have received had it not been asked for: no usage at all.
+    lines = [ln for ln in out.split(b"\n\n") if ln]
+    docs = [json.loads(ln[6:]) for ln in lines[:-1]]
+    assert [d["choices"][0]["delta"]["content"] for d in docs] == ["a 'usage':null \\n\\n", "b"]
+    assert all("usage" not in d for d in docs)
+    assert lines[-1] == b"data: [DONE]"
+
+
+@given(cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=12))
+def test_tap_passes_usage_through_unchanged_when_asked(cuts: list[int]) -> None:
+    data = _chat_stream(with_usage_nulls=True)
+    tap = UsageTap(kinds.CHAT, hide_usage=False)
+    assert _feed(tap, data, [c for c in cuts if c < len(data)]) == data
+    assert tap.usage == Usage(input_tokens=3, output_tokens=2)
+
+
+def test_tap_reads_responses_completed() -> None:
+    done = {
+        "type": "response.completed",
+        "response": {"usage": {"input_tokens": 4, "output_tokens": 1}},
+    }
+    data = b"event: response.created\ndata: {}\n\n" + (
+        b"event: response.completed\ndata: " + json.dumps(done).encode() + b"\n\n"
+    )
+    tap = UsageTap(kinds.RESPONSES, hide_usage=True)
+    assert _feed(tap, data, [30, 31, 90]) == data
+    assert tap.usage == Usage(input_tokens=4, output_tokens=1)
+
+
+def test_ledger_rows_group_and_scale() -> None:
+    day = ledger.days(
+        __import__("datetime").date(2026, 12, 1), __import__("datetime").date(2026, 12, 2)
+    )
+    a = ledger.entries("alice", "gpt-4o", "", Usage(input_tokens=10, output_tokens=2), 150)
+    b = ledger.entries("bob x", "gpt-4o", "proj", Usage(audio_seconds=Fraction(3, 2)), 5)
+    rows = ledger.rows([("t", day[0], a), ("t", day[1], b), ("t", day[1], a)], ["model"])
+    assert rows == [
+        {
+            "model": "gpt-4o",
+            "requests": 3,
+            "input_tokens": 20,
+            "cached_tokens": 0,
+            "output_tokens": 4,
+            "images": 0,
+            "audio_seconds": 1.5,
+            "video_seconds": 0,
+            "spend": 0.000305,
+        }
+    ]
+    by_user = ledger.rows([("t", day[1], b)], ["user", "tag", "day"])
+    assert [(r["user"], r["tag"], r["day"]) for r in by_user] == [("bob x", "proj", "2026-12-02")]
+    csv = ledger.to_csv(
+        ledger.rows([("t", day[0], ledger.entries("=cmd()", "m", "", Usage(), 0))], ["user"]),
+        ["user"],
+    )
+    assert csv.splitlines()[1].startswith("'=cmd()")
+
+
+FORM = "multipart/form-data; boundary=bb"
+
+
+def _form(*parts: tuple[str, str | None, bytes]) -> bytes:
+    out = b""
+    for name, filename, value in parts:
+        disp = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+        out += f"--bb\r\nContent-Disposition: {disp}\r\n\r\n".encode() + value + b"\r\n"
+    return out + b"--bb--\r\n"
+
+
+def test_form_fields_reads_what_the_estimate_needs_and_skips_files() -> None:
+    body = _form(
+        ("model", None, b"whisper-1"), ("file", "a.wav", b"\x00" * 5000), ("n", None, b"2")
+    )
+    assert form_fields(body, "multipart/form-data; boundary=bb") == {"model": "whisper-1", "n": "2"}
+
+
+@pytest.mark.parametrize(
+    ("body", "ctype", "code"),
+    [
+        (_form(("model", None, b"a"), ("model", None, b"b")), FORM, "invalid_form"),
+        (_form(("model", None, b"a"))[:-8], FORM, "invalid_form"),
+        (b"x", "multipart/form-data", "invalid_form"),
+        (b"x", "text/plain", "unsupported_media_type"),
+        (_form(("model", None, b"m" * 2000)), FORM, "invalid_form"),
+    ],
+)
+def test_bad_forms(body: bytes, ctype: str, code: str) -> None:
+    with pytest.raises(InvalidRequest) as err:
+        form_fields(body, ctype)
+    assert err.value.code == code
