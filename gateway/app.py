@@ -137,7 +137,9 @@ def create_app(
         videos=videos_conf,
         clock=clock,
         on_decision=obs.quota_decision,
+        on_charged=obs.video_charged,
         retry_hint_s=videos_conf.poll_after_ms / 1000,
+        ledger_ttl_s=settings.pricing.ledger_retention_days * 86_400,
     )
     videos = VideoService(
         client,

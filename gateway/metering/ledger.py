@@ -39,6 +39,12 @@ def field(user: str, model: str, tag: str, measure: str) -> str:
     return f"{quote(user, safe='')} {quote(model, safe='')} {quote(tag, safe='')} {measure}"
 
 
+def model_of_prefix(prefix: str) -> str:
+    """The model of a ``field(user, model, tag, "")`` prefix."""
+    parts = prefix.split(" ")
+    return unquote(parts[1]) if len(parts) > 1 else "-"
+
+
 def entries(
     user: str, model: str, tag: str, usage: Usage, spend_units: int, *, video_units: int = 0
 ) -> dict[str, int]:

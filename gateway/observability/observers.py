@@ -70,6 +70,13 @@ class Observers:
         m.video_seconds.labels(*labels).inc(seconds)
         m.video_spend.labels(*labels).inc(spend)
 
+    def video_charged(self, team: str, model: str, spend: float) -> None:
+        m = self.metrics
+        if spend:
+            m.spend.labels(m.team_label(team), m.model_label(model, self._models), "video").inc(
+                spend
+            )
+
     def _video_finished(self, team: str, model: str, status: str, seconds: float) -> None:
         m = self.metrics
         name = m.model_label(model, self._models)

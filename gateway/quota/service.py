@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.errors import QuotaExceeded, StoreUnavailable
+from gateway.metering import ledger
 from gateway.quota import model
 from gateway.quota.admin import QuotaAdmin
 from gateway.quota.model import Cost, Limit, Windows
@@ -57,9 +58,14 @@ class QuotaService:
         videos: VideoSettings,
         clock: Callable[[], float],
         on_decision: Decision | None = None,
+        on_charged: Callable[[str, str, float], None] | None = None,
         retry_hint_s: float = 5.0,
+        ledger_ttl_s: int = 400 * 86_400,
     ) -> None:
         self.store = store
+        # A kept job's spend, by team and model: the spend metric counts it with every call.
+        self._on_charged = on_charged or (lambda team, model, spend: None)
+        self._ledger_ttl_s = ledger_ttl_s
         self.policy = QuotaPolicy(settings, teams=teams, videos=videos, clock=clock)
         self._on_decision = on_decision or (lambda team, kind, result: None)
         self._retry_hint_s = retry_hint_s
@@ -69,8 +75,11 @@ class QuotaService:
 
     # -- video jobs ---------------------------------------------------------------------------
 
-    async def reserve(self, team: str, job_id: str, cost: Cost) -> Reservation:
-        """Reserve every video quota for ``job_id`` at once, or raise QuotaExceeded."""
+    async def reserve(
+        self, team: str, job_id: str, cost: Cost, *, user: str = "", model_name: str = "-"
+    ) -> Reservation:
+        """Reserve every video quota for ``job_id`` at once, or raise QuotaExceeded. A job
+        that is kept enters the usage ledger under ``user`` and ``model_name``."""
         now = self.policy.clock()
         w = self.policy.windows(now)
         k = TeamKeys(team)
@@ -98,6 +107,8 @@ class QuotaService:
                 model.MONTH_TTL_S,
                 model.MONTH_TTL_S,
             ),
+            ledger_prefix=ledger.field(user, model_name, "", ""),
+            raw_seconds_units=cost.seconds * model.SECOND_UNITS,
         )
         if ok:
             for kind_ in ("concurrent_jobs", "video_seconds", "spend"):
@@ -153,9 +164,13 @@ class QuotaService:
             now_ms=int(self.policy.clock() * 1000),
             day=res["day"],
             month=res["month"],
+            ledger_ttl=self._ledger_ttl_s,
         )
         if done:
             self._on_decision(team, "settlement", outcome)
+            if outcome == "kept" and res.get("lp"):
+                spend = int(res.get("su") or 0) / model.SPEND_UNITS
+                self._on_charged(team, ledger.model_of_prefix(res["lp"]), spend)
         return done
 
     async def mark_unknown(self, team: str, job_id: str) -> None:

@@ -81,6 +81,8 @@ class QuotaStore:
         day: str,
         month: str,
         ttls: tuple[int, int, int],
+        ledger_prefix: str = "",
+        raw_seconds_units: int = 0,
     ) -> tuple[bool, str, int, int]:
         keys = [
             k.limits,
@@ -98,7 +100,7 @@ class QuotaStore:
         ]
         # defaults: concurrent, video day, video month, spend month, spend day
         args: list[str | int] = [now_ms, job_id, video_units, spend_units, lease_ms]
-        args += [*defaults[:4], day, month, *ttls, defaults[4]]
+        args += [*defaults[:4], day, month, *ttls, defaults[4], ledger_prefix, raw_seconds_units]
         reply = cast(list[Any], await self._reserve(keys=keys, args=args))
         kind = _text(reply[1])
         if reply[0] == 1:
@@ -111,7 +113,15 @@ class QuotaStore:
         return {_text(a): _text(b) for a, b in raw.items()}
 
     async def settle(
-        self, k: TeamKeys, job_id: str, outcome: str, *, now_ms: int, day: str, month: str
+        self,
+        k: TeamKeys,
+        job_id: str,
+        outcome: str,
+        *,
+        now_ms: int,
+        day: str,
+        month: str,
+        ledger_ttl: int = 400 * 86_400,
     ) -> bool:
         buckets = [k.video_day(day), k.video_month(month), k.spend_month(month)]
         keys = [
@@ -122,8 +132,11 @@ class QuotaStore:
             *(reset_mark(b) for b in buckets),
             k.spend_day(day),
             reset_mark(k.spend_day(day)),
+            k.ledger(day),
         ]
-        reply = await self._settle(keys=keys, args=[job_id, outcome, now_ms, day, month])
+        reply = await self._settle(
+            keys=keys, args=[job_id, outcome, now_ms, day, month, ledger_ttl]
+        )
         return int(cast(int, reply)) == 1
 
     async def open_count(self, k: TeamKeys) -> int:

@@ -258,7 +258,11 @@ class VideoService:
         if self.quota is not None:
             # Reserved before anything goes upstream: a rejected team costs nothing.
             await self.quota.reserve(
-                who.team, video_id, self.quota.policy.cost(req.model, req.seconds, req.size)
+                who.team,
+                video_id,
+                self.quota.policy.cost(req.model, req.seconds, req.size),
+                user=who.user,
+                model_name=req.model,
             )
         try:
             doc, key_id = await self._call_json(

@@ -2,7 +2,8 @@
 --       the three buckets' reset generations, spend day bucket and its reset generation
 -- ARGV: now_ms, job id, video units, spend units, lease_ms, default concurrent, default day,
 --       default month, default spend, day id, month id, day ttl s, month ttl s, reservation ttl s,
---       default spend per day
+--       default spend per day, ledger field prefix (user model tag, each quoted, and a space),
+--       raw video seconds (thousandths)
 -- -> {1, 'reserved'} | {1, 'exists'} | {0, kind, used, limit}
 --!prelude
 local now, job = tonumber(ARGV[1]), ARGV[2]
@@ -34,7 +35,7 @@ redis.call('INCRBY', KEYS[11], su)
 redis.call('EXPIRE', KEYS[11], ARGV[12])
 -- The buckets' reset generations now: a refund only goes back into the same generation.
 redis.call('HSET', KEYS[6], 'state', 'reserved', 'day', ARGV[10], 'month', ARGV[11],
-           'vu', vu, 'su', su, 'reserved_ms', now,
+           'vu', vu, 'su', su, 'reserved_ms', now, 'lp', ARGV[16] or '', 'vs', ARGV[17] or '0',
            'g1', redis.call('GET', KEYS[8]) or '0', 'g2', redis.call('GET', KEYS[9]) or '0',
            'g3', redis.call('GET', KEYS[10]) or '0', 'g4', redis.call('GET', KEYS[12]) or '0')
 redis.call('EXPIRE', KEYS[6], ARGV[14])

@@ -1,6 +1,7 @@
 -- KEYS: reservation, slots, day bucket, month bucket, spend month bucket, open index, the
---       three buckets' reset generations, spend day bucket and its reset generation
--- ARGV: job id, outcome ('kept' | 'refunded'), now_ms, day id, month id
+--       three buckets' reset generations, spend day bucket and its reset generation, the
+--       ledger of the reservation's day
+-- ARGV: job id, outcome ('kept' | 'refunded'), now_ms, day id, month id, ledger ttl s
 -- -> 1 when this call settled it, 0 when it was already settled (or never reserved)
 local res = KEYS[1]
 if redis.call('HGET', res, 'state') ~= 'reserved' then return 0 end
@@ -26,6 +27,16 @@ if ARGV[2] == 'refunded' then
       end
     end
   end
+end
+-- A kept job enters the usage ledger once, in the same step as its charge is kept.
+local lp = redis.call('HGET', res, 'lp')
+if ARGV[2] == 'kept' and lp and lp ~= '' and KEYS[12] then
+  redis.call('HINCRBY', KEYS[12], lp .. 'requests', 1)
+  local vs = tonumber(redis.call('HGET', res, 'vs') or '0')
+  if vs > 0 then redis.call('HINCRBY', KEYS[12], lp .. 'video_seconds', vs) end
+  local su = tonumber(redis.call('HGET', res, 'su'))
+  if su > 0 then redis.call('HINCRBY', KEYS[12], lp .. 'spend', su) end
+  redis.call('EXPIRE', KEYS[12], ARGV[6])
 end
 redis.call('HSET', res, 'state', ARGV[2], 'settled_ms', ARGV[3])
 redis.call('ZREM', KEYS[2], ARGV[1])
