@@ -57,15 +57,14 @@ def _seconds(value: Any) -> Fraction:
 
 
 def from_json(kind: str, body: bytes) -> Usage | None:
-    """The usage a buffered JSON answer reports; None when it reports none. A transcription
-    that does not say how long its audio was (``response_format`` text, srt, vtt) bills
-    ``per_request``."""
+    """The usage a buffered JSON answer reports; None when it reports none (a transcription
+    that does not say how long its audio was, as whisper's text, srt and vtt answers)."""
     try:
         doc = json.loads(body)
     except (ValueError, RecursionError):
         doc = None
     if not isinstance(doc, dict):
-        return Usage() if kind == kinds.TRANSCRIPTION else None
+        return None
     if kind in (kinds.IMAGES, kinds.IMAGE_UPLOAD):
         data = doc.get("data")
         if not isinstance(data, list):
@@ -75,9 +74,9 @@ def from_json(kind: str, body: bytes) -> Usage | None:
         return None
     if kind == kinds.TRANSCRIPTION:
         found = from_usage(kind, doc.get("usage"))
-        if found is None and "duration" in doc:
+        if found is None and isinstance(doc.get("duration"), int | float):
             found = Usage(audio_seconds=_seconds(doc.get("duration")))
-        return found or Usage()
+        return found
     if kind == kinds.MODERATIONS:
         return from_usage(kind, doc.get("usage")) or Usage()
     return from_usage(kind, doc.get("usage"))

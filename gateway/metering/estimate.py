@@ -5,7 +5,7 @@ models use (byte-level BPE) spends at least one byte of text per token, and the 
 text (keys, quotes, message framing) is longer than the few tokens the model adds per message.
 An image, audio clip or file sent by URL is only a few bytes but costs tokens, so each one
 adds ``pricing.image_input_tokens``. No tokenizer runs on the hot path: the bound is one
-length and five substring counts.
+length and one walk over the parsed body.
 
 Output tokens are bounded by the caller's own cap (``max_tokens``, ``max_completion_tokens``,
 ``max_output_tokens``) times the number of answers asked for; a call that names no cap is
@@ -22,15 +22,13 @@ from typing import Any
 from gateway.errors import InvalidRequest
 from gateway.metering import kinds
 from gateway.metering.prices import ModelPrice, Usage
+from gateway.upstream.json_keys import fold
 
-# What makes a part of the input cost tokens beyond its bytes.
-_MEDIA_MARKS = (
-    b'"image_url"',
-    b'"input_image"',
-    b'"file_url"',
-    b'"input_file"',
-    b'"input_audio"',
-)
+# What makes a part of the input cost tokens beyond its bytes: an object with one of these
+# keys, or of one of these types, is one image, file or audio clip.
+_MEDIA = frozenset({"image_url", "input_image", "file_url", "input_file", "input_audio", "file"})
+# Tools the upstream runs itself and bills per call, outside the usage the answer reports.
+_OWN_TOOLS = frozenset({"function", "custom"})
 MAX_N = 128  # answers per call the upstream accepts at most (chat's n)
 MAX_CAP = 10_000_000  # a max_tokens beyond this is not a cap anyone means
 LEGACY_DEFAULT_CAP = 16  # the completions API's max_tokens when a call names none
@@ -82,11 +80,47 @@ def model_of(kind: str, doc: Mapping[str, Any]) -> str:
     return _model(doc, None)
 
 
-def input_bound(body: bytes, media_tokens: int) -> int:
-    # A media part names itself twice, by its type and by its field ({"type": "image_url",
-    # "image_url": ...}, {"type": "input_image", "image_url": ...}): half a part per mark.
-    marks = sum(body.count(m) for m in _MEDIA_MARKS)
-    return len(body) + marks * -(-media_tokens // 2)
+def media_parts(doc: Any) -> int:
+    """How many images, files and audio clips a parsed body sends. Read from the parsed
+    document, not the bytes, so that no escape (``image\\u005furl``) or spelling the
+    upstream folds (``Image_URL``) hides one."""
+    found = 0
+    stack = [doc]
+    while stack:  # iterate: the parser bounds depth, the stack need not
+        item = stack.pop()
+        if isinstance(item, dict):
+            kind = next((v for k, v in item.items() if fold(k) == "type"), None)
+            if (isinstance(kind, str) and kind.lower() in _MEDIA) or any(
+                fold(k) in _MEDIA for k in item
+            ):
+                found += 1
+            stack.extend(v for v in item.values() if isinstance(v, dict | list))
+        elif isinstance(item, list):
+            stack.extend(v for v in item if isinstance(v, dict | list))
+    return found
+
+
+def input_bound(doc: Any, body: bytes, media_tokens: int) -> int:
+    return len(body) + media_parts(doc) * media_tokens
+
+
+def _check_tools(doc: Mapping[str, Any]) -> None:
+    tools = doc.get("tools")
+    if not isinstance(tools, list):
+        return
+    for tool in tools:
+        kind = (
+            next((v for k, v in tool.items() if fold(k) == "type"), None)
+            if isinstance(tool, dict)
+            else None
+        )
+        if isinstance(kind, str) and kind not in _OWN_TOOLS:
+            raise _bad(
+                "tools",
+                f"The tool type '{kind}' runs on the upstream and is billed per call outside "
+                "the usage the gateway meters; only function and custom tools are allowed.",
+                "unsupported_parameter",
+            )
 
 
 def _prompts(prompt: Any) -> int:
@@ -110,15 +144,21 @@ def estimate(
     InvalidRequest for a field the bound depends on that is not what the API accepts."""
     model = model_of(kind, doc)
     cap = (price.max_output_tokens if price else None) or default_cap
+    if kind in (kinds.CHAT, kinds.RESPONSES):
+        _check_tools(doc)
     if kind == kinds.CHAT:
         n = _int_field(doc, "n", low=1, high=MAX_N) or 1
         given = _int_field(doc, "max_completion_tokens", low=1, high=MAX_CAP)
         legacy = _int_field(doc, "max_tokens", low=1, high=MAX_CAP)
-        out = given if given is not None else legacy
+        # Given both, which one an upstream model obeys is its own choice: bound by the larger.
+        caps = [c for c in (given, legacy) if c is not None]
+        out = max(caps) if caps else None
         inject = {} if out is not None else {"max_completion_tokens": cap}
         return Estimate(
             model,
-            Usage(input_tokens=input_bound(body, media_tokens), output_tokens=n * (out or cap)),
+            Usage(
+                input_tokens=input_bound(doc, body, media_tokens), output_tokens=n * (out or cap)
+            ),
             inject=inject,
         )
     if kind == kinds.RESPONSES:
@@ -126,13 +166,15 @@ def estimate(
         inject = {} if out is not None else {"max_output_tokens": cap}
         return Estimate(
             model,
-            Usage(input_tokens=input_bound(body, media_tokens), output_tokens=out or cap),
+            Usage(input_tokens=input_bound(doc, body, media_tokens), output_tokens=out or cap),
             inject=inject,
         )
     if kind == kinds.COMPLETIONS:
         n = _int_field(doc, "n", low=1, high=MAX_N) or 1
         best = _int_field(doc, "best_of", low=1, high=MAX_N) or 1
-        out = _int_field(doc, "max_tokens", low=0, high=MAX_CAP)
+        # 1 at least, as OpenAI requires: the upstream's Go parser would drop a 0 (omitempty)
+        # and the model would write up to its default instead.
+        out = _int_field(doc, "max_tokens", low=1, high=MAX_CAP)
         # The legacy API's own default cap is 16 tokens: sent explicitly, the answer is the
         # same and the bound cannot depend on the upstream keeping that default.
         inject = {} if out is not None else {"max_tokens": LEGACY_DEFAULT_CAP}
@@ -140,11 +182,11 @@ def estimate(
         total = per * max(n, best) * _prompts(doc.get("prompt"))
         return Estimate(
             model,
-            Usage(input_tokens=input_bound(body, media_tokens), output_tokens=total),
+            Usage(input_tokens=input_bound(doc, body, media_tokens), output_tokens=total),
             inject=inject,
         )
     if kind in (kinds.EMBEDDINGS, kinds.MODERATIONS):
-        return Estimate(model, Usage(input_tokens=input_bound(body, media_tokens)))
+        return Estimate(model, Usage(input_tokens=input_bound(doc, body, media_tokens)))
     if kind in (kinds.IMAGES, kinds.IMAGE_UPLOAD):
         n = _int_field(doc, "n", low=1, high=10) or 1
         size = doc.get("size")

@@ -1,11 +1,18 @@
 """The plain fields of a multipart body (images/edits, audio/transcriptions), for the estimate.
 
 Only what the estimate reads is kept (the model, ``n``, ``size``, ``quality``); file parts are
-skipped as they stream past, so a 25 MB upload costs one pass and no copy. A field the
-estimate reads that appears twice is refused: the upstream might read the other one.
+skipped as they stream past, so a 25 MB upload costs one pass and no copy. A part is read as
+the upstream (Go's mime/multipart) reads it: a value unless its ``filename`` is non-empty,
+skipped unless its disposition is ``form-data``. Whatever the two parsers could read
+differently is refused: a field the estimate reads given twice, a part with two
+Content-Disposition headers, a disposition naming a parameter twice or in RFC 2231 form
+(``name*=``), a field the estimate reads sent with a Content-Transfer-Encoding (Go decodes
+quoted-printable, we would not).
 """
 
 from __future__ import annotations
+
+import re
 
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -14,6 +21,8 @@ from gateway.errors import InvalidRequest
 
 READ = frozenset({"model", "n", "size", "quality"})
 MAX_VALUE = 1024  # longer than any model name or size; a longer value is refused
+_QUOTED = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_PARAM = re.compile(rb";\s*([^\s=;]+)\s*=")
 
 
 def _bad(message: str, param: str | None = None) -> InvalidRequest:
@@ -31,7 +40,8 @@ def form_fields(body: bytes, content_type: str) -> dict[str, str]:
     if not boundary:
         raise _bad("The multipart body names no boundary.")
     out: dict[str, str] = {}
-    state: dict[str, bytes] = {"field": b"", "value": b"", "disposition": b""}
+    state: dict[str, bytes] = {"field": b"", "value": b"", "disposition": b"", "encoded": b""}
+    dispositions = [0]
     value = bytearray()
     current: list[str | None] = [None]
     ended = [False]
@@ -43,16 +53,31 @@ def form_fields(body: bytes, content_type: str) -> dict[str, str]:
         state["value"] += data[start:end]
 
     def on_header_end() -> None:
-        if state["field"].strip().lower() == b"content-disposition":
+        field = state["field"].strip().lower()
+        if field == b"content-disposition":
             state["disposition"] = state["value"]
+            dispositions[0] += 1
+        elif field == b"content-transfer-encoding":
+            state["encoded"] = b"1"
         state["field"] = state["value"] = b""
 
     def on_headers_finished() -> None:
-        _, disp = parse_options_header(state["disposition"])
-        state["disposition"] = b""
+        raw_disp = state["disposition"]
+        encoded = bool(state["encoded"])
+        if dispositions[0] > 1:
+            raise _bad("A part of the form has two Content-Disposition headers.")
+        state["disposition"] = state["encoded"] = b""
+        dispositions[0] = 0
+        params = [p.lower() for p in _PARAM.findall(_QUOTED.sub(b'""', raw_disp))]
+        if len(set(params)) != len(params) or any(p.endswith(b"*") for p in params):
+            raise _bad("A part's Content-Disposition is ambiguous (a parameter twice, or name*=).")
+        kind, disp = parse_options_header(raw_disp)
         name = disp.get(b"name", b"").decode("utf-8", "replace")
-        is_file = b"filename" in disp
-        current[0] = name if name in READ and not is_file else None
+        is_file = bool(disp.get(b"filename"))  # filename="" is a value, as Go reads it
+        wanted = kind.lower() == b"form-data" and name in READ and not is_file
+        current[0] = name if wanted else None
+        if current[0] is not None and encoded:
+            raise _bad(f"The form field '{name}' has a Content-Transfer-Encoding.", name)
         if current[0] is not None and current[0] in out:
             raise _bad(f"The form names '{name}' twice.", name)
         value.clear()

@@ -219,8 +219,8 @@ class Meter:
             used, cost, entries = Usage(requests=0), 0, {}
         else:
             if usage is None:
-                usage = adm.estimate.bound
-                if adm.kind not in _EXACT:
+                usage = _unmeasured(adm)
+                if usage is adm.estimate.bound and adm.kind not in _EXACT:
                     self.events.estimated(adm.kind)
             used = usage
             cost = adm.cost(usage) if adm.price is not None else 0
@@ -292,6 +292,21 @@ class Meter:
             code=code,
             headers={**headers, **wait_headers(wait)},
         )
+
+
+def _unmeasured(adm: Admission) -> Usage:
+    """What a call is charged when its answer did not say what it consumed: the estimate,
+    except for a transcription priced by the request alone (whisper's text, srt and vtt
+    answers give no duration), whose price needs no measure."""
+    p = adm.price
+    if (
+        adm.kind == kinds.TRANSCRIPTION
+        and p is not None
+        and p.per_request > 0
+        and p.cost_units(adm.estimate.bound) == p.cost_units(Usage())
+    ):
+        return Usage()
+    return adm.estimate.bound
 
 
 def _family(kind: str) -> str:

@@ -7,8 +7,9 @@ names one could reach another team's data: the Responses API's ``previous_respon
 answers by id, a code-interpreter ``container`` named by id. Those are refused with 400
 ``unsupported_parameter``; and nothing is stored upstream in the first place: the Responses
 API's ``store`` (which defaults to true) and chat's ``store`` are forced to false. Keys are
-compared case-insensitively, a key given twice is refused, and the upstream receives our own
-serialisation of the checked document, never the caller's bytes.
+compared as the upstream's Go parser folds them (case and Unicode look-alikes), a key given
+twice is refused, and the upstream receives our own serialisation of the checked document,
+never the caller's bytes.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import json
 from typing import Any
 
 from gateway.errors import InvalidRequest
+from gateway.upstream.json_keys import fold
 from gateway.upstream.routes import RESPONSES
 
 # Keys that name an object stored on the upstream account, wherever they appear. Keys are
@@ -47,7 +49,7 @@ def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     seen: set[str] = set()
     for key, value in pairs:
-        folded = key.lower()
+        folded = fold(key)
         if folded in seen:
             raise InvalidRequest(f"The body names '{key}' twice.", code="invalid_json", param=key)
         seen.add(folded)
@@ -75,15 +77,15 @@ def _scan(node: Any) -> None:
     while stack:
         item = stack.pop()
         if isinstance(item, dict):
-            if str(item.get("type", "")).lower() == "item_reference":
+            if str(_get(item, "type") or "").lower() == "item_reference":
                 raise _refuse("item_reference")
             for key, value in item.items():
-                folded = key.lower()
+                folded = fold(key)
                 if folded in _OBJECT_REFS and value not in (None, "", []):
                     raise _refuse(key)
                 if folded == "container" and isinstance(value, str):
                     raise _refuse(key)
-                if folded in _BY_ID and isinstance(value, dict) and value.get("id"):
+                if folded in _BY_ID and isinstance(value, dict) and _get(value, "id"):
                     raise _refuse(f"{key}.id")
                 if isinstance(value, dict | list):
                     stack.append(value)
@@ -92,7 +94,7 @@ def _scan(node: Any) -> None:
 
 
 def _get(doc: dict[str, Any], name: str) -> Any:
-    return next((v for k, v in doc.items() if k.lower() == name), None)
+    return next((v for k, v in doc.items() if fold(k) == name), None)
 
 
 def apply(kind: str, body: bytes | None) -> bytes:
@@ -102,7 +104,13 @@ def apply(kind: str, body: bytes | None) -> bytes:
 
 
 def serialise(doc: dict[str, Any]) -> bytes:
-    return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
+    try:
+        return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
+    except UnicodeEncodeError:  # "\ud800" parses, but is no character: it cannot be sent
+        raise InvalidRequest(
+            "The body contains a lone UTF-16 surrogate escape, which is not text.",
+            code="invalid_json",
+        ) from None
 
 
 def checked(kind: str, body: bytes | None) -> dict[str, Any]:
@@ -113,7 +121,7 @@ def checked(kind: str, body: bytes | None) -> dict[str, Any]:
     if kind == RESPONSES and _get(doc, "background"):
         raise _refuse("background")
     _scan(doc)
-    stored = [k for k in doc if k.lower() == "store"]
+    stored = [k for k in doc if fold(k) == "store"]
     for key in stored:
         del doc[key]
     if kind == RESPONSES or stored:  # the Responses API stores unless told not to

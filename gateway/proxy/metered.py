@@ -10,7 +10,8 @@ otherwise count), with an output cap added when the caller named none, and for c
 - a JSON answer is read whole (up to ``METER_BUFFER``), settled to its ``usage`` before it is
   sent, and carries ``x-gateway-cost``; a larger one is streamed on and charged its estimate;
 - an event stream passes through a ``UsageTap`` and settles before its last (empty) message;
-- speech is charged by the characters it was asked to read, known before it is sent;
+- speech (audio or its event stream) is charged by the characters it was asked to read,
+  known before it is sent;
 - anything that ends without usage (an abort, a cut, a timeout the upstream may have acted on)
   is charged the estimate, which stays charged too when Redis cannot take the settlement.
 """
@@ -18,6 +19,7 @@ otherwise count), with an output cap added when the caller named none, and for c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,6 +35,7 @@ from gateway.proxy import body_policy
 from gateway.quota.model import SPEND_UNITS
 from gateway.upstream import rewrite
 from gateway.upstream.client import UpstreamResponse
+from gateway.upstream.json_keys import fold
 from gateway.upstream.routes import PLAIN, RouteRule
 from gateway.web.asgi import Receive, Scope, Send, header
 
@@ -88,13 +91,17 @@ class MeteredCall:
         headers = rewrite.response_headers(resp.raw_headers) + adm.headers
         ctype = resp.header("content-type") or ""
         try:
+            if adm.kind == kinds.SPEECH:  # audio, or its events: the cost was known up front
+                cost = await self.settle(adm.estimate.bound)
+                await relay(resp, receive, send, [*headers, _cost(cost)], observer)
+                return
             if "event-stream" in ctype:
                 tap = UsageTap(adm.kind, hide_usage=self.hide_usage)
                 headers = [(k, v) for k, v in headers if k != b"content-length"]
 
                 async def before_end() -> None:
                     rest = tap.flush()
-                    await self.settle(tap.usage or _completed(adm.kind))
+                    await self.settle(tap.usage)  # none seen: the estimate
                     if rest:
                         await send({"type": "http.response.body", "body": rest, "more_body": True})
 
@@ -103,10 +110,6 @@ class MeteredCall:
                 )
                 if not adm.settled:  # cut or abandoned: what the tap saw, else the estimate
                     await self.settle_shielded(tap.usage)
-                return
-            if adm.kind == kinds.SPEECH:  # audio bytes: the cost was known before it started
-                cost = await self.settle(adm.estimate.bound)
-                await relay(resp, receive, send, [*headers, _cost(cost)], observer)
                 return
             await self._buffered(resp, receive, send, relay, observer, headers)
         finally:
@@ -154,11 +157,6 @@ class MeteredCall:
         await relay(resp, receive, send, headers, observer, chunks=rest())
 
 
-def _completed(kind: str) -> Usage | None:
-    # A transcription stream that completed without usage bills per request, like its JSON.
-    return Usage() if kind == kinds.TRANSCRIPTION else None
-
-
 def _cost(units: int) -> tuple[bytes, bytes]:
     return (b"x-gateway-cost", cost_text(units).encode())
 
@@ -169,7 +167,7 @@ def _principal(scope: Scope) -> tuple[str, str]:
 
 
 def _lowered(doc: dict[str, Any]) -> dict[str, Any]:
-    return {k.lower(): v for k, v in doc.items()}
+    return {fold(k): v for k, v in doc.items()}
 
 
 async def open_call(meter: Meter, scope: Scope, rule: RouteRule, body: bytes | None) -> MeteredCall:
@@ -189,11 +187,19 @@ async def open_call(meter: Meter, scope: Scope, rule: RouteRule, body: bytes | N
             raise InvalidRequest("The body must be a JSON object.", code="invalid_json")
         else:
             doc = _lowered(body_policy.parse_json_object(raw))
-        adm = await meter.admit(team, user, kind, doc, raw, tag)
-        doc.update(adm.estimate.inject)
+        # Everything that can refuse the body runs before the reservation, so that a refusal
+        # never leaves an estimate charged.
         if kind in (kinds.CHAT, kinds.COMPLETIONS) and doc.get("stream") is True:
             hide = _ask_for_usage(doc)
-        out = body_policy.serialise(doc)
+        body_policy.serialise(doc)
+        adm = await meter.admit(team, user, kind, doc, raw, tag)
+        try:
+            doc.update(adm.estimate.inject)
+            out = body_policy.serialise(doc)
+        except BaseException:
+            with contextlib.suppress(GatewayError):
+                await meter.settle(adm, None, failed=True)
+            raise
     elif kind in kinds.FORM_KINDS:
         fields: dict[str, Any] = dict(form_fields(raw, ctype))
         n = fields.get("n")
@@ -221,6 +227,7 @@ def _ask_for_usage(doc: dict[str, Any]) -> bool:
         raise InvalidRequest(
             "'stream_options' must be an object.", code="invalid_type", param="stream_options"
         )
+    options = {fold(k): v for k, v in options.items()}  # as the upstream reads them
     if options.get("include_usage") is True:
         return False
     doc["stream_options"] = {**options, "include_usage": True}

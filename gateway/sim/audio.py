@@ -9,13 +9,14 @@ models by tokens (``usage`` of type ``tokens``), as OpenAI does.
 
 from __future__ import annotations
 
+import base64
 import math
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
-from gateway.sim import content, fields, tokens
+from gateway.sim import content, fields, sse, tokens
 from gateway.sim.call import Call
 from gateway.sim.errors import openai_error
 from gateway.sim.state import SimState
@@ -62,10 +63,13 @@ async def speech(state: SimState, call: Call) -> Response:
         if len(text) > MAX_SPEECH_CHARS:
             raise fields.BadField("input", f"'input' is longer than {MAX_SPEECH_CHARS} characters.")
         fmt = fields.choice(doc, "response_format", SPEECH_FORMATS, "mp3")
+        events = fields.choice(doc, "stream_format", ("audio", "sse"), "audio") == "sse"
     except fields.BadField as exc:
         return exc.response()
     media_type, magic = SPEECH_FORMATS[fmt]
     size = speech_bytes(text)
+    if events:
+        return _speech_events(state, text, magic, size)
 
     def body() -> Iterator[bytes]:
         yield magic
@@ -73,6 +77,28 @@ async def speech(state: SimState, call: Call) -> Response:
 
     # Chunked, with no Content-Length, as OpenAI streams it while it speaks.
     return StreamingResponse(body(), media_type=media_type)
+
+
+def _speech_events(state: SimState, text: str, magic: bytes, size: int) -> Response:
+    """``stream_format: sse``: the audio in base64 ``speech.audio.delta`` events, then
+    ``speech.audio.done`` with the token usage the GPT-4o speech models report."""
+    audio = magic + b"".join(content.iter_content(f"speech#{text}", len(magic), size))
+    step = 64 * 1024
+
+    async def events() -> AsyncIterator[bytes]:
+        for i, start in enumerate(range(0, len(audio), step)):
+            await sse.pace(state, i)
+            piece = base64.b64encode(audio[start : start + step]).decode()
+            yield sse.data({"type": "speech.audio.delta", "audio": piece})
+        count = tokens.count(text)
+        yield sse.data(
+            {
+                "type": "speech.audio.done",
+                "usage": {"input_tokens": count, "output_tokens": count, "total_tokens": 2 * count},
+            }
+        )
+
+    return sse.stream(state, events())
 
 
 def _timestamp(seconds: float, sep: str) -> str:

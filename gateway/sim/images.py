@@ -3,7 +3,9 @@
 Every image is a valid 1x1 PNG whose colour comes from its seed. DALL·E models answer with a
 ``url`` (or ``b64_json`` on request); GPT Image models always with ``b64_json`` plus a token
 ``usage``, the output tokens taken from OpenAI's table by quality and size. Edits and
-variations are multipart with an ``image`` file (``image[]`` for several).
+variations are multipart with an ``image`` file (``image[]`` for several). GPT Image models
+stream on ``stream: true``: ``partial_images`` partial events, then one ``*.completed`` event
+per image carrying that image's usage.
 """
 
 from __future__ import annotations
@@ -14,11 +16,12 @@ import secrets
 import struct
 import time
 import zlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.responses import JSONResponse, Response
 
-from gateway.sim import fields, tokens
+from gateway.sim import fields, sse, tokens
 from gateway.sim.call import Call
 from gateway.sim.errors import openai_error
 from gateway.sim.state import SimState
@@ -57,7 +60,9 @@ def output_tokens(quality: str, size: str) -> int:
     return table.get(size, table["1024x1024"])
 
 
-def _images(call: Call, *, prompt: str, input_images: int) -> Response:
+def _images(
+    call: Call, *, prompt: str, input_images: int, state: SimState | None = None, event: str = ""
+) -> Response:
     doc = call.fields() or {}
     model = str(doc.get("model") or "dall-e-2")  # OpenAI's default, still
     try:
@@ -69,8 +74,15 @@ def _images(call: Call, *, prompt: str, input_images: int) -> Response:
         as_url = not is_gpt_image(model) and (
             fields.choice(doc, "response_format", ("url", "b64_json"), "url") == "url"
         )
+        streamed = fields.flag(doc, "stream")
+        partials = fields.integer(doc, "partial_images", 0, low=0, high=3) or 0
+        if streamed and not is_gpt_image(model):
+            raise fields.BadField("stream", "Streaming is supported by GPT Image models only.")
     except fields.BadField as exc:
         return exc.response()
+    if streamed and state is not None:
+        rated = quality if quality in OUTPUT_TOKENS else "medium"
+        return _stream(state, event, prompt, n, partials, input_images, (rated, size))
     data: list[dict[str, Any]] = []
     for i in range(n):
         seed = _seed_id(f"{prompt}#{i}#{secrets.token_hex(8)}")
@@ -103,6 +115,58 @@ def _images(call: Call, *, prompt: str, input_images: int) -> Response:
     return JSONResponse(body)
 
 
+def _stream(
+    state: SimState,
+    event: str,
+    prompt: str,
+    n: int,
+    partials: int,
+    inputs: int,
+    looks: tuple[str, str],
+) -> Response:
+    quality, size = looks
+    out = output_tokens(quality, size)
+    size = "1024x1024" if size == "auto" else size
+    common = {
+        "background": "opaque",
+        "created_at": int(time.time()),
+        "output_format": "png",
+        "quality": quality,
+        "size": size,
+    }
+    text_tokens = tokens.count(prompt)
+    image_tokens = tokens.IMAGE_TOKENS * inputs
+
+    async def events() -> AsyncIterator[bytes]:
+        step = 0
+        for i in range(n):
+            seed = _seed_id(f"{prompt}#{i}#{secrets.token_hex(8)}")
+            picture = base64.b64encode(png(seed)).decode()
+            for k in range(partials):
+                await sse.pace(state, step)
+                step += 1
+                yield sse.named(
+                    {
+                        "type": f"{event}.partial_image",
+                        "partial_image_index": k,
+                        "b64_json": picture,
+                    }
+                )
+            await sse.pace(state, step)
+            step += 1
+            usage = {
+                "input_tokens": text_tokens + image_tokens,
+                "input_tokens_details": {"text_tokens": text_tokens, "image_tokens": image_tokens},
+                "output_tokens": out,
+                "total_tokens": text_tokens + image_tokens + out,
+            }
+            yield sse.named(
+                {"type": f"{event}.completed", "b64_json": picture, "usage": usage, **common}
+            )
+
+    return sse.stream(state, events())
+
+
 def _seed_id(seed: str) -> str:
     return hashlib.blake2b(seed.encode(), digest_size=12).hexdigest()
 
@@ -122,7 +186,7 @@ async def generations(state: SimState, call: Call) -> Response:
         prompt = fields.text(doc, "prompt")
     except fields.BadField as exc:
         return exc.response()
-    return _images(call, prompt=prompt, input_images=0)
+    return _images(call, prompt=prompt, input_images=0, state=state, event="image_generation")
 
 
 async def edits(state: SimState, call: Call) -> Response:
@@ -136,7 +200,7 @@ async def edits(state: SimState, call: Call) -> Response:
         prompt = fields.text(doc, "prompt")
     except fields.BadField as exc:
         return exc.response()
-    return _images(call, prompt=prompt, input_images=images)
+    return _images(call, prompt=prompt, input_images=images, state=state, event="image_edit")
 
 
 async def variations(state: SimState, call: Call) -> Response:

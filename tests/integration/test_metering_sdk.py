@@ -5,6 +5,7 @@ and a refusal (unpriced, not allowed, over a budget) leaves nothing upstream."""
 
 from __future__ import annotations
 
+import json
 import math
 import secrets
 from collections.abc import Iterator
@@ -31,6 +32,9 @@ PRICES: dict[str, dict[str, Any]] = {
     "dall-e-3": {"per_image": {"1024x1024/hd": 0.08, "*": 0.04}},
     "tts-1": {"per_character": 0.000015},
     "whisper-1": {"per_audio_second": 0.0001},
+    "gpt-image-1": {"per_image": {"*": 0.05}},
+    "gpt-4o-mini-tts": {"per_character": 0.00002},
+    "gpt-4o-transcribe": {"per_request": 0.003},
 }
 
 
@@ -203,6 +207,44 @@ def test_embeddings_images_speech_and_transcription(stack: Stack, team: str) -> 
     assert float(tr.headers["x-gateway-cost"]) > 0
 
 
+def test_streamed_images_and_speech_are_charged_what_they_made(stack: Stack, team: str) -> None:
+    c = sdk(stack, team)
+    events = list(c.images.generate(model="gpt-image-1", prompt="a fox", n=2, stream=True))
+    done = [e for e in events if e.type == "image_generation.completed"]
+    assert len(done) == 2
+    assert quota(stack, team)["spend_per_day"]["used"] == pytest.approx(0.10)
+    text = "Hello, fox; hello, badger."
+    with c.audio.speech.with_streaming_response.create(
+        model="gpt-4o-mini-tts", voice="alloy", input=text, stream_format="sse"
+    ) as speech:
+        assert speech.headers["content-type"].startswith("text/event-stream")
+        assert b"speech.audio.done" in speech.read()
+    speech_cost = units(Fraction("0.00002") * len(text))
+    assert quota(stack, team)["spend_per_day"]["used"] == pytest.approx(0.10 + speech_cost / M)
+
+
+def test_a_transcription_that_gives_no_duration_is_charged_its_estimate(
+    redis_url: str, team: str
+) -> None:
+    with metered_stack(
+        redis_url,
+        {team: {"spend_per_day": 100}},
+        pricing={"transcription_max_seconds": 600},
+    ) as s:
+        c = sdk(s, team)
+        audio = ("a.wav", b"RIFF" + bytes(4000), "audio/wav")
+        text = c.audio.transcriptions.with_raw_response.create(
+            model="whisper-1", file=audio, response_format="text"
+        )
+        # whisper bills seconds; a text answer says none: the most a call may last is charged
+        assert text.headers["x-gateway-cost"] == shown(units(Fraction("0.0001") * 600))
+        # priced by the request alone, the price needs no measure
+        flat = c.audio.transcriptions.with_raw_response.create(
+            model="gpt-4o-transcribe", file=audio, response_format="text"
+        )
+        assert flat.headers["x-gateway-cost"] == "0.003000"
+
+
 def test_unpriced_and_disallowed_models_never_reach_the_upstream(redis_url: str, team: str) -> None:
     limits = {team: {"models": ["gpt-4o*", "tts-*"]}}
     with metered_stack(redis_url, limits) as s:
@@ -280,19 +322,41 @@ def test_spend_budget_refuses_what_would_pass_it(redis_url: str, team: str) -> N
             400,
             "invalid_type",
         ),
+        # Go reads max_token\u017f (a long s) as max_tokens: a second cap we must not miss
+        (
+            b'{"model":"gpt-4o-mini","messages":[],"max_tokens":5,"max_token\\u017f":99999}',
+            400,
+            "invalid_json",
+        ),
+        (
+            b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"\\udc00"}]}',
+            400,
+            "invalid_json",
+        ),
+        (
+            {"model": "gpt-4o-mini", "messages": [], "tools": [{"type": "web_search"}]},
+            400,
+            "unsupported_parameter",
+        ),
     ],
 )
 def test_bad_fields_the_estimate_reads_are_refused(
-    stack: Stack, team: str, body: dict[str, Any], status: int, code: str
+    stack: Stack, team: str, body: dict[str, Any] | bytes, status: int, code: str
 ) -> None:
     r = httpx2.post(
         stack.v1 + "/chat/completions",
-        json=body,
-        headers={"Authorization": f"Bearer {stack.token(team=team)}"},
+        headers={
+            "Authorization": f"Bearer {stack.token(team=team)}",
+            "content-type": "application/json",
+        },
+        content=body if isinstance(body, bytes) else json.dumps(body).encode(),
     )
     assert r.status_code == status, r.text
     assert r.json()["error"]["code"] == code
     assert stack.sim_requests("/v1/chat") == []
+    # a refused call leaves nothing charged: no member can drain the team's budget this way
+    limits = quota(stack, team)
+    assert (limits["spend_per_day"]["used"], limits["tokens_per_day"]["used"]) == (0, 0)
 
 
 def test_bad_tag_is_refused(stack: Stack, team: str) -> None:

@@ -180,6 +180,48 @@ def test_chat_is_never_stored_and_file_ids_are_refused(stack: Stack) -> None:
     assert everything_upstream(stack) == []
 
 
+@pytest.mark.parametrize(
+    ("body", "code", "param"),
+    [
+        # Go matches JSON keys by Unicode folding: a long s is an s, a Kelvin sign a k.
+        (
+            b'{"model":"m","input":"hi","previou\\u017f_response_id":"resp_other"}',
+            "unsupported_parameter",
+            "previou\u017f_response_id",
+        ),
+        (
+            b'{"model":"m","input":[{"type":"item_reference","id":"msg_1"}]}',
+            "unsupported_parameter",
+            "item_reference",
+        ),
+        (
+            b'{"model":"m","input":[{"TYP\\u0045":"item_reference","id":"i"}]}',
+            "unsupported_parameter",
+            "item_reference",
+        ),
+        (b'{"model":"m","input":"hi","\\u017ftore":true,"store":false}', "invalid_json", "store"),
+        (b'{"model":"m","input":"\\ud800"}', "invalid_json", None),
+    ],
+)
+def test_spellings_the_upstream_folds_or_cannot_read_are_refused(
+    stack: Stack, body: bytes, code: str, param: str | None
+) -> None:
+    r = call(stack, "POST", "/v1/responses", body)
+    assert r.status_code == 400, r.text
+    assert (r.json()["error"]["code"], r.json()["error"]["param"]) == (code, param)
+    assert everything_upstream(stack) == []
+
+
+def test_a_folded_store_key_is_forced_off(stack: Stack) -> None:
+    r = call(
+        stack, "POST", "/v1/chat/completions", b'{"model":"m","messages":[],"\\u017ftore":true}'
+    )
+    assert r.status_code == 200, r.text
+    (sent,) = everything_upstream(stack)
+    assert sent["json"]["store"] is False
+    assert "\u017ftore" not in sent["json"]
+
+
 @pytest.mark.parametrize("path", ["/v1/responses", "/v1/chat/completions"])
 def test_deeply_nested_json_is_400_not_500(stack: Stack, path: str) -> None:
     deep = b'{"model":"m","store":' + b"[" * 100_000 + b"]" * 100_000 + b"}"

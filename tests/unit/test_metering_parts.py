@@ -119,8 +119,51 @@ def test_completions_estimate_counts_prompts_and_best_of() -> None:
     est, _ = _est(kinds.COMPLETIONS, {"model": "m", "prompt": ["a", "b"], "best_of": 3})
     assert est.bound.output_tokens == 16 * 3 * 2  # the API's own default cap, sent explicitly
     assert est.inject == {"max_tokens": 16}
-    est, _ = _est(kinds.COMPLETIONS, {"model": "m", "prompt": [1, 2, 3], "max_tokens": 0})
-    assert est.bound.output_tokens == 0
+    est, _ = _est(kinds.COMPLETIONS, {"model": "m", "prompt": [1, 2, 3], "max_tokens": 5})
+    assert (est.bound.output_tokens, est.inject) == (5, {})
+
+
+def test_chat_with_both_caps_is_bounded_by_the_larger() -> None:
+    doc = {"model": "m", "messages": [], "max_tokens": 900, "max_completion_tokens": 20}
+    est, _ = _est(kinds.CHAT, doc)
+    assert (est.bound.output_tokens, est.inject) == (900, {})
+
+
+@pytest.mark.parametrize(
+    "part",
+    [
+        {"type": "image_url", "image_url": {"url": "u"}},
+        {"type": "input_image", "image_url": "u"},
+        {"Image_URL": {"url": "u"}},  # no type, a spelling the upstream folds
+        {"type": "INPUT_FILE", "file_url": "u"},
+        {"type": "input_audio", "input_audio": {"data": "", "format": "wav"}},
+        {"type": "file", "file": {"file_data": ""}},
+    ],
+)
+def test_each_media_part_adds_its_tokens_however_it_is_written(part: dict[str, Any]) -> None:
+    doc = {"model": "m", "messages": [{"role": "user", "content": [part, part]}]}
+    est, body = _est(kinds.CHAT, doc)
+    assert est.bound.input_tokens == len(body) + 2 * 2000
+
+
+def test_an_escaped_media_key_is_still_counted() -> None:
+    body = b'{"model":"m","messages":[{"role":"user","content":[{"image\\u005furl":{}}]}]}'
+    doc = json.loads(body)
+    assert "image_url" in doc["messages"][0]["content"][0]
+    est = estimate(
+        kinds.CHAT, doc, body, None, default_cap=1, media_tokens=2000, max_audio_seconds=1
+    )
+    assert est.bound.input_tokens == len(body) + 2000
+
+
+@pytest.mark.parametrize("kind", [kinds.CHAT, kinds.RESPONSES])
+@pytest.mark.parametrize("tool", ["web_search", "file_search", "mcp", "image_generation"])
+def test_hosted_tools_billed_outside_usage_are_refused(kind: str, tool: str) -> None:
+    with pytest.raises(InvalidRequest) as err:
+        _est(kind, {"model": "m", "tools": [{"type": "function", "name": "f"}, {"type": tool}]})
+    assert (err.value.code, err.value.param) == ("unsupported_parameter", "tools")
+    est, _ = _est(kind, {"model": "m", "tools": [{"type": "function"}, {"type": "custom"}]})
+    assert est.model == "m"
 
 
 def test_other_estimates() -> None:
@@ -153,6 +196,8 @@ def test_other_estimates() -> None:
             "max_output_tokens",
             "invalid_type",
         ),
+        # the upstream's Go parser drops a 0 (omitempty): the model would write 16 or more
+        (kinds.COMPLETIONS, {"model": "m", "max_tokens": 0}, "max_tokens", "invalid_value"),
         (kinds.IMAGES, {"n": 11}, "n", "invalid_value"),
         (kinds.SPEECH, {"model": "tts-1"}, "input", "invalid_type"),
     ],
@@ -185,8 +230,12 @@ def test_usage_from_json_answers() -> None:
     assert answers.from_json(kinds.TRANSCRIPTION, json.dumps(whisper).encode()) == Usage(
         audio_seconds=Fraction(5, 2)
     )
-    # A transcription that says nothing of its length (text format) bills per request.
-    assert answers.from_json(kinds.TRANSCRIPTION, b"hello") == Usage()
+    # A transcription that says nothing of its length (text format) reports nothing.
+    assert answers.from_json(kinds.TRANSCRIPTION, b"hello") is None
+    assert answers.from_json(kinds.TRANSCRIPTION, b'{"text": "t"}') is None
+    assert answers.from_json(kinds.TRANSCRIPTION, b'{"text": "t", "duration": 3}') == Usage(
+        audio_seconds=Fraction(3)
+    )
     assert answers.from_json(kinds.CHAT, b"{}") is None
     assert answers.from_json(kinds.CHAT, b"not json") is None
     neg = {"usage": {"prompt_tokens": -5, "completion_tokens": True}}
@@ -252,6 +301,64 @@ def test_tap_reads_responses_completed() -> None:
     assert tap.usage == Usage(input_tokens=4, output_tokens=1)
 
 
+def test_tap_reads_events_whatever_line_endings_they_mix() -> None:
+    usage = b'{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2}}'
+    data = (
+        b'data: {"choices":[{"delta":{"content":"a"}}],"usage":null}\r\n\r\n'
+        b'data: {"choices":[{"delta":{"content":"b"}}],"usage":null}\n\n'
+        b"data: " + usage + b"\r\n\n"
+        b"data: [DONE]\n\r\n"
+    )
+    for cuts in ([], [5, 60, 61, 62, 130], list(range(len(data)))):
+        tap = UsageTap(kinds.CHAT, hide_usage=True)
+        out = _feed(tap, data, cuts)
+        assert tap.usage == Usage(input_tokens=3, output_tokens=2)
+        assert b"usage" not in out
+        assert out.count(b"data: ") == 3
+
+
+def test_tap_reads_and_hides_usage_on_a_chunk_that_has_choices() -> None:
+    last = {
+        "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 4, "completion_tokens": 1},
+    }
+    data = b"data: " + json.dumps(last, separators=(", ", " : ")).encode() + b"\n\ndata: [DONE]\n\n"
+    tap = UsageTap(kinds.CHAT, hide_usage=True)
+    out = _feed(tap, data, [])
+    assert tap.usage == Usage(input_tokens=4, output_tokens=1)
+    first = json.loads(out.split(b"\n\n")[0][6:])
+    assert first == {"choices": last["choices"]}
+    shown = UsageTap(kinds.CHAT, hide_usage=False)
+    assert _feed(shown, data, [7]) == data
+    assert shown.usage == Usage(input_tokens=4, output_tokens=1)
+
+
+def _ended(tap: UsageTap) -> Usage | None:
+    tap.flush()
+    return tap.usage
+
+
+def test_tap_counts_streamed_images_once_the_stream_has_ended() -> None:
+    def event(kind: str) -> bytes:
+        return f"event: {kind}\ndata: ".encode() + json.dumps({"type": kind}).encode() + b"\n\n"
+
+    data = (
+        event("image_generation.partial_image")
+        + event("image_generation.completed")
+        + event("image_generation.completed")
+    )
+    tap = UsageTap(kinds.IMAGES, hide_usage=False)
+    assert b"".join(tap.feed(data[i : i + 7]) for i in range(0, len(data), 7)) == data
+    assert tap.usage is None  # a stream cut here may have cost more: not final yet
+    assert _ended(tap) == Usage(images=2)
+    edits = UsageTap(kinds.IMAGE_UPLOAD, hide_usage=False)
+    edits.feed(event("image_edit.completed"))
+    assert _ended(edits) == Usage(images=1)
+    nothing = UsageTap(kinds.IMAGES, hide_usage=False)
+    nothing.feed(event("error"))
+    assert _ended(nothing) is None  # no image seen: the estimate is charged
+
+
 def test_ledger_rows_group_and_scale() -> None:
     day = ledger.days(
         __import__("datetime").date(2026, 12, 1), __import__("datetime").date(2026, 12, 2)
@@ -297,6 +404,42 @@ def test_form_fields_reads_what_the_estimate_needs_and_skips_files() -> None:
         ("model", None, b"whisper-1"), ("file", "a.wav", b"\x00" * 5000), ("n", None, b"2")
     )
     assert form_fields(body, "multipart/form-data; boundary=bb") == {"model": "whisper-1", "n": "2"}
+
+
+def _part(headers: str, value: bytes) -> bytes:
+    return f"--bb\r\n{headers}\r\n\r\n".encode() + value + b"\r\n"
+
+
+def test_form_fields_read_parts_as_the_upstream_does() -> None:
+    body = (
+        _part('Content-Disposition: form-data; name="n"; filename=""', b"7")  # a value to Go
+        + _part('Content-Disposition: attachment; name="model"', b"x")  # no form field to Go
+        + _part('content-disposition: form-data; name="model"', b"m")
+        + b"--bb--\r\n"
+    )
+    assert form_fields(body, FORM) == {"n": "7", "model": "m"}
+
+
+@pytest.mark.parametrize(
+    "part",
+    [
+        _part(
+            'Content-Disposition: form-data; name="x"\r\nContent-Disposition: form-data; name="n"',
+            b"9",
+        ),
+        _part("Content-Disposition: form-data; name*=utf-8''n", b"9"),
+        _part('Content-Disposition: form-data; name="n"; NAME="model"', b"9"),
+        _part(
+            'Content-Disposition: form-data; name="n"\r\nContent-Transfer-Encoding: '
+            "quoted-printable",
+            b"=39",
+        ),
+    ],
+)
+def test_forms_the_two_parsers_could_read_differently_are_refused(part: bytes) -> None:
+    with pytest.raises(InvalidRequest) as err:
+        form_fields(part + b"--bb--\r\n", FORM)
+    assert err.value.code == "invalid_form"
 
 
 @pytest.mark.parametrize(
