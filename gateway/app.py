@@ -27,6 +27,7 @@ from gateway.auth.middleware import AuthMiddleware
 from gateway.auth.verifier import TokenVerifier
 from gateway.errors import GatewayError, NotFound
 from gateway.metering.prices import PriceTable
+from gateway.metering.refresher import PriceRefresher
 from gateway.metering.report import UsageReport
 from gateway.metering.routes import UsageEndpoint
 from gateway.metering.service import Meter
@@ -61,6 +62,9 @@ from gateway.web.routes import MetricsEndpoint, PrefixGroup, Readiness, healthz
 log = logging.getLogger("gateway")
 
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+PRICING_PATH = "/api/pricing"  # new-api's public price list
+PRICING_TIMEOUT_S = 15.0  # one fetch of it, start-up included (a failed one delays no more)
+PRICING_MAX_BYTES = 32 * 1024 * 1024
 
 
 @dataclass(frozen=True, eq=False)
@@ -75,6 +79,7 @@ class Gateway:
     quota: QuotaService
     videos: VideoService
     reconciler: Reconciler
+    prices: Callable[[], PriceTable]  # the table calls are priced with now
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.asgi(scope, receive, send)
@@ -181,13 +186,34 @@ def create_app(
         settings=settings,
         clock=clock,
     )
-    prices = PriceTable(settings.pricing.models)
+    configured = PriceTable(settings.pricing.models)
+    refresher: PriceRefresher | None = None
+
+    def configured_only() -> PriceTable:
+        return configured
+
+    prices: Callable[[], PriceTable] = configured_only
+    # Prices are read only by metering, which runs with quotas: no quotas, no list to fetch.
+    if settings.pricing.source == "crazyrouter" and q.enabled and settings.pricing.enabled:
+
+        async def fetch_prices() -> bytes:
+            async with asyncio.timeout(PRICING_TIMEOUT_S):
+                return await client.fetch_public(PRICING_PATH, limit=PRICING_MAX_BYTES)
+
+        refresher = PriceRefresher(
+            configured,
+            fetch_prices,
+            group=settings.pricing.group,
+            interval_seconds=settings.pricing.refresh_seconds,
+            on_result=obs.price_refresh,
+        )
+        prices = refresher.current
     meter = Meter(
         MeterStore(redis),
         quota.policy,
         settings.pricing,
         team_models=settings.team_models,
-        prices=lambda: prices,
+        prices=prices,
         events=obs.meter_events(),
     )
     usage = UsageEndpoint(
@@ -210,8 +236,14 @@ def create_app(
         if not await warm_up(redis):
             log.warning("Redis is unreachable at start-up; quota decisions will fail until it is")
         await pool.refresh()
+        if refresher is not None:
+            # Before serving, so the first calls are priced; a failure only delays start-up
+            # by one bounded fetch, and the refresher keeps trying.
+            await refresher.refresh()
         on_started()
         background = [asyncio.create_task(reconciler.run_forever(), name="reconciler")]
+        if refresher is not None:
+            background.append(asyncio.create_task(refresher.run_forever(), name="prices"))
         if q.enabled:
             background.append(asyncio.create_task(snapshot.run_forever(), name="quota-metrics"))
         try:
@@ -294,9 +326,9 @@ def create_app(
         secrets=pool.secrets,
         observer=obs.streams(content=False),
         # Metering is part of the quota: a gateway without quotas charges nobody.
-        meter=meter if q.enabled else None,
+        meter=meter if q.enabled and settings.pricing.enabled else None,
     )
-    return Gateway(app, settings, metrics, redis, pool, quota, videos, reconciler)
+    return Gateway(app, settings, metrics, redis, pool, quota, videos, reconciler, prices)
 
 
 async def _raise_http_error(request: Request, exc: Exception) -> Response:

@@ -215,15 +215,24 @@ class QuotaSettings:
 class PricingSettings:
     """What calls cost (see docs/metering.md). Metering runs whenever quotas do."""
 
+    # false: nothing is priced, checked or ledgered (team models: included); video keeps its
+    # own quota. For measuring what metering costs, and for a gateway in front of free models.
+    enabled: bool = True
     models: Mapping[str, ModelPrice] = field(default_factory=dict)  # name or glob -> price
     unpriced: str = "refuse"  # refuse: 403 model_not_priced | allow: charged zero, counted
     # Redis unreachable at admission: allow (forwarded unmetered, counted as fail_open, like
     # quota.rate_fail_open) | refuse (503: no call goes unmetered)
     store_down: str = "allow"
-    source: str = "none"  # none: the prices are pricing.models (crazyrouter: not built yet)
+    # none: the prices are pricing.models | crazyrouter: also Crazyrouter's public list
+    # (GET /api/pricing), loaded at start and every refresh_seconds; pricing.models override it
+    source: str = "none"
+    group: str = "default"  # the upstream account's group: whose group ratio the list applies
+    refresh_seconds: float = 3600.0
     # The estimate: output tokens assumed (and sent as the cap) when a call names none.
     default_max_output_tokens: int = 4096
-    image_input_tokens: int = 2000  # tokens assumed per image a chat or responses call sends
+    # Tokens assumed per image, file or audio part a chat or responses call sends: the most
+    # one image costs on the models we know (gpt-4.1-nano: 1,536 patches x 2.46 = 3,779).
+    image_input_tokens: int = 4000
     transcription_max_seconds: int = 1500  # audio seconds assumed for a per-second price
     max_tags_per_day: int = 100  # distinct x-gateway-tag values per team and day
     ledger_retention_days: int = 400
@@ -936,6 +945,8 @@ def _price(sec: _Section, name: str) -> Any:
     return value
 
 
+PRICE_SOURCES = ("none", "crazyrouter")
+_PRICE_GROUP = re.compile(r"^[^\x00-\x20\x7f]{1,64}$")
 _IMAGE_KEY = re.compile(r"^(\*|auto|[1-9][0-9]{1,4}x[1-9][0-9]{1,4})(/[a-z]{1,16})?$")
 
 
@@ -1006,15 +1017,26 @@ def _pricing(sec: _Section) -> PricingSettings:
     if store_down not in ("refuse", "allow"):
         sec.fail("store_down", "must be refuse or allow")
     source = sec.req_string("source")
-    if source != "none":
-        # Loading Crazyrouter's list (GET /api/pricing) is not built yet: say so rather than
-        # start with prices the operator believes are loaded.
-        sec.fail("source", "only 'none' is supported: price every model under pricing.models")
+    if source not in PRICE_SOURCES:
+        sec.fail(
+            "source",
+            f"must be none (prices from pricing.models only) or crazyrouter (also the "
+            f"upstream's GET /api/pricing list), not {source!r}",
+        )
+    group = sec.req_string("group")
+    if not _PRICE_GROUP.fullmatch(group):
+        sec.fail(
+            "group",
+            "must be an upstream group name: 1-64 characters, no spaces or control characters",
+        )
     out = PricingSettings(
+        enabled=sec.flag("enabled"),
         models=models,
         unpriced=unpriced,
         store_down=store_down,
         source=source,
+        group=group,
+        refresh_seconds=sec.number("refresh_seconds", minimum=60),
         default_max_output_tokens=sec.integer("default_max_output_tokens", minimum=1),
         image_input_tokens=sec.integer("image_input_tokens"),
         transcription_max_seconds=sec.integer("transcription_max_seconds", minimum=1),
@@ -1072,6 +1094,17 @@ def _build(data: Any, env: Mapping[str, str] | None, problems: _Problems) -> Set
         pricing=_pricing(root.section("pricing", PricingSettings())),
     )
     root.finish()
+    if settings.pricing.source == "crazyrouter" and settings.quota.currency != "USD":
+        # new-api's list is in US dollars (500,000 quota units = 1 USD), the spend limits in
+        # quota.currency: the gateway converts no currency.
+        problems.add(
+            SettingsError(
+                "pricing.source",
+                f"crazyrouter's prices are in USD but quota.currency is "
+                f"{settings.quota.currency!r}: set quota.currency to USD or price every model "
+                "under pricing.models",
+            )
+        )
     problems.raise_any()
     return settings
 

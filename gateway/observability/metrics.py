@@ -171,6 +171,19 @@ class Metrics:
             ["model"],
             registry=r,
         )
+        self.price_refreshes = Counter(
+            "gateway_price_refresh_total",
+            "Loads of the upstream's price list (pricing.source: crazyrouter), by result (ok, "
+            "error: the last good list is kept)",
+            ["result"],
+            registry=r,
+        )
+        self.prices_loaded = Gauge(
+            "gateway_prices_loaded",
+            "Models priced by the upstream's price list in use (0 until a load succeeds)",
+            registry=r,
+            multiprocess_mode="livemin",
+        )
         self.budget_alert_share = Gauge(
             "gateway_budget_alert_share",
             "The share of a budget at which the budget alert fires (quota.budget_alert_share)",

@@ -83,6 +83,10 @@ class Observers:
         m.video_jobs_finished.labels(m.team_label(team), name, status).inc()
         m.video_job_duration.labels(name).observe(seconds)
 
+    def price_refresh(self, result: str, loaded: int) -> None:
+        self.metrics.price_refreshes.labels(result).inc()
+        self.metrics.prices_loaded.set(loaded)
+
     def meter_events(self) -> MeterEvents:
         return _MeterMetrics(self.metrics, self.quota_decision)
 

@@ -2,7 +2,8 @@
 
 It answers every route the gateway forwards (chat, completions, responses, embeddings,
 moderations, images, audio, models) the way OpenAI does, with ``usage`` the tests can predict
-(see ``tokens.py``), and the video task routes the way new-api does.
+(see ``tokens.py``), the video task routes the way new-api does, and new-api's public price
+list (``GET /api/pricing``, see ``pricing.py``).
 
 It behaves like a new-api deployment where that matters to the gateway: keys are checked, jobs
 belong to the key that created them (another key gets new-api's ``task_not_exist`` as HTTP 400),
@@ -31,6 +32,7 @@ from gateway.sim import (
     completions,
     images,
     moderations,
+    pricing,
     responses,
     videos,
 )
@@ -74,6 +76,8 @@ _ROUTES: list[tuple[str, re.Pattern[str], Handler, bool]] = [
     ("GET", re.compile(f"/v1/videos/(?P<id>{_SEGMENT})"), videos.get_video, True),
     ("GET", re.compile(f"/v1/videos/(?P<id>{_SEGMENT})/content"), videos.video_content, True),
     ("POST", re.compile(f"/v1/videos/(?P<id>{_SEGMENT})/remix"), videos.remix_video, True),
+    # Public in new-api: anyone may read the price list.
+    ("GET", re.compile("/api/pricing"), pricing.pricing, False),
     ("GET", re.compile(r"/files/(?P<id>[^/]+)\.mp4"), videos.result_file, False),
     ("GET", re.compile(r"/files/images/(?P<seed>[0-9a-f]{24})\.png"), images.image_file, False),
 ]
@@ -91,6 +95,8 @@ def _route(method: str, path: str) -> tuple[Handler | None, dict[str, str], bool
 
 def create_sim_app(config: SimConfig, *, clock: Callable[[], float] = time.monotonic) -> Starlette:
     state = SimState(config, clock)
+    state.prices = pricing.default_prices()
+    state.group_ratio = dict(pricing.GROUP_RATIO)
 
     async def upstream(request: Request) -> Response:
         call = await read_call(request)

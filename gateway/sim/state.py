@@ -25,6 +25,10 @@ class SimState:
         # Per key, the only models it may use (new-api's token model whitelist): others 403.
         self.key_models: dict[str, tuple[str, ...]] = {}
         self.prompt_cache = PromptCache()
+        # GET /api/pricing: per model its new-api entry, and the group ratios (see pricing.py,
+        # which fills them in create_sim_app). Tests change them to see a refresh.
+        self.prices: dict[str, dict[str, Any]] = {}
+        self.group_ratio: dict[str, float] = {}
 
     def note_abort(self) -> None:
         self.aborted += 1

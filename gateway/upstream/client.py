@@ -406,6 +406,35 @@ class UpstreamClient:
         self._on_response(key_id, "probe", status, time.perf_counter() - started)
         return status in (401, 403)
 
+    async def fetch_public(self, path: str, *, limit: int) -> bytes:
+        """GET one of the upstream's public pages (``/api/pricing``): no key is sent (none of
+        ours belongs on new-api's own routes), no redirect is followed, and anything but a
+        200 of at most ``limit`` bytes raises UpstreamError. The caller bounds its time."""
+        if self._session is None:
+            raise UpstreamError("The upstream client is not started.")
+        try:
+            async with self._session.get(
+                self._base_url + path,
+                headers={
+                    "user-agent": USER_AGENT,
+                    "accept": "application/json",
+                    "accept-encoding": "identity",
+                },
+                allow_redirects=False,
+            ) as resp:
+                if resp.status != 200:
+                    raise UpstreamError(f"GET {path} answered HTTP {resp.status}.")
+                body = bytearray()
+                async for chunk in resp.content.iter_any():
+                    body += chunk
+                    if len(body) > limit:
+                        raise UpstreamError(f"GET {path} answered more than {limit} bytes.")
+                return bytes(body)
+        except aiohttp.ServerTimeoutError as exc:
+            raise UpstreamTimeout(f"GET {path} timed out.") from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise UpstreamError(f"GET {path} failed: {type(exc).__name__}.") from exc
+
     def _has_other_key(self, tried: set[str]) -> bool:
         try:
             self.pool.acquire(tried).release()

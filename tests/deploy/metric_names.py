@@ -61,6 +61,9 @@ EXPORTED_METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
     "gateway_unpriced_calls_total": (COUNTER, ("model",)),
     # the share of a budget at which GatewayTeamBudgetAboveShare fires (quota.budget_alert_share)
     "gateway_budget_alert_share": (GAUGE, ()),
+    # pricing.source: crazyrouter; result: ok, error (the last good list is kept)
+    "gateway_price_refresh_total": (COUNTER, ("result",)),
+    "gateway_prices_loaded": (GAUGE, ()),
     # downloads and streams; side: client, upstream
     "gateway_content_bytes_total": (COUNTER, ("team",)),
     "gateway_streams_in_flight": (GAUGE, ()),
