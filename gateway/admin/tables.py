@@ -32,4 +32,6 @@ def number(value: object, *, none: str = "unlimited") -> str:
         return none
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
+    if isinstance(value, float):  # 0.000021, never 2.1e-05: amounts are read, not parsed
+        return f"{value:.6f}".rstrip("0")
     return str(value)

@@ -189,8 +189,10 @@ def estimate(
         return Estimate(model, Usage(input_tokens=input_bound(doc, body, media_tokens)))
     if kind in (kinds.IMAGES, kinds.IMAGE_UPLOAD):
         n = _int_field(doc, "n", low=1, high=10) or 1
-        size = doc.get("size")
-        quality = doc.get("quality")
+        # What DALL-E makes when a call names neither, so that it is priced as made.
+        dalle = model.startswith("dall-e")
+        size = doc.get("size") or ("1024x1024" if dalle else None)
+        quality = doc.get("quality") or ("standard" if dalle else None)
         return Estimate(
             model,
             Usage(images=n),

@@ -113,6 +113,7 @@ def to_csv(table: Sequence[Mapping[str, Any]], group_by: Sequence[str]) -> str:
 
 
 def _csv_cell(value: Any) -> str:
-    text = str(value)
+    # Amounts in millionths at most: 0.000021, never 2.1e-05, which a spreadsheet may misread.
+    text = f"{value:.6f}".rstrip("0") if isinstance(value, float) else str(value)
     # A spreadsheet runs a cell that starts like a formula; a user or tag name must not.
     return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text

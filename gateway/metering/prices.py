@@ -66,11 +66,13 @@ class ModelPrice:
         return self.cached_input_per_million
 
     def image_price(self, size: str | None, quality: str | None) -> Fraction:
+        """The most specific entry; a size the table does not name is charged the dearest
+        entry, never nothing."""
         table = self.per_image
         for name in (f"{size}/{quality}", f"{size}", "*"):
             if name in table:
                 return table[name]
-        return Fraction(0)
+        return max(table.values(), default=Fraction(0))
 
     @property
     def prices_images(self) -> bool:

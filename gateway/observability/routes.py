@@ -21,6 +21,7 @@ _EXACT = frozenset(
         "/v1/audio/translations",
         "/v1/videos",
         "/v1/gateway/quota",
+        "/v1/gateway/usage",
     }
 )
 _VIDEO_SUFFIXES = ("content", "remix")

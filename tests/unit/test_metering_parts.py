@@ -70,7 +70,8 @@ def test_image_prices_most_specific_first() -> None:
     p = ModelPrice(per_image={"1024x1024/hd": Fraction(8, 100), "1024x1024": Fraction(4, 100)})
     assert p.image_price("1024x1024", "hd") == Fraction(8, 100)
     assert p.image_price("1024x1024", "standard") == Fraction(4, 100)
-    assert p.image_price("512x512", None) == 0
+    # a size the table does not name is charged the dearest entry, never nothing
+    assert p.image_price("512x512", None) == Fraction(8, 100)
     assert p.cost_units(Usage(images=3), size="1024x1024", quality="hd") == 240_000
 
 
@@ -167,8 +168,13 @@ def test_hosted_tools_billed_outside_usage_are_refused(kind: str, tool: str) -> 
 
 
 def test_other_estimates() -> None:
-    est, _ = _est(kinds.IMAGES, {"prompt": "p", "n": 4, "size": "1024x1024"})
-    assert (est.model, est.bound.images, est.size) == ("dall-e-2", 4, "1024x1024")
+    est, _ = _est(kinds.IMAGES, {"prompt": "p", "n": 4, "size": "512x512"})
+    assert (est.model, est.bound.images, est.size) == ("dall-e-2", 4, "512x512")
+    # DALL-E's own defaults when a call names no size or quality: priced as made
+    est, _ = _est(kinds.IMAGES, {"model": "dall-e-3", "prompt": "p"})
+    assert (est.size, est.quality) == ("1024x1024", "standard")
+    est, _ = _est(kinds.IMAGES, {"model": "gpt-image-1", "prompt": "p"})
+    assert (est.size, est.quality) == (None, None)
     est, _ = _est(kinds.SPEECH, {"model": "tts-1", "input": "héllo"})
     assert est.bound.characters == 5
     est, _ = _est(kinds.MODERATIONS, {"input": "x"})
