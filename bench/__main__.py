@@ -13,6 +13,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import subprocess
@@ -26,6 +27,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import gateway as gateway_pkg
 from bench import gateway_proc, nginx, procs, report, streams, videos, wrk
 from bench.procs import HarnessError
 from gateway.dev.process import stop_process
@@ -117,8 +119,18 @@ def bench_json(targets: list[Target], duration: int, rounds: int) -> report.Rows
     return rows
 
 
-# Commands the rate script runs inside Redis: INFO counts them too, but they cost no round trip.
-_IN_SCRIPT = frozenset({"zremrangebyscore", "zcard", "zadd", "pexpire", "zrange", "hget", "get"})
+def _script_commands() -> frozenset[str]:
+    """Commands the gateway's Lua scripts run inside Redis: INFO counts them too, but they cost
+    no round trip. Read from the scripts, so that a new script cannot skew the count."""
+    found: set[str] = set()
+    for script in Path(gateway_pkg.__file__).parent.rglob("*.lua"):
+        found.update(
+            m.lower() for m in re.findall(r"redis\.call\('([A-Za-z]+)'", script.read_text())
+        )
+    return frozenset(found)
+
+
+_IN_SCRIPT = _script_commands()
 
 
 def redis_calls(url: str) -> int:
@@ -136,6 +148,15 @@ def redis_calls(url: str) -> int:
         for k, v in stats.items()
         if isinstance(v, dict) and k.removeprefix("cmdstat_") not in _IN_SCRIPT | {"info"}
     )
+
+
+def commands_per_request(gw: gateway_proc.Gateway, script: Path, url: str) -> float:
+    """Redis commands per request while this gateway alone serves 32 connections for 3 s."""
+    calls0 = redis_calls(url)
+    counted0 = gw.counted("gateway_requests_total", 'team="bench"')
+    wrk.run(gw.url(CHAT_PATH), script, 32, 3, LOAD_CORE)
+    counted = gw.counted("gateway_requests_total", 'team="bench"')
+    return (redis_calls(url) - calls0) / max(1, counted - counted0)
 
 
 def run_async(coro: Coroutine[Any, Any, streams.StreamStats]) -> streams.StreamStats:
@@ -168,6 +189,10 @@ def run(args: argparse.Namespace, out: list[str]) -> None:
             with contextlib.ExitStack() as gw_stack:
                 gw = gateway_proc.start(tmp, "gw-json", f"http://127.0.0.1:{up}", GATEWAY_CORE, env)
                 gw_stack.callback(stop_process, gw.proc)
+                unmetered = gateway_proc.start(
+                    tmp, "gw-nometer", f"http://127.0.0.1:{up}", GATEWAY_CORE, env, metering=False
+                )
+                gw_stack.callback(stop_process, unmetered.proc)
                 bare = gateway_proc.start(
                     tmp, "gw-noquota", f"http://127.0.0.1:{up}", GATEWAY_CORE, env, quota=False
                 )
@@ -178,20 +203,19 @@ def run(args: argparse.Namespace, out: list[str]) -> None:
                     Target("direct", f"http://127.0.0.1:{up}{CHAT_PATH}", plain),
                     Target("nginx", f"http://127.0.0.1:{px}{CHAT_PATH}", plain),
                     Target("gateway", gw.url(CHAT_PATH), authed, gw.pid),
+                    Target("no-metering", unmetered.url(CHAT_PATH), authed, unmetered.pid),
                     Target("no-quota", bare.url(CHAT_PATH), authed, bare.pid),
                 ]
                 for t in targets:
-                    probe(t.url, token if t.name in ("gateway", "no-quota") else None)
+                    probe(t.url, token if t.pid else None)
                 rss0 = procs.rss_mib(gw.pid)
                 log(f"JSON: POST {CHAT_PATH}, {len(nginx.chat_completion())}-byte answer")
-                calls0, counted0 = (
-                    redis_calls(redis.url),
-                    gw.counted("gateway_requests_total", 'team="bench"'),
-                )
                 rows = bench_json(targets, args.duration, args.rounds)
-                counted = gw.counted("gateway_requests_total", 'team="bench"')
-                per_request = (redis_calls(redis.url) - calls0) / max(1, counted - counted0)
                 rss1 = procs.rss_mib(gw.pid)
+                counted = gw.counted("gateway_requests_total", 'team="bench"')
+                # Commands per request, each gateway measured alone (the table's runs interleave).
+                per_request = commands_per_request(gw, authed, redis.url)
+                per_unmetered = commands_per_request(unmetered, authed, redis.url)
             out += [
                 "## Small JSON requests",
                 "",
@@ -205,14 +229,17 @@ def run(args: argparse.Namespace, out: list[str]) -> None:
                 "",
                 f"Gateway RSS {rss0:.0f} → {rss1:.0f} MiB over the JSON runs; its /metrics "
                 f"counted {counted:,} requests for team bench. `gateway` checks the team's "
-                "rate limit in Redis on every request (a limit far above the load, so none is "
-                "refused); `no-quota` is the same gateway with `quota.enabled: false`. Redis "
-                f"received {per_request:.3f} commands per `gateway` request during the JSON "
-                "runs (INFO commandstats without the commands the rate script runs inside "
-                "Redis; background refreshes of both gateways included).",
+                "rate limit and meters every call in Redis (a price for the model, token and "
+                "spend limits far above the load, so none is refused); `no-metering` is the same "
+                "gateway with `pricing.enabled: false` (the rate check only); `no-quota` with "
+                "`quota.enabled: false`. Redis received "
+                f"{per_request:.3f} commands per `gateway` request and {per_unmetered:.3f} per "
+                "`no-metering` request, each measured alone at 32 connections (INFO "
+                "commandstats without the commands the gateway's scripts run inside Redis; "
+                "background refreshes included).",
                 "",
             ]
-            goals += report.json_goals(rows, per_request)
+            goals += report.json_goals(rows, per_request, per_unmetered)
 
         if args.only in (None, "stream"):
             sse_port = procs.free_port()
@@ -241,6 +268,21 @@ def run(args: argparse.Namespace, out: list[str]) -> None:
                 f"{via.gap_p99_ms:.1f} ms, {via.completed}/{n} complete"
             )
             stop_process(gw.proc)  # one gateway on core 0 at a time
+            unmetered = gateway_proc.start(
+                tmp,
+                "gw-sse-nometer",
+                f"http://127.0.0.1:{sse_port}",
+                GATEWAY_CORE,
+                env,
+                metering=False,
+            )
+            stack.callback(stop_process, unmetered.proc)
+            no_meter = run_async(streams.measure(unmetered.url(CHAT_PATH), token, n, seq))
+            log(
+                f"  no-metering first event {no_meter.first_event_ms:.2f} ms, gap p99 "
+                f"{no_meter.gap_p99_ms:.1f} ms, {no_meter.completed}/{n} complete"
+            )
+            stop_process(unmetered.proc)
             bare = gateway_proc.start(
                 tmp, "gw-sse-bare", f"http://127.0.0.1:{sse_port}", GATEWAY_CORE, env, quota=False
             )
@@ -257,10 +299,10 @@ def run(args: argparse.Namespace, out: list[str]) -> None:
                 f"[DONE]. Client: aiohttp on uvloop, core {LOAD_CORE}. First event: median of "
                 f"{seq} sequential streams on a warm connection.",
                 "",
-                *report.stream_table(direct, via, no_quota),
+                *report.stream_table(direct, via, no_quota, no_meter),
                 "",
             ]
-            goals += report.stream_goals(direct, via, no_quota)
+            goals += report.stream_goals(direct, via, no_quota, no_meter)
 
         if args.only in (None, "videos"):
             log(f"Videos: 1 GiB downloads ({args.rounds} round(s)), a slow reader, aborts, polls")

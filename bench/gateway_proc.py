@@ -19,12 +19,21 @@ upstream: {{base_url: "{upstream}", keys: [{{id: bench, secret: "${{BENCH_UPSTRE
 redis: {{url: "${{REDIS_URL}}"}}
 auth: {{hs256_secrets: ["${{GATEWAY_JWT_SECRET}}"], algorithms: [HS256]}}
 server: {{host: 127.0.0.1, port: {port}}}
-# A limit far above what a run sends: every request pays for the check, none is refused.
+# Limits far above what a run sends: every request pays for the checks, none is refused.
 teams:
   default: {{}}
-  bench: {{requests_per_minute: 100000000, video_seconds_per_day: 100000000}}
+  bench:
+    requests_per_minute: 100000000
+    video_seconds_per_day: 100000000
+    tokens_per_minute: 1000000000000
+    spend_per_day: 100000000
 videos: {{poll_interval_seconds: {poll_interval}}}
 quota: {{enabled: {quota}}}
+pricing:
+  enabled: {metering}
+  models:
+    gpt-4o-mini: {{input_per_million: 0.15, output_per_million: 0.6}}
+    "*": {{input_per_million: 1, output_per_million: 1}}
 """
 
 
@@ -83,6 +92,7 @@ def start(
     timeout: float = 30,
     *,
     quota: bool = True,
+    metering: bool = True,
 ) -> Gateway:
     port = procs.free_port()
     cfg = tmp / f"{name}.yaml"
@@ -92,6 +102,7 @@ def start(
             port=port,
             poll_interval=POLL_INTERVAL_S,
             quota="true" if quota else "false",
+            metering="true" if metering else "false",
         )
     )
     log = tmp / f"{name}.log"
