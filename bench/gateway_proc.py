@@ -25,7 +25,7 @@ teams:
   bench:
     requests_per_minute: 100000000
     video_seconds_per_day: 100000000
-    tokens_per_minute: 1000000000000
+    tokens_per_minute: 1000000000
     spend_per_day: 100000000
 videos: {{poll_interval_seconds: {poll_interval}}}
 quota: {{enabled: {quota}}}

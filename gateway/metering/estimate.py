@@ -22,7 +22,7 @@ from typing import Any
 from gateway.errors import InvalidRequest
 from gateway.metering import kinds
 from gateway.metering.prices import ModelPrice, Usage
-from gateway.upstream.json_keys import fold
+from gateway.upstream.json_keys import fold, may_spell
 
 # What makes a part of the input cost tokens beyond its bytes: an object with one of these
 # keys, or of one of these types, is one image, file or audio clip.
@@ -100,8 +100,12 @@ def media_parts(doc: Any) -> int:
     return found
 
 
+_MEDIA_WORDS = (b"image", b"file", b"audio")  # every name in _MEDIA has one of these
+
+
 def input_bound(doc: Any, body: bytes, media_tokens: int) -> int:
-    return len(body) + media_parts(doc) * media_tokens
+    parts = media_parts(doc) if may_spell(body, _MEDIA_WORDS) else 0
+    return len(body) + parts * media_tokens
 
 
 def _check_tools(doc: Mapping[str, Any]) -> None:

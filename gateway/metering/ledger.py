@@ -13,6 +13,7 @@ import io
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import date, timedelta
 from fractions import Fraction
+from functools import lru_cache
 from typing import Any
 from urllib.parse import quote, unquote
 
@@ -36,7 +37,12 @@ MAX_DAYS = 400  # the longest range one report reads
 
 
 def field(user: str, model: str, tag: str, measure: str) -> str:
-    return f"{quote(user, safe='')} {quote(model, safe='')} {quote(tag, safe='')} {measure}"
+    return _prefix(user, model, tag) + measure
+
+
+@lru_cache(maxsize=4096)  # on every settled call: the same few users, models and tags
+def _prefix(user: str, model: str, tag: str) -> str:
+    return f"{quote(user, safe='')} {quote(model, safe='')} {quote(tag, safe='')} "
 
 
 def model_of_prefix(prefix: str) -> str:
@@ -55,11 +61,12 @@ def entries(
         "cached_tokens": usage.cached_tokens,
         "output_tokens": usage.output_tokens,
         "images": usage.images,
-        "audio_seconds": round(usage.audio_seconds * SECOND_UNITS),
+        "audio_seconds": round(usage.audio_seconds * SECOND_UNITS) if usage.audio_seconds else 0,
         "video_seconds": video_units,
         "spend": spend_units,
     }
-    return {field(user, model, tag, m): v for m, v in amounts.items() if v}
+    prefix = _prefix(user, model, tag)
+    return {prefix + m: v for m, v in amounts.items() if v}
 
 
 def days(first: date, last: date) -> list[date]:

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from fractions import Fraction
+from functools import cached_property
 
 from gateway.quota.model import SPEND_UNITS
 
@@ -78,30 +79,50 @@ class ModelPrice:
     def prices_images(self) -> bool:
         return bool(self.per_image)
 
+    @cached_property
+    def _weights(self) -> tuple[int, int, int, int, int, int]:
+        """The integer prices behind ``cost_units``: stored units per token, request and
+        character over one common denominator, so that a call's cost is integer arithmetic
+        (Fractions cost microseconds per operation, on every call)."""
+        per = (
+            self.input_per_million * SPEND_UNITS / MILLION,
+            self.cached_price * SPEND_UNITS / MILLION,
+            self.output_per_million * SPEND_UNITS / MILLION,
+            self.per_request * SPEND_UNITS,
+            self.per_character * SPEND_UNITS,
+        )
+        den = math.lcm(*(Fraction(w).denominator for w in per))
+        w_in, w_cached, w_out, w_req, w_char = (int(w * den) for w in per)
+        return den, w_in, w_cached, w_out, w_req, w_char
+
     def cost_units(
         self, usage: Usage, *, size: str | None = None, quality: str | None = None
     ) -> int:
         """The cost of ``usage`` in stored units (millionths of the currency), rounded up."""
+        den, w_in, w_cached, w_out, w_req, w_char = self._weights
         cached = min(usage.cached_tokens, usage.input_tokens)
-        money = (
-            (usage.input_tokens - cached) * self.input_per_million / MILLION
-            + cached * self.cached_price / MILLION
-            + usage.output_tokens * self.output_per_million / MILLION
-            + usage.requests * self.per_request
-            + usage.images * self.image_price(size, quality)
-            + usage.audio_seconds * self.per_audio_second
-            + usage.characters * self.per_character
+        total = (
+            (usage.input_tokens - cached) * w_in
+            + cached * w_cached
+            + usage.output_tokens * w_out
+            + usage.requests * w_req
+            + usage.characters * w_char
         )
-        return max(0, math.ceil(money * SPEND_UNITS))
+        extra = Fraction(0)
+        if usage.images:
+            extra += usage.images * self.image_price(size, quality)
+        if usage.audio_seconds:
+            extra += usage.audio_seconds * self.per_audio_second
+        if extra:
+            money = Fraction(total, den * SPEND_UNITS) + extra
+            return max(0, math.ceil(money * SPEND_UNITS))
+        return max(0, -(-total // den))
 
-    def estimate_units(
-        self, usage: Usage, *, size: str | None = None, quality: str | None = None
-    ) -> int:
-        """An upper bound of ``cost_units`` for any real usage within ``usage``: the estimate
-        cannot know how much of the input will be cached, so it prices all of it at the
-        dearer of the two input prices."""
+    @cached_property
+    def _dearest_input(self) -> ModelPrice:
+        # The estimate cannot know how much of the input will be cached.
         dear = max(self.input_per_million, self.cached_price)
-        bound = ModelPrice(
+        return ModelPrice(
             input_per_million=dear,
             output_per_million=self.output_per_million,
             per_request=self.per_request,
@@ -109,7 +130,14 @@ class ModelPrice:
             per_audio_second=self.per_audio_second,
             per_character=self.per_character,
         )
-        return bound.cost_units(
+
+    def estimate_units(
+        self, usage: Usage, *, size: str | None = None, quality: str | None = None
+    ) -> int:
+        """An upper bound of ``cost_units`` for any real usage within ``usage``: the estimate
+        cannot know how much of the input will be cached, so it prices all of it at the
+        dearer of the two input prices."""
+        return self._dearest_input.cost_units(
             Usage(
                 input_tokens=usage.input_tokens,
                 output_tokens=usage.output_tokens,

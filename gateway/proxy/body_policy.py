@@ -18,7 +18,7 @@ import json
 from typing import Any
 
 from gateway.errors import InvalidRequest
-from gateway.upstream.json_keys import fold
+from gateway.upstream.json_keys import fold, may_spell
 from gateway.upstream.routes import RESPONSES
 
 # Keys that name an object stored on the upstream account, wherever they appear. Keys are
@@ -29,6 +29,13 @@ _OBJECT_REFS = frozenset(
 # Objects that point at a stored object by their "id": {"type": "item_reference", "id": ...},
 # a stored prompt ({"prompt": {"id": "pmpt_..."}}), an earlier audio answer (audio.id).
 _BY_ID = frozenset({"prompt", "audio"})
+# What a body that names a stored object must spell somewhere (the walk is skipped otherwise).
+_MARKS = (
+    *(k.encode() for k in _OBJECT_REFS),
+    b"container",
+    b"item_reference",
+    *(k.encode() for k in _BY_ID),
+)
 # Parsing is on the event loop: refuse bodies made of more values than any real request has,
 # before they cost every other caller seconds (a 32 MB body of tiny objects took ~6 s).
 MAX_JSON_VALUES = 200_000
@@ -120,7 +127,8 @@ def checked(kind: str, body: bytes | None) -> dict[str, Any]:
     doc = parse_json_object(body)
     if kind == RESPONSES and _get(doc, "background"):
         raise _refuse("background")
-    _scan(doc)
+    if may_spell(body, _MARKS):
+        _scan(doc)
     stored = [k for k in doc if fold(k) == "store"]
     for key in stored:
         del doc[key]

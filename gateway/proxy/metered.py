@@ -191,7 +191,8 @@ async def open_call(meter: Meter, scope: Scope, rule: RouteRule, body: bytes | N
         # never leaves an estimate charged.
         if kind in (kinds.CHAT, kinds.COMPLETIONS) and doc.get("stream") is True:
             hide = _ask_for_usage(doc)
-        body_policy.serialise(doc)
+        if b"\\u" in raw:  # an escape may be a lone surrogate, which cannot be sent
+            body_policy.serialise(doc)
         adm = await meter.admit(team, user, kind, doc, raw, tag)
         try:
             doc.update(adm.estimate.inject)

@@ -6,13 +6,26 @@ upstream accepts, or a caller can say one thing to the gateway and another to th
 
 from __future__ import annotations
 
+from functools import lru_cache
 
+
+@lru_cache(maxsize=8192)  # called for every key of every checked body: the same few keys
 def fold(key: str) -> str:
     """A key as the upstream's parser matches it. Go's encoding/json matches a field
     case-insensitively by Unicode simple folding, so ``"\\u017ftore"`` (a long s) and
-    ``"qualit\\u0131"`` (a dotless i) are ``store`` and ``quality`` to it.
+    ``"qual\\u0131ty"`` (a dotless i) are ``store`` and ``quality`` to it.
     Folding each letter to lower, then upper, then lower case puts every such spelling on
     the one ASCII name."""
     if key.isascii():
         return key.lower()
     return "".join(c.lower().upper() for c in key).lower()
+
+
+def may_spell(body: bytes, words: tuple[bytes, ...]) -> bool:
+    """Whether a raw JSON body could spell one of ``words`` (lower-case ASCII) as a key or a
+    string: always when it has escapes or non-ASCII bytes, which can hide a letter; else when
+    a word occurs in it, case aside. A cheap test that lets the common body skip a walk."""
+    if b"\\u" in body or not body.isascii():
+        return True
+    low = body.lower()
+    return any(w in low for w in words)

@@ -18,6 +18,7 @@ from gateway.metering.estimate import estimate
 from gateway.metering.forms import form_fields
 from gateway.metering.prices import ModelPrice, PriceTable, Usage, allowed, exact
 from gateway.metering.streams import UsageTap
+from gateway.upstream.json_keys import fold, may_spell
 
 prices = st.decimals(min_value=0, max_value=1000, places=4).map(lambda d: Fraction(str(d)))
 counts = st.integers(min_value=0, max_value=10**9)
@@ -58,6 +59,46 @@ def test_the_estimate_price_bounds_any_usage_within_it(
     bound = price.estimate_units(Usage(input_tokens=inp, output_tokens=out))
     real = Usage(input_tokens=inp, cached_tokens=min(cached, inp), output_tokens=min(real_out, out))
     assert price.cost_units(real) <= bound
+
+
+@given(
+    counts=st.tuples(counts, counts, counts, counts, st.integers(0, 50), st.integers(0, 3)),
+    seconds=st.fractions(min_value=0, max_value=10**6, max_denominator=1000),
+    p=st.tuples(prices, prices, prices, prices, prices, prices, prices),
+)
+def test_every_part_of_a_cost_is_exact_and_rounded_up_once(
+    counts: tuple[int, int, int, int, int, int], seconds: Fraction, p: tuple[Fraction, ...]
+) -> None:
+    inp, cached, out, chars, images, requests = counts
+    cached = min(cached, inp)
+    price = ModelPrice(
+        input_per_million=p[0],
+        cached_input_per_million=p[1],
+        output_per_million=p[2],
+        per_request=p[3] / 1000,
+        per_image={"*": p[4]},
+        per_audio_second=p[5] / 1000,
+        per_character=p[6] / 10**6,
+    )
+    money = (
+        (inp - cached) * p[0] / 10**6
+        + cached * p[1] / 10**6
+        + out * p[2] / 10**6
+        + requests * p[3] / 1000
+        + images * p[4]
+        + seconds * p[5] / 1000
+        + chars * p[6] / 10**6
+    )
+    usage = Usage(
+        input_tokens=inp,
+        cached_tokens=cached,
+        output_tokens=out,
+        images=images,
+        audio_seconds=seconds,
+        characters=chars,
+        requests=requests,
+    )
+    assert price.cost_units(usage) == math.ceil(money * 10**6)
 
 
 def test_decimal_prices_are_what_was_written() -> None:
@@ -462,3 +503,28 @@ def test_bad_forms(body: bytes, ctype: str, code: str) -> None:
     with pytest.raises(InvalidRequest) as err:
         form_fields(body, ctype)
     assert err.value.code == code
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (b'{"messages":[{"content":"hi"}]}', False),
+        (b'{"x":{"Image_URL":1}}', True),  # case aside
+        (b'{"x":{"im\\u0061ge_url":1}}', True),  # an escape can hide a letter
+        (b'{"x":{"\xc5\xbfile":1}}', True),  # so can a letter the upstream folds
+    ],
+)
+def test_a_body_skips_the_walk_only_when_it_cannot_spell_the_words(
+    body: bytes, expected: bool
+) -> None:
+    assert may_spell(body, (b"image", b"file")) is expected
+
+
+def test_folded_keys_are_the_ascii_names_the_upstream_reads() -> None:
+    assert [fold(k) for k in ("Store", "\u017ftore", "qual\u0131ty", "\u212aey", "名前")] == [
+        "store",
+        "store",
+        "quality",
+        "key",
+        "名前",
+    ]
