@@ -27,6 +27,7 @@ from gateway.auth.middleware import AuthMiddleware
 from gateway.auth.verifier import TokenVerifier
 from gateway.errors import GatewayError, NotFound
 from gateway.metering.prices import PriceTable
+from gateway.metering.reconcile import BillReconciler, SpendByKey
 from gateway.metering.refresher import PriceRefresher
 from gateway.metering.report import UsageReport
 from gateway.metering.routes import UsageEndpoint
@@ -65,6 +66,7 @@ PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 PRICING_PATH = "/api/pricing"  # new-api's public price list
 PRICING_TIMEOUT_S = 15.0  # one fetch of it, start-up included (a failed one delays no more)
 PRICING_MAX_BYTES = 32 * 1024 * 1024
+USAGE_PATH = "/api/usage/token"  # new-api: what the calling key has been billed
 
 
 @dataclass(frozen=True, eq=False)
@@ -135,6 +137,7 @@ def create_app(
             refetch_cooldown=settings.auth.jwks_refetch_cooldown,
             clock=time.monotonic,
         )
+    spend_by_key = SpendByKey(redis)  # what each upstream key's calls were charged
     quota = QuotaService(
         QuotaStore(redis),
         q,
@@ -143,6 +146,7 @@ def create_app(
         clock=clock,
         on_decision=obs.quota_decision,
         on_charged=obs.video_charged,
+        on_key_charged=spend_by_key.add,
         retry_hint_s=videos_conf.poll_after_ms / 1000,
         ledger_ttl_s=settings.pricing.ledger_retention_days * 86_400,
     )
@@ -208,6 +212,20 @@ def create_app(
             on_result=obs.price_refresh,
         )
         prices = refresher.current
+
+    async def fetch_usage(key_id: str) -> bytes:
+        async with asyncio.timeout(PRICING_TIMEOUT_S):
+            return await client.fetch_as(key_id, USAGE_PATH, limit=PRICING_MAX_BYTES)
+
+    bill = BillReconciler(
+        redis,
+        spend_by_key,
+        keys=lambda: pool.key_ids,
+        fetch_usage=fetch_usage,
+        quota_per_unit=settings.pricing.upstream_quota_per_unit,
+        on_drift=obs.upstream_drift,
+        on_result=obs.bill_read,
+    )
     meter = Meter(
         MeterStore(redis),
         quota.policy,
@@ -215,6 +233,7 @@ def create_app(
         team_models=settings.team_models,
         prices=prices,
         events=obs.meter_events(),
+        on_key_charged=spend_by_key.add,
     )
     usage = UsageEndpoint(
         UsageReport(
@@ -244,6 +263,12 @@ def create_app(
         background = [asyncio.create_task(reconciler.run_forever(), name="reconciler")]
         if refresher is not None:
             background.append(asyncio.create_task(refresher.run_forever(), name="prices"))
+        metering = q.enabled and settings.pricing.enabled
+        if metering:
+            background.append(asyncio.create_task(spend_by_key.run_forever(), name="spend"))
+        if metering and settings.pricing.reconcile_interval_seconds > 0:
+            every = settings.pricing.reconcile_interval_seconds
+            background.append(asyncio.create_task(bill.run_forever(every), name="bill"))
         if q.enabled:
             background.append(asyncio.create_task(snapshot.run_forever(), name="quota-metrics"))
         try:
@@ -255,6 +280,8 @@ def create_app(
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await reconciler.resign()
+            with contextlib.suppress(Exception):  # what is not flushed shows as drift
+                await spend_by_key.flush()
             await client.close()
             await pool.close()
             await idp.close()
@@ -276,7 +303,12 @@ def create_app(
             ),
             PrefixGroup(
                 "/admin/",
-                admin_routes(admin, admin_role=settings.auth.admin_role, usage=usage.any_team),
+                admin_routes(
+                    admin,
+                    admin_role=settings.auth.admin_role,
+                    usage=usage.any_team,
+                    reconcile=bill.run,
+                ),
             ),
             Route("/v1/gateway/quota", QuotaEndpoint(quota).handle, methods=["GET"]),
             Route("/v1/gateway/usage", usage.own, methods=["GET"]),

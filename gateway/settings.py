@@ -236,6 +236,10 @@ class PricingSettings:
     transcription_max_seconds: int = 1500  # audio seconds assumed for a per-second price
     max_tags_per_day: int = 100  # distinct x-gateway-tag values per team and day
     ledger_retention_days: int = 400
+    # Reconciliation with the upstream's bill (GET /api/usage/token per pooled key): how
+    # often (0: only when an admin asks), and new-api's quota units per unit of quota.currency.
+    reconcile_interval_seconds: float = 86400.0
+    upstream_quota_per_unit: int = 500_000
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -1042,6 +1046,8 @@ def _pricing(sec: _Section) -> PricingSettings:
         transcription_max_seconds=sec.integer("transcription_max_seconds", minimum=1),
         max_tags_per_day=sec.integer("max_tags_per_day"),
         ledger_retention_days=sec.integer("ledger_retention_days", minimum=1),
+        reconcile_interval_seconds=sec.number("reconcile_interval_seconds"),
+        upstream_quota_per_unit=sec.integer("upstream_quota_per_unit", minimum=1),
     )
     sec.finish()
     return out

@@ -9,6 +9,7 @@
     gateway admin job ID [--wait [--interval S]]
     gateway admin keys [enable|disable ID]
     gateway admin usage [--from D] [--to D] [--group-by F] [--team T] [--csv]
+    gateway admin reconcile                     the upstream's bill per key against our charges
     gateway admin audit [--limit N]
 
 The gateway comes from --url or GATEWAY_URL, the admin's JWT from --token or
@@ -405,6 +406,28 @@ def _usage(c: AdminClient, a: argparse.Namespace) -> tuple[Any, Callable[[Any], 
     return c.call("GET", "/admin/v1/usage" + query), usage_table
 
 
+def bill_table(doc: dict[str, Any]) -> str:
+    rows = [
+        [
+            str(r["key"]),
+            number(r["upstream_spend"], none="?"),
+            number(r["gateway_spend"]),
+            number(r["drift"], none="?"),
+            str(r.get("error") or ""),
+        ]
+        for r in doc["data"]
+    ]
+    if not rows:
+        return "no upstream keys"
+    headers = ["KEY", "UPSTREAM BILLED", "GATEWAY CHARGED", "DRIFT", "ERROR"]
+    legend = "since each key's first reconciliation; drift > 0: spend the gateway did not meter"
+    return render(headers, rows, right={1, 2, 3}) + "\n" + legend
+
+
+def _reconcile(c: AdminClient, a: argparse.Namespace) -> tuple[Any, Callable[[Any], str]]:
+    return c.call("POST", "/admin/v1/reconcile", {}), bill_table
+
+
 def _audit(c: AdminClient, a: argparse.Namespace) -> tuple[Any, Callable[[Any], str]]:
     return c.call("GET", "/admin/v1/audit" + _query(limit=a.limit)), audit_table
 
@@ -552,6 +575,7 @@ def add_admin_parser(sub: Any) -> None:
     )
     p.add_argument("--team", help="only this team")
     p.add_argument("--csv", action="store_true", help="print the gateway's CSV instead")
+    command("reconcile", _reconcile, "the upstream's bill per key against the gateway's charges")
     p = command("audit", _audit, "recent admin changes, newest first")
     p.add_argument(
         "--limit", type=int, help="at most this many entries (default: the gateway's page size)"

@@ -18,6 +18,7 @@ from gateway.admin.inputs import json_object
 from gateway.admin.service import AdminService
 from gateway.auth.principal import Principal
 from gateway.errors import PermissionDenied
+from gateway.metering.reconcile import KeyBill
 
 PREFIX = "/admin/v1"
 Handler = Callable[[Request, Principal], Awaitable[dict[str, Any]]]
@@ -28,6 +29,7 @@ def admin_routes(
     *,
     admin_role: str,
     usage: Callable[[Request], Awaitable[Response]] | None = None,
+    reconcile: Callable[[], Awaitable[list[KeyBill]]] | None = None,
 ) -> list[BaseRoute]:
     def check(request: Request) -> Principal:
         who = request.scope.get("principal")
@@ -108,4 +110,11 @@ def admin_routes(
             return await report(request)
 
         routes.append(Route(PREFIX + "/usage", usage_report, methods=["GET"]))
+    if reconcile is not None:
+        run_now = reconcile
+
+        async def bill(r: Request, who: Principal) -> dict[str, Any]:
+            return {"object": "list", "data": [b.as_json() for b in await run_now()]}
+
+        routes.append(Route(PREFIX + "/reconcile", guarded(bill), methods=["POST"]))
     return routes

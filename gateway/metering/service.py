@@ -82,6 +82,7 @@ class Admission:
     cost_units: int = 0
     # Admitted without Redis (pricing.store_down: allow): priced and counted, never stored.
     offline: bool = False
+    upstream_key: str | None = None  # the pooled key that served it, once known
 
     @property
     def model(self) -> str:
@@ -103,6 +104,7 @@ class Meter:
         team_models: Callable[[str], tuple[str, ...] | None],
         prices: Callable[[], PriceTable],
         events: MeterEvents | None = None,
+        on_key_charged: Callable[[str | None, int], None] = lambda key, units: None,
     ) -> None:
         self.store = store
         self.policy = policy
@@ -110,6 +112,7 @@ class Meter:
         self.team_models = team_models
         self.prices = prices
         self.events: MeterEvents = events or NoEvents()
+        self.on_key_charged = on_key_charged  # for the reconciliation with the upstream's bill
         self._ids = itertools.count()
         self._prefix = f"{os.getpid()}.{secrets.token_hex(4)}."
 
@@ -226,6 +229,8 @@ class Meter:
             cost = adm.cost(usage) if adm.price is not None else 0
             entries = ledger.entries(adm.user, adm.model, adm.tag, usage, cost)
         adm.cost_units = cost
+        if not failed:
+            self.on_key_charged(adm.upstream_key, cost)
         if adm.offline:  # nothing was reserved: the metrics still count what it cost
             if not failed:
                 self.events.charged(adm.team, adm.model, adm.kind, used, cost)

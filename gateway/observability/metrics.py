@@ -184,6 +184,20 @@ class Metrics:
             registry=r,
             multiprocess_mode="livemin",
         )
+        self.upstream_drift = Gauge(
+            "gateway_upstream_spend_drift",
+            "Per upstream key, what the upstream billed minus what the gateway charged since "
+            "the first reconciliation, in quota.currency: spend the gateway did not meter",
+            ["key"],
+            registry=r,
+            multiprocess_mode="max",
+        )
+        self.reconciliations = Counter(
+            "gateway_upstream_reconcile_total",
+            "Per-key readings of the upstream's bill, by result (ok, error: it could not be read)",
+            ["result"],
+            registry=r,
+        )
         self.budget_alert_share = Gauge(
             "gateway_budget_alert_share",
             "The share of a budget at which the budget alert fires (quota.budget_alert_share)",

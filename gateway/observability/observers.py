@@ -87,6 +87,12 @@ class Observers:
         self.metrics.price_refreshes.labels(result).inc()
         self.metrics.prices_loaded.set(loaded)
 
+    def upstream_drift(self, key: str, drift: float) -> None:
+        self.metrics.upstream_drift.labels(key).set(drift)
+
+    def bill_read(self, result: str) -> None:
+        self.metrics.reconciliations.labels(result).inc()
+
     def meter_events(self) -> MeterEvents:
         return _MeterMetrics(self.metrics, self.quota_decision)
 

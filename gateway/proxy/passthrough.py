@@ -110,6 +110,8 @@ class PassThrough:
             if call is not None:
                 await call.settle_shielded(None)
             raise
+        if call is not None:
+            call.admission.upstream_key = resp.key_id
         watch = receive if body_done() else None
         try:
             if resp.status >= 400:

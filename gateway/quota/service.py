@@ -59,12 +59,15 @@ class QuotaService:
         clock: Callable[[], float],
         on_decision: Decision | None = None,
         on_charged: Callable[[str, str, float], None] | None = None,
+        on_key_charged: Callable[[str | None, int], None] | None = None,
         retry_hint_s: float = 5.0,
         ledger_ttl_s: int = 400 * 86_400,
     ) -> None:
         self.store = store
         # A kept job's spend, by team and model: the spend metric counts it with every call.
         self._on_charged = on_charged or (lambda team, model, spend: None)
+        # ... and by the upstream key that ran it, for the reconciliation with the bill.
+        self._on_key_charged = on_key_charged or (lambda key, units: None)
         self._ledger_ttl_s = ledger_ttl_s
         self.policy = QuotaPolicy(settings, teams=teams, videos=videos, clock=clock)
         self._on_decision = on_decision or (lambda team, kind, result: None)
@@ -151,8 +154,11 @@ class QuotaService:
             headers=wait_headers(None if never else reset - now),
         )
 
-    async def settle(self, team: str, job_id: str, outcome: str) -> bool:
-        """Keep (``kept``) or refund (``refunded``) a reservation; True only the first time."""
+    async def settle(
+        self, team: str, job_id: str, outcome: str, *, key_id: str | None = None
+    ) -> bool:
+        """Keep (``kept``) or refund (``refunded``) a reservation; True only the first time.
+        ``key_id``: the upstream key that ran the job, when known."""
         k = TeamKeys(team)
         res = await self.store.reservation(k, job_id)
         if res.get("state") != "reserved":
@@ -169,8 +175,9 @@ class QuotaService:
         if done:
             self._on_decision(team, "settlement", outcome)
             if outcome == "kept" and res.get("lp"):
-                spend = int(res.get("su") or 0) / model.SPEND_UNITS
-                self._on_charged(team, ledger.model_of_prefix(res["lp"]), spend)
+                units = int(res.get("su") or 0)
+                self._on_charged(team, ledger.model_of_prefix(res["lp"]), units / model.SPEND_UNITS)
+                self._on_key_charged(key_id, units)
         return done
 
     async def mark_unknown(self, team: str, job_id: str) -> None:

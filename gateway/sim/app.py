@@ -78,6 +78,7 @@ _ROUTES: list[tuple[str, re.Pattern[str], Handler, bool]] = [
     ("POST", re.compile(f"/v1/videos/(?P<id>{_SEGMENT})/remix"), videos.remix_video, True),
     # Public in new-api: anyone may read the price list.
     ("GET", re.compile("/api/pricing"), pricing.pricing, False),
+    ("GET", re.compile("/api/usage/token"), pricing.usage_token, True),
     ("GET", re.compile(r"/files/(?P<id>[^/]+)\.mp4"), videos.result_file, False),
     ("GET", re.compile(r"/files/images/(?P<seed>[0-9a-f]{24})\.png"), images.image_file, False),
 ]

@@ -92,11 +92,13 @@ async def embeddings(state: SimState, call: Call) -> Response:
         for i, item in enumerate(items)
     ]
     used = sum(tokens.piece_tokens(item) for item in items)
+    model = str(doc.get("model") or "text-embedding-3-small")
+    state.bill(call.key, model, {"prompt_tokens": used})
     return JSONResponse(
         {
             "object": "list",
             "data": data,
-            "model": str(doc.get("model") or "text-embedding-3-small"),
+            "model": model,
             "usage": {"prompt_tokens": used, "total_tokens": used},
         }
     )

@@ -50,6 +50,7 @@ async def chat_completions(state: SimState, call: Call) -> Response:
         cached=state.prompt_cache.cached_tokens(model, messages, prompt),
         reasoning=n * tokens.reasoning_tokens(model, len(pieces)),
     )
+    state.bill(call.key, model, totals)
     head = {
         "id": "chatcmpl-" + secrets.token_hex(12),
         "created": int(time.time()),

@@ -42,6 +42,7 @@ async def completions(state: SimState, call: Call) -> Response:
     echo = fields.flag(doc, "echo")
     prompt_tokens = sum(tokens.piece_tokens(p) for p in prompts)
     totals = usage.completion(prompt_tokens, len(prompts) * n * len(pieces))
+    state.bill(call.key, model, totals)
     head = {
         "id": "cmpl-" + secrets.token_hex(12),
         "object": "text_completion",

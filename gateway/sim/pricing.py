@@ -100,3 +100,25 @@ async def pricing(state: SimState, call: Call) -> Response:
             "pricing_version": "sim",
         }
     )
+
+
+async def usage_token(state: SimState, call: Call) -> Response:
+    """new-api's ``GET /api/usage/token``: what the calling key has been billed, in quota."""
+    used = state.billed.get(call.key or "", 0)
+    return JSONResponse(
+        {
+            "code": True,
+            "message": "ok",
+            "data": {
+                "object": "token_usage",
+                "name": "sim",
+                "total_granted": 0,
+                "total_used": used,
+                "total_available": 0,
+                "unlimited_quota": True,
+                "model_limits": {},
+                "model_limits_enabled": False,
+                "expires_at": 0,
+            },
+        }
+    )

@@ -68,6 +68,7 @@ async def create_response(state: SimState, call: Call) -> Response:
         cached=state.prompt_cache.cached_tokens(model, [instructions, given], input_tokens),
         reasoning=reasoning,
     )
+    state.bill(call.key, model, totals)
     status = "incomplete" if cut else "completed"
     created = int(time.time())
     base: dict[str, Any] = {

@@ -10,6 +10,8 @@ from gateway.sim.faults import Fault
 from gateway.sim.jobs import Job
 from gateway.sim.usage import PromptCache
 
+QUOTA_PER_USD = 500_000  # new-api's QuotaPerUnit
+
 
 class SimState:
     def __init__(self, config: SimConfig, clock: Callable[[], float]) -> None:
@@ -29,6 +31,27 @@ class SimState:
         # which fills them in create_sim_app). Tests change them to see a refresh.
         self.prices: dict[str, dict[str, Any]] = {}
         self.group_ratio: dict[str, float] = {}
+        # Per key, the quota units new-api would have billed it (GET /api/usage/token).
+        self.billed: dict[str, int] = {}
+
+    def bill(self, key: str | None, model: str, totals: dict[str, Any]) -> None:
+        """Charge ``key`` what new-api would for an answer with this ``usage``, in its quota
+        units (500,000 a dollar), for ``GET /api/usage/token`` to report."""
+        entry = self.prices.get(model)
+        if key is None or entry is None:
+            return
+        group = self.group_ratio.get("default", 1)
+        if entry.get("quota_type") == 1:
+            quota = float(entry.get("model_price", 0)) * QUOTA_PER_USD * group
+        else:
+            inp = int(totals.get("prompt_tokens", totals.get("input_tokens", 0)))
+            out = int(totals.get("completion_tokens", totals.get("output_tokens", 0)))
+            details = totals.get("prompt_tokens_details") or totals.get("input_tokens_details")
+            cached = int((details or {}).get("cached_tokens", 0))
+            cache_ratio = float(entry.get("cache_ratio", 1))
+            weighted = inp - cached + cached * cache_ratio + out * float(entry["completion_ratio"])
+            quota = weighted * float(entry["model_ratio"]) * group
+        self.billed[key] = self.billed.get(key, 0) + round(quota)
 
     def note_abort(self) -> None:
         self.aborted += 1

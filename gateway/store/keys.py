@@ -5,6 +5,8 @@
                              script on one Cluster slot
     gw:job:{<id>}            a video job's record (and ``:poll``, its poll lock)
     gw:pool:{<key-id>}       an upstream key's shared health
+    gw:pool:{<key-id>}:charged  what the gateway charged for calls that key served
+    gw:pool:{<key-id>}:bill     the reconciliation baseline for that key
     gw:teams                 every team that ever reserved
     gw:reconciler:leader     the reconciler's leader lock
     gw:audit                 the admin audit log (a stream)
@@ -32,6 +34,17 @@ def job_poll(video_id: str) -> str:
 
 def upstream_key_health(key_id: str) -> str:
     return f"gw:pool:{{{key_id}}}"
+
+
+def upstream_key_charged(key_id: str) -> str:
+    """Stored spend units the gateway charged for calls this upstream key served."""
+    return f"{upstream_key_health(key_id)}:charged"
+
+
+def upstream_key_bill(key_id: str) -> str:
+    """The first reconciliation's readings (the upstream's and ours), which later ones
+    compare against: a key used before the gateway counted is not drift."""
+    return f"{upstream_key_health(key_id)}:bill"
 
 
 @dataclass(frozen=True)

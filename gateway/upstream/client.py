@@ -435,6 +435,28 @@ class UpstreamClient:
         except (aiohttp.ClientError, OSError) as exc:
             raise UpstreamError(f"GET {path} failed: {type(exc).__name__}.") from exc
 
+    async def fetch_as(self, key_id: str, path: str, *, limit: int) -> bytes:
+        """GET one of new-api's own pages about a key (``/api/usage/token``) with that key:
+        anything but a 200 of at most ``limit`` bytes raises UpstreamError. The caller bounds
+        its time."""
+        req = UpstreamRequest(
+            method="GET",
+            path=path,
+            query="",
+            headers=(),
+            body=None,
+            route=path,
+            request_id="",
+            key_id=key_id,
+        )
+        resp = await self.send(req)
+        try:
+            if resp.status != 200:
+                raise UpstreamError(f"GET {path} answered HTTP {resp.status}.")
+            return await resp.read(limit)
+        finally:
+            resp.close()
+
     def _has_other_key(self, tried: set[str]) -> bool:
         try:
             self.pool.acquire(tried).release()

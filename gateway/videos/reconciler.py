@@ -129,7 +129,10 @@ class Reconciler:
             report.lag_seconds = max(report.lag_seconds, seen_ms / 1000)
             if job.finished:
                 report.settled += await self.quota.settle(
-                    team, job_id, "kept" if job.status == "completed" else "refunded"
+                    team,
+                    job_id,
+                    "kept" if job.status == "completed" else "refunded",
+                    key_id=job.key_id,
                 )
                 continue
             report.polled += 1

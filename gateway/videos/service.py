@@ -330,7 +330,7 @@ class VideoService:
         if self.quota is None:
             return
         if job.status == "completed":
-            await self.quota.settle(job.team, job.id, "kept")
+            await self.quota.settle(job.team, job.id, "kept", key_id=job.key_id)
         elif job.status == "failed":
             await self.quota.settle(job.team, job.id, "refunded")
         else:

@@ -64,6 +64,9 @@ EXPORTED_METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
     # pricing.source: crazyrouter; result: ok, error (the last good list is kept)
     "gateway_price_refresh_total": (COUNTER, ("result",)),
     "gateway_prices_loaded": (GAUGE, ()),
+    # the reconciliation with the upstream's bill, per pooled key; result: ok, error
+    "gateway_upstream_spend_drift": (GAUGE, ("key",)),
+    "gateway_upstream_reconcile_total": (COUNTER, ("result",)),
     # downloads and streams; side: client, upstream
     "gateway_content_bytes_total": (COUNTER, ("team",)),
     "gateway_streams_in_flight": (GAUGE, ()),

@@ -3,6 +3,7 @@ streams, the ledger's rows and CSV, and multipart fields."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from fractions import Fraction
@@ -17,6 +18,7 @@ from gateway.metering import answers, kinds, ledger
 from gateway.metering.estimate import estimate
 from gateway.metering.forms import form_fields
 from gateway.metering.prices import ModelPrice, PriceTable, Usage, allowed, exact
+from gateway.metering.reconcile import KeyBill, SpendByKey, billed_quota
 from gateway.metering.streams import UsageTap
 from gateway.upstream.json_keys import fold, may_spell
 
@@ -528,3 +530,60 @@ def test_folded_keys_are_the_ascii_names_the_upstream_reads() -> None:
         "key",
         "名前",
     ]
+
+
+def test_the_upstream_bill_is_read_from_new_apis_token_usage_only() -> None:
+    assert billed_quota(b'{"code":true,"data":{"object":"token_usage","total_used":1234}}') == 1234
+    for bad in (
+        b"nope",
+        b"[]",
+        b'{"data":{}}',
+        b'{"data":{"total_used":-1}}',
+        b'{"data":{"total_used":true}}',
+        b'{"data":{"total_used":"9"}}',
+    ):
+        with pytest.raises(ValueError, match=r"JSON|total_used"):
+            billed_quota(bad)
+    row = KeyBill("k", upstream_units=2_000_000, gateway_units=1_500_000)
+    assert row.as_json() == {
+        "key": "k",
+        "upstream_spend": 2.0,
+        "gateway_spend": 1.5,
+        "drift": 0.5,
+        "error": None,
+    }
+    unread = KeyBill("k", upstream_units=None, gateway_units=7, error="down")
+    assert (unread.drift_units, unread.as_json()["drift"]) == (None, None)
+
+
+class _FailingPipeline:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, int]] = []
+
+    async def __aenter__(self) -> _FailingPipeline:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    def incrby(self, key: str, n: int) -> None:
+        self.sent.append((key, n))
+
+    async def execute(self) -> None:
+        raise ConnectionError("Redis is down")
+
+
+class _DownRedis:
+    def pipeline(self, transaction: bool = True) -> _FailingPipeline:
+        return _FailingPipeline()
+
+
+def test_spend_per_key_that_cannot_be_flushed_is_kept_for_the_next_flush() -> None:
+    spend = SpendByKey(_DownRedis())  # type: ignore[arg-type]
+    spend.add("a", 5)
+    spend.add("a", 7)
+    spend.add(None, 9)  # a call no key served (cut before its answer): no key to charge
+    spend.add("b", 0)
+    with pytest.raises(ConnectionError):
+        asyncio.run(spend.flush())
+    assert spend._pending == {"a": 12}
