@@ -891,7 +891,8 @@ def _videos(sec: _Section) -> VideoSettings:
 
 _TEAM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _TEAM_OPTIONS = ("videos_private", "models")
-_MODEL_GLOB = re.compile(r"^[A-Za-z0-9*?\[\]][A-Za-z0-9_.:/@*?\[\]!-]{0,127}$")
+# "-" alone: what a call on an extra route that names no model is priced as.
+_MODEL_GLOB = re.compile(r"^(?:-|[A-Za-z0-9*?\[\]][A-Za-z0-9_.:/@*?\[\]!-]{0,127})$")
 
 
 def _teams(sec: _Section) -> dict[str, TeamSettings]:

@@ -142,9 +142,14 @@ class Meter:
         price = self.prices().lookup(name)
         if price is None and kind != kinds.MODERATIONS:
             if self.pricing.unpriced != "allow":
+                what = (
+                    "A call to this route names no model and the route has no price ('-')"
+                    if name == "-"
+                    else f"The model '{name}' has no price configured"
+                )
                 raise PermissionDenied(
-                    f"The model '{name}' has no price configured, so the gateway cannot "
-                    "meter it; ask the gateway's operators to add one.",
+                    f"{what}, so the gateway cannot meter it; ask the gateway's operators to "
+                    "add one.",
                     code="model_not_priced",
                     param="model",
                 )

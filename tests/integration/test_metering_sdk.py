@@ -365,3 +365,28 @@ def test_bad_tag_is_refused(stack: Stack, team: str) -> None:
         c.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}])
     assert err.value.code == "invalid_tag"
     assert stack.sim_requests("/v1/chat") == []
+
+
+def test_an_extra_route_is_priced_like_any_call(redis_url: str, team: str) -> None:
+    routes = {"extra_routes": ["GET /v1/dashboard/billing/usage", "POST /v1/rerank"]}
+    with metered_stack(redis_url, {team: {"spend_per_day": 100}}, server=routes) as s:
+        auth = {"Authorization": f"Bearer {s.token(team=team)}"}
+        r = httpx2.get(s.v1 + "/dashboard/billing/usage", headers=auth)
+        assert (r.status_code, r.json()["error"]["code"]) == (403, "model_not_priced")
+        assert "names no model" in r.json()["error"]["message"]
+        r = httpx2.post(s.v1 + "/rerank", headers=auth, json={"model": "rerank-x", "query": "q"})
+        assert (r.status_code, r.json()["error"]["code"]) == (403, "model_not_priced")
+        assert "'rerank-x'" in r.json()["error"]["message"]
+        assert s.sim_requests() == []
+    priced = {"models": {**PRICES, "-": {"per_request": 0.002}}}
+    with metered_stack(
+        redis_url, {team: {"spend_per_day": 100}}, server=routes, pricing=priced
+    ) as s:
+        r = httpx2.get(
+            s.v1 + "/dashboard/billing/usage",
+            headers={"Authorization": f"Bearer {s.token(team=team)}"},
+        )
+        # forwarded: the simulator has no such page, and a failed call is refunded
+        assert r.status_code == 404
+        assert len(s.sim_requests("/v1/dashboard")) == 1
+        assert quota(s, team)["spend_per_day"]["used"] == 0
