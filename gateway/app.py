@@ -19,10 +19,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway.admin.routes import admin_routes
+from gateway.admin.api_keys import KeyAdmin
+from gateway.admin.routes import admin_routes, team_key_routes
 from gateway.admin.service import AdminService
 from gateway.auth.idp import IdpClient
 from gateway.auth.jwks import JWKSCache
+from gateway.auth.key_store import KeyStore
+from gateway.auth.key_verifier import KeyVerifier
 from gateway.auth.middleware import AuthMiddleware
 from gateway.auth.verifier import TokenVerifier
 from gateway.errors import GatewayError, NotFound
@@ -190,6 +193,23 @@ def create_app(
         settings=settings,
         clock=clock,
     )
+    auth = settings.auth
+    pepper = auth.api_key_pepper.encode() if auth.api_key_pepper else None
+    key_store = KeyStore(redis)
+    key_verifier = KeyVerifier(
+        key_store,
+        pepper,
+        clock=clock,
+        cache_seconds=auth.api_key_cache_seconds,
+        cache_size=auth.cache_size,
+    )
+    key_admin = KeyAdmin(
+        key_store,
+        auth,
+        digest=key_verifier.digest if key_verifier.enabled else None,
+        audit=admin.audited,
+        clock=clock,
+    )
     configured = PriceTable(settings.pricing.models)
     refresher: PriceRefresher | None = None
 
@@ -308,7 +328,11 @@ def create_app(
                     admin_role=settings.auth.admin_role,
                     usage=usage.any_team,
                     reconcile=bill.run,
+                    api_keys=key_admin,
                 ),
+            ),
+            *team_key_routes(
+                key_admin, team_admin_role=auth.team_admin_role, admin_role=auth.admin_role
             ),
             Route("/v1/gateway/quota", QuotaEndpoint(quota).handle, methods=["GET"]),
             Route("/v1/gateway/usage", usage.own, methods=["GET"]),
@@ -340,6 +364,7 @@ def create_app(
             Middleware(
                 AuthMiddleware,
                 verifier=TokenVerifier(settings.auth, jwks=jwks, clock=clock),
+                keys=key_verifier,
                 public_paths=PUBLIC_PATHS,
                 on_failure=obs.auth_failure,
             ),

@@ -122,6 +122,15 @@ class AuthSettings:
     user_claim: str = "sub"
     admin_role: str = "gateway-admin"
     cache_size: int = 10_000
+    # Gateway API keys (docs/api-keys.md): stored as HMAC-SHA256 under this pepper; unset,
+    # keys are off (a gwk_ key gets 401, and creating one says why).
+    api_key_pepper: str | None = field(default=None, repr=False)
+    # How long a replica trusts what it read of a key: a revocation reaches every replica
+    # within it. At most one second.
+    api_key_cache_seconds: float = 1.0
+    api_key_rotate_grace_seconds: float = 86_400.0  # the default; a rotate may name less
+    api_key_max_days: int = 3650  # the longest expires_in_days a key may be given
+    team_admin_role: str = "team-admin"  # manages its own team's keys at /v1/gateway/api-keys
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -280,11 +289,16 @@ class Settings:
 
     def team_models(self, team: str) -> tuple[str, ...] | None:
         """The model globs ``team`` may call (None: any model)."""
-        own = self.teams.get(team)
-        if own is not None and own.models is not None:
-            return own.models
-        default = self.teams.get("default")
-        return default.models if default is not None else None
+        return models_of(self.teams, team)
+
+
+def models_of(teams: Mapping[str, TeamSettings], team: str) -> tuple[str, ...] | None:
+    """The model globs ``team`` may call in this teams table (None: any model)."""
+    own = teams.get(team)
+    if own is not None and own.models is not None:
+        return own.models
+    default = teams.get("default")
+    return default.models if default is not None else None
 
 
 # -- loading ---------------------------------------------------------------------------------
@@ -683,6 +697,10 @@ def _auth(sec: _Section) -> AuthSettings:
         sec.fail("hs256_secrets", "HS algorithms need at least one secret")
     if any(not a.startswith("HS") for a in algorithms) and not (public_keys or jwks_url):
         sec.fail("public_keys", "RS/ES algorithms need public_keys or jwks_url")
+    pepper = sec.string("api_key_pepper", None) or None
+    pepper = _secret_file(sec, "api_key_pepper_file") or pepper
+    if pepper is not None and len(pepper.encode()) < HS256_MIN_SECRET_BYTES:
+        sec.fail("api_key_pepper", f"must be at least {HS256_MIN_SECRET_BYTES} bytes")
     out = AuthSettings(
         hs256_secrets=tuple(secrets),
         public_keys=tuple(public_keys),
@@ -699,6 +717,13 @@ def _auth(sec: _Section) -> AuthSettings:
         user_claim=sec.req_string("user_claim"),
         admin_role=sec.req_string("admin_role"),
         cache_size=sec.integer("cache_size"),
+        api_key_pepper=pepper,
+        api_key_cache_seconds=sec.number("api_key_cache_seconds", minimum=0.0, maximum=1.0),
+        api_key_rotate_grace_seconds=sec.number(
+            "api_key_rotate_grace_seconds", maximum=30 * 86_400.0
+        ),
+        api_key_max_days=sec.integer("api_key_max_days", minimum=1),
+        team_admin_role=sec.req_string("team_admin_role"),
     )
     sec.finish()
     return out

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import httpx2
 import pytest
 import redis as redis_sync
 
@@ -64,6 +66,16 @@ class Stack:
     def clear_sim(self) -> None:
         self.sim_app.state.sim.requests.clear()
 
+    def metric(self, name: str, **labels: str) -> float:
+        """The sum of a metric's samples whose labels include ``labels``, from /metrics."""
+        text = httpx2.get(self.url + "/metrics").text
+        total = 0.0
+        for line in text.splitlines():
+            m = re.match(rf"^{name}\{{(.*)\}} (\S+)$", line)
+            if m and all(f'{k}="{v}"' in m.group(1) for k, v in labels.items()):
+                total += float(m.group(2))
+        return total
+
 
 def gateway_config(
     sim_url: str, redis_url: str, jwt_secret: str, keys: dict[str, str], **sections: Any
@@ -77,7 +89,12 @@ def gateway_config(
             **sections.pop("upstream", {}),
         },
         "redis": {"url": redis_url, **sections.pop("redis", {})},
-        "auth": {"hs256_secrets": [jwt_secret], **sections.pop("auth", {})},
+        "auth": {
+            "hs256_secrets": [jwt_secret],
+            # Gateway API keys are on in every test gateway; a test's own pepper wins.
+            "api_key_pepper": secrets.token_urlsafe(32),
+            **sections.pop("auth", {}),
+        },
         "server": sections.pop("server", {}),
         "teams": sections.pop("teams", {"default": {}, "team-a": {}, "team-b": {}}),
         "videos": sections.pop("videos", {}),

@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from gateway.admin.api_keys import KeyAdmin
 from gateway.admin.inputs import json_object
 from gateway.admin.service import AdminService
 from gateway.auth.principal import Principal
@@ -30,6 +31,7 @@ def admin_routes(
     admin_role: str,
     usage: Callable[[Request], Awaitable[Response]] | None = None,
     reconcile: Callable[[], Awaitable[list[KeyBill]]] | None = None,
+    api_keys: KeyAdmin | None = None,
 ) -> list[BaseRoute]:
     def check(request: Request) -> Principal:
         who = request.scope.get("principal")
@@ -37,13 +39,8 @@ def admin_routes(
             raise PermissionDenied("This endpoint needs the gateway admin role.")
         return who
 
-    def guarded(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
-        async def endpoint(request: Request) -> Response:
-            who = check(request)
-            # no-store: limits and usage change under the caller; a cached view misleads.
-            return JSONResponse(await handler(request, who), headers={"cache-control": "no-store"})
-
-        return endpoint
+    def guarded(handler: Handler, status: int = 200) -> Callable[[Request], Awaitable[Response]]:
+        return _endpoint(check, handler, status)
 
     def team(r: Request) -> str:
         return str(r.path_params["team"])
@@ -102,6 +99,29 @@ def admin_routes(
     routes: list[BaseRoute] = [
         Route(PREFIX + path, guarded(handler), methods=[method]) for path, handler, method in table
     ]
+    if api_keys is not None:
+        issuer = api_keys
+
+        async def create_key(r: Request, who: Principal) -> dict[str, Any]:
+            doc = json_object(await r.body())
+            return await issuer.create(who, team(r), doc, may_grant_roles=True)
+
+        async def list_keys(r: Request, who: Principal) -> dict[str, Any]:
+            return await issuer.list(team(r))
+
+        async def revoke_key(r: Request, who: Principal) -> dict[str, Any]:
+            return await issuer.revoke(who, str(r.path_params["id"]), team=None)
+
+        async def rotate_key(r: Request, who: Principal) -> dict[str, Any]:
+            doc = json_object(await r.body() or b"{}")
+            return await issuer.rotate(who, str(r.path_params["id"]), doc, team=None)
+
+        routes += [
+            Route(PREFIX + "/teams/{team}/api-keys", guarded(create_key, 201), methods=["POST"]),
+            Route(PREFIX + "/teams/{team}/api-keys", guarded(list_keys), methods=["GET"]),
+            Route(PREFIX + "/api-keys/{id}", guarded(revoke_key), methods=["DELETE"]),
+            Route(PREFIX + "/api-keys/{id}/rotate", guarded(rotate_key), methods=["POST"]),
+        ]
     if usage is not None:
         report = usage
 
@@ -118,3 +138,54 @@ def admin_routes(
 
         routes.append(Route(PREFIX + "/reconcile", guarded(bill), methods=["POST"]))
     return routes
+
+
+def team_key_routes(keys: KeyAdmin, *, team_admin_role: str, admin_role: str) -> list[BaseRoute]:
+    """A team admin's own team's keys, under ``/v1/gateway/api-keys``: the caller's team is
+    the only team these routes ever touch."""
+
+    def check(request: Request) -> Principal:
+        who = request.scope.get("principal")
+        if not isinstance(who, Principal) or not (
+            who.has_role(team_admin_role) or who.has_role(admin_role)
+        ):
+            raise PermissionDenied(
+                f"Managing your team's API keys needs the '{team_admin_role}' role."
+            )
+        return who
+
+    async def create_key(r: Request, who: Principal) -> dict[str, Any]:
+        doc = json_object(await r.body())
+        return await keys.create(who, who.team, doc, may_grant_roles=False)
+
+    async def list_keys(r: Request, who: Principal) -> dict[str, Any]:
+        return await keys.list(who.team)
+
+    async def revoke_key(r: Request, who: Principal) -> dict[str, Any]:
+        return await keys.revoke(who, str(r.path_params["id"]), team=who.team)
+
+    async def rotate_key(r: Request, who: Principal) -> dict[str, Any]:
+        doc = json_object(await r.body() or b"{}")
+        return await keys.rotate(who, str(r.path_params["id"]), doc, team=who.team)
+
+    base = "/v1/gateway/api-keys"
+    return [
+        Route(base, _endpoint(check, create_key, 201), methods=["POST"]),
+        Route(base, _endpoint(check, list_keys), methods=["GET"]),
+        Route(base + "/{id}", _endpoint(check, revoke_key), methods=["DELETE"]),
+        Route(base + "/{id}/rotate", _endpoint(check, rotate_key), methods=["POST"]),
+    ]
+
+
+def _endpoint(
+    check: Callable[[Request], Principal], handler: Handler, status: int = 200
+) -> Callable[[Request], Awaitable[Response]]:
+    async def endpoint(request: Request) -> Response:
+        who = check(request)
+        # no-store: limits, usage and keys change under the caller; a cached view misleads
+        # (and an answer carrying a new key's secret must not be kept anywhere).
+        return JSONResponse(
+            await handler(request, who), status_code=status, headers={"cache-control": "no-store"}
+        )
+
+    return endpoint

@@ -83,7 +83,7 @@ class AdminService:
         limits = inputs.parse_limits(doc)
         before, after = await self.quota.admin.write_overrides(team, limits, replace=replace)
         action = "limits.replace" if replace else "limits.merge"
-        await self._audit(
+        await self.audited(
             actor, action, f"team:{team}", {"overrides": before}, {"overrides": after}
         )
         return await self.team(team)
@@ -92,7 +92,7 @@ class AdminService:
         """Back to the config's limits for this team."""
         inputs.check_team(team)
         before, after = await self.quota.admin.write_overrides(team, {}, replace=True)
-        await self._audit(
+        await self.audited(
             actor, "limits.clear", f"team:{team}", {"overrides": before}, {"overrides": after}
         )
         return await self.team(team)
@@ -103,7 +103,7 @@ class AdminService:
         inputs.check_team(team)
         window = inputs.parse_window(doc)
         held = await self.quota.admin.reset_usage(team, window)
-        await self._audit(
+        await self.audited(
             actor,
             "usage.reset",
             f"team:{team}",
@@ -160,7 +160,7 @@ class AdminService:
         await self.pool.set_disabled(key_id, not enabled)
         view = self._key(key_id)
         action = "upstream_key.enable" if enabled else "upstream_key.disable"
-        await self._audit(
+        await self.audited(
             actor, action, f"upstream_key:{key_id}", {"state": before}, {"state": view["state"]}
         )
         return view
@@ -175,7 +175,7 @@ class AdminService:
         entries, more = await self.audit.recent(n)
         return {"object": "list", "data": entries, "has_more": more}
 
-    async def _audit(
+    async def audited(
         self, actor: Principal, action: str, target: str, before: Any, after: Any
     ) -> None:
         try:

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from gateway.auth.api_keys import PREFIX
+from gateway.auth.key_verifier import KeyVerifier
 from gateway.auth.verifier import TokenVerifier
 from gateway.errors import AuthenticationFailed
 from gateway.web.asgi import ASGIApp, Receive, Scope, Send, header
 
 
 class AuthMiddleware:
-    """Requires a valid ``Authorization: Bearer`` token on every HTTP path not in public_paths.
+    """Requires a valid ``Authorization: Bearer`` token on every HTTP path not in public_paths:
+    a JWT (``TokenVerifier``) or a gateway API key (``gwk_...``, ``KeyVerifier``).
 
     The principal lands in ``scope["principal"]`` and ``scope["state"]["principal"]``. A
     rejection raises a uniform 401 without calling the app; ``on_failure`` gets the reason for
@@ -22,11 +25,13 @@ class AuthMiddleware:
         app: ASGIApp,
         verifier: TokenVerifier,
         *,
+        keys: KeyVerifier | None = None,
         public_paths: frozenset[str] = frozenset(),
         on_failure: Callable[[str], None] = lambda reason: None,
     ) -> None:
         self.app = app
         self.verifier = verifier
+        self.keys = keys
         self.public_paths = public_paths
         self.on_failure = on_failure
 
@@ -40,7 +45,12 @@ class AuthMiddleware:
             token = token.strip()
             if scheme.lower() != "bearer" or not token:
                 raise AuthenticationFailed("missing")
-            principal = await self.verifier.verify(token)
+            if token.startswith(PREFIX):
+                if self.keys is None:
+                    raise AuthenticationFailed("key_disabled")
+                principal = await self.keys.verify(token)
+            else:
+                principal = await self.verifier.verify(token)
         except AuthenticationFailed as exc:
             self.on_failure(exc.reason)
             raise

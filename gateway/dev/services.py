@@ -77,8 +77,8 @@ def dev_fallbacks(settings: Settings, env: Mapping[str, str]) -> list[str]:
     return out
 
 
-def _local_secret(data_dir: Path) -> str:
-    path = data_dir / "jwt-secret"
+def _local_secret(data_dir: Path, name: str = "jwt-secret") -> str:
+    path = data_dir / name
     if path.exists():
         return path.read_text().strip()
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -131,6 +131,9 @@ def start_dev_services(config: str | None, env: MutableMapping[str, str]) -> Dev
         if generates_secret(settings, env):
             env["GATEWAY_JWT_SECRET"] = _local_secret(data_dir)
             services.notes.append(f"JWT secret: generated once, kept in {data_dir / 'jwt-secret'}")
+        if not env.get("GATEWAY_API_KEY_PEPPER") and settings.auth.api_key_pepper is None:
+            # Gateway API keys work in development too; their hashes need a stable pepper.
+            env["GATEWAY_API_KEY_PEPPER"] = _local_secret(data_dir, "api-key-pepper")
         if settings.redis.embedded:
             services.redis = RedisProcess(data_dir=data_dir / "redis").start()
             env["REDIS_URL"] = services.redis.url

@@ -15,9 +15,10 @@ import os
 import re
 import secrets
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
+from gateway.auth.api_keys import KeyScope
 from gateway.errors import (
     GatewayError,
     InvalidRequest,
@@ -83,6 +84,7 @@ class Admission:
     # Admitted without Redis (pricing.store_down: allow): priced and counted, never stored.
     offline: bool = False
     upstream_key: str | None = None  # the pooled key that served it, once known
+    key_id: str | None = None  # the gateway API key it was made with, charged alongside
 
     @property
     def model(self) -> str:
@@ -130,12 +132,18 @@ class Meter:
         return tag
 
     def price_for(
-        self, team: str, kind: str, doc: Mapping[str, Any]
+        self, team: str, kind: str, doc: Mapping[str, Any], key: KeyScope | None = None
     ) -> tuple[str, ModelPrice | None]:
         name = model_of(kind, doc)
         if not allowed(name, self.team_models(team)):
             raise PermissionDenied(
                 f"Team '{team}' may not use the model '{name}'.",
+                code="model_not_allowed",
+                param="model",
+            )
+        if key is not None and not allowed(name, key.models):
+            raise PermissionDenied(
+                f"API key '{key.name}' may not use the model '{name}'.",
                 code="model_not_allowed",
                 param="model",
             )
@@ -157,10 +165,19 @@ class Meter:
         return name, price
 
     async def admit(
-        self, team: str, user: str, kind: str, doc: Mapping[str, Any], body: bytes, tag: str
+        self,
+        team: str,
+        user: str,
+        kind: str,
+        doc: Mapping[str, Any],
+        body: bytes,
+        tag: str,
+        *,
+        key: KeyScope | None = None,
     ) -> Admission:
-        """Reserve the call's estimate, or raise (403 model, 429 quota, 400 bad field)."""
-        _, price = self.price_for(team, kind, doc)
+        """Reserve the call's estimate against the team (and the gateway key it came with),
+        or raise (403 model, 429 quota, 400 bad field)."""
+        _, price = self.price_for(team, kind, doc, key)
         est = estimate(
             kind,
             doc,
@@ -188,6 +205,7 @@ class Meter:
                 ttls=(model.DAY_TTL_S, model.MONTH_TTL_S, CALL_TTL_S),
                 tag=tag,
                 max_tags=self.pricing.max_tags_per_day,
+                key=key,
             )
         except StoreUnavailable:
             if self.pricing.store_down != "allow":
@@ -199,7 +217,7 @@ class Meter:
             offline = False
         if not verdict.admitted:
             self.events.decision(team, _family(verdict.kind), "rejected")
-            raise self._rejection(team, verdict, tokens, units, now)
+            raise self._rejection(team, key, verdict, tokens, units, now)
         self.events.decision(team, "metered", "allowed")
         return Admission(
             team=team,
@@ -215,6 +233,7 @@ class Meter:
             reserved_units=units,
             headers=_token_headers(verdict, now),
             offline=offline,
+            key_id=None if key is None else key.id,
         )
 
     async def settle(self, adm: Admission, usage: Usage | None, *, failed: bool = False) -> int:
@@ -249,15 +268,20 @@ class Meter:
             month=adm.month,
             ledger=entries,
             ledger_ttl=self.pricing.ledger_retention_days * 86_400,
+            key_id=adm.key_id,
         )
         if not failed:
             self.events.charged(adm.team, adm.model, adm.kind, used, cost)
         return cost
 
     def _rejection(
-        self, team: str, v: Verdict, tokens: int, units: int, now: float
+        self, team: str, key: KeyScope | None, v: Verdict, tokens: int, units: int, now: float
     ) -> GatewayError:
         w = self.policy.windows(now)
+        who = f"Team '{team}'"
+        if v.kind.startswith("key:") and key is not None:
+            who = f"API key '{key.name}'"
+            v = replace(v, kind=v.kind[4:])
         if v.kind == "tags":
             return InvalidRequest(
                 f"Team '{team}' has used {v.limit} distinct x-gateway-tag values today, the "
@@ -298,7 +322,7 @@ class Meter:
             headers = {}
         code = "token_quota_exceeded" if v.kind.startswith("tokens") else "spend_quota_exceeded"
         return QuotaExceeded(
-            f"Team '{team}' would exceed {what}; {when}.",
+            f"{who} would exceed {what}; {when}.",
             code=code,
             headers={**headers, **wait_headers(wait)},
         )
@@ -324,6 +348,9 @@ def _family(kind: str) -> str:
 
 
 def _token_headers(v: Verdict, now: float) -> list[tuple[bytes, bytes]]:
+    if v.key_limit >= 0 and (v.limit < 0 or v.key_limit - v.key_used < v.limit - v.used):
+        # The key's minute leaves less room: that is what binds this caller.
+        v = replace(v, limit=v.key_limit, used=v.key_used, oldest_s=v.key_oldest_s)
     if v.limit < 0:
         return []
     reset = 0 if v.oldest_s < 0 else max(0, v.oldest_s + model.TOKEN_WINDOW_S - math.floor(now))

@@ -8,12 +8,13 @@ reservation record, and the charge stays (the safe side of a budget).
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
+from gateway.auth.api_keys import KeyScope
 from gateway.quota.model import TOKEN_WINDOW_S
 from gateway.store.batcher import ScriptBatcher
 from gateway.store.keys import TEAMS, TeamKeys, reset_mark
@@ -32,6 +33,19 @@ class Verdict:
     limit: int  # -1: unlimited
     wait_s: int  # refused: seconds until it could fit (-1 never); admitted: -1
     oldest_s: int  # admitted: the oldest second counted in the minute (-1: none)
+    # Admitted with a gateway key: the key's minute as above (limit -1: none or unlimited).
+    key_limit: int = -1
+    key_used: int = 0
+    key_oldest_s: int = -1
+
+
+# A gateway key's metered limits, in the order the reserve script takes them.
+KEY_KINDS = ("tokens_per_minute", "spend_per_day", "spend_per_month")
+
+
+def _key_buckets(k: TeamKeys, key_id: str, day: str, month: str) -> tuple[str, str, str]:
+    c = k.key(key_id)
+    return (c.tokens_minute, c.spend_day(day), c.spend_month(month))
 
 
 class MeterStore:
@@ -69,8 +83,9 @@ class MeterStore:
         ttls: tuple[int, int, int],
         tag: str,
         max_tags: int,
+        key: KeyScope | None = None,
     ) -> Verdict:
-        keys = (
+        keys: tuple[str, ...] = (
             k.limits,
             k.tokens_minute,
             k.tokens_day(day),
@@ -84,13 +99,20 @@ class MeterStore:
             reset_mark(k.tokens_minute),
         )
         args = [now_s, tokens, spend, *defaults, day, month, *ttls, tag, max_tags, TOKEN_WINDOW_S]
+        if key is not None:
+            keys += _key_buckets(k, key.id, day, month)
+            args += [key.limit(kind) for kind in KEY_KINDS]
         reply = _text(await self._reserve(keys=keys, args=args)).split(",")
         if k.team not in self._known:
             # Once per team and process: the admin usage report lists teams from this set.
             await self.redis.sadd(TEAMS, k.team)
             self._known.add(k.team)
         if reply[0] == "1":
-            return Verdict(True, "", int(reply[2]), int(reply[1]), -1, int(reply[3]))
+            v = Verdict(True, "", int(reply[2]), int(reply[1]), -1, int(reply[3]))
+            if len(reply) == 7:
+                v = replace(v, key_limit=int(reply[4]), key_used=int(reply[5]))
+                v = replace(v, key_oldest_s=int(reply[6]))
+            return v
         return Verdict(False, reply[1], int(reply[2]), int(reply[3]), int(reply[4]), -1)
 
     async def settle(
@@ -104,8 +126,9 @@ class MeterStore:
         month: str,
         ledger: Mapping[str, int],
         ledger_ttl: int,
+        key_id: str | None = None,
     ) -> bool:
-        keys = (
+        keys: tuple[str, ...] = (
             k.metered_call(call_id),
             k.tokens_minute,
             k.tokens_day(day),
@@ -117,6 +140,8 @@ class MeterStore:
             reset_mark(k.spend_month(month)),
             reset_mark(k.tokens_minute),
         )
+        if key_id is not None:
+            keys += _key_buckets(k, key_id, day, month)
         args: list[str | int] = [tokens, spend, day, month, ledger_ttl]
         for name, amount in ledger.items():
             if amount:

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.auth.api_keys import KeyScope
 from gateway.errors import GatewayError, InvalidRequest
 from gateway.metering import answers, kinds
 from gateway.metering.forms import form_fields
@@ -161,9 +162,9 @@ def _cost(units: int) -> tuple[bytes, bytes]:
     return (b"x-gateway-cost", cost_text(units).encode())
 
 
-def _principal(scope: Scope) -> tuple[str, str]:
+def _principal(scope: Scope) -> tuple[str, str, KeyScope | None]:
     p = scope.get("principal")
-    return (p.team, p.user) if p is not None else ("", "")
+    return (p.team, p.user, p.key) if p is not None else ("", "", None)
 
 
 def _lowered(doc: dict[str, Any]) -> dict[str, Any]:
@@ -174,7 +175,7 @@ async def open_call(meter: Meter, scope: Scope, rule: RouteRule, body: bytes | N
     """Read the body for the estimate, apply the body policy, and reserve; raises the 400,
     403 or 429 that refuses the call before anything goes upstream."""
     kind = rule.meter
-    team, user = _principal(scope)
+    team, user, key = _principal(scope)
     tag = meter.tag_of(header(scope, b"x-gateway-tag"))
     raw = body or b""
     out: bytes | None = body
@@ -193,7 +194,7 @@ async def open_call(meter: Meter, scope: Scope, rule: RouteRule, body: bytes | N
             hide = _ask_for_usage(doc)
         if b"\\u" in raw:  # an escape may be a lone surrogate, which cannot be sent
             body_policy.serialise(doc)
-        adm = await meter.admit(team, user, kind, doc, raw, tag)
+        adm = await meter.admit(team, user, kind, doc, raw, tag, key=key)
         try:
             doc.update(adm.estimate.inject)
             out = body_policy.serialise(doc)
@@ -206,7 +207,7 @@ async def open_call(meter: Meter, scope: Scope, rule: RouteRule, body: bytes | N
         n = fields.get("n")
         if isinstance(n, str) and n.isascii() and n.isdigit():  # form fields are text
             fields["n"] = int(n)
-        adm = await meter.admit(team, user, kind, fields, raw, tag)
+        adm = await meter.admit(team, user, kind, fields, raw, tag, key=key)
     else:  # a route added in config: its JSON body's model, when it names one
         doc = {}
         if raw and "json" in ctype.lower():
@@ -214,7 +215,7 @@ async def open_call(meter: Meter, scope: Scope, rule: RouteRule, body: bytes | N
                 doc = _lowered(body_policy.parse_json_object(raw))
             except InvalidRequest:
                 doc = {}  # not ours to judge: the upstream answers it
-        adm = await meter.admit(team, user, kind, doc, raw, tag)
+        adm = await meter.admit(team, user, kind, doc, raw, tag, key=key)
     return MeteredCall(meter, adm, out, hide)
 
 

@@ -20,7 +20,7 @@ class RateLimitMiddleware:
         if principal is None or scope["path"] in self.public_paths:
             await self.app(scope, receive, send)
             return
-        headers = await self.quota.rate.check(principal.team)
+        headers = await self.quota.rate.check(principal.team, principal.key)
         if not headers:
             await self.app(scope, receive, send)
             return

@@ -11,6 +11,7 @@ import math
 import os
 import secrets
 
+from gateway.auth.api_keys import KeyScope
 from gateway.errors import QuotaExceeded, StoreUnavailable
 from gateway.quota import model
 from gateway.quota.model import Windows
@@ -28,8 +29,9 @@ class RateLimiter:
         self._member_prefix = f"{os.getpid()}.{secrets.token_hex(4)}."
         self._seq = itertools.count()
 
-    async def check(self, team: str) -> list[tuple[bytes, bytes]]:
-        """Count one request; raise QuotaExceeded past the limit. Returns x-ratelimit headers."""
+    async def check(self, team: str, key: KeyScope | None = None) -> list[tuple[bytes, bytes]]:
+        """Count one request against the team (and the gateway key it came with, in the same
+        decision); raise QuotaExceeded past a limit. Returns x-ratelimit headers."""
         now = self.policy.clock()
         w = self.policy.windows(now)
         k = TeamKeys(team)
@@ -49,13 +51,19 @@ class RateLimiter:
                 day=w.day,
                 month=w.month,
                 window_ms=model.RATE_WINDOW_MS,
+                key=None if key is None else (key.id, key.limit("requests_per_minute")),
             )
         except StoreUnavailable:
             if self.policy.settings.rate_fail_open:
                 self._on_decision(team, "requests_per_minute", "fail_open")
                 return []
             raise
-        allowed, rpm, used, retry_ms, reset_ms, d_lim, d_used, m_lim, m_used = r
+        allowed, rpm, used, retry_ms, reset_ms, d_lim, d_used, m_lim, m_used = r[:9]
+        who = f"Team '{team}'"
+        if key is not None and r[10] >= 0 and (r[9] or rpm < 0 or r[10] - r[11] < rpm - used):
+            # The key's room is what binds this caller: show (or refuse with) the key's.
+            who = f"API key '{key.name}'"
+            rpm, used, retry_ms, reset_ms = r[10], r[11], r[12], r[13]
         headers = self._rate_headers(rpm, used, reset_ms, w, d_lim, d_used, m_lim, m_used)
         if allowed:
             self._on_decision(team, "requests_per_minute", "allowed")
@@ -64,7 +72,7 @@ class RateLimiter:
         wait = None if retry_ms < 0 else retry_ms / 1000
         when = "it is 0" if wait is None else f"retry in {math.ceil(wait)} s"
         raise QuotaExceeded(
-            f"Team '{team}' has reached its limit of {rpm} requests per minute; {when}.",
+            f"{who} has reached its limit of {rpm} requests per minute; {when}.",
             code="rate_limit_exceeded",
             headers={
                 **wait_headers(wait),

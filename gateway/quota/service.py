@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.auth.api_keys import KeyScope
 from gateway.errors import QuotaExceeded, StoreUnavailable
 from gateway.metering import ledger
 from gateway.quota import model
@@ -79,10 +80,18 @@ class QuotaService:
     # -- video jobs ---------------------------------------------------------------------------
 
     async def reserve(
-        self, team: str, job_id: str, cost: Cost, *, user: str = "", model_name: str = "-"
+        self,
+        team: str,
+        job_id: str,
+        cost: Cost,
+        *,
+        user: str = "",
+        model_name: str = "-",
+        key: KeyScope | None = None,
     ) -> Reservation:
-        """Reserve every video quota for ``job_id`` at once, or raise QuotaExceeded. A job
-        that is kept enters the usage ledger under ``user`` and ``model_name``."""
+        """Reserve every video quota for ``job_id`` at once (the team's, and the gateway
+        key's it was made with), or raise QuotaExceeded. A job that is kept enters the usage
+        ledger under ``user`` and ``model_name``."""
         now = self.policy.clock()
         w = self.policy.windows(now)
         k = TeamKeys(team)
@@ -112,21 +121,25 @@ class QuotaService:
             ),
             ledger_prefix=ledger.field(user, model_name, "", ""),
             raw_seconds_units=cost.seconds * model.SECOND_UNITS,
+            key=key,
         )
         if ok:
             for kind_ in ("concurrent_jobs", "video_seconds", "spend"):
                 self._on_decision(team, kind_, "allowed")
             return Reservation(job_id, cost, created=kind == "reserved")
+        who = f"Team '{team}'"
+        if kind.startswith("key:") and key is not None:
+            who, kind = f"API key '{key.name}'", kind[4:]
         self._on_decision(team, kind.replace("_per_day", "").replace("_per_month", ""), "rejected")
-        raise self._rejection(team, kind, used, limit, cost, w)
+        raise self._rejection(who, kind, used, limit, cost, w)
 
     def _rejection(
-        self, team: str, kind: str, used: int, limit: int, cost: Cost, w: Windows
+        self, who: str, kind: str, used: int, limit: int, cost: Cost, w: Windows
     ) -> QuotaExceeded:
         now = self.policy.clock()
         if kind == "concurrent_jobs":
             return QuotaExceeded(
-                f"Team '{team}' already has {used} unfinished video jobs, its limit of {limit}; "
+                f"{who} already has {used} unfinished video jobs, its limit of {limit}; "
                 "retry when one completes or fails.",
                 code=_CODES[kind],
                 headers=wait_headers(None if limit == 0 else self._retry_hint_s),
@@ -149,7 +162,7 @@ class QuotaService:
             )
         when = "the job is larger than the limit" if never else f"it resets at {iso(reset)}"
         return QuotaExceeded(
-            f"Team '{team}' would exceed {what}; {when}.",
+            f"{who} would exceed {what}; {when}.",
             code=_CODES[kind],
             headers=wait_headers(None if never else reset - now),
         )
@@ -171,6 +184,7 @@ class QuotaService:
             day=res["day"],
             month=res["month"],
             ledger_ttl=self._ledger_ttl_s,
+            key_id=res.get("kid") or None,
         )
         if done:
             self._on_decision(team, "settlement", outcome)

@@ -10,6 +10,7 @@ from typing import Any, cast
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
+from gateway.auth.api_keys import KeyScope
 from gateway.quota.model import MONTH_TTL_S, TOKEN_WINDOW_S
 from gateway.store.batcher import ScriptBatcher
 from gateway.store.keys import TEAMS, TeamKeys, reset_mark
@@ -22,6 +23,15 @@ def _int(v: Any) -> int:
 
 def _text(v: Any) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
+
+
+# A gateway key's video limits, in the order the reserve script takes them.
+_KEY_VIDEO_KINDS = ("concurrent_jobs", "spend_per_day", "spend_per_month")
+
+
+def _key_counters(k: TeamKeys, key_id: str, day: str, month: str) -> list[str]:
+    c = k.key(key_id)
+    return [c.slots, c.spend_day(day), c.spend_month(month)]
 
 
 class QuotaStore:
@@ -57,7 +67,10 @@ class QuotaStore:
         month: str,
         window_ms: int,
         count: bool = True,
+        key: tuple[str, int] | None = None,
     ) -> list[int]:
+        """The rate script's reply; ``key``: a gateway key's (id, requests per minute),
+        counted with the team in the same decision."""
         keys = self._rate_keys.get((k.team, day, month))
         if keys is None:  # four formatted names per request were a measurable share
             if len(self._rate_keys) >= 4096:
@@ -65,6 +78,9 @@ class QuotaStore:
             keys = (k.limits, k.rate, k.video_day(day), k.video_month(month))
             self._rate_keys[(k.team, day, month)] = keys
         args = [now_ms, *defaults, member, window_ms, "1" if count else "0"]
+        if key is not None:
+            keys = (*keys, k.key(key[0]).rate)
+            args.append(key[1])
         reply = await self._rate(keys=keys, args=args)
         return [int(x) for x in _text(reply).split(",")]
 
@@ -83,6 +99,7 @@ class QuotaStore:
         ttls: tuple[int, int, int],
         ledger_prefix: str = "",
         raw_seconds_units: int = 0,
+        key: KeyScope | None = None,
     ) -> tuple[bool, str, int, int]:
         keys = [
             k.limits,
@@ -101,6 +118,9 @@ class QuotaStore:
         # defaults: concurrent, video day, video month, spend month, spend day
         args: list[str | int] = [now_ms, job_id, video_units, spend_units, lease_ms]
         args += [*defaults[:4], day, month, *ttls, defaults[4], ledger_prefix, raw_seconds_units]
+        if key is not None:
+            keys += _key_counters(k, key.id, day, month)
+            args += [key.id, *(key.limit(kind) for kind in _KEY_VIDEO_KINDS)]
         reply = cast(list[Any], await self._reserve(keys=keys, args=args))
         kind = _text(reply[1])
         if reply[0] == 1:
@@ -122,6 +142,7 @@ class QuotaStore:
         day: str,
         month: str,
         ledger_ttl: int = 400 * 86_400,
+        key_id: str | None = None,
     ) -> bool:
         buckets = [k.video_day(day), k.video_month(month), k.spend_month(month)]
         keys = [
@@ -134,6 +155,8 @@ class QuotaStore:
             reset_mark(k.spend_day(day)),
             k.ledger(day),
         ]
+        if key_id:
+            keys += _key_counters(k, key_id, day, month)
         reply = await self._settle(
             keys=keys, args=[job_id, outcome, now_ms, day, month, ledger_ttl]
         )
@@ -147,7 +170,12 @@ class QuotaStore:
         await self._mark(keys=[k.reservation(job_id)], args=["outcome", "unknown"])
 
     async def renew(self, k: TeamKeys, job_id: str, expires_ms: int, now_ms: int) -> None:
-        await self._renew(keys=[k.slots, k.open], args=[job_id, expires_ms, now_ms])
+        keys = [k.slots, k.open]
+        # A job made with a gateway key holds a slot of that key's too (rare: read it here).
+        key_id = await self.redis.hget(k.reservation(job_id), "kid")
+        if key_id:
+            keys.append(k.key(_text(key_id)).slots)
+        await self._renew(keys=keys, args=[job_id, expires_ms, now_ms])
 
     async def slot_holders(self, k: TeamKeys) -> list[str]:
         return [_text(m) for m in await self.redis.zrange(k.slots, 0, -1)]

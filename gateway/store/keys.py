@@ -7,6 +7,7 @@
     gw:pool:{<key-id>}       an upstream key's shared health
     gw:pool:{<key-id>}:charged  what the gateway charged for calls that key served
     gw:pool:{<key-id>}:bill     the reconciliation baseline for that key
+    gw:apikey:{<id>}         a gateway API key's record (hashed secret, team, scope, state)
     gw:teams                 every team that ever reserved
     gw:reconciler:leader     the reconciler's leader lock
     gw:audit                 the admin audit log (a stream)
@@ -21,6 +22,10 @@ from dataclasses import dataclass
 TEAMS = "gw:teams"  # every team that ever reserved, for the reconciler and the admin API
 RECONCILER_LEADER = "gw:reconciler:leader"
 AUDIT_STREAM = "gw:audit"
+
+
+def api_key(key_id: str) -> str:
+    return f"gw:apikey:{{{key_id}}}"
 
 
 def job(video_id: str) -> str:
@@ -113,6 +118,44 @@ class TeamKeys:
 
     def idempotency(self, digest: str) -> str:
         return f"{self.prefix}:idem:{digest}"
+
+    @property
+    def api_keys(self) -> str:
+        """The ids of every gateway API key the team was issued (a set)."""
+        return f"{self.prefix}:apikeys"
+
+    @property
+    def api_key_names(self) -> str:
+        """Name -> id of the team's keys that are not revoked: names are unique among them."""
+        return f"{self.prefix}:apikey-names"
+
+    def key(self, key_id: str) -> KeyCounters:
+        """One gateway key's own counters: in the team's hash tag, so the team's scripts
+        check and charge them in the same decision."""
+        return KeyCounters(f"{self.prefix}:key:{key_id}")
+
+
+@dataclass(frozen=True)
+class KeyCounters:
+    prefix: str
+
+    @property
+    def rate(self) -> str:
+        return f"{self.prefix}:rate"
+
+    @property
+    def tokens_minute(self) -> str:
+        return f"{self.prefix}:tpm"
+
+    def spend_day(self, day: str) -> str:
+        return f"{self.prefix}:spend:d:{day}"
+
+    def spend_month(self, month: str) -> str:
+        return f"{self.prefix}:spend:m:{month}"
+
+    @property
+    def slots(self) -> str:
+        return f"{self.prefix}:slots"
 
 
 def reset_mark(bucket: str) -> str:

@@ -18,11 +18,13 @@ from gateway.errors import (
     GatewayError,
     InvalidRequest,
     NotFound,
+    PermissionDenied,
     StoreUnavailable,
     UpstreamError,
 )
+from gateway.metering.prices import allowed
 from gateway.quota.service import QuotaService
-from gateway.settings import TeamSettings, VideoSettings
+from gateway.settings import TeamSettings, VideoSettings, models_of
 from gateway.upstream import rewrite
 from gateway.upstream.client import (
     UpstreamClient,
@@ -88,6 +90,21 @@ class VideoService:
         self.events = events or VideoEvents()
 
     # -- helpers ----------------------------------------------------------------------------
+
+    def _check_model(self, who: Principal, name: str) -> None:
+        """The team's ``models:`` and the gateway key's scope bind videos as every call."""
+        if not allowed(name, models_of(self.teams, who.team)):
+            raise PermissionDenied(
+                f"Team '{who.team}' may not use the model '{name}'.",
+                code="model_not_allowed",
+                param="model",
+            )
+        if who.key is not None and not allowed(name, who.key.models):
+            raise PermissionDenied(
+                f"API key '{who.key.name}' may not use the model '{name}'.",
+                code="model_not_allowed",
+                param="model",
+            )
 
     def _force_private(self, team: str) -> bool:
         for conf in (self.teams.get(team), self.teams.get("default")):
@@ -175,6 +192,7 @@ class VideoService:
             upload=upload,
             source_model=source.model if source else None,
         )
+        self._check_model(who, req.model)
         if req.image_url is not None:
             await check_image_url(
                 req.image_url, allowed_hosts=self.settings.url_allowed_hosts, resolve=self.resolve
@@ -263,6 +281,7 @@ class VideoService:
                 self.quota.policy.cost(req.model, req.seconds, req.size),
                 user=who.user,
                 model_name=req.model,
+                key=who.key,
             )
         try:
             doc, key_id = await self._call_json(

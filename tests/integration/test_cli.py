@@ -161,8 +161,10 @@ def test_dev_mode_serves_the_printed_example_and_keeps_state(tmp_path: Path) -> 
     served = _dev_serve(dev_dir, port)
     try:
         served.wait_for(r"Application startup complete")
-        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=token, max_retries=0)
-        assert client.models.list().data
+        with openai.OpenAI(
+            base_url=f"http://127.0.0.1:{port}/v1", api_key=token, max_retries=0
+        ) as client:
+            assert client.models.list().data
     finally:
         served.stop()
 

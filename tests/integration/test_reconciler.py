@@ -5,7 +5,6 @@ failure once however many see it, and only one replica leads at a time."""
 from __future__ import annotations
 
 import asyncio
-import re
 import secrets
 import threading
 import time
@@ -68,16 +67,6 @@ def usage(s: Stack, team: str) -> dict[str, Any]:
     return httpx2.get(s.v1 + "/gateway/quota", headers=auth).json()["limits"]  # type: ignore[no-any-return]
 
 
-def metric(s: Stack, name: str, **labels: str) -> float:
-    text = httpx2.get(s.url + "/metrics").text
-    total = 0.0
-    for line in text.splitlines():
-        m = re.match(rf"^{name}\{{(.*)\}} (\S+)$", line)
-        if m and all(f'{k}="{v}"' in m.group(1) for k, v in labels.items()):
-            total += float(m.group(2))
-    return total
-
-
 def sdk(s: Stack, team: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=s.v1, api_key=s.token(team=team), max_retries=0)
 
@@ -89,8 +78,8 @@ def test_a_job_nobody_polls_is_finished_and_settled(own_redis: str, team: str) -
         wait_for(lambda: usage(s, team)["concurrent_jobs"]["used"] == 0)
         assert usage(s, team)["video_seconds_per_day"]["used"] == 4  # completed: kept
         assert c.videos.retrieve(video.id).status == "completed"
-        assert metric(s, "gateway_quota_decisions_total", kind="settlement", result="kept") == 1
-        assert metric(s, "gateway_reconciler_runs_total", result="ok") >= 1
+        assert s.metric("gateway_quota_decisions_total", kind="settlement", result="kept") == 1
+        assert s.metric("gateway_reconciler_runs_total", result="ok") >= 1
 
 
 def test_a_failure_seen_by_many_is_refunded_once(own_redis: str, team: str) -> None:
@@ -113,7 +102,7 @@ def test_a_failure_seen_by_many_is_refunded_once(own_redis: str, team: str) -> N
         assert errors == []
         wait_for(lambda: usage(s, team)["concurrent_jobs"]["used"] == 0)
         assert usage(s, team)["video_seconds_per_day"]["used"] == 0
-        refunds = metric(s, "gateway_quota_decisions_total", kind="settlement", result="refunded")
+        refunds = s.metric("gateway_quota_decisions_total", kind="settlement", result="refunded")
         assert refunds == 1
 
 
@@ -124,7 +113,7 @@ def test_an_unknown_create_keeps_its_charge_and_frees_its_slot(own_redis: str, t
             c.videos.create(prompt="did it run?", seconds="4")
         wait_for(lambda: usage(s, team)["concurrent_jobs"]["used"] == 0)
         assert usage(s, team)["video_seconds_per_day"]["used"] == 4
-        assert metric(s, "gateway_quota_decisions_total", kind="settlement", result="kept") == 1
+        assert s.metric("gateway_quota_decisions_total", kind="settlement", result="kept") == 1
 
 
 def test_orphans_are_refunded_and_stray_slots_dropped(own_redis: str, team: str) -> None:
@@ -149,7 +138,7 @@ def test_orphans_are_refunded_and_stray_slots_dropped(own_redis: str, team: str)
             sync.zadd(TeamKeys(team).slots, {"video_" + "f" * 32: time.time() * 1000 + 600_000})
             wait_for(lambda: usage(s, team)["concurrent_jobs"]["used"] == 0)
             assert usage(s, team)["video_seconds_per_day"]["used"] == 0
-            assert metric(s, "gateway_quota_drift_repaired_total", kind="slots") >= 1
+            assert s.metric("gateway_quota_drift_repaired_total", kind="slots") >= 1
         finally:
             sync.close()
 

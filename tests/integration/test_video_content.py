@@ -35,8 +35,8 @@ def stack(redis_url: str) -> Iterator[Stack]:
 
 
 def finished_video(stack: Stack) -> tuple[str, str]:
-    c = openai.OpenAI(base_url=stack.v1, api_key=stack.token())
-    video = c.videos.create_and_poll(prompt="p", poll_interval_ms=50)
+    with openai.OpenAI(base_url=stack.v1, api_key=stack.token()) as c:
+        video = c.videos.create_and_poll(prompt="p", poll_interval_ms=50)
     assert video.status == "completed"
     sim_job, _ = upstream_job(stack, video.id)
     return video.id, sim_job.id
@@ -169,10 +169,12 @@ def test_streaming_200_mb_through_the_sdk(redis_url: str) -> None:
     sim = SimConfig(job_seconds=0.2, content_bytes=size)
     with make_stack(redis_url, sim=sim, videos=VIDEOS) as s:
         vid, upstream_id = finished_video(s)
-        c = openai.OpenAI(base_url=s.v1, api_key=s.token())
         got, want = hashlib.sha256(), hashlib.sha256()
         n = 0
-        with c.videos.with_streaming_response.download_content(vid) as resp:
+        with (
+            openai.OpenAI(base_url=s.v1, api_key=s.token()) as c,
+            c.videos.with_streaming_response.download_content(vid) as resp,
+        ):
             for chunk in resp.iter_bytes(1 << 20):
                 got.update(chunk)
                 n += len(chunk)
@@ -184,8 +186,10 @@ def test_streaming_200_mb_through_the_sdk(redis_url: str) -> None:
 
 def test_two_keys_each_job_uses_its_own(redis_url: str) -> None:
     sim = SimConfig(job_seconds=0.2, content_bytes=1000)
-    with make_stack(redis_url, key_ids=("primary", "secondary"), sim=sim, videos=VIDEOS) as s:
-        c = openai.OpenAI(base_url=s.v1, api_key=s.token())
+    with (
+        make_stack(redis_url, key_ids=("primary", "secondary"), sim=sim, videos=VIDEOS) as s,
+        openai.OpenAI(base_url=s.v1, api_key=s.token()) as c,
+    ):
         ids = [c.videos.create(prompt=f"p{i}").id for i in range(6)]
         by_key: dict[str, list[Any]] = {}
         for vid in ids:

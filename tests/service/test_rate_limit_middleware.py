@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from gateway.auth.api_keys import KeyScope
 from gateway.auth.principal import Principal
 from gateway.errors import QuotaExceeded
 from gateway.quota.middleware import RateLimitMiddleware
@@ -28,7 +29,7 @@ class StubRate:
         self.error = error
         self.teams: list[str] = []
 
-    async def check(self, team: str) -> list[tuple[bytes, bytes]]:
+    async def check(self, team: str, key: KeyScope | None = None) -> list[tuple[bytes, bytes]]:
         self.teams.append(team)
         if self.error is not None:
             raise self.error

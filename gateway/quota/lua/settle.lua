@@ -1,6 +1,7 @@
 -- KEYS: reservation, slots, day bucket, month bucket, spend month bucket, open index, the
 --       three buckets' reset generations, spend day bucket and its reset generation, the
---       ledger of the reservation's day
+--       ledger of the reservation's day; for a job created with a gateway API key (its 'kid'),
+--       also that key's slots, spend day and spend month
 -- ARGV: job id, outcome ('kept' | 'refunded'), now_ms, day id, month id, ledger ttl s
 -- -> 1 when this call settled it, 0 when it was already settled (or never reserved)
 local res = KEYS[1]
@@ -24,6 +25,18 @@ if ARGV[2] == 'refunded' then
     if redis.call('EXISTS', pair[1]) == 1 and now_gen == then_gen then
       if redis.call('DECRBY', pair[1], pair[2]) < 0 then
         redis.call('SET', pair[1], 0, 'KEEPTTL')
+      end
+    end
+  end
+end
+-- A key's counters: its slot is freed either way, its spend refunded with the team's.
+if KEYS[13] and redis.call('HGET', res, 'kid') then
+  redis.call('ZREM', KEYS[13], ARGV[1])
+  if ARGV[2] == 'refunded' then
+    local su = tonumber(redis.call('HGET', res, 'su'))
+    for _, key in ipairs({KEYS[14], KEYS[15]}) do
+      if su > 0 and redis.call('EXISTS', key) == 1 then
+        if redis.call('DECRBY', key, su) < 0 then redis.call('SET', key, 0, 'KEEPTTL') end
       end
     end
   end

@@ -1,0 +1,441 @@
+"""Gateway API keys as their users meet them: an admin (or a team admin) issues a key, a
+service uses it through the official SDK, and the key's scope, limits, expiry, rotation and
+revocation hold, on real sockets with a real Redis and the simulator upstream. Every bad key
+gets the same 401, and nothing a refused call sends reaches the upstream."""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Iterator
+from typing import Any
+
+import httpx2
+import openai
+import pytest
+
+from gateway.sim.config import SimConfig
+from tests.conftest import Stack, make_stack
+from tests.servers import wait_for
+
+ADMIN = "gateway-admin"
+TEAM_ADMIN = "team-admin"
+KEY_FORMAT = re.compile(r"gwk_[0-9a-f]{16}_[0-9a-f]{48}")
+PRICES = {"gpt-4o-mini": {"input_per_million": 0.15, "output_per_million": 0.6}}
+MESSAGES: list[Any] = [{"role": "user", "content": "hello"}]
+
+
+def fresh_team() -> str:
+    return "k-" + secrets.token_hex(4)
+
+
+@pytest.fixture
+def team() -> str:
+    return fresh_team()
+
+
+@pytest.fixture
+def stack(redis_url: str, team: str) -> Iterator[Stack]:
+    with make_stack(
+        redis_url,
+        teams={"default": {}, team: {"requests_per_minute": 1000}},
+        pricing={"models": PRICES},
+    ) as s:
+        yield s
+
+
+def admin_headers(stack: Stack) -> dict[str, str]:
+    return {"Authorization": f"Bearer {stack.token(team='ops', user='root', roles=(ADMIN,))}"}
+
+
+def create_key(stack: Stack, team: str, **doc: Any) -> dict[str, Any]:
+    r = httpx2.post(
+        f"{stack.url}/admin/v1/teams/{team}/api-keys",
+        json={"name": "pipeline", **doc},
+        headers=admin_headers(stack),
+    )
+    assert r.status_code == 201, r.text
+    return r.json()  # type: ignore[no-any-return]
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def chat(stack: Stack, token: str, **kw: Any) -> httpx2.Response:
+    body = {"model": "gpt-4o-mini", "messages": MESSAGES, "max_completion_tokens": 16, **kw}
+    return httpx2.post(stack.v1 + "/chat/completions", json=body, headers=bearer(token))
+
+
+def sdk(stack: Stack, key: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=stack.v1, api_key=key, max_retries=0)
+
+
+def test_a_created_key_works_with_the_sdk_and_is_shown_once(stack: Stack, team: str) -> None:
+    made = create_key(stack, team, expires_in_days=30, models=["gpt-4o*"])
+    key = made["key"]
+    assert KEY_FORMAT.fullmatch(key)
+    assert made["prefix"] == f"gwk_{made['id']}_"
+    assert key.startswith(made["prefix"])
+    assert made["team"] == team
+    assert made["state"] == "active"
+    assert made["user"] == "key:pipeline"
+    assert made["expires_at"] - made["created_at"] == pytest.approx(30 * 86_400, abs=2)
+    with sdk(stack, key) as client:
+        done = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+        streamed = list(
+            client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True)
+        )
+    assert done.choices
+    assert streamed
+    # The upstream saw the pooled key, never the gateway key.
+    sent = stack.sim_requests("/v1/chat/completions")
+    assert len(sent) == 2
+    assert all(key not in repr(r) for r in sent)
+    # The listing, an admin's and the team's, never carries the secret again.
+    listing = httpx2.get(
+        f"{stack.url}/admin/v1/teams/{team}/api-keys", headers=admin_headers(stack)
+    )
+    assert listing.status_code == 200
+    (shown,) = listing.json()["data"]
+    assert "key" not in shown
+    assert key not in listing.text
+    assert key[-48:] not in listing.text
+    assert shown["id"] == made["id"]
+    assert shown["last_used_at"] is not None
+    audit = httpx2.get(f"{stack.url}/admin/v1/audit", headers=admin_headers(stack))
+    assert "api_key.create" in audit.text
+    assert key[-48:] not in audit.text
+    # The calls were made as key:pipeline of the team.
+    usage = httpx2.get(
+        stack.v1 + "/gateway/usage", params={"group_by": "user"}, headers=bearer(key)
+    ).json()
+    assert [row["user"] for row in usage["data"]] == ["key:pipeline"]
+    assert usage["data"][0]["requests"] == 2
+
+
+BAD_KEYS = {
+    "malformed": "gwk_notakey",
+    "wrong_prefix": "gwx_" + "0" * 16 + "_" + "0" * 48,
+    "unknown": "gwk_" + secrets.token_hex(8) + "_" + secrets.token_hex(24),
+}
+
+
+def test_every_bad_key_gets_the_same_401_and_nothing_upstream(stack: Stack, team: str) -> None:
+    good = create_key(stack, team)
+    revoked = create_key(stack, team, name="gone")
+    r = httpx2.delete(
+        f"{stack.url}/admin/v1/api-keys/{revoked['id']}", headers=admin_headers(stack)
+    )
+    assert r.status_code == 200
+    assert r.json()["state"] == "revoked"
+    # The right id with a wrong secret is as unknown as a made-up key.
+    forged = good["prefix"] + secrets.token_hex(24)
+    answers = [chat(stack, k) for k in (*BAD_KEYS.values(), forged, revoked["key"])]
+    bodies = {(a.status_code, a.text) for a in answers}
+    assert len(bodies) == 1
+    ((status, text),) = bodies
+    assert status == 401
+    assert httpx2.Response(401, text=text).json()["error"]["code"] == "invalid_api_key"
+    assert stack.sim_requests("/v1/chat") == []
+    assert chat(stack, good["key"]).status_code == 200
+    for reason in ("key_malformed", "key_unknown", "key_revoked"):
+        assert stack.metric("gateway_auth_failures_total", reason=reason) >= 1
+
+
+def test_an_expired_key_is_refused_to_the_second(stack: Stack, team: str) -> None:
+    made = create_key(stack, team, expires_in_days=2 / 86_400)  # two seconds
+    assert chat(stack, made["key"]).status_code == 200
+    wait_for(lambda: chat(stack, made["key"]).status_code == 401, timeout=5)
+    listing = httpx2.get(
+        f"{stack.url}/admin/v1/teams/{team}/api-keys", headers=admin_headers(stack)
+    ).json()
+    assert listing["data"][0]["state"] == "expired"
+    assert stack.metric("gateway_auth_failures_total", reason="key_expired") >= 1
+
+
+def test_rotation_keeps_the_old_secret_for_its_grace_only(stack: Stack, team: str) -> None:
+    made = create_key(stack, team)
+    r = httpx2.post(
+        f"{stack.url}/admin/v1/api-keys/{made['id']}/rotate",
+        json={"grace_seconds": 3600},
+        headers=admin_headers(stack),
+    )
+    assert r.status_code == 200, r.text
+    rotated = r.json()
+    assert rotated["id"] == made["id"]
+    assert rotated["key"] != made["key"]
+    assert rotated["previous_key_valid_until"] is not None
+    assert chat(stack, rotated["key"]).status_code == 200
+    assert chat(stack, made["key"]).status_code == 200  # within the grace
+    # A second rotation without grace: both earlier secrets stop working.
+    again = httpx2.post(
+        f"{stack.url}/admin/v1/api-keys/{made['id']}/rotate",
+        json={"grace_seconds": 0},
+        headers=admin_headers(stack),
+    ).json()
+    # Each within the replica's one-second cache of what it last read.
+    for old in (rotated["key"], made["key"]):
+        wait_for(lambda old=old: chat(stack, old).status_code == 401, timeout=1.5)
+    assert chat(stack, again["key"]).status_code == 200
+
+
+def test_a_revoked_key_is_refused_within_a_second(stack: Stack, team: str) -> None:
+    made = create_key(stack, team)
+    assert chat(stack, made["key"]).status_code == 200  # now cached in the replica
+    r = httpx2.delete(f"{stack.url}/admin/v1/api-keys/{made['id']}", headers=admin_headers(stack))
+    assert r.status_code == 200
+    wait_for(lambda: chat(stack, made["key"]).status_code == 401, timeout=1.0)
+    # Revoked stays revoked; the name is free again for a new key.
+    assert create_key(stack, team)["name"] == "pipeline"
+
+
+def test_a_key_limited_to_models_never_reaches_others(stack: Stack, team: str) -> None:
+    made = create_key(stack, team, models=["gpt-4o-mini"])
+    r = chat(stack, made["key"], model="gpt-4o")
+    assert r.status_code == 403
+    assert r.json()["error"]["code"] == "model_not_allowed"
+    assert "API key 'pipeline'" in r.json()["error"]["message"]
+    assert stack.sim_requests("/v1/chat") == []
+    assert chat(stack, made["key"]).status_code == 200
+
+
+def test_a_keys_request_limit_binds_the_key_not_its_team(stack: Stack, team: str) -> None:
+    made = create_key(stack, team, limits={"requests_per_minute": 2})
+    assert [chat(stack, made["key"]).status_code for _ in range(2)] == [200, 200]
+    r = chat(stack, made["key"])
+    assert r.status_code == 429
+    assert r.json()["error"]["code"] == "rate_limit_exceeded"
+    assert "API key 'pipeline'" in r.json()["error"]["message"]
+    assert r.headers["x-ratelimit-limit-requests"] == "2"
+    assert len(stack.sim_requests("/v1/chat")) == 2
+    # The team and its other callers go on.
+    assert chat(stack, stack.token(team=team)).status_code == 200
+
+
+def test_a_keys_token_and_spend_limits_refuse_before_the_upstream(stack: Stack, team: str) -> None:
+    tokens = create_key(stack, team, name="tok", limits={"tokens_per_minute": 10})
+    r = chat(stack, tokens["key"])
+    assert r.status_code == 429
+    err = r.json()["error"]
+    assert err["code"] == "token_quota_exceeded"
+    assert "API key 'tok'" in err["message"]
+    assert r.headers["x-should-retry"] == "false"  # the call can never fit that key
+    spend = create_key(stack, team, name="cash", limits={"spend_per_day": 0.000001})
+    r = chat(stack, spend["key"])
+    assert r.status_code == 429
+    assert r.json()["error"]["code"] == "spend_quota_exceeded"
+    assert "API key 'cash'" in r.json()["error"]["message"]
+    assert stack.sim_requests("/v1/chat") == []
+
+
+def test_a_keys_spend_is_charged_to_it_and_settled(stack: Stack, team: str) -> None:
+    made = create_key(stack, team, limits={"spend_per_day": 1, "tokens_per_minute": 100_000})
+    r = chat(stack, made["key"])
+    assert r.status_code == 200
+    assert int(r.headers["x-ratelimit-limit-tokens"]) == 100_000
+    remaining = 100_000 - int(r.headers["x-ratelimit-remaining-tokens"])
+    assert remaining > 0  # the estimate was counted against the key's own minute
+
+
+def test_a_team_admin_manages_only_its_own_teams_keys(stack: Stack, team: str) -> None:
+    lead = bearer(stack.token(team=team, user="lead", roles=(TEAM_ADMIN,)))
+    r = httpx2.post(stack.v1 + "/gateway/api-keys", json={"name": "ci"}, headers=lead)
+    assert r.status_code == 201, r.text
+    mine = r.json()
+    assert mine["team"] == team
+    assert mine["created_by"] == f"{team}/lead"
+    assert chat(stack, mine["key"]).status_code == 200
+    other = create_key(stack, "other-team")
+    listing = httpx2.get(stack.v1 + "/gateway/api-keys", headers=lead).json()
+    assert [k["id"] for k in listing["data"]] == [mine["id"]]
+    for method, path in (
+        ("DELETE", f"/gateway/api-keys/{other['id']}"),
+        ("POST", f"/gateway/api-keys/{other['id']}/rotate"),
+    ):
+        r = httpx2.request(method, stack.v1 + path, headers=lead)
+        assert r.status_code == 404, r.text
+        assert r.json()["error"]["code"] == "not_found"
+    assert chat(stack, other["key"]).status_code == 200  # untouched
+    r = httpx2.post(
+        stack.v1 + "/gateway/api-keys", json={"name": "x", "roles": [ADMIN]}, headers=lead
+    )
+    assert r.status_code == 400
+    assert r.json()["error"]["param"] == "roles"
+    # A team member without the role, and a key, cannot manage keys.
+    for who in (bearer(stack.token(team=team)), bearer(mine["key"])):
+        r = httpx2.get(stack.v1 + "/gateway/api-keys", headers=who)
+        assert r.status_code == 403
+    r = httpx2.delete(stack.v1 + f"/gateway/api-keys/{mine['id']}", headers=lead)
+    assert r.status_code == 200
+    assert r.json()["state"] == "revoked"
+
+
+def test_a_key_reaches_admin_routes_only_with_the_admin_role(stack: Stack, team: str) -> None:
+    plain = create_key(stack, team, name="plain")
+    r = httpx2.get(stack.url + "/admin/v1/teams", headers=bearer(plain["key"]))
+    assert r.status_code == 403
+    ops = create_key(stack, "ops", name="automation", roles=[ADMIN])
+    r = httpx2.get(stack.url + "/admin/v1/teams", headers=bearer(ops["key"]))
+    assert r.status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("doc", "param", "code"),
+    [
+        ({}, "name", "missing_required_parameter"),
+        ({"name": ""}, "name", "invalid_value"),
+        ({"name": "a b"}, "name", "invalid_value"),
+        ({"name": "x" * 65}, "name", "invalid_value"),
+        ({"name": "n", "colour": "red"}, "colour", "unknown_parameter"),
+        ({"name": "n", "expires_in_days": 0}, "expires_in_days", "invalid_value"),
+        ({"name": "n", "expires_in_days": -1}, "expires_in_days", "invalid_value"),
+        ({"name": "n", "expires_in_days": 10**400}, "expires_in_days", "invalid_value"),
+        ({"name": "n", "expires_in_days": "7"}, "expires_in_days", "invalid_value"),
+        ({"name": "n", "expires_in_days": True}, "expires_in_days", "invalid_value"),
+        ({"name": "n", "models": []}, "models", "invalid_value"),
+        ({"name": "n", "models": "gpt-4o"}, "models", "invalid_value"),
+        ({"name": "n", "models": ["has space"]}, "models", "invalid_value"),
+        ({"name": "n", "limits": []}, "limits", "invalid_value"),
+        ({"name": "n", "limits": {"videos": 1}}, "limits.videos", "unknown_parameter"),
+        (
+            {"name": "n", "limits": {"tokens_per_day": 1}},
+            "limits.tokens_per_day",
+            "unknown_parameter",
+        ),
+        (
+            {"name": "n", "limits": {"requests_per_minute": -1}},
+            "limits.requests_per_minute",
+            "invalid_value",
+        ),
+        (
+            {"name": "n", "limits": {"requests_per_minute": 1.5}},
+            "limits.requests_per_minute",
+            "invalid_value",
+        ),
+        (
+            {"name": "n", "limits": {"spend_per_day": 10**400}},
+            "limits.spend_per_day",
+            "invalid_value",
+        ),
+        ({"name": "n", "roles": ["root"]}, "roles", "invalid_value"),
+    ],
+)
+def test_bad_create_bodies_get_400s(
+    stack: Stack, team: str, doc: dict[str, Any], param: str, code: str
+) -> None:
+    r = httpx2.post(
+        f"{stack.url}/admin/v1/teams/{team}/api-keys", json=doc, headers=admin_headers(stack)
+    )
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == param
+    assert r.json()["error"]["code"] == code
+    listing = httpx2.get(
+        f"{stack.url}/admin/v1/teams/{team}/api-keys", headers=admin_headers(stack)
+    )
+    assert listing.json()["data"] == []
+
+
+def test_other_bad_admin_inputs(stack: Stack, team: str) -> None:
+    h = admin_headers(stack)
+    create_key(stack, team)
+    r = httpx2.post(
+        f"{stack.url}/admin/v1/teams/{team}/api-keys", json={"name": "pipeline"}, headers=h
+    )
+    assert r.status_code == 409
+    assert r.json()["error"]["code"] == "name_taken"
+    r = httpx2.post(f"{stack.url}/admin/v1/teams/{team}/api-keys", content=b"[1]", headers=h)
+    assert r.status_code == 400
+    assert r.json()["error"]["code"] == "invalid_json"
+    r = httpx2.post(f"{stack.url}/admin/v1/teams/default/api-keys", json={"name": "x"}, headers=h)
+    assert r.status_code == 400
+    assert r.json()["error"]["param"] == "team"
+    for bad in ("nope", "0" * 16, "../" + "0" * 13):
+        r = httpx2.delete(f"{stack.url}/admin/v1/api-keys/{bad}", headers=h)
+        assert r.status_code in (400, 404), r.text
+    made = create_key(stack, team, name="twice")
+    httpx2.delete(f"{stack.url}/admin/v1/api-keys/{made['id']}", headers=h)
+    r = httpx2.post(f"{stack.url}/admin/v1/api-keys/{made['id']}/rotate", headers=h)
+    assert r.status_code == 409
+    assert r.json()["error"]["code"] == "key_not_active"
+    r = httpx2.post(
+        f"{stack.url}/admin/v1/api-keys/{made['id']}/rotate", json={"grace_seconds": -1}, headers=h
+    )
+    assert r.status_code == 400
+    assert r.json()["error"]["param"] == "grace_seconds"
+
+
+def test_without_a_pepper_keys_are_off(redis_url: str, team: str) -> None:
+    with make_stack(redis_url, auth={"api_key_pepper": None}) as stack:
+        r = httpx2.post(
+            f"{stack.url}/admin/v1/teams/{team}/api-keys",
+            json={"name": "x"},
+            headers=admin_headers(stack),
+        )
+        assert r.status_code == 503
+        assert r.json()["error"]["code"] == "api_keys_disabled"
+        r = chat(stack, BAD_KEYS["unknown"])
+        assert r.status_code == 401
+        assert r.json()["error"]["code"] == "invalid_api_key"
+        assert stack.metric("gateway_auth_failures_total", reason="key_disabled") == 1
+
+
+VIDEOS = {
+    "default_model": "sora-2",
+    "models": {
+        "sora-2": {"sizes": ["1280x720"], "seconds": [4, 8], "price_per_second": 0.25},
+        "sora-2-pro": {"sizes": ["1280x720"], "seconds": [4], "price_per_second": 0.5},
+    },
+    "poll_after_ms": 100,
+    "poll_interval_seconds": 0,
+}
+
+
+@pytest.fixture
+def vstack(redis_url: str, team: str) -> Iterator[Stack]:
+    # Jobs that take a while: the first one is still running when the second is asked for.
+    with make_stack(
+        redis_url,
+        sim=SimConfig(job_seconds=30),
+        teams={"default": {}, team: {"concurrent_jobs": 10}},
+        videos=VIDEOS,
+    ) as s:
+        yield s
+
+
+def video(stack: Stack, token: str, **doc: Any) -> httpx2.Response:
+    body = {"prompt": "a lighthouse", "seconds": "4", "size": "1280x720", **doc}
+    return httpx2.post(stack.v1 + "/videos", json=body, headers=bearer(token))
+
+
+def test_a_keys_video_jobs_are_held_to_its_own_limits(vstack: Stack, team: str) -> None:
+    made = create_key(
+        vstack, team, limits={"concurrent_jobs": 1, "spend_per_day": 2}, models=["sora-2"]
+    )
+    first = video(vstack, made["key"])
+    assert first.status_code == 200, first.text
+    second = video(vstack, made["key"])
+    assert second.status_code == 429
+    err = second.json()["error"]
+    assert err["code"] == "concurrency_limit_exceeded"
+    assert "API key 'pipeline'" in err["message"]
+    # A model outside the key's scope never reaches the upstream.
+    r = video(vstack, made["key"], model="sora-2-pro")
+    assert r.status_code == 403
+    assert r.json()["error"]["code"] == "model_not_allowed"
+    assert len(vstack.sim_requests("/v1/videos")) == 1
+    # The team's other callers are not held to the key's limit.
+    assert video(vstack, vstack.token(team=team)).status_code == 200
+    # The job completes (the simulator's clock for it jumps ahead): the key's slot is free,
+    # its spend (4 s x 0.25 = 1) stays charged, so a job of 8 s (2) no longer fits the key's
+    # 2 a day, and one more of 4 s fits exactly.
+    vid = first.json()["id"]
+    for job in vstack.sim_app.state.sim.jobs.values():
+        job.started -= 3600
+    r = httpx2.get(vstack.v1 + f"/videos/{vid}", headers=bearer(made["key"]))
+    assert r.json()["status"] == "completed"
+    r = video(vstack, made["key"], seconds="8")
+    assert r.status_code == 429
+    assert r.json()["error"]["code"] == "spend_quota_exceeded"
+    assert "API key 'pipeline'" in r.json()["error"]["message"]
+    assert video(vstack, made["key"]).status_code == 200  # 1 more fits exactly
