@@ -11,6 +11,7 @@
     gateway admin usage [--from D] [--to D] [--group-by F] [--team T] [--csv]
     gateway admin reconcile                     the upstream's bill per key against our charges
     gateway admin audit [--limit N]
+    gateway admin api-keys list|create|revoke|rotate ...   (gateway admin api-keys --help)
 
 The gateway comes from --url or GATEWAY_URL, the admin's JWT from --token or
 GATEWAY_ADMIN_TOKEN (make run prints both as export lines). Exit codes: 0 done, 1 the gateway
@@ -172,7 +173,7 @@ def parse_assignments(pairs: Sequence[str]) -> dict[str, int | float | None]:
 # -- rendering --------------------------------------------------------------------------------
 
 
-def _iso(epoch: Any) -> str:
+def iso_text(epoch: Any) -> str:
     if not isinstance(epoch, int | float):
         return "-"
     return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -226,7 +227,7 @@ def jobs_table(doc: dict[str, Any]) -> str:
             j["size"],
             j["user"],
             j["upstream_key_id"],
-            _iso(j["created_at"]),
+            iso_text(j["created_at"]),
         ]
         for j in doc["data"]
     ]
@@ -242,7 +243,7 @@ def jobs_table(doc: dict[str, Any]) -> str:
 def job_lines(j: dict[str, Any]) -> str:
     fields = dict(j)
     for name in ("created_at", "completed_at"):
-        fields[name] = _iso(fields.get(name)) if fields.get(name) else None
+        fields[name] = iso_text(fields.get(name)) if fields.get(name) else None
     width = max(len(k) for k in fields)
     return "\n".join(
         f"{k.ljust(width)}  {v if isinstance(v, str) else json.dumps(v)}" for k, v in fields.items()
@@ -576,6 +577,10 @@ def add_admin_parser(sub: Any) -> None:
     p.add_argument("--team", help="only this team")
     p.add_argument("--csv", action="store_true", help="print the gateway's CSV instead")
     command("reconcile", _reconcile, "the upstream's bill per key against the gateway's charges")
+    # Imported here: key_cli builds on this module's client and helpers.
+    from gateway.admin.key_cli import add_keys_parser
+
+    add_keys_parser(command)
     p = command("audit", _audit, "recent admin changes, newest first")
     p.add_argument(
         "--limit", type=int, help="at most this many entries (default: the gateway's page size)"

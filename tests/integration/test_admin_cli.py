@@ -359,3 +359,46 @@ def test_ctrl_c_stops_waiting_cleanly(cli: Cli) -> None:
     assert proc.returncode == 130
     assert err.startswith(f"gateway admin: stopped waiting for {job_id} (still ")
     assert "Traceback" not in err
+
+
+def test_api_keys_from_the_terminal_in_both_views(cli: Cli) -> None:
+    out = cli.ok(
+        "api-keys",
+        "create",
+        "nightly",
+        "--team",
+        cli.team,
+        "--limit",
+        "requests_per_minute=5",
+        "--models",
+        "gpt-4o-mini,o4-*",
+        "--expires-in-days",
+        "7",
+    )
+    key = re.search(r"^key\s+(gwk_\S+)$", out, re.M)
+    assert key is not None
+    assert "shown this once" in out
+    key_id = re.search(r"^id\s+(\S+)$", out, re.M)
+    assert key_id is not None
+    listed = cli.ok("api-keys", "list", "--team", cli.team)
+    assert key_id.group(1) in listed
+    assert "requests_per_minute=5" in listed
+    assert "gpt-4o-mini,o4-*" in listed
+    assert key.group(1) not in listed
+    # A team admin's own view: no --team, its own token.
+    lead = cli.stack.token(team=cli.team, user="lead", roles=("team-admin",))
+    done = cli.run("api-keys", "list", token=lead)
+    assert done.returncode == 0, done.stderr
+    assert key_id.group(1) in done.stdout
+    done = cli.run("api-keys", "rotate", key_id.group(1), "--grace-seconds", "0", token=lead)
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"^key\s+gwk_", done.stdout, re.M)
+    done = cli.run("api-keys", "revoke", key_id.group(1), "--any-team")
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"^state\s+revoked$", done.stdout, re.M)
+    # Errors: a usage error is 2, a refusal 1 with the gateway's code.
+    assert cli.run("api-keys", "create").returncode == 2
+    member = cli.stack.token(team=cli.team, user="member")
+    done = cli.run("api-keys", "list", token=member)
+    assert done.returncode == 1
+    assert "403 permission_denied" in done.stderr

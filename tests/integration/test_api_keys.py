@@ -5,6 +5,8 @@ gets the same 401, and nothing a refused call sends reaches the upstream."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import re
 import secrets
 from collections.abc import Iterator
@@ -13,6 +15,7 @@ from typing import Any
 import httpx2
 import openai
 import pytest
+import redis as redis_sync
 
 from gateway.sim.config import SimConfig
 from tests.conftest import Stack, make_stack
@@ -106,6 +109,17 @@ def test_a_created_key_works_with_the_sdk_and_is_shown_once(stack: Stack, team: 
     audit = httpx2.get(f"{stack.url}/admin/v1/audit", headers=admin_headers(stack))
     assert "api_key.create" in audit.text
     assert key[-48:] not in audit.text
+    # Redis holds the keyed hash, never the key.
+    r = redis_sync.Redis.from_url(stack.settings.redis.url, decode_responses=True)
+    try:
+        stored = r.hgetall(f"gw:apikey:{{{made['id']}}}")
+    finally:
+        r.close()
+    pepper = stack.settings.auth.api_key_pepper
+    assert pepper is not None
+    want = hmac.new(pepper.encode(), key.encode(), hashlib.sha256).hexdigest()
+    assert stored["digest"] == want
+    assert all(key[-48:] not in v for v in stored.values())
     # The calls were made as key:pipeline of the team.
     usage = httpx2.get(
         stack.v1 + "/gateway/usage", params={"group_by": "user"}, headers=bearer(key)

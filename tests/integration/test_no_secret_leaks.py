@@ -3,6 +3,7 @@ that neither the upstream keys nor the callers' tokens appear in any of them."""
 
 from __future__ import annotations
 
+import json
 import logging
 import urllib.error
 import urllib.request
@@ -26,7 +27,9 @@ def _fetch(url: str, token: str | None, data: bytes | None = None) -> tuple[int,
         return e.code, str(e.headers) + e.read().decode("latin-1")
 
 
-def test_no_secret_in_any_output(redis_url: str, caplog: pytest.LogCaptureFixture) -> None:
+def test_no_secret_in_any_output(
+    redis_url: str, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
     caplog.set_level(logging.DEBUG)
     outputs: list[str] = []
     with make_stack(redis_url, key_ids=("primary", "secondary", "third")) as s:
@@ -65,15 +68,40 @@ def test_no_secret_in_any_output(redis_url: str, caplog: pytest.LogCaptureFixtur
                 )
             )
         )
+        # A gateway API key's life: only the answers to its create and its rotation carry a
+        # secret (each its own, once); every other output is evidence.
+        admin_keys = s.url + "/admin/v1/teams/team-a/api-keys"
+        status, made = _fetch(admin_keys, other, b'{"name":"svc"}')
+        assert status == 201
+        key = json.loads(made[made.index("{") :])
+        key_id, first_secret = key["id"], key["key"]
+        for data in (chat, stream):
+            status, text = _fetch(s.v1 + "/chat/completions", first_secret, data)
+            statuses.append(status)
+            outputs.append(text)
+        status, rotated = _fetch(
+            s.url + f"/admin/v1/api-keys/{key_id}/rotate", other, b'{"grace_seconds":0}'
+        )
+        assert status == 200
+        second_secret = json.loads(rotated[rotated.index("{") :])["key"]
+        outputs.append(_fetch(s.v1 + "/chat/completions", second_secret, chat)[1])
+        outputs.append(_fetch(admin_keys, other)[1])
+        outputs.append(_fetch(s.url + "/admin/v1/audit", other)[1])
+        outputs.append(_fetch(s.v1 + "/gateway/usage?group_by=user", second_secret)[1])
         for path in ("/healthz", "/readyz", "/metrics"):
             status, text = _fetch(s.url + path, None)
             statuses.append(status)
             outputs.append(text)
-        secrets_ = [*s.sim_keys, good, other, s.jwt_secret]
+        pepper = s.settings.auth.api_key_pepper
+        assert pepper is not None
+        secrets_ = [*s.sim_keys, good, other, s.jwt_secret, first_secret, second_secret, pepper]
     assert 200 in statuses
     assert 401 in statuses
     assert 500 in statuses
     outputs.extend(r.getMessage() for r in caplog.records)
+    access_log = capsys.readouterr()
+    outputs += [access_log.out, access_log.err]
+    assert '"user":"key:svc"' in access_log.out  # the key's calls were logged, by name
     outputs.extend(str(r.exc_info) for r in caplog.records if r.exc_info)
     blob = "\n".join(outputs)
     assert "gateway_requests_total" in blob  # the metrics scrape is part of the evidence
