@@ -22,7 +22,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Coroutine, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -46,6 +46,7 @@ class Target:
     url: str
     script: Path
     pid: int | None = None  # the proxy's pid, to account its CPU
+    token: str | None = field(default=None, repr=False)  # the probe's, when not the JWT
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -199,15 +200,22 @@ def run(args: argparse.Namespace, out: list[str]) -> None:
                 gw_stack.callback(stop_process, bare.proc)
                 plain = wrk.write_script(tmp / "post.lua", None)
                 authed = wrk.write_script(tmp / "post-auth.lua", token)
+                admin = mint_token(creds.jwt, team="ops", user="bench", roles=["gateway-admin"])
+                gw_key = gw.api_key(admin, "bench")
+                keyed = wrk.write_script(tmp / "post-key.lua", gw_key)
+                limited_key = gw.api_key(admin, "bench", limited=True)
+                limited = wrk.write_script(tmp / "post-key-limits.lua", limited_key)
                 targets = [
                     Target("direct", f"http://127.0.0.1:{up}{CHAT_PATH}", plain),
                     Target("nginx", f"http://127.0.0.1:{px}{CHAT_PATH}", plain),
                     Target("gateway", gw.url(CHAT_PATH), authed, gw.pid),
+                    Target("gateway-key", gw.url(CHAT_PATH), keyed, gw.pid, gw_key),
+                    Target("key-limits", gw.url(CHAT_PATH), limited, gw.pid, limited_key),
                     Target("no-metering", unmetered.url(CHAT_PATH), authed, unmetered.pid),
                     Target("no-quota", bare.url(CHAT_PATH), authed, bare.pid),
                 ]
                 for t in targets:
-                    probe(t.url, token if t.pid else None)
+                    probe(t.url, t.token or (token if t.pid else None))
                 rss0 = procs.rss_mib(gw.pid)
                 log(f"JSON: POST {CHAT_PATH}, {len(nginx.chat_completion())}-byte answer")
                 rows = bench_json(targets, args.duration, args.rounds)
@@ -230,7 +238,12 @@ def run(args: argparse.Namespace, out: list[str]) -> None:
                 f"Gateway RSS {rss0:.0f} → {rss1:.0f} MiB over the JSON runs; its /metrics "
                 f"counted {counted:,} requests for team bench. `gateway` checks the team's "
                 "rate limit and meters every call in Redis (a price for the model, token and "
-                "spend limits far above the load, so none is refused); `no-metering` is the same "
+                "spend limits far above the load, so none is refused); `gateway-key` is the same "
+                "gateway called with a gateway API key instead of the JWT (found in the "
+                "replica's cache; the key sets no limits of its own); `key-limits` with a key "
+                "that has its own request and token limits, far above the load (a second "
+                "sliding log and token window in the same scripts); "
+                "`no-metering` is the same "
                 "gateway with `pricing.enabled: false` (the rate check only); `no-quota` with "
                 "`quota.enabled: false`. Redis received "
                 f"{per_request:.3f} commands per `gateway` request and {per_unmetered:.3f} per "

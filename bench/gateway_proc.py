@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import subprocess
@@ -17,7 +18,10 @@ from gateway.dev.process import stop_process
 _CONFIG = """\
 upstream: {{base_url: "{upstream}", keys: [{{id: bench, secret: "${{BENCH_UPSTREAM_KEY}}"}}]}}
 redis: {{url: "${{REDIS_URL}}"}}
-auth: {{hs256_secrets: ["${{GATEWAY_JWT_SECRET}}"], algorithms: [HS256]}}
+auth:
+  hs256_secrets: ["${{GATEWAY_JWT_SECRET}}"]
+  algorithms: [HS256]
+  api_key_pepper: "${{GATEWAY_API_KEY_PEPPER}}"
 server: {{host: 127.0.0.1, port: {port}}}
 # Limits far above what a run sends: every request pays for the checks, none is refused.
 teams:
@@ -44,12 +48,14 @@ POLL_INTERVAL_S = 1  # short, so that a run spans several intervals
 class Secrets:
     jwt: str = field(default_factory=lambda: secrets.token_urlsafe(48))
     upstream_key: str = field(default_factory=lambda: "sk-bench-" + secrets.token_urlsafe(24))
+    pepper: str = field(default_factory=lambda: secrets.token_urlsafe(32))
 
     def env(self, redis_url: str) -> dict[str, str]:
         return {
             "REDIS_URL": redis_url,
             "GATEWAY_JWT_SECRET": self.jwt,
             "BENCH_UPSTREAM_KEY": self.upstream_key,
+            "GATEWAY_API_KEY_PEPPER": self.pepper,
         }
 
 
@@ -66,6 +72,22 @@ class Gateway:
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
+
+    def api_key(self, admin_token: str, team: str, *, limited: bool = False) -> str:
+        """A gateway API key for ``team``, made through the admin API; ``limited``: with its
+        own request and token limits, far above the load (every request pays for the key's
+        checks in the scripts, none is refused)."""
+        doc: dict[str, object] = {"name": f"bench-{secrets.token_hex(3)}"}
+        if limited:
+            doc["limits"] = {"requests_per_minute": 100_000_000, "tokens_per_minute": 10**9}
+        body = json.dumps(doc).encode()
+        req = urllib.request.Request(  # noqa: S310 (loopback URL)
+            self.url(f"/admin/v1/teams/{team}/api-keys"),
+            data=body,
+            headers={"Authorization": f"Bearer {admin_token}", "Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310
+            return str(json.loads(resp.read())["key"])
 
     def counted(self, metric: str, label: str) -> int:
         """The sum of ``metric``'s series carrying ``label`` (e.g. 'team="bench"') in its

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from bench.streams import StreamStats
 from bench.wrk import WrkResult
 
-TARGETS = ("direct", "nginx", "gateway", "no-metering", "no-quota")
+TARGETS = ("direct", "nginx", "gateway", "gateway-key", "key-limits", "no-metering", "no-quota")
 
 
 @dataclass(frozen=True)
@@ -162,6 +162,15 @@ def json_goals(
                 extra <= 0.1,
             ),
         ]
+    if ("gateway-key", 32) in rows:
+        share = rows[("gateway-key", 32)].rps / rows[("gateway", 32)].rps
+        quota.append(
+            Goal(
+                "32 connections: a gateway API key ≥ 95 % of the JWT row's req/s",
+                f"{share:.0%}",
+                share >= 0.95,
+            )
+        )
     if redis_calls_unmetered is not None:
         quota.append(
             Goal(
