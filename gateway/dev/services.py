@@ -134,6 +134,9 @@ def start_dev_services(config: str | None, env: MutableMapping[str, str]) -> Dev
         if not env.get("GATEWAY_API_KEY_PEPPER") and settings.auth.api_key_pepper is None:
             # Gateway API keys work in development too; their hashes need a stable pepper.
             env["GATEWAY_API_KEY_PEPPER"] = _local_secret(data_dir, "api-key-pepper")
+            services.notes.append(
+                f"API key pepper: generated once, kept in {data_dir / 'api-key-pepper'}"
+            )
         if settings.redis.embedded:
             services.redis = RedisProcess(data_dir=data_dir / "redis").start()
             env["REDIS_URL"] = services.redis.url

@@ -145,6 +145,23 @@ def test_dev_mode_serves_the_printed_example_and_keeps_state(tmp_path: Path) -> 
         )
         assert admin.returncode == 0, admin.stderr
         assert admin.stdout.startswith("team dev (")
+        # ... and to give a service a gateway API key (the pepper was generated too)
+        made = subprocess.run(
+            [
+                "sh",
+                "-c",
+                "\n".join([*exports, 'exec "$0" -m gateway admin api-keys create svc --team dev']),
+                sys.executable,
+            ],
+            env=clean_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert made.returncode == 0, made.stderr
+        found = re.search(r"^key\s+(gwk_\S+)$", made.stdout, re.MULTILINE)
+        assert found is not None
+        service_key = found.group(1)
         assert f'make run ARGS="--port {port + 1}"' in out
         children = _child_pids(served.proc.pid)
         assert len(children) >= 2  # the embedded Redis and the simulator
@@ -155,16 +172,18 @@ def test_dev_mode_serves_the_printed_example_and_keeps_state(tmp_path: Path) -> 
         time.sleep(0.05)
     assert _children_gone(children), "dev services outlived the gateway"
     assert (dev_dir / ".gateway-data/jwt-secret").exists()
+    assert (dev_dir / ".gateway-data/api-key-pepper").exists()
     assert (dev_dir / ".gateway-data/redis").is_dir()
 
-    # a restart keeps the secret: the token minted before still works
+    # a restart keeps the secrets: the token minted and the key issued before still work
     served = _dev_serve(dev_dir, port)
     try:
         served.wait_for(r"Application startup complete")
-        with openai.OpenAI(
-            base_url=f"http://127.0.0.1:{port}/v1", api_key=token, max_retries=0
-        ) as client:
-            assert client.models.list().data
+        for credential in (token, service_key):
+            with openai.OpenAI(
+                base_url=f"http://127.0.0.1:{port}/v1", api_key=credential, max_retries=0
+            ) as client:
+                assert client.models.list().data
     finally:
         served.stop()
 
