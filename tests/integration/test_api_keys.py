@@ -9,8 +9,8 @@ import hashlib
 import hmac
 import re
 import secrets
-from datetime import UTC, datetime
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx2
