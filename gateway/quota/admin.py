@@ -54,8 +54,13 @@ class QuotaAdmin:
         if not rate and not buckets:
             raise ValueError(f"unknown window {window!r}")
         since = int(now * 1000) - model.RATE_WINDOW_MS + 1 if rate else None
+        # The minute's tokens held: its seconds still counted (the rest wait to be pruned).
+        live_after = int(now) - model.TOKEN_WINDOW_S
         requests, values = await self.store.reset_counters(
-            k, rate_since_ms=since, buckets=[key for _, key in buckets], hashes={k.tokens_minute}
+            k,
+            rate_since_ms=since,
+            buckets=[key for _, key in buckets],
+            hashes={k.tokens_minute: live_after},
         )
         held: dict[str, int | float] = {}
         if rate:

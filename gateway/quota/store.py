@@ -4,7 +4,7 @@ replay of the same reservation is harmless, but a rate count is not)."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, cast
 
 from redis.asyncio import Redis
@@ -261,20 +261,22 @@ class QuotaStore:
         *,
         rate_since_ms: int | None,
         buckets: Sequence[str],
-        hashes: Collection[str] = (),
+        hashes: Mapping[str, int] | None = None,
     ) -> tuple[int, list[int]]:
         """Delete the rate log (when ``rate_since_ms`` is given) and the ``buckets`` in one
-        MULTI; answers what they held (requests since then, each bucket's value).
+        MULTI; answers what they held (requests since then, each bucket's value; a bucket in
+        ``hashes`` is per-second counts, of which the seconds after the one it maps to count).
 
         Each bucket also starts a new reset generation: a job reserved before the reset and
         refunded after it must not take its refund out of what later jobs were charged."""
+        hashes = hashes or {}
         async with self.redis.pipeline(transaction=True) as pipe:
             if rate_since_ms is not None:
                 pipe.zcount(k.rate, rate_since_ms, "+inf")
                 pipe.delete(k.rate)
             for b in buckets:
-                if b in hashes:  # per-second counts: what it held is their sum
-                    pipe.hvals(b)
+                if b in hashes:  # per-second counts: what it held is the live seconds' sum
+                    pipe.hgetall(b)
                 else:
                     pipe.get(b)
             if buckets:
@@ -288,8 +290,13 @@ class QuotaStore:
         if rate_since_ms is not None:
             rate = _int(replies[0])
             replies = replies[2:]
-        held = replies[: len(buckets)]
-        return rate, [sum(map(int, v)) if isinstance(v, list) else _int(v) for v in held]
+        held = [
+            sum(int(v) for s, v in value.items() if int(s) > hashes[b])
+            if b in hashes
+            else _int(value)
+            for b, value in zip(buckets, replies[: len(buckets)], strict=True)
+        ]
+        return rate, held
 
     async def teams_with_overrides(self, scan_count: int = 1000) -> list[str]:
         """Teams whose limits hash exists, however it was written (the admin API also adds

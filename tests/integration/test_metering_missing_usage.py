@@ -1,0 +1,314 @@
+"""When no usage ever arrives, a call is charged its estimate, and counted.
+
+The estimate is computed here from the documented rule (docs/metering.md, "The estimate"):
+input tokens are the bytes of the body the caller sent (plus an allowance per media part,
+none here), output tokens the call's cap times ``n`` (the model's or the configured default
+cap when it names none); its cost is those tokens at the configured prices, rounded up once.
+Three ways a call ends without usage, each on real sockets:
+
+* the caller closes a chat stream part way (the simulator streams slowly, so the usage it
+  would send last is still seconds away);
+* the upstream cuts a chat stream part way (the simulator's ``drop`` fault);
+* an answer that carries none: a hostile upstream of the test's own, which answers a chat call
+  (JSON, or a complete stream that ignores ``include_usage``) without ``usage``, and whisper's
+  ``text`` format from the simulator, which says no duration.
+
+Each must leave the estimate in the quota and the ledger, and count one more
+``gateway_usage_estimated_total{kind}``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import secrets
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from fractions import Fraction
+from typing import Any
+
+import httpx2
+import openai
+import pytest
+from openai.types.chat import ChatCompletionMessageParam
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from gateway.sim.config import SimConfig
+from tests.clock import Clock
+from tests.conftest import Stack
+from tests.metering_views import (
+    day_of,
+    get_json,
+    metric,
+    pinned_clock,
+    pinned_stack,
+    shown,
+    stored,
+    token,
+    token_cost,
+    units,
+)
+from tests.servers import run_server, wait_for
+
+CHAT = "gpt-4o-mini"
+PRICES: dict[str, dict[str, Any]] = {
+    CHAT: {"input_per_million": 0.15, "cached_input_per_million": 0.075, "output_per_million": 0.6},
+    "whisper-1": {"per_audio_second": 0.0001},
+}
+DEFAULT_CAP = 700  # pricing.default_max_output_tokens: the cap sent when a call names none
+MAX_AUDIO_S = 900  # pricing.transcription_max_seconds
+MESSAGES: list[ChatCompletionMessageParam] = [
+    {"role": "user", "content": "Tell me a long story about a fox who finds a badger's sett."}
+]
+ESTIMATED = "gateway_usage_estimated_total"
+
+
+class Bodies:
+    """The request bodies the SDK sends, exactly as they leave it (the estimate's input)."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    def hook(self, request: httpx2.Request) -> None:
+        self.sent.append(request.read())  # a multipart body too (read, it is sent as read)
+
+    @property
+    def last(self) -> bytes:
+        return self.sent[-1]
+
+
+class Caller:
+    def __init__(self, stack: Stack, clock: Clock, team: str) -> None:
+        self.stack, self.clock, self.team = stack, clock, team
+        self.bodies = Bodies()
+        self.http = httpx2.Client(event_hooks={"request": [self.bodies.hook]})
+        self.bearer = token(stack, clock, team=team, user="carol")
+        self.sdk = openai.OpenAI(
+            base_url=stack.v1,
+            api_key=self.bearer,
+            max_retries=0,
+            http_client=self.http,
+            _strict_response_validation=True,
+        )
+
+    def close(self) -> None:
+        self.sdk.close()
+        self.http.close()
+
+    def ledger(self) -> list[dict[str, Any]]:
+        day = day_of(self.clock)
+        doc = get_json(
+            self.stack.v1 + "/gateway/usage",
+            self.bearer,
+            group_by="user,model",
+            **{"from": day, "to": day},
+        )
+        rows: list[dict[str, Any]] = doc["data"]
+        return rows
+
+    def quota(self) -> dict[str, Any]:
+        limits: dict[str, Any] = get_json(self.stack.v1 + "/gateway/quota", self.bearer)["limits"]
+        return limits
+
+    def settled(self) -> bool:
+        """Whether a call of this team has entered the ledger (it does when it settles)."""
+        return bool(self.ledger())
+
+
+def chat_estimate(body: bytes, cap: int, n: int = 1) -> tuple[int, int, int]:
+    """(input tokens, output tokens, cost in stored units) of a chat call's estimate."""
+    inp, out = len(body), cap * n
+    return inp, out, token_cost(PRICES[CHAT], inp, out)
+
+
+def assert_charged_estimate(
+    caller: Caller, *, model: str, kind: str, inp: int, out: int, cost: int, before: float
+) -> None:
+    """The ledger, the quota and the counter all show one call charged its estimate."""
+    wait_for(caller.settled, timeout=10, message="the call was not settled")
+    (row,) = caller.ledger()
+    assert (row["user"], row["model"]) == ("carol", model)
+    assert (row["requests"], row["input_tokens"], row["output_tokens"]) == (1, inp, out)
+    assert row["cached_tokens"] == 0
+    assert stored(row["spend"]) == cost
+    limits = caller.quota()
+    assert stored(limits["spend_per_day"]["used"]) == cost
+    assert stored(limits["spend_per_month"]["used"]) == cost
+    tokens = inp + out if kind == "chat" else 0  # only token kinds count in tokens_per_day
+    assert limits["tokens_per_day"]["used"] == tokens
+    # Counted before the ledger was written: by now it must show.
+    assert metric(caller.stack, ESTIMATED, kind=kind) == before + 1
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return pinned_clock()
+
+
+@pytest.fixture
+def team() -> str:
+    return "est-" + secrets.token_hex(4)
+
+
+def sections(team: str) -> dict[str, Any]:
+    return {
+        "teams": {"default": {}, team: {"spend_per_day": 100, "tokens_per_day": 1_000_000}},
+        "pricing": {
+            "models": PRICES,
+            "default_max_output_tokens": DEFAULT_CAP,
+            "transcription_max_seconds": MAX_AUDIO_S,
+        },
+    }
+
+
+@pytest.fixture
+def caller_of(redis_url: str, clock: Clock, team: str) -> Iterator[Callable[..., Caller]]:
+    """A function: a gateway over the simulator (``sim``) or the upstream at ``sim_url`` ->
+    a caller of it, closed at the end of the test."""
+    with contextlib.ExitStack() as stack:
+
+        def make(**kw: Any) -> Caller:
+            s = stack.enter_context(pinned_stack(redis_url, clock, **sections(team), **kw))
+            caller = Caller(s, clock, team)
+            stack.callback(caller.close)
+            return caller
+
+        yield make
+
+
+def test_a_stream_the_caller_abandons_is_charged_its_estimate(
+    caller_of: Callable[..., Caller],
+) -> None:
+    # Eight pieces a second apart: the usage chunk would come seven seconds after the first.
+    caller = caller_of(sim=SimConfig(stream_events=8, stream_interval=1.0))
+    before = metric(caller.stack, ESTIMATED, kind="chat")
+    stream = caller.sdk.chat.completions.create(model=CHAT, messages=MESSAGES, stream=True)
+    first = next(iter(stream))
+    assert first.choices[0].delta.content
+    stream.close()  # the caller hangs up
+    body = caller.bodies.last
+    inp, out, cost = chat_estimate(body, DEFAULT_CAP)  # no cap named: the default one
+    assert_charged_estimate(
+        caller, model=CHAT, kind="chat", inp=inp, out=out, cost=cost, before=before
+    )
+    # The gateway let go of the upstream stream, which had not yet sent its usage.
+    sim = caller.stack.sim_app.state.sim
+    wait_for(lambda: sim.aborted == 1, timeout=10, message="the upstream stream was not closed")
+    (sent,) = caller.stack.sim_requests("/v1/chat/completions")
+    assert sent["json"]["max_completion_tokens"] == DEFAULT_CAP
+
+
+def test_a_stream_the_upstream_cuts_is_charged_its_estimate(
+    caller_of: Callable[..., Caller],
+) -> None:
+    caller = caller_of()
+    caller.stack.sim_app.state.sim.add_fault(kind="drop", path_prefix="/v1/chat/completions")
+    before = metric(caller.stack, ESTIMATED, kind="chat")
+    stream = caller.sdk.chat.completions.create(
+        model=CHAT,
+        messages=MESSAGES,
+        stream=True,
+        stream_options={"include_usage": True},
+        max_tokens=40,
+        n=2,
+    )
+    received: list[Any] = []
+
+    def drain() -> None:
+        received.extend(stream)
+
+    with pytest.raises(openai.APIConnectionError):
+        drain()
+    assert len(received) == 2  # the two events the fault lets through, no usage among them
+    assert all(c.usage is None for c in received)
+    inp, out, cost = chat_estimate(caller.bodies.last, 40, n=2)
+    assert_charged_estimate(
+        caller, model=CHAT, kind="chat", inp=inp, out=out, cost=cost, before=before
+    )
+
+
+class NoUsageUpstream:
+    """An upstream that answers every chat call in full, but never with ``usage``: JSON
+    without it, or a stream that ignores ``stream_options.include_usage``."""
+
+    def __init__(self) -> None:
+        self.seen: list[dict[str, Any]] = []
+        self.lock = threading.Lock()
+
+    def app(self) -> Starlette:
+        async def chat(request: Request) -> Response:
+            doc = await request.json()
+            with self.lock:
+                self.seen.append(doc)
+            head = {"id": "chatcmpl-x", "created": 1, "model": doc["model"]}
+            if not doc.get("stream"):
+                message = {"role": "assistant", "content": "a fox"}
+                choice = {"index": 0, "message": message, "finish_reason": "stop"}
+                return JSONResponse({**head, "object": "chat.completion", "choices": [choice]})
+
+            async def events() -> AsyncIterator[bytes]:
+                for i, word in enumerate(("a ", "fox")):
+                    delta = {"role": "assistant", "content": word} if i == 0 else {"content": word}
+                    choice = {"index": 0, "delta": delta, "finish_reason": "stop" if i else None}
+                    chunk = {**head, "object": "chat.completion.chunk", "choices": [choice]}
+                    yield b"data: " + json.dumps(chunk).encode() + b"\n\n"
+                yield b"data: [DONE]\n\n"
+
+            return StreamingResponse(events(), media_type="text/event-stream")
+
+        return Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])])
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["json", "stream"])
+def test_an_answer_without_usage_is_charged_its_estimate(
+    caller_of: Callable[..., Caller], streamed: bool
+) -> None:
+    upstream = NoUsageUpstream()
+    with run_server(upstream.app(), server_header=False) as url:
+        caller = caller_of(sim_url=url)
+        before = metric(caller.stack, ESTIMATED, kind="chat")
+        if streamed:
+            chunks = list(
+                caller.sdk.chat.completions.create(model=CHAT, messages=MESSAGES, stream=True)
+            )
+            assert "".join(c.choices[0].delta.content or "" for c in chunks) == "a fox"
+            inp, out, cost = chat_estimate(caller.bodies.last, DEFAULT_CAP)
+            (seen,) = upstream.seen
+            assert seen["stream_options"] == {"include_usage": True}  # asked for, in vain
+            assert seen["max_completion_tokens"] == DEFAULT_CAP
+        else:
+            raw = caller.sdk.chat.completions.with_raw_response.create(
+                model=CHAT, messages=MESSAGES, max_completion_tokens=90
+            )
+            assert raw.parse().usage is None
+            inp, out, cost = chat_estimate(caller.bodies.last, 90)
+            assert raw.headers["x-gateway-cost"] == shown(cost)
+        assert_charged_estimate(
+            caller, model=CHAT, kind="chat", inp=inp, out=out, cost=cost, before=before
+        )
+
+
+def test_a_transcription_that_says_no_duration_is_charged_its_estimate(
+    caller_of: Callable[..., Caller],
+) -> None:
+    caller = caller_of()
+    before = metric(caller.stack, ESTIMATED, kind="transcription")
+    text = caller.sdk.audio.transcriptions.with_raw_response.create(
+        model="whisper-1",
+        file=("a.wav", b"RIFF" + bytes(4000), "audio/wav"),
+        response_format="text",
+    )
+    # whisper bills seconds, and a text answer says none: the most a call may last
+    cost = units(Fraction(str(PRICES["whisper-1"]["per_audio_second"])) * MAX_AUDIO_S)
+    assert text.headers["x-gateway-cost"] == shown(cost)
+    wait_for(caller.settled, timeout=10, message="the call was not settled")
+    (row,) = caller.ledger()
+    assert (row["model"], row["requests"], row["audio_seconds"]) == ("whisper-1", 1, MAX_AUDIO_S)
+    # ... and the estimate's tokens: the upload's bytes, and the output cap
+    assert (row["input_tokens"], row["output_tokens"]) == (len(caller.bodies.last), DEFAULT_CAP)
+    assert stored(row["spend"]) == cost
+    assert stored(caller.quota()["spend_per_day"]["used"]) == cost
+    assert metric(caller.stack, ESTIMATED, kind="transcription") == before + 1
