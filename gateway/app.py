@@ -254,6 +254,7 @@ def create_app(
         prices=prices,
         events=obs.meter_events(),
         on_key_charged=spend_by_key.add,
+        rate=quota.rate,
     )
     usage = UsageEndpoint(
         UsageReport(
@@ -268,6 +269,15 @@ def create_app(
     if q.enabled:
         metrics.watch_quota(snapshot)
         metrics.budget_alert_share.set(q.budget_alert_share)
+
+    passthrough = PassThrough(
+        client,
+        routes=RouteTable((*DEFAULT_ROUTES, *settings.server.extra_routes)),
+        secrets=pool.secrets,
+        observer=obs.streams(content=False),
+        # Metering is part of the quota: a gateway without quotas charges nobody.
+        meter=meter if q.enabled and settings.pricing.enabled else None,
+    )
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -369,7 +379,14 @@ def create_app(
                 on_failure=obs.auth_failure,
             ),
             *(
-                [Middleware(RateLimitMiddleware, quota=quota, public_paths=PUBLIC_PATHS)]
+                [
+                    Middleware(
+                        RateLimitMiddleware,
+                        quota=quota,
+                        public_paths=PUBLIC_PATHS,
+                        deferred=passthrough.meters,
+                    )
+                ]
                 if q.enabled
                 else []
             ),
@@ -377,14 +394,7 @@ def create_app(
         exception_handlers={HTTPException: _raise_http_error},
         lifespan=lifespan,
     )
-    app.router.default = PassThrough(
-        client,
-        routes=RouteTable((*DEFAULT_ROUTES, *settings.server.extra_routes)),
-        secrets=pool.secrets,
-        observer=obs.streams(content=False),
-        # Metering is part of the quota: a gateway without quotas charges nobody.
-        meter=meter if q.enabled and settings.pricing.enabled else None,
-    )
+    app.router.default = passthrough
     return Gateway(app, settings, metrics, redis, pool, quota, videos, reconciler, prices)
 
 

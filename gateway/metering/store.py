@@ -16,6 +16,7 @@ from redis.asyncio.cluster import RedisCluster
 
 from gateway.auth.api_keys import KeyScope
 from gateway.quota.model import TOKEN_WINDOW_S
+from gateway.quota.rate import RateCall
 from gateway.store.batcher import ScriptBatcher
 from gateway.store.keys import TEAMS, TeamKeys, reset_mark
 from gateway.store.lua import script
@@ -37,6 +38,8 @@ class Verdict:
     key_limit: int = -1
     key_used: int = 0
     key_oldest_s: int = -1
+    # The request rate's reply when the rate check was folded in (kind 'rate': it refused).
+    rate: tuple[int, ...] = ()
 
 
 # A gateway key's metered limits, in the order the reserve script takes them.
@@ -84,6 +87,7 @@ class MeterStore:
         tag: str,
         max_tags: int,
         key: KeyScope | None = None,
+        rate: RateCall | None = None,
     ) -> Verdict:
         keys: tuple[str, ...] = (
             k.limits,
@@ -98,22 +102,32 @@ class MeterStore:
             reset_mark(k.spend_month(month)),
             reset_mark(k.tokens_minute),
         )
-        args = [now_s, tokens, spend, *defaults, day, month, *ttls, tag, max_tags, TOKEN_WINDOW_S]
+        args: list[str | int] = [now_s, tokens, spend, *defaults, day, month, *ttls, tag]
+        args += [max_tags, TOKEN_WINDOW_S, ("r" if rate else "") + ("k" if key else "")]
+        if rate is not None:
+            keys += rate.keys
+            args += rate.args
         if key is not None:
             keys += _key_buckets(k, key.id, day, month)
             args += [key.limit(kind) for kind in KEY_KINDS]
-        reply = _text(await self._reserve(keys=keys, args=args)).split(",")
+        text, _, rated = _text(await self._reserve(keys=keys, args=args)).partition("|")
+        reply = text.split(",")
+        folded = tuple(int(x) for x in rated.split(",")) if rated else ()
         if k.team not in self._known:
             # Once per team and process: the admin usage report lists teams from this set.
             await self.redis.sadd(TEAMS, k.team)
             self._known.add(k.team)
+        if reply[0] == "R":
+            return Verdict(False, "rate", 0, -1, -1, -1, rate=folded)
         if reply[0] == "1":
-            v = Verdict(True, "", int(reply[2]), int(reply[1]), -1, int(reply[3]))
+            v = Verdict(True, "", int(reply[2]), int(reply[1]), -1, int(reply[3]), rate=folded)
             if len(reply) == 7:
                 v = replace(v, key_limit=int(reply[4]), key_used=int(reply[5]))
                 v = replace(v, key_oldest_s=int(reply[6]))
             return v
-        return Verdict(False, reply[1], int(reply[2]), int(reply[3]), int(reply[4]), -1)
+        return Verdict(
+            False, reply[1], int(reply[2]), int(reply[3]), int(reply[4]), -1, rate=folded
+        )
 
     async def settle(
         self,

@@ -176,10 +176,34 @@ async def open_call(meter: Meter, scope: Scope, rule: RouteRule, body: bytes | N
     403 or 429 that refuses the call before anything goes upstream."""
     kind = rule.meter
     team, user, key = _principal(scope)
+    try:
+        tag, doc, out, hide, rebuild = _read_call(meter, scope, rule, body)
+    except GatewayError:
+        # Refused before its reservation, which would have counted its request: count it here
+        # (over the request rate, that 429 is the answer, as for any other request).
+        await meter.count_request(team, key)
+        raise
+    adm = await meter.admit(team, user, kind, doc, body or b"", tag, key=key)
+    if rebuild:  # sent as the gateway serialises it, with the estimate's caps
+        try:
+            doc.update(adm.estimate.inject)
+            out = body_policy.serialise(doc)
+        except BaseException:
+            with contextlib.suppress(GatewayError):
+                await meter.settle(adm, None, failed=True)
+            raise
+    return MeteredCall(meter, adm, out, hide)
+
+
+def _read_call(
+    meter: Meter, scope: Scope, rule: RouteRule, body: bytes | None
+) -> tuple[str, dict[str, Any], bytes | None, bool, bool]:
+    """The call's tag, the document its estimate reads, the body to send, whether a stream's
+    usage must be hidden from the caller, and whether the body is rebuilt from the document
+    once reserved."""
+    kind = rule.meter
     tag = meter.tag_of(header(scope, b"x-gateway-tag"))
     raw = body or b""
-    out: bytes | None = body
-    hide = False
     ctype = (header(scope, b"content-type") or b"").decode("latin-1")
     if kind in kinds.JSON_KINDS or (kind in kinds.FORM_KINDS and "json" in ctype.lower()):
         if rule.body != PLAIN:
@@ -190,33 +214,26 @@ async def open_call(meter: Meter, scope: Scope, rule: RouteRule, body: bytes | N
             doc = _lowered(body_policy.parse_json_object(raw))
         # Everything that can refuse the body runs before the reservation, so that a refusal
         # never leaves an estimate charged.
+        hide = False
         if kind in (kinds.CHAT, kinds.COMPLETIONS) and doc.get("stream") is True:
             hide = _ask_for_usage(doc)
         if b"\\u" in raw:  # an escape may be a lone surrogate, which cannot be sent
             body_policy.serialise(doc)
-        adm = await meter.admit(team, user, kind, doc, raw, tag, key=key)
-        try:
-            doc.update(adm.estimate.inject)
-            out = body_policy.serialise(doc)
-        except BaseException:
-            with contextlib.suppress(GatewayError):
-                await meter.settle(adm, None, failed=True)
-            raise
-    elif kind in kinds.FORM_KINDS:
+        return tag, doc, body, hide, True
+    if kind in kinds.FORM_KINDS:
         fields: dict[str, Any] = dict(form_fields(raw, ctype))
         n = fields.get("n")
         if isinstance(n, str) and n.isascii() and n.isdigit():  # form fields are text
             fields["n"] = int(n)
-        adm = await meter.admit(team, user, kind, fields, raw, tag, key=key)
-    else:  # a route added in config: its JSON body's model, when it names one
-        doc = {}
-        if raw and "json" in ctype.lower():
-            try:
-                doc = _lowered(body_policy.parse_json_object(raw))
-            except InvalidRequest:
-                doc = {}  # not ours to judge: the upstream answers it
-        adm = await meter.admit(team, user, kind, doc, raw, tag, key=key)
-    return MeteredCall(meter, adm, out, hide)
+        return tag, fields, body, False, False
+    # A route added in config: its JSON body's model, when it names one.
+    doc = {}
+    if raw and "json" in ctype.lower():
+        try:
+            doc = _lowered(body_policy.parse_json_object(raw))
+        except InvalidRequest:
+            doc = {}  # not ours to judge: the upstream answers it
+    return tag, doc, body, False, False
 
 
 def _ask_for_usage(doc: dict[str, Any]) -> bool:

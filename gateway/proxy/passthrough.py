@@ -66,6 +66,16 @@ class PassThrough:
         self.observer = observer
         self.meter = meter
 
+    def meters(self, scope: Scope) -> bool:
+        """Whether this request reaches a metered route here (its reservation then counts
+        its request against the rate limit too)."""
+        if self.meter is None:
+            return False
+        # The path was validated at the edge (RequestLimitsMiddleware): scope["path"] is the
+        # one __call__ decodes.
+        rule = self.routes.find(scope["method"], scope["path"])
+        return rule is not None and rule.meter != kinds.FREE
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         raw_path = scope.get("raw_path") or scope["path"].encode()
         decoded, path = rewrite.upstream_path(raw_path.split(b"?", 1)[0])

@@ -10,6 +10,8 @@ import itertools
 import math
 import os
 import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 from gateway.auth.api_keys import KeyScope
 from gateway.errors import QuotaExceeded, StoreUnavailable
@@ -18,6 +20,19 @@ from gateway.quota.model import Windows
 from gateway.quota.policy import Decision, QuotaPolicy, iso, num, wait_headers
 from gateway.quota.store import QuotaStore
 from gateway.store.keys import TeamKeys
+
+
+@dataclass(frozen=True, slots=True)
+class RateCall:
+    """One request's rate decision before it runs: who, the windows, the script's keys after
+    the limits hash, and its arguments (now_ms, default rpm, default video day and month,
+    member, window_ms, and a gateway key's rpm)."""
+
+    team: str
+    key: KeyScope | None
+    windows: Windows
+    keys: tuple[str, ...]
+    args: tuple[str | int, ...]
 
 
 class RateLimiter:
@@ -29,35 +44,47 @@ class RateLimiter:
         self._member_prefix = f"{os.getpid()}.{secrets.token_hex(4)}."
         self._seq = itertools.count()
 
+    def prepare(self, team: str, key: KeyScope | None = None) -> RateCall:
+        """One request's rate decision, ready for the rate script or for a metered call's
+        reservation (which folds it in: one round trip fewer)."""
+        now = self.policy.clock()
+        w = self.policy.windows(now)
+        args: list[str | int] = [
+            int(now * 1000),
+            *self.policy.defaults(
+                team, "requests_per_minute", "video_seconds_per_day", "video_seconds_per_month"
+            ),
+            f"{self._member_prefix}{next(self._seq)}",
+            model.RATE_WINDOW_MS,
+        ]
+        if key is not None:
+            args.append(key.limit("requests_per_minute"))
+        keys = self.store.rate_keys(TeamKeys(team), w.day, w.month, None if key is None else key.id)
+        return RateCall(team, key, w, keys, tuple(args))
+
     async def check(self, team: str, key: KeyScope | None = None) -> list[tuple[bytes, bytes]]:
         """Count one request against the team (and the gateway key it came with, in the same
         decision); raise QuotaExceeded past a limit. Returns x-ratelimit headers."""
-        now = self.policy.clock()
-        w = self.policy.windows(now)
-        k = TeamKeys(team)
+        call = self.prepare(team, key)
         try:
-            r = await self.store.rate(
-                k,
-                now_ms=int(now * 1000),
-                member=f"{self._member_prefix}{next(self._seq)}",
-                defaults=(
-                    self.policy.defaults(
-                        team,
-                        "requests_per_minute",
-                        "video_seconds_per_day",
-                        "video_seconds_per_month",
-                    )
-                ),
-                day=w.day,
-                month=w.month,
-                window_ms=model.RATE_WINDOW_MS,
-                key=None if key is None else (key.id, key.limit("requests_per_minute")),
-            )
+            reply = await self.store.rate(TeamKeys(team), call.keys, call.args)
         except StoreUnavailable:
-            if self.policy.settings.rate_fail_open:
-                self._on_decision(team, "requests_per_minute", "fail_open")
+            if self.failed_open(team):
                 return []
             raise
+        return self.judge(call, reply)
+
+    def failed_open(self, team: str) -> bool:
+        """Redis could not decide: whether to let the request through (counted) by config."""
+        if self.policy.settings.rate_fail_open:
+            self._on_decision(team, "requests_per_minute", "fail_open")
+            return True
+        return False
+
+    def judge(self, call: RateCall, r: Sequence[int]) -> list[tuple[bytes, bytes]]:
+        """The x-ratelimit headers of an allowed request; raises QuotaExceeded for a refused
+        one (the binding limit: the key's when it leaves less room than the team's)."""
+        team, key, w = call.team, call.key, call.windows
         allowed, rpm, used, retry_ms, reset_ms, d_lim, d_used, m_lim, m_used = r[:9]
         who = f"Team '{team}'"
         if key is not None and r[10] >= 0 and (r[9] or rpm < 0 or r[10] - r[11] < rpm - used):

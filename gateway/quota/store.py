@@ -56,32 +56,24 @@ class QuotaStore:
         if wire is not None:
             await wire.aclose()
 
-    async def rate(
-        self,
-        k: TeamKeys,
-        *,
-        now_ms: int,
-        member: str,
-        defaults: Sequence[int],
-        day: str,
-        month: str,
-        window_ms: int,
-        count: bool = True,
-        key: tuple[str, int] | None = None,
-    ) -> list[int]:
-        """The rate script's reply; ``key``: a gateway key's (id, requests per minute),
-        counted with the team in the same decision."""
+    def rate_keys(self, k: TeamKeys, day: str, month: str, key_id: str | None) -> tuple[str, ...]:
+        """The rate decision's keys after the limits hash: rate log, video-seconds day and
+        month buckets, and a gateway key's rate log."""
         keys = self._rate_keys.get((k.team, day, month))
-        if keys is None:  # four formatted names per request were a measurable share
+        if keys is None:  # three formatted names per request were a measurable share
             if len(self._rate_keys) >= 4096:
                 self._rate_keys.clear()
-            keys = (k.limits, k.rate, k.video_day(day), k.video_month(month))
+            keys = (k.rate, k.video_day(day), k.video_month(month))
             self._rate_keys[(k.team, day, month)] = keys
-        args = [now_ms, *defaults, member, window_ms, "1" if count else "0"]
-        if key is not None:
-            keys = (*keys, k.key(key[0]).rate)
-            args.append(key[1])
-        reply = await self._rate(keys=keys, args=args)
+        return keys if key_id is None else (*keys, k.key(key_id).rate)
+
+    async def rate(
+        self, k: TeamKeys, keys: Sequence[str], args: Sequence[str | int], *, count: bool = True
+    ) -> list[int]:
+        """The rate script's reply for ``rate_keys`` and the arguments now_ms, default rpm,
+        default video day, default video month, member, window_ms (and a key's rpm)."""
+        argv = [*args[:6], "1" if count else "0", *args[6:]]
+        reply = await self._rate(keys=(k.limits, *keys), args=argv)
         return [int(x) for x in _text(reply).split(",")]
 
     async def reserve(

@@ -80,6 +80,13 @@ class RouteTable:
 
     def match(self, method: str, path: str) -> RouteRule:
         """The rule for a validated, decoded path; ``unsupported_endpoint`` for anything else."""
+        rule = self.find(method, path)
+        if rule is None:
+            raise unsupported()
+        return rule
+
+    def find(self, method: str, path: str) -> RouteRule | None:
+        """The rule for a validated, decoded path, if the table has one."""
         rule = self._exact.get((method, path))
         if rule is not None:
             return rule
@@ -88,7 +95,7 @@ class RouteTable:
             for rule, pattern in self._templates:
                 if rule.method == method and _fits(pattern, segments):
                     return rule
-        raise unsupported()
+        return None
 
 
 def _fits(pattern: tuple[str, ...], segments: list[str]) -> bool:

@@ -1,19 +1,47 @@
 -- KEYS: limits, tokens per second (hash), tokens day, spend day, spend month, the call's
 --       reservation, the day's tags, and the reset generations of tokens day, spend day,
---       spend month and the tokens hash; for a call made with a gateway API key, also that
---       key's tokens per second (hash), spend day and spend month
+--       spend month and the tokens hash; then, with flag 'r' (the call's rate check folded
+--       in), the rate log and the video-seconds day and month buckets (and with 'k' too, the
+--       key's rate log); then, with flag 'k' (a call made with a gateway API key), that key's
+--       tokens per second (hash), spend day and spend month
 -- ARGV: now (epoch s), tokens, spend units, default tokens/minute, default tokens/day,
 --       default spend/day, default spend/month, day id, month id, day ttl s, month ttl s,
---       reservation ttl s, tag ('' for none), max tags per day, window s; with a key, its
+--       reservation ttl s, tag ('' for none), max tags per day, window s, flags ('', 'r',
+--       'k', 'rk'); with 'r': now_ms, default rpm, default video day, default video month,
+--       unique member, rate window ms (and with 'k', the key's rpm); with 'k': the key's
 --       tokens/minute, spend/day and spend/month limits (-1 unlimited)
 -- -> "1,<tpm limit>,<tpm used after>,<oldest second counted, -1 none>" (with a key, then
 --    ",<key tpm limit>,<key tpm used after>,<key oldest second>") |
---    "0,<kind>,<used>,<limit>,<wait s or -1 (never fits)>" (a key's kinds start with 'key:')
+--    "0,<kind>,<used>,<limit>,<wait s or -1 (never fits)>" (a key's kinds start with 'key:');
+--    with 'r', followed by "|" and the rate reply (rate_decide in the prelude), or "R|" and
+--    the rate reply when the request rate refused the call (then nothing else was checked)
 -- Admit one metered call: reserve its estimate against every window it touches (the team's
--- and its key's), or none.
+-- and its key's), or none; with 'r', first count it against the request rate, as the rate
+-- script would have (counted even when a budget then refuses it, like any request).
 --!prelude
 local now, tokens, spend = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local window = tonumber(ARGV[15])
+local flags = ARGV[16] or ''
+local keyed = string.find(flags, 'k', 1, true) ~= nil
+local rated = string.find(flags, 'r', 1, true) ~= nil
+local ki, ai = 12, 17  -- the next optional KEYS and ARGV
+local rate_reply = nil
+if rated then
+  local key_log = nil
+  if keyed then key_log = KEYS[ki + 3] end
+  local krpm = keyed and tonumber(ARGV[ai + 6]) or -1
+  local ok
+  ok, rate_reply = rate_decide(KEYS[ki], KEYS[ki + 1], KEYS[ki + 2], key_log, tonumber(ARGV[ai]),
+                               tonumber(ARGV[ai + 5]), ARGV[ai + 1], ARGV[ai + 2], ARGV[ai + 3],
+                               ARGV[ai + 4], '1', krpm)
+  if ok == 0 then return 'R|' .. rate_reply end
+  ki, ai = ki + (keyed and 4 or 3), ai + (keyed and 7 or 6)
+end
+-- The reply, with the rate decision when it was folded in.
+local function answer(text)
+  if rate_reply then return text .. '|' .. rate_reply end
+  return text
+end
 -- The minute: per-second counts; seconds that left the window are dropped here.
 local function minute(hash)
   local flat = redis.call('HGETALL', hash)
@@ -61,21 +89,22 @@ local refused = over_minute('tokens_per_minute', used, live, tpm)
   or over_bucket('tokens_per_day', limit('tokens_per_day', ARGV[5]), KEYS[3], tokens)
   or over_bucket('spend_per_day', limit('spend_per_day', ARGV[6]), KEYS[4], spend)
   or over_bucket('spend_per_month', limit('spend_per_month', ARGV[7]), KEYS[5], spend)
-if refused then return refused end
-local keyed = KEYS[12] ~= nil
+if refused then return answer(refused) end
 local kused, klive, ktpm = 0, {}, -1
 if keyed then
-  kused, klive = minute(KEYS[12])
-  ktpm = tonumber(ARGV[16])
+  kused, klive = minute(KEYS[ki])
+  ktpm = tonumber(ARGV[ai])
   refused = over_minute('key:tokens_per_minute', kused, klive, ktpm)
-    or over_bucket('key:spend_per_day', tonumber(ARGV[17]), KEYS[13], spend)
-    or over_bucket('key:spend_per_month', tonumber(ARGV[18]), KEYS[14], spend)
-  if refused then return refused end
+    or over_bucket('key:spend_per_day', tonumber(ARGV[ai + 1]), KEYS[ki + 1], spend)
+    or over_bucket('key:spend_per_month', tonumber(ARGV[ai + 2]), KEYS[ki + 2], spend)
+  if refused then return answer(refused) end
 end
 local tag = ARGV[13]
 if tag ~= '' and redis.call('SISMEMBER', KEYS[7], tag) == 0 then
   local n = redis.call('SCARD', KEYS[7])
-  if n >= tonumber(ARGV[14]) then return table.concat({0, 'tags', n, ARGV[14], -1}, ',') end
+  if n >= tonumber(ARGV[14]) then
+    return answer(table.concat({0, 'tags', n, ARGV[14], -1}, ','))
+  end
   redis.call('SADD', KEYS[7], tag)
   redis.call('EXPIRE', KEYS[7], ARGV[10])
 end
@@ -96,7 +125,7 @@ local function charge(tpm_hash, spend_day, spend_month, day_tokens)
   end
 end
 charge(KEYS[2], KEYS[4], KEYS[5], KEYS[3])
-if keyed then charge(KEYS[12], KEYS[13], KEYS[14], nil) end
+if keyed then charge(KEYS[ki], KEYS[ki + 1], KEYS[ki + 2], nil) end
 -- What settling needs: the second and buckets charged, and their reset generations then.
 redis.call('HSET', KEYS[6], 's', now, 't', tokens, 'c', spend, 'd', ARGV[8], 'm', ARGV[9],
            'g1', redis.call('GET', KEYS[8]) or '0', 'g2', redis.call('GET', KEYS[9]) or '0',
@@ -105,4 +134,4 @@ if keyed then redis.call('HSET', KEYS[6], 'k', '1') end
 redis.call('EXPIRE', KEYS[6], ARGV[12])
 local out = table.concat({1, tpm, used + tokens, oldest_of(live)}, ',')
 if keyed then out = out .. ',' .. table.concat({ktpm, kused + tokens, oldest_of(klive)}, ',') end
-return out
+return answer(out)

@@ -11,3 +11,60 @@ end
 local function counter(key)
   return tonumber(redis.call('GET', key) or '0')
 end
+-- The per-request rate decision: a sliding log of the team's requests (and of the gateway
+-- key's, when the call came with one), counted in both or in neither. Shared by the rate
+-- script and the metering reservation, which folds a metered call's rate check into its
+-- one decision. Returns allowed (0|1) and the reply
+-- "allowed,rpm,used,retry_ms,reset_ms,day_limit,day_used,month_limit,month_used" (video
+-- seconds), with a key then ",key_refused,key_rpm,key_used,key_retry_ms,key_reset_ms".
+local function rate_decide(team_log, vday, vmonth, key_log, now, window, d_rpm, d_day, d_month,
+                           member, count, krpm)
+  local function check(log, rpm)  -- {used, retry_ms (0 fits, -1 never), reset_ms}
+    if rpm < 0 then return {0, 0, 0} end
+    redis.call('ZREMRANGEBYSCORE', log, '-inf', now - window)
+    local used, retry = redis.call('ZCARD', log), 0
+    if used >= rpm then
+      if rpm == 0 then
+        retry = -1
+      else
+        -- The entry whose expiry brings the count below the limit.
+        local e = redis.call('ZRANGE', log, used - rpm, used - rpm, 'WITHSCORES')
+        retry = tonumber(e[2]) + window - now
+      end
+    end
+    return {used, retry, 0}
+  end
+  local function add(log, rpm, c)
+    if rpm >= 0 and count == '1' then
+      redis.call('ZADD', log, now, member)
+      redis.call('PEXPIRE', log, window)
+      c[1] = c[1] + 1
+    end
+  end
+  local function reset(log, rpm, c)
+    if rpm < 0 then return end
+    local first = redis.call('ZRANGE', log, 0, 0, 'WITHSCORES')
+    if first[2] then c[3] = tonumber(first[2]) + window - now end
+  end
+  local rpm = limit('requests_per_minute', d_rpm)
+  local team = check(team_log, rpm)
+  local key = nil
+  if key_log then
+    if team[2] == 0 then key = check(key_log, krpm) else key = {0, 0, 0} end
+  end
+  local key_refused = (key and key[2] ~= 0) and 1 or 0
+  local allowed = (team[2] == 0 and key_refused == 0) and 1 or 0
+  if allowed == 1 then
+    add(team_log, rpm, team)
+    if key then add(key_log, krpm, key) end
+  end
+  reset(team_log, rpm, team)
+  local out = string.format('%d,%d,%d,%d,%d,%d,%d,%d,%d', allowed, rpm, team[1], team[2],
+          team[3], limit('video_seconds_per_day', d_day), counter(vday),
+          limit('video_seconds_per_month', d_month), counter(vmonth))
+  if key then
+    reset(key_log, krpm, key)
+    out = out .. string.format(',%d,%d,%d,%d,%d', key_refused, krpm, key[1], key[2], key[3])
+  end
+  return allowed, out
+end
