@@ -1,25 +1,27 @@
-"""The gateway's own routes and routing: liveness, readiness and the Prometheus scrape, and
-``PrefixGroup``, which puts a group of routes behind one path prefix: a request outside the
-prefix is turned away with a single ``startswith`` instead of one regex per route. Unlike
-Starlette's ``Mount`` it keeps each route's own full path and matching rules, so behaviour is
-exactly that of the routes."""
+"""The gateway's own routes and routing: liveness, readiness, the Prometheus scrape, the API's
+description and its viewer (``ApiDocs``), and ``PrefixGroup``, which puts a group of routes
+behind one path prefix: a request outside the prefix is turned away with a single
+``startswith`` instead of one regex per route. Unlike Starlette's ``Mount`` it keeps each
+route's own full path and matching rules, so behaviour is exactly that of the routes."""
 
 from __future__ import annotations
 
 import hmac
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Match
+from starlette.routing import BaseRoute, Match, Route
 from starlette.types import Receive, Scope, Send
 
-from gateway.errors import AuthenticationFailed, GatewayError
+from gateway.errors import AuthenticationFailed, GatewayError, NotFound
 from gateway.observability.metrics import CONTENT_TYPE, Metrics
 from gateway.upstream.keypool import KeyPool
+from gateway.web.docs_files import OPENAPI_PATH, PATHS, SECURITY_HEADERS, DocsFiles
 
 
 async def healthz(request: Request) -> Response:
@@ -66,6 +68,35 @@ class MetricsEndpoint:
             if not hmac.compare_digest(got, self.token):
                 raise AuthenticationFailed("metrics_token")
         return Response(self.metrics.render(), media_type=CONTENT_TYPE)
+
+
+class ApiDocs:
+    """``GET /openapi.json``, ``GET /docs`` and the viewer's files: public, read-only, served
+    from memory with an ETag, each under the docs' strict security headers."""
+
+    def __init__(self, document: Mapping[str, Any], files: DocsFiles) -> None:
+        self.document = json.dumps(document, separators=(",", ":")).encode()
+        self.files = files
+
+    def routes(self) -> list[BaseRoute]:
+        """One route per exact path: nothing else under /docs is public."""
+        return [
+            Route(OPENAPI_PATH, self.openapi, methods=["GET"]),
+            *(Route(p, self.file, methods=["GET"]) for p in sorted(PATHS - {OPENAPI_PATH})),
+        ]
+
+    async def openapi(self, request: Request) -> Response:
+        headers = {**SECURITY_HEADERS, "cache-control": "no-cache"}
+        return Response(self.document, media_type="application/json", headers=headers)
+
+    async def file(self, request: Request) -> Response:
+        found = self.files.get(request.scope["path"])
+        if found is None:
+            raise NotFound()
+        headers = {**SECURITY_HEADERS, "cache-control": "no-cache", "etag": found.etag}
+        if found.etag in request.headers.get("if-none-match", ""):
+            return Response(status_code=304, headers=headers)
+        return Response(found.body, media_type=found.media_type, headers=headers)
 
 
 _CHOSEN = "gateway.route"
