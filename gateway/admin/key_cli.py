@@ -21,6 +21,16 @@ from typing import Any
 from gateway.admin.cli import AdminClient, CliError, iso_text, parse_assignments, q
 from gateway.admin.tables import number, render
 
+EPILOG = """\
+examples:
+  gateway admin api-keys create nightly --team search --limit requests_per_minute=60
+  gateway admin api-keys list                     (your own team's keys, as a team admin)
+  gateway admin api-keys rotate ID --grace-seconds 3600
+  gateway admin api-keys revoke ID --any-team     (any team's key, as a gateway admin)
+
+With --team (list, create) or --any-team (revoke, rotate) the command uses the admin API and
+needs the admin role; without, it manages your own team's keys and needs the team-admin role.
+A new or rotated key's secret is printed once: store it then."""
 OWN = "/v1/gateway/api-keys"
 ANY = "/admin/v1/api-keys"
 
@@ -92,10 +102,14 @@ def add_keys_parser(
         "api-keys",
         run_keys,
         "gateway API keys: list, create, revoke, rotate",
-        epilog=__doc__,
+        epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("action", choices=["list", "create", "revoke", "rotate"])
+    p.add_argument(
+        "action",
+        choices=["list", "create", "revoke", "rotate"],
+        help="list the keys, create one, revoke one, or give one a new secret",
+    )
     p.add_argument(
         "name", nargs="?", metavar="NAME|ID", help="create: the key's name; revoke, rotate: its id"
     )
