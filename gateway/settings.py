@@ -252,6 +252,21 @@ class PricingSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ConsoleSettings:
+    """The web console under ``/console`` (docs/console.md)."""
+
+    enabled: bool = True
+    # Signs the session cookie (HMAC-SHA256), at least 32 bytes, the same on every replica.
+    # Unset, the console is off and says so; `make run` generates one.
+    session_secret: str | None = field(default=None, repr=False)
+    session_hours: float = 8.0  # how long a sign-in lasts (never past a JWT's own expiry)
+
+    @property
+    def active(self) -> bool:
+        return self.enabled and self.session_secret is not None
+
+
+@dataclass(frozen=True, kw_only=True)
 class TeamSettings:
     """One entry of ``teams``. A kind absent from ``limits`` falls back to the ``default``
     entry (and then to unlimited); ``videos_private`` and ``models`` None fall back likewise
@@ -286,6 +301,7 @@ class Settings:
     videos: VideoSettings = field(default_factory=VideoSettings)
     quota: QuotaSettings = field(default_factory=QuotaSettings)
     pricing: PricingSettings = field(default_factory=PricingSettings)
+    console: ConsoleSettings = field(default_factory=ConsoleSettings)
 
     def team_models(self, team: str) -> tuple[str, ...] | None:
         """The model globs ``team`` may call (None: any model)."""
@@ -1101,6 +1117,22 @@ def _quota(sec: _Section) -> QuotaSettings:
     return out
 
 
+def _console(sec: _Section) -> ConsoleSettings:
+    secret = sec.string("session_secret", None) or None
+    secret = _secret_file(sec, "session_secret_file") or secret
+    if secret is not None and len(secret.encode()) < HS256_MIN_SECRET_BYTES:
+        sec.fail("session_secret", f"must be at least {HS256_MIN_SECRET_BYTES} bytes")
+        secret = None
+    out = ConsoleSettings(
+        enabled=sec.flag("enabled"),
+        session_secret=secret,
+        # At least five minutes; at most a month, so a forgotten browser does not stay in.
+        session_hours=sec.number("session_hours", minimum=5 / 60, maximum=24 * 31),
+    )
+    sec.finish()
+    return out
+
+
 def settings_from_mapping(data: Any, env: Mapping[str, str] | None = None) -> Settings:
     """Build validated Settings from a parsed YAML document.
 
@@ -1124,6 +1156,7 @@ def _build(data: Any, env: Mapping[str, str] | None, problems: _Problems) -> Set
         videos=_videos(root.section("videos", VideoSettings())),
         quota=_quota(root.section("quota", QuotaSettings())),
         pricing=_pricing(root.section("pricing", PricingSettings())),
+        console=_console(root.section("console", ConsoleSettings())),
     )
     root.finish()
     if settings.pricing.source == "crazyrouter" and settings.quota.currency != "USD":

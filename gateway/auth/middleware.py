@@ -18,6 +18,10 @@ class AuthMiddleware:
     The principal lands in ``scope["principal"]`` and ``scope["state"]["principal"]``. A
     rejection raises a uniform 401 without calling the app; ``on_failure`` gets the reason for
     metrics. Other scope types (lifespan, websocket) pass through untouched.
+
+    ``own_auth_prefix`` (``/console``) names one tree that authenticates by itself (the web
+    console, by its session cookie): exactly that path and paths under ``prefix + "/"`` skip
+    the bearer token, nothing else (``/consoles`` does not).
     """
 
     def __init__(
@@ -27,16 +31,25 @@ class AuthMiddleware:
         *,
         keys: KeyVerifier | None = None,
         public_paths: frozenset[str] = frozenset(),
+        own_auth_prefix: str | None = None,
         on_failure: Callable[[str], None] = lambda reason: None,
     ) -> None:
         self.app = app
         self.verifier = verifier
         self.keys = keys
         self.public_paths = public_paths
+        self.own_auth = own_auth_prefix
+        self.own_auth_tree = None if own_auth_prefix is None else own_auth_prefix + "/"
         self.on_failure = on_failure
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in self.public_paths:
+            await self.app(scope, receive, send)
+            return
+        if self.own_auth_tree is not None and (
+            scope["path"] == self.own_auth or scope["path"].startswith(self.own_auth_tree)
+        ):
+            scope.pop("principal", None)  # only the tree's own check may set one
             await self.app(scope, receive, send)
             return
         try:

@@ -11,6 +11,7 @@
     gw:teams                 every team that ever reserved
     gw:reconciler:leader     the reconciler's leader lock
     gw:audit                 the admin audit log (a stream)
+    gw:console:session:{<id>}  a console sign-in: who, its CSRF token (expires with it)
 
 Team names are restricted by the verifier (letters, digits, ``._-``), so they cannot break
 out of the tag; video ids are checked for shape before any look-up."""
@@ -26,6 +27,11 @@ AUDIT_STREAM = "gw:audit"
 
 def api_key(key_id: str) -> str:
     return f"gw:apikey:{{{key_id}}}"
+
+
+def console_session(session_id: str) -> str:
+    """A console session (a hash with a TTL); the id is the cookie's, never guessable."""
+    return f"gw:console:session:{{{session_id}}}"
 
 
 def job(video_id: str) -> str:

@@ -1,0 +1,602 @@
+"""The console's HTTP side: sign-in and sign-out, the session cookie, CSRF checks, security
+headers, and one thin handler per page or form (``pages.Console`` decides everything else).
+
+Every change is a plain form POST answered with a redirect (POST-redirect-GET), carrying its
+outcome to the next page as a one-time notice; the only exception is a new key's secret,
+shown once in the answer to the POST that made it and never stored. Errors on console pages
+are rendered as HTML pages here rather than as the API's JSON, since a person reads them:
+a page that does not exist or belongs to another team is a 404, a form without the session's
+CSRF token a 403.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlencode
+
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from gateway.auth.principal import Principal
+from gateway.console import cookies, csrf
+from gateway.console.identity import KeyRecheck, TokenSignIn
+from gateway.console.pages import Console, Viewer
+from gateway.console.render import STATIC, Renderer
+from gateway.console.sessions import Session, SessionStore
+from gateway.errors import AuthenticationFailed, GatewayError, NotFound
+from gateway.proxy.passthrough import relay
+from gateway.videos.routes import content_headers
+from gateway.web.asgi import Receive, Scope, Send
+
+log = logging.getLogger("gateway.console")
+
+BASE = "/console"
+SIGN_IN_PATH = BASE + "/sign-in"
+SIGN_IN_NONCE_S = 1800  # how long a sign-in form stays usable
+_SESSION, _SIGN_IN = "console-session", "console-sign-in"  # signing purposes
+MAX_FORM_FIELDS = 40
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "media-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
+    "frame-ancestors 'none'"
+)
+SECURITY_HEADERS = {
+    "content-security-policy": CSP,
+    "x-frame-options": "DENY",
+    "referrer-policy": "same-origin",
+    "cache-control": "no-store",
+    "x-content-type-options": "nosniff",
+}
+_STATIC_TYPES = {".css": "text/css; charset=utf-8", ".js": "text/javascript; charset=utf-8"}
+
+
+@dataclass(frozen=True)
+class Ctx:
+    """One request to a signed-in page."""
+
+    request: Request
+    session: Session
+    viewer: Viewer
+    form: Mapping[str, str]
+
+    def param(self, name: str) -> str:
+        return str(self.request.path_params[name])
+
+
+Handler = Callable[[Ctx], Awaitable[Response]]
+
+
+class ConsoleRoutes:
+    def __init__(
+        self,
+        console: Console,
+        *,
+        sessions: SessionStore,
+        sign_in: TokenSignIn,
+        key_check: KeyRecheck,
+        renderer: Renderer,
+        secret: bytes,
+        session_hours: float,
+        secure_cookies: bool,
+        clock: Callable[[], float],
+        on_sign_in: Callable[[str], None] = lambda outcome: None,
+    ) -> None:
+        self.console = console
+        self.sessions = sessions
+        self.sign_in = sign_in
+        self.key_check = key_check
+        self.renderer = renderer
+        self.secret = secret
+        self.session_s = session_hours * 3600
+        self.secure = secure_cookies
+        self.clock = clock
+        self.on_sign_in = on_sign_in
+        self.static = {
+            p.name: (p.read_bytes(), _STATIC_TYPES[p.suffix])
+            for p in STATIC.iterdir()
+            if p.suffix in _STATIC_TYPES
+        }
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    def html(
+        self,
+        template: str,
+        context: Mapping[str, Any],
+        *,
+        status: int = 200,
+        session: Session | None = None,
+        viewer: Viewer | None = None,
+    ) -> Response:
+        flash = session.flash if session is not None else None
+        kind, _, text = (flash or "").partition(":")
+        body = self.renderer.page(
+            template,
+            {
+                "viewer": viewer,
+                "csrf_token": session.csrf if session is not None else "",
+                "flash": {"kind": kind, "text": text} if flash else None,
+                "csrf_field": csrf.FIELD,
+                "nav": "",
+                **context,
+            },
+        )
+        return Response(body, status, headers=SECURITY_HEADERS, media_type="text/html")
+
+    def redirect(self, url: str) -> Response:
+        return RedirectResponse(url, status_code=303, headers=SECURITY_HEADERS)
+
+    def error_page(
+        self, exc: GatewayError, session: Session | None = None, viewer: Viewer | None = None
+    ) -> Response:
+        titles = {403: "Not allowed", 404: "Not found", 503: "Unavailable"}
+        return self.html(
+            "error.html",
+            {
+                "status": exc.status,
+                "title": titles.get(exc.status, "Error"),
+                "message": exc.message,
+            },
+            status=exc.status,
+            session=session,
+            viewer=viewer,
+        )
+
+    async def current(self, request: Request) -> Session | None:
+        """The request's live session, or None. A session made with a gateway key that no
+        longer authenticates is ended here."""
+        signed = cookies.read(request.headers.get("cookie"), cookies.SESSION)
+        session_id = cookies.unsign(self.secret, _SESSION, signed)
+        if session_id is None:
+            return None
+        session = await self.sessions.get(session_id, take_flash=request.method == "GET")
+        if session is None:
+            return None
+        if session.key_id is not None:
+            record = await self.key_check.current(session.key_id, session.key_digest)
+            if record is None:
+                await self.sessions.delete(session_id)
+                return None
+        # The access log and the request metrics name the signed-in team.
+        request.scope["principal"] = session.principal
+        return session
+
+    async def read_form(self, request: Request) -> dict[str, str]:
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype not in ("application/x-www-form-urlencoded", "multipart/form-data"):
+            return {}
+        form = await request.form(max_files=0, max_fields=MAX_FORM_FIELDS)
+        try:
+            return {k: v for k, v in form.multi_items() if not isinstance(v, UploadFile)}
+        finally:
+            await form.close()
+
+    def page(self, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+        """A signed-in page or form: no session, to the sign-in page; a POST whose CSRF token
+        is not the session's, 403; errors as pages, or for a form as a notice on the page it
+        came from."""
+
+        async def endpoint(request: Request) -> Response:
+            session = await self.current(request)
+            if session is None:
+                return self.redirect(SIGN_IN_PATH)
+            viewer = self.console.viewer(session.principal)
+            form: dict[str, str] = {}
+            if request.method == "POST":
+                form = await self.read_form(request)
+                if not csrf.matches(session.csrf, form.get(csrf.FIELD)):
+                    return self.error_page(_csrf_refused(), session, viewer)
+            ctx = Ctx(request, session, viewer, form)
+            try:
+                return await handler(ctx)
+            except NotFound as exc:
+                return self.error_page(exc, session, viewer)
+            except GatewayError as exc:
+                back = form.get("back", "")
+                if request.method == "POST" and back.startswith(BASE + "/") and exc.status < 500:
+                    await self.sessions.flash(session, f"error:{exc.message}")
+                    return self.redirect(back)
+                return self.error_page(exc, session, viewer)
+
+        return endpoint
+
+    def render(self, ctx: Ctx, template: str, context: Mapping[str, Any], **kw: Any) -> Response:
+        return self.html(template, context, session=ctx.session, viewer=ctx.viewer, **kw)
+
+    async def done(self, ctx: Ctx, message: str, url: str) -> Response:
+        await self.sessions.flash(ctx.session, f"ok:{message}")
+        return self.redirect(url)
+
+    # -- sign-in -----------------------------------------------------------------------------
+
+    def _sign_in_form(self, *, status: int = 200, problem: str | None = None) -> Response:
+        nonce = csrf.new_token()
+        response = self.html("sign_in.html", {"nonce": nonce, "problem": problem}, status=status)
+        response.headers.append(
+            "set-cookie",
+            cookies.set_header(
+                cookies.SIGN_IN,
+                cookies.sign(self.secret, _SIGN_IN, nonce),
+                max_age=SIGN_IN_NONCE_S,
+                secure=self.secure,
+            ),
+        )
+        return response
+
+    async def sign_in_page(self, request: Request) -> Response:
+        if await self.current(request) is not None:
+            return self.redirect(BASE)
+        return self._sign_in_form()
+
+    async def sign_in_post(self, request: Request) -> Response:
+        form = await self.read_form(request)
+        signed = cookies.read(request.headers.get("cookie"), cookies.SIGN_IN)
+        nonce = cookies.unsign(self.secret, _SIGN_IN, signed)
+        if not csrf.matches(nonce, form.get(csrf.FIELD)):
+            # A stale form (or a forged one): a fresh form says what to do.
+            return self._sign_in_form(
+                status=403, problem="This sign-in form has expired; please sign in again."
+            )
+        try:
+            identity = await self.sign_in.identify(form.get("token", ""))
+        except AuthenticationFailed as exc:
+            self.on_sign_in(exc.reason)
+            return self._sign_in_form(
+                status=401,
+                problem="That token was not accepted: it is not a valid company JWT or "
+                "gateway API key, or it has expired or been revoked.",
+            )
+        now = self.clock()
+        lifetime = self.session_s
+        if identity.valid_until is not None:
+            lifetime = min(lifetime, identity.valid_until - now)
+        if lifetime < 60:
+            self.on_sign_in("expires_soon")
+            return self._sign_in_form(
+                status=401, problem="That token expires within a minute; use a fresher one."
+            )
+        session = await self.sessions.create(
+            identity.principal,
+            lifetime_s=lifetime,
+            key_id=identity.key_id,
+            key_digest=identity.key_digest,
+        )
+        self.on_sign_in("ok")
+        response = self.redirect(BASE)
+        response.headers.append(
+            "set-cookie",
+            cookies.set_header(
+                cookies.SESSION,
+                cookies.sign(self.secret, _SESSION, session.id),
+                max_age=int(lifetime),
+                secure=self.secure,
+            ),
+        )
+        response.headers.append(
+            "set-cookie", cookies.clear_header(cookies.SIGN_IN, secure=self.secure)
+        )
+        return response
+
+    async def sign_out(self, ctx: Ctx) -> Response:
+        await self.sessions.delete(ctx.session.id)
+        response = self.redirect(SIGN_IN_PATH)
+        response.headers.append(
+            "set-cookie", cookies.clear_header(cookies.SESSION, secure=self.secure)
+        )
+        return response
+
+    # -- pages -------------------------------------------------------------------------------
+
+    async def overview(self, ctx: Ctx) -> Response:
+        data = await self.console.overview(ctx.viewer)
+        return self.render(ctx, "overview.html", {"nav": "overview", **data})
+
+    async def teams(self, ctx: Ctx) -> Response:
+        data = await self.console.teams(ctx.viewer)
+        return self.render(ctx, "teams.html", {"nav": "teams", **data})
+
+    async def team(self, ctx: Ctx) -> Response:
+        params = ctx.request.query_params
+        data = await self.console.team(ctx.viewer, ctx.param("team"), params)
+        q = data["query"]
+        csv = f"{BASE}/teams/{data['team']}/usage.csv?" + urlencode(
+            {"from": q.first.isoformat(), "to": q.last.isoformat()}
+        )
+        return self.render(ctx, "team.html", {"nav": "teams", "csv_url": csv, **data})
+
+    async def usage_csv(self, ctx: Ctx) -> Response:
+        name, text = await self.console.usage_csv(
+            ctx.viewer, ctx.param("team"), ctx.request.query_params
+        )
+        return Response(
+            text,
+            media_type="text/csv; charset=utf-8",
+            headers={
+                **SECURITY_HEADERS,
+                "content-disposition": f'attachment; filename="{name}"',
+            },
+        )
+
+    def _team_url(self, team: str) -> str:
+        return f"{BASE}/teams/{team}"
+
+    async def set_limits(self, ctx: Ctx) -> Response:
+        team = ctx.param("team")
+        await self.console.set_limits(ctx.viewer, team, ctx.form)
+        return await self.done(ctx, f"Limits of team {team} saved.", self._team_url(team))
+
+    async def clear_limits(self, ctx: Ctx) -> Response:
+        team = ctx.param("team")
+        await self.console.clear_limits(ctx.viewer, team)
+        return await self.done(
+            ctx,
+            f"Overrides of team {team} removed: the config's limits apply.",
+            self._team_url(team),
+        )
+
+    async def reset_confirm(self, ctx: Ctx) -> Response:
+        team = ctx.param("team")
+        window = ctx.request.query_params.get("window", "day")
+        await self.console.team(ctx.viewer, team, {})  # 404 before any question is asked
+        if not ctx.viewer.admin:
+            raise NotFound()
+        what = {
+            "minute": "the request log and tokens of the last minute",
+            "day": "today's video seconds, tokens and spend",
+            "month": "this month's video seconds and spend",
+            "all": "the last minute's, today's and this month's counters",
+        }.get(window)
+        if what is None:
+            raise NotFound()
+        return self.render(
+            ctx,
+            "confirm.html",
+            {
+                "nav": "teams",
+                "title": f"Reset usage of team {team}?",
+                "effect": f"This sets {what} of team {team} to zero, so its members can spend "
+                "that again. Running video jobs keep their slots and reservations. The reset is "
+                "recorded in the audit log under your name.",
+                "action": f"{BASE}/teams/{team}/reset",
+                "fields": {"window": window},
+                "button": f"Reset {window} usage",
+                "cancel": self._team_url(team),
+            },
+        )
+
+    async def reset(self, ctx: Ctx) -> Response:
+        team = ctx.param("team")
+        window = ctx.form.get("window", "")
+        await self.console.reset_usage(ctx.viewer, team, window)
+        return await self.done(ctx, f"Usage of team {team} reset ({window}).", self._team_url(team))
+
+    async def create_key(self, ctx: Ctx) -> Response:
+        team = ctx.param("team")
+        made = await self.console.create_key(ctx.viewer, team, ctx.form)
+        return self._secret_page(ctx, team, made, "created")
+
+    def _secret_page(self, ctx: Ctx, team: str, key: Mapping[str, Any], verb: str) -> Response:
+        return self.render(
+            ctx,
+            "key_secret.html",
+            {"nav": "teams", "team": team, "key": key, "verb": verb, "back": self._team_url(team)},
+            status=201 if verb == "created" else 200,
+        )
+
+    async def key_confirm(self, ctx: Ctx) -> Response:
+        team, key_id, action = ctx.param("team"), ctx.param("id"), ctx.param("action")
+        key = await self.console.api_key(ctx.viewer, team, key_id)
+        if action == "revoke":
+            effect = (
+                f"The key '{key['name']}' ({key['prefix']}…) of team {team} stops working on "
+                "every replica within a second; services using it get 401 from then on. This "
+                "cannot be undone."
+            )
+            fields: dict[str, str] = {}
+        elif action == "rotate":
+            effect = (
+                f"The key '{key['name']}' of team {team} gets a new secret, shown once on the "
+                "next page. The old secret keeps working for the grace period below, then "
+                "stops."
+            )
+            fields = {"grace_hours": "24"}
+        else:
+            raise NotFound()
+        return self.render(
+            ctx,
+            "confirm.html",
+            {
+                "nav": "teams",
+                "title": f"{action.capitalize()} the API key '{key['name']}'?",
+                "effect": effect,
+                "action": f"{BASE}/teams/{team}/api-keys/{key_id}/{action}",
+                "fields": fields,
+                "editable": action == "rotate",
+                "button": f"{action.capitalize()} key",
+                "cancel": self._team_url(team),
+            },
+        )
+
+    async def key_action(self, ctx: Ctx) -> Response:
+        team, key_id, action = ctx.param("team"), ctx.param("id"), ctx.param("action")
+        if action == "revoke":
+            key = await self.console.revoke_key(ctx.viewer, team, key_id)
+            return await self.done(
+                ctx, f"API key '{key['name']}' revoked.", self._team_url(team) + "#api-keys"
+            )
+        if action == "rotate":
+            key = await self.console.rotate_key(ctx.viewer, team, key_id, ctx.form)
+            return self._secret_page(ctx, team, key, "rotated")
+        raise NotFound()
+
+    async def jobs(self, ctx: Ctx) -> Response:
+        data = await self.console.jobs(ctx.viewer, ctx.request.query_params)
+        return self.render(ctx, "jobs.html", {"nav": "jobs", **data})
+
+    async def job(self, ctx: Ctx) -> Response:
+        rid = str(ctx.request.scope.get("request_id", ""))
+        data = await self.console.job(ctx.viewer, ctx.param("id"), request_id=rid)
+        return self.render(ctx, "job.html", {"nav": "jobs", **data})
+
+    async def upstream_keys(self, ctx: Ctx) -> Response:
+        data = await self.console.upstream_keys(ctx.viewer)
+        return self.render(ctx, "keys.html", {"nav": "keys", **data})
+
+    async def upstream_key_confirm(self, ctx: Ctx) -> Response:
+        key_id, action = ctx.param("id"), ctx.param("action")
+        await self.console.upstream_key(ctx.viewer, key_id)  # 404 for an unknown id
+        if action == "disable":
+            effect = (
+                f"The upstream key '{key_id}' is taken out of rotation on every replica: no new "
+                "call uses it until it is enabled again. Calls go to the other keys; with none "
+                "left, every team's calls fail."
+            )
+        elif action == "enable":
+            effect = (
+                f"The upstream key '{key_id}' goes back into rotation on every replica. This "
+                "also lifts a quarantine or a cooldown, so make sure the key works."
+            )
+        else:
+            raise NotFound()
+        return self.render(
+            ctx,
+            "confirm.html",
+            {
+                "nav": "keys",
+                "title": f"{action.capitalize()} the upstream key '{key_id}'?",
+                "effect": effect,
+                "action": f"{BASE}/keys/{key_id}/{action}",
+                "fields": {},
+                "button": f"{action.capitalize()} key",
+                "cancel": BASE + "/keys",
+            },
+        )
+
+    async def upstream_key_action(self, ctx: Ctx) -> Response:
+        key_id, action = ctx.param("id"), ctx.param("action")
+        if action not in ("enable", "disable"):
+            raise NotFound()
+        await self.console.set_upstream_key(ctx.viewer, key_id, enabled=action == "enable")
+        return await self.done(ctx, f"Upstream key '{key_id}' {action}d.", BASE + "/keys")
+
+    async def audit(self, ctx: Ctx) -> Response:
+        data = await self.console.audit(ctx.viewer, ctx.request.query_params)
+        return self.render(ctx, "audit.html", {"nav": "audit", **data})
+
+    async def to_overview(self, request: Request) -> Response:
+        return self.redirect(BASE)
+
+    async def not_found(self, ctx: Ctx) -> Response:
+        raise NotFound("There is no such page in the console.")
+
+    async def static_file(self, request: Request) -> Response:
+        found = self.static.get(str(request.path_params["name"]))
+        if found is None:
+            return Response("not found", 404, headers={"x-content-type-options": "nosniff"})
+        body, ctype = found
+        headers = {"cache-control": "public, max-age=300", "x-content-type-options": "nosniff"}
+        return Response(body, media_type=ctype, headers=headers)
+
+    async def content(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A completed job's video, streamed from the upstream through the video service
+        (ranges passed on, never buffered), for the job page's ``<video>``."""
+        request = Request(scope, receive)
+        session = await self.current(request)
+        if session is None:
+            await self.redirect(SIGN_IN_PATH)(scope, receive, send)
+            return
+        viewer = self.console.viewer(session.principal)
+        video_id = str(request.path_params["id"])
+        try:
+            who: Principal = await self.console.content_principal(viewer, video_id)
+            job, resp = await self.console.videos.open_content(
+                who,
+                video_id,
+                variant=None,
+                headers=tuple(scope["headers"]),
+                request_id=str(scope.get("request_id", "")),
+            )
+        except GatewayError as exc:
+            await self.error_page(exc, session, viewer)(scope, receive, send)
+            return
+        headers = [
+            (k, v) for k, v in content_headers(resp, job, None) if k != b"content-disposition"
+        ]
+        headers.append((b"x-content-type-options", b"nosniff"))
+        try:
+            await relay(resp, receive, send, headers=headers)
+        finally:
+            resp.close()
+
+    # -- the table ---------------------------------------------------------------------------
+
+    def routes(self) -> list[BaseRoute]:
+        p = self.page
+        get, post = ["GET"], ["POST"]
+        return [
+            Route(BASE, p(self.overview), methods=get),
+            Route(BASE + "/", self.to_overview, methods=get),
+            Route(SIGN_IN_PATH, self.sign_in_page, methods=get),
+            Route(SIGN_IN_PATH, self.sign_in_post, methods=post),
+            Route(BASE + "/sign-out", p(self.sign_out), methods=post),
+            Route(BASE + "/static/{name}", self.static_file, methods=get),
+            Route(BASE + "/teams", p(self.teams), methods=get),
+            Route(BASE + "/teams/{team}", p(self.team), methods=get),
+            Route(BASE + "/teams/{team}/usage.csv", p(self.usage_csv), methods=get),
+            Route(BASE + "/teams/{team}/limits", p(self.set_limits), methods=post),
+            Route(BASE + "/teams/{team}/limits/clear", p(self.clear_limits), methods=post),
+            Route(BASE + "/teams/{team}/reset", p(self.reset_confirm), methods=get),
+            Route(BASE + "/teams/{team}/reset", p(self.reset), methods=post),
+            Route(BASE + "/teams/{team}/api-keys", p(self.create_key), methods=post),
+            Route(BASE + "/teams/{team}/api-keys/{id}/{action}", p(self.key_confirm), methods=get),
+            Route(BASE + "/teams/{team}/api-keys/{id}/{action}", p(self.key_action), methods=post),
+            Route(BASE + "/jobs", p(self.jobs), methods=get),
+            Route(BASE + "/jobs/{id}", p(self.job), methods=get),
+            Route(BASE + "/jobs/{id}/content", _AsgiEndpoint(self.content), methods=get),
+            Route(BASE + "/keys", p(self.upstream_keys), methods=get),
+            Route(BASE + "/keys/{id}/{action}", p(self.upstream_key_confirm), methods=get),
+            Route(BASE + "/keys/{id}/{action}", p(self.upstream_key_action), methods=post),
+            Route(BASE + "/audit", p(self.audit), methods=get),
+            # Anything else under /console is the console's 404, never the API's pass-through.
+            Route(BASE + "/{rest:path}", p(self.not_found), methods=["GET", "POST", "HEAD"]),
+        ]
+
+
+def unconfigured_routes() -> list[BaseRoute]:
+    """What /console answers when it is enabled without a session secret: how to fix it."""
+
+    async def explain(request: Request) -> Response:
+        return Response(
+            "The console is not configured: set GATEWAY_CONSOLE_SECRET (console.session_secret, "
+            "at least 32 bytes, the same on every replica), or console.enabled: false.\n",
+            503,
+            media_type="text/plain",
+            headers={"cache-control": "no-store"},
+        )
+
+    return [Route(BASE, explain), Route(BASE + "/{rest:path}", explain)]
+
+
+def _csrf_refused() -> GatewayError:
+    return GatewayError(
+        "This form was not sent from a console page of your session (its CSRF token is "
+        "missing or wrong). Reload the page and try again.",
+        code="csrf_failed",
+        status=403,
+    )
+
+
+class _AsgiEndpoint:
+    """Starlette treats a non-function endpoint as a raw ASGI app: the content route needs
+    ``receive`` to notice a viewer who stops watching."""
+
+    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]]) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.app(scope, receive, send)

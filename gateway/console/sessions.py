@@ -1,0 +1,116 @@
+"""Console sessions in Redis, shared by every replica: who signed in, the session's CSRF
+token, a one-time notice for the next page, and when it ends.
+
+    gw:console:session:{<id>}  hash: team, user, roles, key_id, key_digest, csrf, expires,
+                               flash; its TTL is the session's remaining life
+
+Signing out deletes the hash, so the cookie is dead everywhere at once. ``key_digest`` is the
+keyed hash of the gateway key a session was made with (what Redis already keeps for the key,
+never the key), so each request can check that the key still stands.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from redis.asyncio import Redis
+
+from gateway.auth.principal import Principal
+from gateway.console import cookies, csrf
+from gateway.store import keys
+
+
+def _text(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+@dataclass(frozen=True)
+class Session:
+    id: str = field(repr=False)
+    principal: Principal
+    csrf: str = field(repr=False)
+    expires: float
+    key_id: str | None = None
+    key_digest: str = field(default="", repr=False)
+    flash: str | None = None  # "ok:..." or "error:...", shown once
+
+
+class SessionStore:
+    def __init__(self, redis: Redis, *, clock: Callable[[], float]) -> None:
+        self._redis = redis
+        self._clock = clock
+
+    async def create(
+        self,
+        principal: Principal,
+        *,
+        lifetime_s: float,
+        key_id: str | None = None,
+        key_digest: str = "",
+    ) -> Session:
+        session = Session(
+            id=cookies.new_id(),
+            principal=principal,
+            csrf=csrf.new_token(),
+            expires=self._clock() + lifetime_s,
+            key_id=key_id,
+            key_digest=key_digest,
+        )
+        fields: dict[Any, Any] = {
+            "team": principal.team,
+            "user": principal.user,
+            "roles": "\n".join(sorted(principal.roles)),
+            "key_id": key_id or "",
+            "key_digest": key_digest,
+            "csrf": session.csrf,
+            "expires": repr(session.expires),
+        }
+        name = keys.console_session(session.id)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(name, mapping=fields)
+            pipe.expireat(name, math.ceil(session.expires))
+            await pipe.execute()
+        return session
+
+    async def get(self, session_id: str, *, take_flash: bool = False) -> Session | None:
+        """The live session, or None; ``take_flash`` also removes its notice (shown once)."""
+        name = keys.console_session(session_id)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hgetall(name)
+            if take_flash:
+                pipe.hdel(name, "flash")
+            raw = (await pipe.execute())[0]
+        f = {_text(k): _text(v) for k, v in raw.items()}
+        if "team" not in f or "csrf" not in f:
+            return None
+        expires = float(f.get("expires") or 0)
+        if expires <= self._clock():  # Redis expires it within a second; never trust that
+            return None
+        return Session(
+            id=session_id,
+            principal=Principal(
+                team=f["team"],
+                user=f.get("user", ""),
+                roles=frozenset(r for r in f.get("roles", "").split("\n") if r),
+            ),
+            csrf=f["csrf"],
+            expires=expires,
+            key_id=f.get("key_id") or None,
+            key_digest=f.get("key_digest", ""),
+            flash=f.get("flash") or None,
+        )
+
+    async def flash(self, session: Session, message: str) -> None:
+        """A notice for the session's next page (one at a time: the last one wins)."""
+        name = keys.console_session(session.id)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(name, "flash", message[:2000])
+            # HSET on a hash that expired a moment ago would create one without a TTL.
+            pipe.expireat(name, math.ceil(session.expires))
+            await pipe.execute()
+
+    async def delete(self, session_id: str) -> None:
+        await self._redis.delete(keys.console_session(session_id))
