@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from gateway import __version__
 from gateway.admin.api_keys import KeyAdmin
 from gateway.admin.routes import admin_routes, team_key_routes
 from gateway.admin.service import AdminService
@@ -60,12 +61,15 @@ from gateway.videos.reconciler import Reconciler
 from gateway.videos.registry import JobRegistry
 from gateway.videos.routes import video_routes
 from gateway.videos.service import VideoService
+from gateway.web import docs_files
 from gateway.web.asgi import Receive, Scope, Send
-from gateway.web.routes import MetricsEndpoint, PrefixGroup, Readiness, healthz
+from gateway.web.openapi import openapi_document
+from gateway.web.routes import ApiDocs, MetricsEndpoint, PrefixGroup, Readiness, healthz
 
 log = logging.getLogger("gateway")
 
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+# Exact paths only: the docs' few files are listed one by one, so no prefix is ever public.
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics", *docs_files.PATHS})
 PRICING_PATH = "/api/pricing"  # new-api's public price list
 PRICING_TIMEOUT_S = 15.0  # one fetch of it, start-up included (a failed one delays no more)
 PRICING_MAX_BYTES = 32 * 1024 * 1024
@@ -265,6 +269,17 @@ def create_app(
             configured_teams=settings.teams,
         )
     )
+    api_docs = ApiDocs(
+        openapi_document(
+            version=__version__,
+            admin_role=auth.admin_role,
+            team_admin_role=auth.team_admin_role,
+            quotas=q.enabled,
+            metrics_token=bool(settings.server.metrics_token),
+            video_extra_fields=videos_conf.extra_fields,
+        ),
+        docs_files.DocsFiles(),
+    )
     snapshot = UsageSnapshot(quota, settings.teams, settings.server.quota_metrics_seconds)
     if q.enabled:
         metrics.watch_quota(snapshot)
@@ -357,6 +372,7 @@ def create_app(
                 MetricsEndpoint(metrics, settings.server.metrics_token).handle,
                 methods=["GET"],
             ),
+            *api_docs.routes(),
         ],
         middleware=[
             Middleware(RequestIdMiddleware),
