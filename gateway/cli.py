@@ -150,7 +150,7 @@ def _serve(args: argparse.Namespace) -> int:
                 issuer=settings.auth.issuer,
                 audience=settings.auth.audience,
             )
-            _banner(services.notes, host, port, token)
+            _banner(services.notes, host, port, token, console=settings.console.active)
             # uvicorn re-raises SIGTERM once it has shut down; by default that kills the
             # process before the `finally` below stops the embedded Redis and the simulator.
             signal.signal(signal.SIGTERM, _exit_on_sigterm)
@@ -194,7 +194,7 @@ def _startable(settings: Settings) -> bool:
     return not problems
 
 
-def _banner(notes: Sequence[str], host: str, port: int, token: str) -> None:
+def _banner(notes: Sequence[str], host: str, port: int, token: str, *, console: bool) -> None:
     line = "=" * 78
     url = _local_url(host, port)
     print(line)
@@ -202,6 +202,8 @@ def _banner(notes: Sequence[str], host: str, port: int, token: str) -> None:
     for n in notes:
         print(f"  * {n}")
     print(f'  * Port {port}; for another one: make run ARGS="--port {port + 1}"')
+    if console:
+        print(f"  * Web console: {url}/console (sign in with the token below)")
     print("\nDevelopment token (team 'dev', admin role, valid 24 h):\n")
     print(token)
     print("\nFor the admin CLI (.venv/bin/gateway admin teams, ...) in another shell:\n")

@@ -1,4 +1,5 @@
-"""Development fallbacks for `make run`: embedded Redis, the simulator, a local JWT secret.
+"""Development fallbacks for `make run`: embedded Redis, the simulator, local secrets (the JWT
+secret, the API-key pepper, the console's session secret).
 
 These exist only in development mode (``gateway serve --dev``). A production start that lacks
 a Redis URL, upstream keys or a JWT secret refuses to start instead (see ``production_problems``).
@@ -136,6 +137,13 @@ def start_dev_services(config: str | None, env: MutableMapping[str, str]) -> Dev
             env["GATEWAY_API_KEY_PEPPER"] = _local_secret(data_dir, "api-key-pepper")
             services.notes.append(
                 f"API key pepper: generated once, kept in {data_dir / 'api-key-pepper'}"
+            )
+        console = settings.console
+        if console.enabled and not env.get("GATEWAY_CONSOLE_SECRET") and not console.session_secret:
+            # The console's sessions survive a restart of `make run` like everything else.
+            env["GATEWAY_CONSOLE_SECRET"] = _local_secret(data_dir, "console-secret")
+            services.notes.append(
+                f"Console session secret: generated once, kept in {data_dir / 'console-secret'}"
             )
         if settings.redis.embedded:
             services.redis = RedisProcess(data_dir=data_dir / "redis").start()

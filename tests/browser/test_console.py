@@ -1,0 +1,256 @@
+"""The console as people use it, in headless Chromium: sign in with a token; change a team's
+limit in a form and see the next SDK call meet it; make an API key in the page, use it, revoke
+it there; watch a finished video through the gateway; and a team member kept to their own
+team (404) and to forms of their own session (403). Each main page is screenshotted."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import httpx2
+import openai
+import pytest
+from selenium import webdriver
+from selenium.webdriver.common.by import By
+
+from tests.browser.conftest import ADMIN, TEAM_ADMIN, Console, ConsoleStack
+from tests.servers import wait_for
+
+MESSAGES: list[Any] = [{"role": "user", "content": "hello"}]
+KEY = re.compile(r"gwk_[0-9a-f]{16}_[0-9a-f]{48}")
+
+
+@pytest.fixture
+def console(driver: webdriver.Chrome, console_stack: ConsoleStack) -> Iterator[Console]:
+    driver.set_window_size(1280, 900)
+    yield Console(driver, console_stack)
+    driver.delete_all_cookies()
+
+
+def admin_token(cs: ConsoleStack) -> str:
+    return cs.stack.token(team="ops", user="root", roles=(ADMIN,))
+
+
+def sdk(cs: ConsoleStack, key: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=cs.stack.v1, api_key=key, max_retries=0)
+
+
+def chat(cs: ConsoleStack, key: str) -> None:
+    with sdk(cs, key) as client:
+        client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+
+
+def test_sign_in_with_a_token_then_every_main_page(console: Console) -> None:
+    cs = console.cs
+    chat(cs, cs.stack.token(team="team-a", user="alice"))  # something to show
+    console.open("/console/teams")
+    assert console.driver.current_url.endswith("/console/sign-in")  # no session: sign in
+    console.shot("sign-in")
+    console.sign_in(admin_token(cs))
+    assert console.h1() == "Overview"
+    assert "team-a" in console.text()
+    assert "gpt-4o-mini" in console.text()  # top models
+    console.shot("overview")
+    pages = {
+        "teams": ("/console/teams", "Teams"),
+        "team": ("/console/teams/team-a", "Team team-a"),
+        "jobs": ("/console/jobs", "Video jobs"),
+        "keys": ("/console/keys", "Upstream keys"),
+        "audit": ("/console/audit", "Audit log"),
+    }
+    for name, (path, title) in pages.items():
+        console.open(path)
+        assert console.h1() == title, name
+        console.shot(name)
+    console.open("/console/teams/team-a")
+    assert console.driver.find_elements(By.CSS_SELECTOR, "figure.chart svg rect")  # the chart
+    # 375 px wide: nothing but the tables' own scrollers may be wider than the screen.
+    console.driver.set_window_size(375, 800)
+    for path in ("/console", "/console/teams/team-a"):
+        console.open(path)
+        wide = console.driver.execute_script(
+            "return document.documentElement.scrollWidth - window.innerWidth"
+        )
+        assert wide <= 0, (path, wide)
+    console.shot("team-375px")
+    # The browser holds nothing but the signed session cookie, which script cannot read.
+    (cookie,) = console.driver.get_cookies()
+    assert cookie["name"] == "gw_console"
+    assert cookie["httpOnly"] is True
+    assert cookie["sameSite"] == "Strict"
+    assert cookie["path"] == "/console"
+    assert console.driver.execute_script("return document.cookie") == ""
+    # Signing out ends the session on the server too: the old cookie opens nothing.
+    old = cookie["value"]
+    console.submit("form.who button")
+    assert console.driver.current_url.endswith("/console/sign-in")
+    r = httpx2.get(cs.url + "/console", cookies={"gw_console": old})
+    assert r.status_code == 303
+    assert r.headers["location"] == "/console/sign-in"
+
+
+def test_pages_carry_the_security_headers(console_stack: ConsoleStack) -> None:
+    r = httpx2.get(console_stack.url + "/console/sign-in")
+    assert r.status_code == 200
+    csp = r.headers["content-security-policy"]
+    assert "default-src 'self'" in csp
+    assert "unsafe-inline" not in csp
+    assert r.headers["x-frame-options"] == "DENY"
+    assert r.headers["referrer-policy"] == "same-origin"
+    assert r.headers["cache-control"] == "no-store"
+    # A bad token signs nobody in, and says so.
+    nonce = re.search(r'name="csrf" value="([^"]+)"', r.text)
+    assert nonce is not None
+    bad = httpx2.post(
+        console_stack.url + "/console/sign-in",
+        data={"csrf": nonce.group(1), "token": "not-a-token"},
+        cookies=dict(r.cookies),
+    )
+    assert bad.status_code == 401
+    assert "not accepted" in bad.text
+    assert "gw_console=" not in bad.headers.get("set-cookie", "").replace("gw_console_signin", "")
+
+
+def test_a_limit_set_in_the_page_binds_the_next_sdk_call(console: Console) -> None:
+    cs = console.cs
+    member = cs.stack.token(team="team-b", user="bob")
+    chat(cs, member)  # allowed as configured
+    console.sign_in(admin_token(cs))
+    console.open("/console/teams/team-b")
+    field = console.driver.find_element(By.NAME, "spend_per_day")
+    field.clear()
+    field.send_keys("0")
+    console.submit("#limits-form button[type=submit]")
+    assert "Limits of team team-b saved." in console.text()  # after the redirect
+    with pytest.raises(openai.RateLimitError) as refused:
+        chat(cs, member)
+    assert refused.value.code == "spend_quota_exceeded"
+    # Cleared in the page, the config's limits apply again at once.
+    console.submit("form[action$='/limits/clear'] button")
+    assert "the config's limits apply" in console.text()
+    chat(cs, member)
+    console.open("/console/audit?team=team-b")
+    audit = console.text()
+    assert "limits.replace" in audit
+    assert "limits.clear" in audit
+    assert "ops/root" in audit  # audited as the signed-in admin
+
+
+def test_an_api_key_made_in_the_page_works_until_revoked_there(console: Console) -> None:
+    cs = console.cs
+    console.sign_in(cs.stack.token(team="team-a", user="tess", roles=(TEAM_ADMIN,)))
+    console.open("/console/teams/team-a")
+    console.driver.find_element(By.ID, "k-name").send_keys("nightly")
+    console.submit("#create-key button[type=submit]")
+    secret = console.driver.find_element(By.ID, "new-key").text
+    assert KEY.fullmatch(secret)
+    assert console.driver.find_element(By.CSS_SELECTOR, "button[data-copy]").is_displayed()
+    console.shot("key-created")
+    chat(cs, secret)  # the key works with the SDK
+    console.open("/console/teams/team-a")
+    assert secret not in console.driver.page_source  # shown once, never again
+    assert secret[-48:] not in console.driver.page_source
+    console.follow("Revoke")
+    assert "cannot be undone" in console.text()  # the confirmation says what happens
+    console.submit("form button.danger")
+    assert "API key 'nightly' revoked." in console.text()
+
+    def refused() -> bool:
+        try:
+            chat(cs, secret)
+        except openai.AuthenticationError:
+            return True
+        return False
+
+    wait_for(refused, timeout=2, interval=0.1)
+
+
+def test_a_session_made_with_a_key_ends_when_the_key_is_revoked(console: Console) -> None:
+    cs = console.cs
+    headers = {"Authorization": f"Bearer {admin_token(cs)}"}
+    made = httpx2.post(
+        f"{cs.url}/admin/v1/teams/team-a/api-keys", json={"name": "console"}, headers=headers
+    ).json()
+    console.sign_in(made["key"])
+    assert "team-a" in console.text()
+    httpx2.delete(f"{cs.url}/admin/v1/api-keys/{made['id']}", headers=headers)
+    console.open("/console")
+    assert console.driver.current_url.endswith("/console/sign-in")
+
+
+def test_a_finished_video_plays_through_the_gateway(console: Console) -> None:
+    cs = console.cs
+    with sdk(cs, cs.stack.token(team="team-a", user="alice")) as client:
+        video = client.videos.create_and_poll(
+            model="sora-2", prompt="a red ball", seconds="4", size="1280x720", poll_interval_ms=100
+        )
+    assert video.status == "completed"
+    console.sign_in(cs.stack.token(team="team-a", user="alice"))
+    console.open(f"/console/jobs/{video.id}")
+    player = console.driver.find_element(By.ID, "player")
+    assert player.get_attribute("src") == f"{cs.url}/console/jobs/{video.id}/content"
+    state = console.driver.execute_async_script(
+        """
+        const [video, done] = [arguments[0], arguments[arguments.length - 1]];
+        const report = () => done({
+            ready: video.readyState, duration: video.duration, width: video.videoWidth,
+            error: video.error && video.error.code});
+        if (video.readyState >= 2) { report(); return; }
+        video.addEventListener("loadeddata", report);
+        video.addEventListener("error", report);
+        video.load();
+        """,
+        player,
+    )
+    assert state["error"] is None, state
+    assert state["ready"] >= 2, state  # HAVE_CURRENT_DATA: a frame is decoded
+    assert 1.0 < state["duration"] < 1.5, state
+    assert state["width"] == 160, state
+    console.shot("job")
+    # The bytes came from the upstream, fetched by the gateway with the pooled key.
+    served = [auth for _, auth in cs.upstream.served]
+    assert served
+    assert all(a == f"Bearer {cs.stack.keys['primary']}" for a in served)
+    loaded = console.driver.execute_script(
+        "return performance.getEntriesByType('resource').map(e => e.name)"
+    )
+    assert f"{cs.url}/console/jobs/{video.id}/content" in loaded
+
+
+def test_a_member_sees_only_their_team(console: Console) -> None:
+    cs = console.cs
+    with sdk(cs, cs.stack.token(team="team-b", user="bob")) as client:
+        other = client.videos.create(model="sora-2", prompt="b", seconds="4", size="1280x720")
+    console.sign_in(cs.stack.token(team="team-a", user="alice"))
+    nav = console.driver.find_element(By.TAG_NAME, "nav").text
+    assert "Upstream keys" not in nav
+    assert "Audit" not in nav
+    for path in (
+        "/console/teams/team-b",
+        "/console/teams/team-b/usage.csv",
+        f"/console/jobs/{other.id}",
+        f"/console/jobs/{other.id}/content",
+        "/console/jobs?team=team-b",
+        "/console/keys",
+        "/console/audit",
+        "/console/teams/team-a/reset?window=day",  # an admin's action, on their own team
+    ):
+        console.open(path)
+        assert console.h1().startswith("404"), path
+        assert console.status_of(path) == 404, path
+    console.shot("member-404")
+    assert console.status_of("/console/teams/team-a") == 200
+    # A form posted without the session's CSRF token is refused, and changes nothing.
+    console.open("/console/teams/team-a")
+    console.driver.execute_script(
+        "document.querySelector('form.who input[name=csrf]').value = 'forged'"
+    )
+    console.submit("form.who button")
+    assert console.h1().startswith("403")
+    console.open("/console/teams/team-a")  # still signed in: the sign-out did not happen
+    assert console.h1() == "Team team-a"
+    console.driver.execute_script("document.querySelector('form.who input[name=csrf]').remove()")
+    console.submit("form.who button")
+    assert console.h1().startswith("403")
