@@ -42,6 +42,12 @@ AUDIT_READ = "1000"  # the newest entries the audit page filters
 TOP_MODELS = 5
 OVERVIEW_KINDS = ("spend_per_day", "spend_per_month", "tokens_per_day")
 UNLIMITED_WORDS = frozenset({"unlimited", "none", "null", "-", "∞"})
+RESET_EFFECTS = {
+    "minute": "the request log and tokens of the last minute",
+    "day": "today's video seconds, tokens and spend",
+    "month": "this month's video seconds and spend",
+    "all": "the last minute's, today's and this month's counters",
+}
 KEY_FORM_LIMITS = ("requests_per_minute", "tokens_per_minute", "spend_per_day", "spend_per_month")
 
 
@@ -373,6 +379,20 @@ class Console:
         }
 
     # -- changing ----------------------------------------------------------------------------
+
+    def reset_effect(self, viewer: Viewer, team: str, window: str) -> str:
+        """What resetting ``window`` does, in words, for the confirmation; 404 for anyone
+        but an admin, and for a window that does not exist."""
+        team = self._team(viewer, team)
+        self._admin_only(viewer)
+        what = RESET_EFFECTS.get(window)
+        if what is None:
+            raise NotFound()
+        return (
+            f"This sets {what} of team {team} to zero, so its members can spend that again. "
+            "Running video jobs keep their slots and reservations. The reset is recorded in "
+            "the audit log under your name."
+        )
 
     async def set_limits(self, viewer: Viewer, team: str, form: Mapping[str, str]) -> None:
         """Replace the team's overrides with the filled-in fields (blank: the config's)."""

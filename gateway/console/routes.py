@@ -251,6 +251,12 @@ class ConsoleRoutes:
                 problem="That token was not accepted: it is not a valid company JWT or "
                 "gateway API key, or it has expired or been revoked.",
             )
+        # A new sign-in replaces the browser's old session, if any (no session fixation).
+        old = cookies.unsign(
+            self.secret, _SESSION, cookies.read(request.headers.get("cookie"), cookies.SESSION)
+        )
+        if old is not None:
+            await self.sessions.delete(old)
         now = self.clock()
         lifetime = self.session_s
         if identity.valid_until is not None:
@@ -342,26 +348,14 @@ class ConsoleRoutes:
     async def reset_confirm(self, ctx: Ctx) -> Response:
         team = ctx.param("team")
         window = ctx.request.query_params.get("window", "day")
-        await self.console.team(ctx.viewer, team, {})  # 404 before any question is asked
-        if not ctx.viewer.admin:
-            raise NotFound()
-        what = {
-            "minute": "the request log and tokens of the last minute",
-            "day": "today's video seconds, tokens and spend",
-            "month": "this month's video seconds and spend",
-            "all": "the last minute's, today's and this month's counters",
-        }.get(window)
-        if what is None:
-            raise NotFound()
+        effect = self.console.reset_effect(ctx.viewer, team, window)
         return self.render(
             ctx,
             "confirm.html",
             {
                 "nav": "teams",
                 "title": f"Reset usage of team {team}?",
-                "effect": f"This sets {what} of team {team} to zero, so its members can spend "
-                "that again. Running video jobs keep their slots and reservations. The reset is "
-                "recorded in the audit log under your name.",
+                "effect": effect,
                 "action": f"{BASE}/teams/{team}/reset",
                 "fields": {"window": window},
                 "button": f"Reset {window} usage",

@@ -14,9 +14,9 @@ import os
 import re
 import secrets
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx2
 import pytest
@@ -154,6 +154,7 @@ def driver() -> Iterator[webdriver.Chrome]:
         options.add_argument(arg)
     profile = Path(os.environ.get("TMPDIR", "/tmp")) / f"console-chromium-{secrets.token_hex(4)}"
     options.add_argument(f"--user-data-dir={profile}")
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # CSP reports land there
     # An explicit driver path: Selenium Manager (which would download one) never runs.
     chrome = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
     chrome.set_page_load_timeout(20)
@@ -198,6 +199,11 @@ class Console:
         page = self.driver.find_element(By.TAG_NAME, "html")
         self.driver.find_element(By.LINK_TEXT, link_text).click()
         WebDriverWait(self.driver, 10).until(expected_conditions.staleness_of(page))
+
+    def browser_log(self) -> list[dict[str, Any]]:
+        """What the page's console received since the last call (CSP reports included)."""
+        get_log = cast(Callable[[str], list[dict[str, Any]]], self.driver.get_log)
+        return get_log("browser")
 
     def shot(self, name: str) -> Path:
         path = self.cs.shots / f"{name}.png"

@@ -60,10 +60,25 @@ def test_sign_in_with_a_token_then_every_main_page(console: Console) -> None:
         "keys": ("/console/keys", "Upstream keys"),
         "audit": ("/console/audit", "Audit log"),
     }
+    served_in: dict[str, float] = {}
     for name, (path, title) in pages.items():
         console.open(path)
         assert console.h1() == title, name
         console.shot(name)
+        served_in[name] = console.driver.execute_script(
+            "const n = performance.getEntriesByType('navigation')[0];"
+            "return n.responseEnd - n.requestStart"
+        )
+    print("console pages served in (ms):", served_in)  # shown with -s
+    # The pages keep to their own Content-Security-Policy: nothing was blocked.
+    blocked = [
+        e["message"]
+        for e in console.browser_log()
+        if "Content Security Policy" in e["message"] or "Refused to" in e["message"]
+    ]
+    assert blocked == []
+    # Generous for a shared CI machine; on a quiet one these take a few milliseconds.
+    assert max(served_in.values()) < 1000, served_in
     console.open("/console/teams/team-a")
     assert console.driver.find_elements(By.CSS_SELECTOR, "figure.chart svg rect")  # the chart
     # 375 px wide: nothing but the tables' own scrollers may be wider than the screen.
