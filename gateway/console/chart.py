@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import date
 
 WIDTH, HEIGHT = 600, 160  # the viewBox; the SVG scales to its container
-LEFT, BOTTOM, TOP = 48, 18, 8  # room for the scale and the day labels
+LEFT, BOTTOM, TOP = 56, 18, 8  # room for the scale and the day labels
 MAX_SERIES = 5  # models with a colour of their own; the rest are "other models"
 
 
@@ -64,9 +64,11 @@ def stacked_by_day(
     *,
     measure: str,
     show: Callable[[float], str],
+    scale: Callable[[float], str] | None = None,
 ) -> Chart:
     """``rows`` are ledger rows grouped by day and model (``day`` as YYYY-MM-DD); ``show``
-    formats an amount for titles and the scale."""
+    formats an amount for titles, ``scale`` (default: ``show``) for the axis."""
+    scale = scale or show
     by_day: dict[str, dict[str, float]] = {}
     totals: dict[str, float] = {}
     for row in rows:
@@ -108,5 +110,5 @@ def stacked_by_day(
             y -= h
             label = names[0] if idx < MAX_SERIES else f"{len(names)} other models"
             pieces.append(Piece(x, y, bar_w, h, idx, f"{d.isoformat()} {label}: {show(amount)}"))
-    ticks = tuple(Tick(HEIGHT - BOTTOM - plot_h * f, show(top * f)) for f in (0.0, 0.5, 1.0))
+    ticks = tuple(Tick(HEIGHT - BOTTOM - plot_h * f, scale(top * f)) for f in (0.0, 0.5, 1.0))
     return Chart(tuple(pieces), ticks, tuple(labels), tuple(legend), empty=not pieces)

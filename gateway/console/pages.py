@@ -155,7 +155,8 @@ class Console:
 
     async def overview(self, viewer: Viewer) -> dict[str, Any]:
         today = self.today()
-        month = UsageQuery(today.replace(day=1), today, ("model",), "json")
+        # One read of the month's ledger answers both the per-team tokens and the top models.
+        month = UsageQuery(today.replace(day=1), today, ("team", "model"), "json")
         views = await self._teams_of(viewer)
         names = [v["team"] for v in views]
         usage, keys = await asyncio.gather(
@@ -166,7 +167,18 @@ class Console:
             (self._row(v) for v in views),
             key=lambda r: (-(r["burn"] or 0), r["team"]),
         )
-        models = sorted(usage["data"], key=lambda r: (-r["spend"], r["model"]))[:TOP_MODELS]
+        by_model: dict[str, dict[str, Any]] = {}
+        month_tokens: dict[str, int] = {}
+        for r in usage["data"]:
+            tokens = r["input_tokens"] + r["output_tokens"]
+            month_tokens[r["team"]] = month_tokens.get(r["team"], 0) + tokens
+            m = by_model.setdefault(r["model"], {"model": r["model"], "requests": 0, "tokens": 0})
+            m["requests"] += r["requests"]
+            m["tokens"] += tokens
+            m["spend"] = m.get("spend", 0) + r["spend"]
+        for row in rows:
+            row["month_tokens"] = month_tokens.get(row["team"], 0)
+        models = sorted(by_model.values(), key=lambda m: (-m["spend"], m["model"]))[:TOP_MODELS]
         alerts = [
             (r["team"], lim)
             for r in rows
@@ -240,6 +252,7 @@ class Console:
             ledger.days(q.first, q.last),
             measure="spend",
             show=lambda v: format.money(v, self.currency),
+            scale=lambda v: format.number(v, 6),  # the currency is in the caption
         )
 
     async def usage_csv(
