@@ -29,6 +29,12 @@ from gateway.auth.key_store import KeyStore
 from gateway.auth.key_verifier import KeyVerifier
 from gateway.auth.middleware import AuthMiddleware
 from gateway.auth.verifier import TokenVerifier
+from gateway.console.identity import KeyRecheck, TokenSignIn
+from gateway.console.pages import Console
+from gateway.console.render import Renderer
+from gateway.console.routes import BASE as CONSOLE_BASE
+from gateway.console.routes import ConsoleRoutes, unconfigured_routes
+from gateway.console.sessions import SessionStore
 from gateway.errors import GatewayError, NotFound
 from gateway.metering.prices import PriceTable
 from gateway.metering.reconcile import BillReconciler, SpendByKey
@@ -280,6 +286,19 @@ def create_app(
         ),
         docs_files.DocsFiles(),
     )
+    token_verifier = TokenVerifier(settings.auth, jwks=jwks, clock=clock)
+    console = _console(
+        settings,
+        redis=redis,
+        admin=admin,
+        key_admin=key_admin,
+        report=usage.report,
+        videos=videos,
+        sign_in=TokenSignIn(token_verifier, key_verifier),
+        key_check=KeyRecheck(key_store, clock=clock),
+        clock=clock,
+        on_sign_in_failure=obs.auth_failure,
+    )
     snapshot = UsageSnapshot(quota, settings.teams, settings.server.quota_metrics_seconds)
     if q.enabled:
         metrics.watch_quota(snapshot)
@@ -373,6 +392,7 @@ def create_app(
                 methods=["GET"],
             ),
             *api_docs.routes(),
+            *console,
         ],
         middleware=[
             Middleware(RequestIdMiddleware),
@@ -389,9 +409,11 @@ def create_app(
             ),
             Middleware(
                 AuthMiddleware,
-                verifier=TokenVerifier(settings.auth, jwks=jwks, clock=clock),
+                verifier=token_verifier,
                 keys=key_verifier,
                 public_paths=PUBLIC_PATHS,
+                # The console authenticates by its own session cookie (gateway/console).
+                own_auth_prefix=CONSOLE_BASE if console else None,
                 on_failure=obs.auth_failure,
             ),
             *(
@@ -412,6 +434,58 @@ def create_app(
     )
     app.router.default = passthrough
     return Gateway(app, settings, metrics, redis, pool, quota, videos, reconciler, prices)
+
+
+def _console(
+    settings: Settings,
+    *,
+    redis: Redis,
+    admin: AdminService,
+    key_admin: KeyAdmin,
+    report: UsageReport,
+    videos: VideoService,
+    sign_in: TokenSignIn,
+    key_check: KeyRecheck,
+    clock: Callable[[], float],
+    on_sign_in_failure: Callable[[str], None],
+) -> list[PrefixGroup]:
+    """The web console's routes (none when it is switched off)."""
+    conf = settings.console
+    if not conf.enabled:
+        return []
+    if conf.session_secret is None:
+        log.warning(
+            "console.session_secret is not set (GATEWAY_CONSOLE_SECRET): /console explains "
+            "this and serves nothing else"
+        )
+        return [PrefixGroup(CONSOLE_BASE, unconfigured_routes())]
+    pages = Console(
+        admin=admin,
+        keys=key_admin,
+        report=report,
+        videos=videos,
+        settings=settings,
+        clock=clock,
+    )
+    routes = ConsoleRoutes(
+        pages,
+        sessions=SessionStore(redis, clock=clock),
+        sign_in=sign_in,
+        key_check=key_check,
+        renderer=Renderer(
+            currency=settings.quota.currency,
+            tz=report.tz,
+            clock=clock,
+            alert_share=settings.quota.budget_alert_share,
+        ),
+        secret=conf.session_secret.encode(),
+        session_hours=conf.session_hours,
+        # Plain-http development only: anywhere else the cookie never crosses the wire bare.
+        secure_cookies=not settings.server.public_base_url.lower().startswith("http://"),
+        clock=clock,
+        on_sign_in=lambda outcome: None if outcome == "ok" else on_sign_in_failure(outcome),
+    )
+    return [PrefixGroup(CONSOLE_BASE, routes.routes())]
 
 
 async def _raise_http_error(request: Request, exc: Exception) -> Response:
