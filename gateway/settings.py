@@ -251,6 +251,30 @@ class PricingSettings:
     upstream_quota_per_unit: int = 500_000
 
 
+OIDC_CALLBACK_PATH = "/console/oidc/callback"
+
+
+@dataclass(frozen=True, kw_only=True)
+class OidcSettings:
+    """Console sign-in through the company IdP with OpenID Connect (docs/console.md)."""
+
+    issuer: str  # exactly the IdP's issuer identifier; discovery is under it
+    client_id: str
+    # None: a public client, which PKCE alone protects.
+    client_secret: str | None = field(default=None, repr=False)
+    scopes: tuple[str, ...] = ("openid", "profile")
+    redirect_url: str | None = None  # None: <server.public_base_url>/console/oidc/callback
+    timeout_seconds: float = 5.0  # each call to the IdP: discovery, keys, code exchange
+    display_name: str | None = None  # "Sign in with <name>"; None: the issuer's host
+
+    def callback_url(self, public_base_url: str) -> str:
+        return self.redirect_url or public_base_url.rstrip("/") + OIDC_CALLBACK_PATH
+
+    @property
+    def name(self) -> str:
+        return self.display_name or urlsplit(self.issuer).hostname or self.issuer
+
+
 @dataclass(frozen=True, kw_only=True)
 class ConsoleSettings:
     """The web console under ``/console`` (docs/console.md)."""
@@ -260,6 +284,7 @@ class ConsoleSettings:
     # Unset, the console is off and says so; `make run` generates one.
     session_secret: str | None = field(default=None, repr=False)
     session_hours: float = 8.0  # how long a sign-in lasts (never past a JWT's own expiry)
+    oidc: OidcSettings | None = None  # None: sign-in with a pasted token only
 
     @property
     def active(self) -> bool:
@@ -1128,9 +1153,69 @@ def _console(sec: _Section) -> ConsoleSettings:
         session_secret=secret,
         # At least five minutes; at most a month, so a forgotten browser does not stay in.
         session_hours=sec.number("session_hours", minimum=5 / 60, maximum=24 * 31),
+        oidc=_oidc(sec.section("oidc")),
     )
     sec.finish()
     return out
+
+
+_SCOPE = re.compile(r"^[\x21\x23-\x5b\x5d-\x7e]+$")  # RFC 6749's scope-token
+
+
+def _oidc(sec: _Section) -> OidcSettings | None:
+    if not sec.data:  # absent, null or {}: sign-in with a pasted token only
+        return None
+    sec.defaults = OidcSettings(issuer="", client_id="")
+    for name in ("issuer", "client_id"):
+        if not sec.given(name):
+            sec.fail(name, "is required for sign-in with OpenID Connect")
+    issuer = sec.req_string("issuer")
+    if issuer:
+        _oidc_url(sec, "issuer", issuer)
+    secret = sec.string("client_secret") or None
+    secret = _secret_file(sec, "client_secret_file") or secret
+    scopes = tuple(s for item in sec.strings("scopes") for s in item.split())
+    if "openid" not in scopes:
+        sec.fail("scopes", "must include openid")
+    for scope in scopes:
+        if not _SCOPE.fullmatch(scope):
+            sec.fail("scopes", f"{scope!r} is not a valid scope")
+    redirect_url = sec.string("redirect_url") or None
+    if (
+        redirect_url
+        and _oidc_url(sec, "redirect_url", redirect_url)
+        and urlsplit(redirect_url).path != OIDC_CALLBACK_PATH
+    ):
+        sec.fail("redirect_url", f"must end in the console's callback, {OIDC_CALLBACK_PATH}")
+    display_name = sec.string("display_name") or None
+    if display_name is not None and len(display_name) > 60:
+        sec.fail("display_name", "must be at most 60 characters")
+    out = OidcSettings(
+        issuer=issuer,
+        client_id=sec.req_string("client_id"),
+        client_secret=secret,
+        scopes=scopes,
+        redirect_url=redirect_url,
+        timeout_seconds=sec.number("timeout_seconds", minimum=0.1, maximum=60),
+        display_name=display_name,
+    )
+    sec.finish()
+    return out if issuer and out.client_id else None
+
+
+def _oidc_url(sec: _Section, name: str, url: str) -> bool:
+    """Whether ``url`` may carry sign-ins: https, or plain http to this machine only (tests
+    and development); no query, fragment or credentials. Records the problem if not."""
+    parts = _split_url(sec, name, url)
+    if parts is None:
+        return False
+    if parts.query or parts.fragment or parts.username is not None:
+        sec.fail(name, "must not have a query, fragment or credentials")
+        return False
+    if parts.scheme != "https" and not is_loopback_host(parts.hostname or ""):
+        sec.fail(name, "must be an https URL (plain http only to this machine)")
+        return False
+    return True
 
 
 def settings_from_mapping(data: Any, env: Mapping[str, str] | None = None) -> Settings:
@@ -1159,6 +1244,17 @@ def _build(data: Any, env: Mapping[str, str] | None, problems: _Problems) -> Set
         console=_console(root.section("console", ConsoleSettings())),
     )
     root.finish()
+    if settings.console.oidc is not None and all(
+        a.startswith("HS") for a in settings.auth.algorithms
+    ):
+        # ID tokens are verified like API tokens, with the IdP's published (asymmetric) keys.
+        problems.add(
+            SettingsError(
+                "auth.algorithms",
+                "console.oidc needs an RS* or ES* algorithm here: ID tokens are checked with "
+                "the IdP's published keys and the algorithms this list allows",
+            )
+        )
     if settings.pricing.source == "crazyrouter" and settings.quota.currency != "USD":
         # new-api's list is in US dollars (500,000 quota units = 1 USD), the spend limits in
         # quota.currency: the gateway converts no currency.
@@ -1286,7 +1382,8 @@ def production_problems(settings: Settings) -> list[str]:
     return problems
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback_host(host: str) -> bool:
+    """Whether ``host`` names this machine itself (plain http there crosses no network)."""
     host = host.lower().rstrip(".")
     if host == "localhost" or host.endswith(".localhost"):
         return True
@@ -1306,6 +1403,6 @@ def cleartext_warnings(settings: Settings) -> list[str]:
     )
     for key, url, risk in checks:
         parts = urlsplit(url or "")
-        if parts.scheme == "http" and not _is_loopback(parts.hostname or ""):
+        if parts.scheme == "http" and not is_loopback_host(parts.hostname or ""):
             out.append(f"{key}: cleartext http to {parts.hostname}: {risk} unencrypted (use https)")
     return out
