@@ -28,8 +28,10 @@ from gateway.auth.jwks import JWKSCache
 from gateway.auth.key_store import KeyStore
 from gateway.auth.key_verifier import KeyVerifier
 from gateway.auth.middleware import AuthMiddleware
+from gateway.auth.oidc_provider import OidcProvider
 from gateway.auth.verifier import TokenVerifier
 from gateway.console.identity import KeyRecheck, TokenSignIn
+from gateway.console.oidc_sign_in import OidcSignIn
 from gateway.console.pages import Console
 from gateway.console.render import Renderer
 from gateway.console.routes import BASE as CONSOLE_BASE
@@ -287,6 +289,9 @@ def create_app(
         docs_files.DocsFiles(),
     )
     token_verifier = TokenVerifier(settings.auth, jwks=jwks, clock=clock)
+    oidc_conf = settings.console.oidc
+    # Its own client: the IdP's timeout for sign-in is console.oidc's, not the JWKS fetch's.
+    oidc_http = IdpClient(oidc_conf.timeout_seconds) if oidc_conf is not None else None
     console = _console(
         settings,
         redis=redis,
@@ -298,6 +303,7 @@ def create_app(
         key_check=KeyRecheck(key_store, clock=clock),
         clock=clock,
         on_sign_in_failure=obs.auth_failure,
+        oidc_http=oidc_http,
     )
     snapshot = UsageSnapshot(quota, settings.teams, settings.server.quota_metrics_seconds)
     if q.enabled:
@@ -349,6 +355,8 @@ def create_app(
             await client.close()
             await pool.close()
             await idp.close()
+            if oidc_http is not None:
+                await oidc_http.close()
             await quota.store.aclose()
             await meter.store.aclose()
             if owns_redis:
@@ -448,6 +456,7 @@ def _console(
     key_check: KeyRecheck,
     clock: Callable[[], float],
     on_sign_in_failure: Callable[[str], None],
+    oidc_http: IdpClient | None,
 ) -> list[PrefixGroup]:
     """The web console's routes (none when it is switched off)."""
     conf = settings.console
@@ -467,6 +476,16 @@ def _console(
         settings=settings,
         clock=clock,
     )
+    oidc = None
+    if conf.oidc is not None and oidc_http is not None:
+        provider = OidcProvider(
+            conf.oidc,
+            settings.auth,
+            oidc_http,
+            redirect_url=conf.oidc.callback_url(settings.server.public_base_url),
+            clock=clock,
+        )
+        oidc = OidcSignIn(provider, redis)
     routes = ConsoleRoutes(
         pages,
         sessions=SessionStore(redis, clock=clock),
@@ -484,6 +503,7 @@ def _console(
         secure_cookies=not settings.server.public_base_url.lower().startswith("http://"),
         clock=clock,
         on_sign_in=lambda outcome: None if outcome == "ok" else on_sign_in_failure(outcome),
+        oidc=oidc,
     )
     return [PrefixGroup(CONSOLE_BASE, routes.routes())]
 

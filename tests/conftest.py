@@ -103,6 +103,7 @@ def gateway_config(
         "quota": {"reconcile_interval_seconds": 3600, **sections.pop("quota", {})},
         # Tests that are not about metering call models without a price.
         "pricing": sections.pop("pricing", {"unpriced": "allow"}),
+        "console": sections.pop("console", {}),
     }
     return settings_from_mapping(doc, env={})
 
@@ -116,6 +117,7 @@ def make_stack(
     sim_url: str | None = None,
     sim_app: Any = None,
     keys: dict[str, str] | None = None,
+    gateway_port: int | None = None,
     **sections: Any,
 ) -> Iterator[Stack]:
     keys = keys or {k: f"sk-{k}-{secrets.token_hex(12)}" for k in key_ids}
@@ -126,7 +128,7 @@ def make_stack(
             sim_url = stack.enter_context(run_server(sim_app, server_header=False))
         settings = gateway_config(sim_url, redis_url, jwt_secret, keys, **sections)
         app = create_app(settings)
-        url = stack.enter_context(run_server(app, server_header=False))
+        url = stack.enter_context(run_server(app, server_header=False, port=gateway_port))
         yield Stack(url, sim_url, sim_app, app, settings, jwt_secret, keys)
 
 

@@ -59,12 +59,18 @@ def _timed_out(message: str, timeout: float) -> str:
 
 @contextlib.contextmanager
 def run_server(
-    app: Any, host: str = "127.0.0.1", *, head_limits: HeadLimits | None = None, **config: Any
+    app: Any,
+    host: str = "127.0.0.1",
+    *,
+    head_limits: HeadLimits | None = None,
+    port: int | None = None,
+    **config: Any,
 ) -> Iterator[str]:
     """Serve ``app`` with uvicorn on a free loopback port in a thread; yield its base URL.
 
-    With ``head_limits`` it is served by the protocol ``gateway serve`` uses."""
-    port = free_port(host)
+    With ``head_limits`` it is served by the protocol ``gateway serve`` uses; ``port`` is
+    for an app that must know its own URL before it starts (from ``free_port``)."""
+    port = free_port(host) if port is None else port
     if head_limits is not None:
         config["http"] = protocol_factory(head_limits)
     cfg = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on", **config)

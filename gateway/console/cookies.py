@@ -15,7 +15,9 @@ import secrets
 
 SESSION = "gw_console"  # the session id, for as long as the session lasts
 SIGN_IN = "gw_console_signin"  # the sign-in form's CSRF nonce, before there is a session
+OIDC = "gw_console_oidc"  # binds an OpenID Connect sign-in under way to this browser
 PATH = "/console"
+OIDC_PATH = "/console/oidc"
 _ID_BYTES = 32  # 256 random bits: guessing a live session id is hopeless
 _MAX_COOKIE_CHARS = 256
 
@@ -56,20 +58,31 @@ def read(cookie_header: str | None, name: str) -> str | None:
     return None
 
 
-def set_header(name: str, value: str, *, max_age: int, secure: bool) -> str:
+def set_header(
+    name: str,
+    value: str,
+    *,
+    max_age: int,
+    secure: bool,
+    path: str = PATH,
+    same_site: str = "Strict",
+) -> str:
     """A ``Set-Cookie`` value: script cannot read it, other sites never send it, it lives under
-    /console only, and over https only unless the gateway is plain-http development."""
+    /console only, and over https only unless the gateway is plain-http development.
+
+    ``same_site="Lax"`` is for the OpenID Connect binding alone: the IdP's redirect back is a
+    navigation from another site, which a Strict cookie would not come along with."""
     attrs = [
         f"{name}={value}",
-        f"Path={PATH}",
+        f"Path={path}",
         f"Max-Age={max(0, max_age)}",
         "HttpOnly",
-        "SameSite=Strict",
+        f"SameSite={same_site}",
     ]
     if secure:
         attrs.append("Secure")
     return "; ".join(attrs)
 
 
-def clear_header(name: str, *, secure: bool) -> str:
-    return set_header(name, "", max_age=0, secure=secure)
+def clear_header(name: str, *, secure: bool, path: str = PATH, same_site: str = "Strict") -> str:
+    return set_header(name, "", max_age=0, secure=secure, path=path, same_site=same_site)

@@ -2,9 +2,9 @@
 
 ``TokenSignIn`` takes what a person pastes into the sign-in form, a company JWT or a gateway
 API key, and checks it with the very verifiers the API uses (passed in), so the console admits
-exactly whom the API admits. It answers an ``Identity``; a later way of signing in (OIDC, the
-``console.oidc`` settings of a later slice) is another class with the same answer, and nothing
-after sign-in needs to know which one made it.
+exactly whom the API admits. It answers an ``Identity``; signing in through the IdP
+(``oidc_sign_in.OidcSignIn``) gives the same answer, and nothing after sign-in needs to know
+which one made it.
 
 A session made with a gateway key ends when the key does: ``KeyRecheck`` reads the key's
 record on each request and applies the verifier's own rules (``KeyRecord.matches`` and

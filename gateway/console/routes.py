@@ -1,5 +1,6 @@
-"""The console's HTTP side: sign-in and sign-out, the session cookie, CSRF checks, security
-headers, and one thin handler per page or form (``pages.Console`` decides everything else).
+"""The console's HTTP side: sign-in (a pasted token, or through the IdP with OpenID Connect)
+and sign-out, the session cookie, CSRF checks, security headers, and one thin handler per page
+or form (``pages.Console`` decides everything else).
 
 Every change is a plain form POST answered with a redirect (POST-redirect-GET), carrying its
 outcome to the next page as a one-time notice; the only exception is a new key's secret,
@@ -24,7 +25,8 @@ from starlette.routing import BaseRoute, Route
 
 from gateway.auth.principal import Principal
 from gateway.console import cookies, csrf
-from gateway.console.identity import KeyRecheck, TokenSignIn
+from gateway.console.identity import Identity, KeyRecheck, TokenSignIn
+from gateway.console.oidc_sign_in import PENDING_S, OidcSignIn
 from gateway.console.pages import Console, Viewer
 from gateway.console.render import STATIC, Renderer
 from gateway.console.sessions import Session, SessionStore
@@ -38,7 +40,32 @@ log = logging.getLogger("gateway.console")
 BASE = "/console"
 SIGN_IN_PATH = BASE + "/sign-in"
 SIGN_IN_NONCE_S = 1800  # how long a sign-in form stays usable
-_SESSION, _SIGN_IN = "console-session", "console-sign-in"  # signing purposes
+_SESSION, _SIGN_IN, _OIDC = "console-session", "console-sign-in", "console-oidc"  # signing purposes
+OIDC_START_PATH = BASE + "/oidc/start"
+OIDC_CALLBACK_PATH = BASE + "/oidc/callback"
+# What the sign-in page says after a refused sign-in through the IdP (?problem=<key>).
+OIDC_PROBLEMS = {
+    "denied": "The identity provider did not sign you in (it refused, or the sign-in was "
+    "cancelled).",
+    "expired": "That sign-in was already used, has expired, or was started in another "
+    "browser; please sign in again.",
+    "unavailable": "Signing in through the identity provider is not possible right now; try "
+    "again shortly, or sign in with a token.",
+    "no_team": "Your account at the identity provider names no team, so the console cannot "
+    "tell what to show you; ask an admin to give your account a team.",
+    "expires_soon": "The identity provider's sign-in expires within a minute; please sign in "
+    "again.",
+    "refused": "The identity provider's answer was not accepted; please sign in again. If "
+    "this keeps happening, tell an admin (the gateway logs why).",
+}
+_OIDC_PROBLEM_BY_REASON = {
+    "oidc_denied": "denied",
+    "oidc_state": "expired",
+    "oidc_unavailable": "unavailable",
+    "no_team": "no_team",
+    "bad_team": "no_team",
+    "expires_soon": "expires_soon",
+}
 MAX_FORM_FIELDS = 40
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -85,6 +112,7 @@ class ConsoleRoutes:
         secure_cookies: bool,
         clock: Callable[[], float],
         on_sign_in: Callable[[str], None] = lambda outcome: None,
+        oidc: OidcSignIn | None = None,
     ) -> None:
         self.console = console
         self.sessions = sessions
@@ -96,6 +124,7 @@ class ConsoleRoutes:
         self.secure = secure_cookies
         self.clock = clock
         self.on_sign_in = on_sign_in
+        self.oidc = oidc
         self.static = {
             p.name: (p.read_bytes(), _STATIC_TYPES[p.suffix])
             for p in STATIC.iterdir()
@@ -216,7 +245,12 @@ class ConsoleRoutes:
 
     def _sign_in_form(self, *, status: int = 200, problem: str | None = None) -> Response:
         nonce = csrf.new_token()
-        response = self.html("sign_in.html", {"nonce": nonce, "problem": problem}, status=status)
+        context = {
+            "nonce": nonce,
+            "problem": problem,
+            "oidc_name": self.oidc.name if self.oidc is not None else None,
+        }
+        response = self.html("sign_in.html", context, status=status)
         response.headers.append(
             "set-cookie",
             cookies.set_header(
@@ -231,7 +265,9 @@ class ConsoleRoutes:
     async def sign_in_page(self, request: Request) -> Response:
         if await self.current(request) is not None:
             return self.redirect(BASE)
-        return self._sign_in_form()
+        # Only a fixed message, chosen by key: the page never repeats what a URL says.
+        problem = OIDC_PROBLEMS.get(request.query_params.get("problem", ""))
+        return self._sign_in_form(problem=problem)
 
     async def sign_in_post(self, request: Request) -> Response:
         form = await self.read_form(request)
@@ -251,6 +287,24 @@ class ConsoleRoutes:
                 problem="That token was not accepted: it is not a valid company JWT or "
                 "gateway API key, or it has expired or been revoked.",
             )
+        cookie = await self._new_session(request, identity)
+        if cookie is None:
+            self.on_sign_in("expires_soon")
+            return self._sign_in_form(
+                status=401, problem="That token expires within a minute; use a fresher one."
+            )
+        self.on_sign_in("ok")
+        response = self.redirect(BASE)
+        response.headers.append("set-cookie", cookie)
+        response.headers.append(
+            "set-cookie", cookies.clear_header(cookies.SIGN_IN, secure=self.secure)
+        )
+        return response
+
+    async def _new_session(self, request: Request, identity: Identity) -> str | None:
+        """A session for ``identity``, as the ``Set-Cookie`` value that hands it to the
+        browser; None when what proved the identity expires within a minute. However the
+        person signed in, the session is this one."""
         # A new sign-in replaces the browser's old session, if any (no session fixation).
         old = cookies.unsign(
             self.secret, _SESSION, cookies.read(request.headers.get("cookie"), cookies.SESSION)
@@ -262,30 +316,80 @@ class ConsoleRoutes:
         if identity.valid_until is not None:
             lifetime = min(lifetime, identity.valid_until - now)
         if lifetime < 60:
-            self.on_sign_in("expires_soon")
-            return self._sign_in_form(
-                status=401, problem="That token expires within a minute; use a fresher one."
-            )
+            return None
         session = await self.sessions.create(
             identity.principal,
             lifetime_s=lifetime,
             key_id=identity.key_id,
             key_digest=identity.key_digest,
         )
+        return cookies.set_header(
+            cookies.SESSION,
+            cookies.sign(self.secret, _SESSION, session.id),
+            max_age=int(lifetime),
+            secure=self.secure,
+        )
+
+    # -- sign-in through the IdP (OpenID Connect) ----------------------------------------------
+
+    def _oidc_refused(self, reason: str) -> Response:
+        """Back to the sign-in page, saying why in plain words; counted, never a 500."""
+        self.on_sign_in(reason)
+        log.info("console sign-in through the IdP refused: %s", reason)
+        problem = _OIDC_PROBLEM_BY_REASON.get(reason, "refused")
+        response = self.redirect(f"{SIGN_IN_PATH}?problem={problem}")
+        response.headers.append("set-cookie", self._oidc_cookie("", max_age=0))
+        return response
+
+    def _oidc_cookie(self, value: str, *, max_age: int) -> str:
+        return cookies.set_header(
+            cookies.OIDC,
+            value,
+            max_age=max_age,
+            secure=self.secure,
+            path=cookies.OIDC_PATH,
+            same_site="Lax",
+        )
+
+    async def oidc_start(self, request: Request) -> Response:
+        assert self.oidc is not None  # routed only when configured
+        try:
+            started = await self.oidc.begin()
+        except AuthenticationFailed as exc:
+            return self._oidc_refused(exc.reason)
+        except GatewayError:  # Redis unreachable: a page that says so, not the API's JSON
+            return self._oidc_refused("oidc_unavailable")
+        # The one redirect out of the console: to the discovered authorization endpoint.
+        response = self.redirect(started.url)
+        signed = cookies.sign(self.secret, _OIDC, started.binding)
+        response.headers.append("set-cookie", self._oidc_cookie(signed, max_age=PENDING_S))
+        return response
+
+    async def oidc_callback(self, request: Request) -> Response:
+        assert self.oidc is not None
+        answer: dict[str, str] = {}
+        for name, value in request.query_params.multi_items():
+            if name in answer:  # RFC 6749: no parameter twice; which one would count?
+                return self._oidc_refused("oidc_state")
+            answer[name] = value
+        signed = cookies.read(request.headers.get("cookie"), cookies.OIDC)
+        binding = cookies.unsign(self.secret, _OIDC, signed)
+        try:
+            identity = await self.oidc.finish(answer, binding)
+            cookie = await self._new_session(request, identity)
+        except AuthenticationFailed as exc:
+            return self._oidc_refused(exc.reason)
+        except GatewayError:
+            return self._oidc_refused("oidc_unavailable")
+        if cookie is None:
+            return self._oidc_refused("expires_soon")
         self.on_sign_in("ok")
-        response = self.redirect(BASE)
-        response.headers.append(
-            "set-cookie",
-            cookies.set_header(
-                cookies.SESSION,
-                cookies.sign(self.secret, _SESSION, session.id),
-                max_age=int(lifetime),
-                secure=self.secure,
-            ),
-        )
-        response.headers.append(
-            "set-cookie", cookies.clear_header(cookies.SIGN_IN, secure=self.secure)
-        )
+        # A page rather than a redirect: this request came from the IdP's site, and a browser
+        # keeps a SameSite=Strict cookie off every hop of such a navigation, so a redirect to
+        # /console would arrive without the new session. The page's own navigation is ours.
+        response = self.html("signed_in.html", {"next": BASE})
+        response.headers.append("set-cookie", cookie)
+        response.headers.append("set-cookie", self._oidc_cookie("", max_age=0))
         return response
 
     async def sign_out(self, ctx: Ctx) -> Response:
@@ -537,6 +641,14 @@ class ConsoleRoutes:
             Route(BASE + "/", self.to_overview, methods=get),
             Route(SIGN_IN_PATH, self.sign_in_page, methods=get),
             Route(SIGN_IN_PATH, self.sign_in_post, methods=post),
+            *(
+                [
+                    Route(OIDC_START_PATH, self.oidc_start, methods=get),
+                    Route(OIDC_CALLBACK_PATH, self.oidc_callback, methods=get),
+                ]
+                if self.oidc is not None
+                else []
+            ),
             Route(BASE + "/sign-out", p(self.sign_out), methods=post),
             Route(BASE + "/static/{name}", self.static_file, methods=get),
             Route(BASE + "/teams", p(self.teams), methods=get),

@@ -12,6 +12,7 @@
     gw:reconciler:leader     the reconciler's leader lock
     gw:audit                 the admin audit log (a stream)
     gw:console:session:{<id>}  a console sign-in: who, its CSRF token (expires with it)
+    gw:console:oidc:{<state>}  an OpenID Connect sign-in under way (minutes, used once)
 
 Team names are restricted by the verifier (letters, digits, ``._-``), so they cannot break
 out of the tag; video ids are checked for shape before any look-up."""
@@ -32,6 +33,11 @@ def api_key(key_id: str) -> str:
 def console_session(session_id: str) -> str:
     """A console session (a hash with a TTL); the id is the cookie's, never guessable."""
     return f"gw:console:session:{{{session_id}}}"
+
+
+def console_oidc(state: str) -> str:
+    """An OpenID Connect sign-in between leaving for the IdP and coming back (by its state)."""
+    return f"gw:console:oidc:{{{state}}}"
 
 
 def job(video_id: str) -> str:
