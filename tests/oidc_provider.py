@@ -1,7 +1,8 @@
 """A small OpenID Connect provider for tests: discovery, a JWKS with an RSA key made for this
 run, an authorization endpoint that signs the configured person in at once (redirecting back
-with a code), and a token endpoint that checks the client's secret and the PKCE verifier and
-answers an RS256 ID token carrying the nonce.
+with a code, or with ``login_page`` through a page with a "Continue" link), and a token
+endpoint that checks the client's secret and the PKCE verifier and answers an RS256 ID token
+carrying the nonce.
 
 Served on a real loopback socket with ``serve``; its issuer names ``localhost`` while the
 gateway under test is reached as ``127.0.0.1``, so a browser treats the two as different
@@ -15,6 +16,7 @@ import base64
 import contextlib
 import hashlib
 import hmac
+import html
 import json
 import secrets
 import time
@@ -28,7 +30,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.responses import (
+    HTMLResponse,
+    JSONResponse,
+    PlainTextResponse,
+    RedirectResponse,
+    Response,
+)
 from starlette.routing import Route
 
 from tests.servers import run_server
@@ -59,6 +67,9 @@ class TestIdp:
     person: dict[str, Any] = field(default_factory=dict)
     # -- knobs --
     deny: str | None = None  # answer the authorization request with this error
+    # Show a page with a "Continue" link instead of redirecting at once, as a real IdP's
+    # login page would: the way back is then a navigation that the IdP's site starts.
+    login_page: bool = False
     extra_claims: dict[str, Any] = field(default_factory=dict)  # override or add
     drop_claims: set[str] = field(default_factory=set)
     forge: str | None = None  # "none": alg none; "hs256": HMAC keyed with the public key
@@ -69,6 +80,7 @@ class TestIdp:
     def reset(self, **person: Any) -> None:
         self.person = {"sub": "ida", "team": "team-a", "roles": [], "name": "Ida", **person}
         self.deny = self.forge = None
+        self.login_page = False
         self.extra_claims = {}
         self.drop_claims = set()
         self.token_requests.clear()
@@ -110,7 +122,11 @@ class TestIdp:
             code = secrets.token_urlsafe(24)
             self.codes[code] = Grant(self.redirect_uri, q["code_challenge"], q.get("nonce", ""))
             answer["code"] = code
-        return RedirectResponse(f"{self.redirect_uri}?{urlencode(answer)}", status_code=302)
+        back = f"{self.redirect_uri}?{urlencode(answer)}"
+        if self.login_page:
+            link = f'<a id="continue" href="{html.escape(back)}">Continue</a>'
+            return HTMLResponse(f"<!doctype html><title>Test IdP</title><p>{link}</p>")
+        return RedirectResponse(back, status_code=302)
 
     async def token(self, request: Request) -> Response:
         form = {k: str(v) for k, v in (await request.form()).items()}

@@ -390,6 +390,9 @@ class ConsoleRoutes:
         response = self.html("signed_in.html", {"next": BASE})
         response.headers.append("set-cookie", cookie)
         response.headers.append("set-cookie", self._oidc_cookie("", max_age=0))
+        response.headers.append(
+            "set-cookie", cookies.clear_header(cookies.SIGN_IN, secure=self.secure)
+        )
         return response
 
     async def sign_out(self, ctx: Ctx) -> Response:

@@ -29,12 +29,12 @@ from selenium.webdriver.support.wait import WebDriverWait
 
 from gateway.app import create_app
 from gateway.dev.embedded_redis import RedisProcess
-from gateway.settings import ConsoleSettings
 from gateway.sim.app import create_sim_app
 from gateway.sim.config import SimConfig
 from gateway.web.asgi import Receive, Scope, Send
 from tests.conftest import Stack, gateway_config
-from tests.servers import run_server, wait_for
+from tests.oidc_provider import TestIdp, serve
+from tests.servers import free_port, run_server, wait_for
 
 CHROMIUM = Path(os.environ.get("GATEWAY_TEST_CHROMIUM", "/usr/bin/chromium"))
 CHROMEDRIVER = Path(os.environ.get("GATEWAY_TEST_CHROMEDRIVER", "/usr/bin/chromedriver"))
@@ -94,6 +94,7 @@ class ConsoleStack:
     stack: Stack
     upstream: PlayableUpstream
     shots: Path  # screenshots go here
+    idp: TestIdp  # the OpenID Connect provider the console may sign in through
 
     @property
     def url(self) -> str:
@@ -111,8 +112,15 @@ def console_stack(
     sim = create_sim_app(SimConfig(keys=tuple(keys.values()), job_seconds=0.2))
     upstream = PlayableUpstream(sim)
     jwt_secret = secrets.token_urlsafe(48)
+    # Sign-in through an IdP too: it is "localhost", the gateway "127.0.0.1", two sites to the
+    # browser, as a company IdP and the gateway would be.
+    idp = TestIdp(client_id="gateway-console", client_secret=secrets.token_urlsafe(32))
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    idp.redirect_uri = base + "/console/oidc/callback"
     with contextlib.ExitStack() as stack:
         sim_url = stack.enter_context(run_server(upstream, server_header=False))
+        stack.enter_context(serve(idp))
         settings = gateway_config(
             sim_url,
             redis_server.url,
@@ -121,16 +129,24 @@ def console_stack(
             teams={"default": {}, "team-a": {}, "team-b": {}},
             pricing={"models": PRICES},
             videos={"models": {"sora-2": {"seconds": [4], "sizes": ["1280x720"]}}},
-        )
-        settings = dataclasses.replace(
-            settings,
-            console=ConsoleSettings(session_secret=secrets.token_urlsafe(32), session_hours=1),
+            server={"public_base_url": base},
+            auth={"algorithms": ["HS256", "RS256"], "jwks_url": idp.issuer + "/jwks"},
+            console={
+                "session_secret": secrets.token_urlsafe(32),
+                "session_hours": 1,
+                "oidc": {
+                    "issuer": idp.issuer,
+                    "client_id": idp.client_id,
+                    "client_secret": idp.client_secret,
+                    "display_name": "Test IdP",
+                },
+            },
         )
         app = create_app(settings)
-        url = stack.enter_context(run_server(app, server_header=False))
+        url = stack.enter_context(run_server(app, server_header=False, port=port))
         shots = tmp_path_factory.mktemp("console-screenshots")
         yield ConsoleStack(
-            Stack(url, sim_url, sim, app, settings, jwt_secret, keys), upstream, shots
+            Stack(url, sim_url, sim, app, settings, jwt_secret, keys), upstream, shots, idp
         )
         print(f"\nconsole screenshots: {shots}")  # shown with -s
 

@@ -1,7 +1,8 @@
-"""The console as people use it, in headless Chromium: sign in with a token; change a team's
-limit in a form and see the next SDK call meet it; make an API key in the page, use it, revoke
-it there; watch a finished video through the gateway; and a team member kept to their own
-team (404) and to forms of their own session (403). Each main page is screenshotted."""
+"""The console as people use it, in headless Chromium: sign in with a token, or with one click
+through the company IdP (OpenID Connect); change a team's limit in a form and see the next SDK
+call meet it; make an API key in the page, use it, revoke it there; watch a finished video
+through the gateway; and a team member kept to their own team (404) and to forms of their own
+session (403). Each main page is screenshotted."""
 
 from __future__ import annotations
 
@@ -104,6 +105,39 @@ def test_sign_in_with_a_token_then_every_main_page(console: Console) -> None:
     r = httpx2.get(cs.url + "/console", cookies={"gw_console": old})
     assert r.status_code == 303
     assert r.headers["location"] == "/console/sign-in"
+
+
+def test_sign_in_through_the_idp_with_one_click(console: Console) -> None:
+    cs = console.cs
+    cs.idp.reset(sub="olga", team="team-b", roles=[])
+    cs.idp.login_page = True
+    try:
+        console.driver.delete_all_cookies()
+        console.open("/console/sign-in")
+        button = console.driver.find_element(By.ID, "oidc-sign-in")
+        assert button.text == "Sign in with Test IdP"
+        console.shot("sign-in-oidc")
+        button.click()
+        # At the IdP, another site: the way back starts there, so the browser sends only
+        # Lax cookies with it (the binding), and a Strict session cookie set on that answer
+        # comes along only from the console's own "signed in" page onwards.
+        wait_for(lambda: console.driver.current_url.startswith(cs.idp.issuer), timeout=10)
+        console.driver.find_element(By.ID, "continue").click()
+        wait_for(lambda: console.driver.current_url.endswith("/console"), timeout=10)
+        assert console.h1() == "Overview"
+        assert "olga · team-b" in console.text()
+        assert "team member" in console.driver.page_source  # not an admin
+        # The browser keeps the session alone: the sign-in form's nonce and the binding to
+        # the IdP's answer are gone (every path and site, not only this page's).
+        every = console.driver.execute_cdp_cmd("Network.getAllCookies", {})["cookies"]
+        assert {c["name"] for c in every} == {"gw_console"}
+        console.open("/console/teams/team-b")
+        assert console.h1() == "Team team-b"
+        console.open("/console/teams/team-a")
+        assert console.h1().endswith("Not found")  # a member of team-b only
+        assert len(cs.idp.token_requests) == 1
+    finally:
+        cs.idp.reset()
 
 
 def test_pages_carry_the_security_headers(console_stack: ConsoleStack) -> None:
