@@ -21,8 +21,8 @@ from starlette.applications import Starlette
 from gateway.auth.tokens import mint_token
 from gateway.sim.app import create_sim_app
 from gateway.sim.config import SimConfig
-from tests.integration.test_cli import Served, clean_env, gateway_cmd
-from tests.servers import free_port, run_server, wait_for
+from tests.integration.test_cli import clean_env, start_replicas
+from tests.servers import run_server, wait_for
 
 KEY_RPM = 7
 CALLS = 40
@@ -62,16 +62,8 @@ def replicas(tmp_path: Path, redis_url: str) -> Iterator[Replicas]:
             UPSTREAM_KEY=key,
             GATEWAY_API_KEY_PEPPER=secrets.token_urlsafe(32),
         )
-        ports = [free_port() for _ in range(2)]
-        served = [
-            Served(gateway_cmd("serve", "--config", str(cfg), "--port", str(p)), tmp_path, env)
-            for p in ports
-        ]
-        for s in served:
-            stack.callback(s.stop)
-        for s in served:
-            s.wait_for(r"Application startup complete")
-        yield {"urls": [f"http://127.0.0.1:{p}" for p in ports], "jwt": jwt, "sim": sim_app}
+        urls = start_replicas(stack, cfg, tmp_path, env, 2)
+        yield {"urls": urls, "jwt": jwt, "sim": sim_app}
 
 
 def admin(r: Replicas) -> dict[str, str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
@@ -80,6 +81,23 @@ class Served:
         return self.proc.returncode
 
 
+def start_replicas(
+    stack: contextlib.ExitStack, config: Path, cwd: Path, env: dict[str, str], n: int
+) -> list[str]:
+    """``n`` `gateway serve` processes on one config, each stopped when ``stack`` closes;
+    their base URLs once every one has started."""
+    ports = [free_port() for _ in range(n)]
+    served = [
+        Served(gateway_cmd("serve", "--config", str(config), "--port", str(p)), cwd, env)
+        for p in ports
+    ]
+    for s in served:
+        stack.callback(s.stop)
+    for s in served:
+        s.wait_for(r"Application startup complete")
+    return [f"http://127.0.0.1:{p}" for p in ports]
+
+
 def _dev_serve(cwd: Path, port: int) -> Served:
     return Served(
         gateway_cmd(
@@ -104,6 +122,22 @@ def _zombie(pid: int) -> bool:
 def _child_pids(pid: int) -> list[int]:
     out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True)
     return [int(x) for x in out.stdout.split()]
+
+
+def _admin_with(exports: list[str], command: str) -> subprocess.CompletedProcess[str]:
+    """``gateway admin COMMAND`` in a shell that ran only the banner's export lines."""
+    return subprocess.run(
+        [
+            "sh",
+            "-c",
+            "\n".join([*exports, f'exec "$0" -m gateway admin {command}']),
+            sys.executable,
+        ],
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_dev_mode_serves_the_printed_example_and_keeps_state(tmp_path: Path) -> None:
@@ -131,33 +165,11 @@ def test_dev_mode_serves_the_printed_example_and_keeps_state(tmp_path: Path) -> 
             "export GATEWAY_ADMIN_TOKEN",
         ]
         assert f"export GATEWAY_URL=http://127.0.0.1:{port}" in exports
-        admin = subprocess.run(
-            [
-                "sh",
-                "-c",
-                "\n".join([*exports, 'exec "$0" -m gateway admin show dev']),
-                sys.executable,
-            ],
-            env=clean_env(),
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        admin = _admin_with(exports, "show dev")
         assert admin.returncode == 0, admin.stderr
         assert admin.stdout.startswith("team dev (")
         # ... and to give a service a gateway API key (the pepper was generated too)
-        made = subprocess.run(
-            [
-                "sh",
-                "-c",
-                "\n".join([*exports, 'exec "$0" -m gateway admin api-keys create svc --team dev']),
-                sys.executable,
-            ],
-            env=clean_env(),
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        made = _admin_with(exports, "api-keys create svc --team dev")
         assert made.returncode == 0, made.stderr
         found = re.search(r"^key\s+(gwk_\S+)$", made.stdout, re.MULTILINE)
         assert found is not None

@@ -26,8 +26,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway.auth.tokens import mint_token
 from gateway.sim.app import create_sim_app
 from gateway.sim.config import SimConfig
-from tests.integration.test_cli import Served, clean_env, gateway_cmd
-from tests.servers import free_port, run_server, wait_for_async
+from tests.integration.test_cli import clean_env, start_replicas
+from tests.servers import run_server, wait_for_async
 
 REPLICAS = 4
 CALLS = 200
@@ -140,17 +140,9 @@ def replicas(tmp_path: Path, redis_url: str) -> Iterator[Replicas]:
         cfg = tmp_path / "gateway.yaml"
         cfg.write_text(CONFIG.format(sim=sim, redis=redis_url, probe=PROBE_LIMIT, limit=limit))
         env = clean_env(GATEWAY_JWT_SECRET=jwt, UPSTREAM_KEY=key)
-        ports = [free_port() for _ in range(REPLICAS)]
-        served = [
-            Served(gateway_cmd("serve", "--config", str(cfg), "--port", str(p)), tmp_path, env)
-            for p in ports
-        ]
-        for s in served:
-            stack.callback(s.stop)
-        for s in served:
-            s.wait_for(r"Application startup complete")
+        urls = start_replicas(stack, cfg, tmp_path, env, REPLICAS)
         yield {
-            "urls": [f"http://127.0.0.1:{p}" for p in ports],
+            "urls": urls,
             "jwt": jwt,
             "sim": sim_app,
             "hold": hold,

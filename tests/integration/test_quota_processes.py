@@ -19,8 +19,8 @@ from gateway.auth.tokens import mint_token
 from gateway.dev.embedded_redis import RedisProcess
 from gateway.sim.app import create_sim_app
 from gateway.sim.config import SimConfig
-from tests.integration.test_cli import Served, clean_env, gateway_cmd
-from tests.servers import free_port, run_server
+from tests.integration.test_cli import clean_env, start_replicas
+from tests.servers import run_server
 
 REPLICAS = 4
 CONFIG = """\
@@ -53,16 +53,8 @@ def replicas(
         cfg = tmp / "gateway.yaml"
         cfg.write_text(CONFIG.format(sim=sim, redis=redis_server.url))
         env = clean_env(GATEWAY_JWT_SECRET=jwt, UPSTREAM_KEY=key)
-        ports = [free_port() for _ in range(REPLICAS)]
-        served = [
-            Served(gateway_cmd("serve", "--config", str(cfg), "--port", str(p)), tmp, env)
-            for p in ports
-        ]
-        for s in served:
-            stack.callback(s.stop)
-        for s in served:
-            s.wait_for(r"Application startup complete")
-        yield {"urls": [f"http://127.0.0.1:{p}" for p in ports], "jwt": jwt, "sim": sim_app}
+        urls = start_replicas(stack, cfg, tmp, env, REPLICAS)
+        yield {"urls": urls, "jwt": jwt, "sim": sim_app}
 
 
 async def burst(
