@@ -198,6 +198,11 @@ class Console:
         self.driver.find_element(By.NAME, "token").send_keys(token)
         self.driver.find_element(By.CSS_SELECTOR, "form button[type=submit]").click()
         wait_for(lambda: self.driver.current_url.endswith("/console"), timeout=5)
+        # The URL changes when the navigation commits, before the page is there: wait for the
+        # console's own navigation bar, which only a signed-in page has.
+        WebDriverWait(self.driver, 10).until(
+            expected_conditions.presence_of_element_located((By.TAG_NAME, "nav"))
+        )
 
     def text(self) -> str:
         return str(self.driver.find_element(By.TAG_NAME, "body").text)
