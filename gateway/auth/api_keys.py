@@ -75,6 +75,11 @@ class KeyScope:
                 return v
         return -1
 
+    def limits_any(self, kinds: tuple[str, ...]) -> bool:
+        """Whether the key sets a limit of any of ``kinds``: a key without one keeps no
+        counters of its own for them (it costs what a JWT costs)."""
+        return any(k in kinds for k, _ in self.limits)
+
 
 @dataclass(frozen=True, slots=True)
 class KeyRecord:

@@ -29,7 +29,7 @@ from gateway.errors import (
 from gateway.metering import kinds, ledger
 from gateway.metering.estimate import Estimate, estimate, model_of
 from gateway.metering.prices import ModelPrice, PriceTable, Usage, allowed
-from gateway.metering.store import MeterStore, Verdict
+from gateway.metering.store import KEY_KINDS, MeterStore, Verdict
 from gateway.quota import model
 from gateway.quota.policy import QuotaPolicy, iso, wait_headers
 from gateway.quota.rate import RateLimiter
@@ -209,6 +209,8 @@ class Meter:
         w = self.policy.windows(now)
         call_id = f"{self._prefix}{next(self._ids)}"
         rate = self.rate.prepare(team, key) if self.rate is not None else None
+        # A key without token or spend limits of its own keeps no counters for them.
+        counted = key if key is not None and key.limits_any(KEY_KINDS) else None
         try:
             verdict = await self.store.reserve(
                 TeamKeys(team),
@@ -222,7 +224,7 @@ class Meter:
                 ttls=(model.DAY_TTL_S, model.MONTH_TTL_S, CALL_TTL_S),
                 tag=tag,
                 max_tags=self.pricing.max_tags_per_day,
-                key=key,
+                key=counted,
                 rate=rate,
             )
         except StoreUnavailable:
@@ -257,7 +259,7 @@ class Meter:
             reserved_units=units,
             headers=headers,
             offline=offline,
-            key_id=None if key is None else key.id,
+            key_id=None if counted is None else counted.id,
         )
 
     async def settle(self, adm: Admission, usage: Usage | None, *, failed: bool = False) -> int:

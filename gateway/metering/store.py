@@ -60,7 +60,10 @@ class MeterStore:
         def load(name: str) -> Callable[..., Awaitable[Any]]:
             source = script("gateway.quota", name)
             # redis-py's cluster pipelines refuse EVALSHA: there, each call is its own.
-            return redis.register_script(source) if cluster else ScriptBatcher(redis, source)
+            if cluster:
+                return redis.register_script(source)
+            # Each call's keys name its own reservation: no command head ever repeats.
+            return ScriptBatcher(redis, source, cache_heads=False)
 
         self._reserve = load("meter_reserve")
         self._settle = load("meter_settle")
@@ -103,7 +106,8 @@ class MeterStore:
             reset_mark(k.tokens_minute),
         )
         args: list[str | int] = [now_s, tokens, spend, *defaults, day, month, *ttls, tag]
-        args += [max_tags, TOKEN_WINDOW_S, ("r" if rate else "") + ("k" if key else "")]
+        flags = ("r" if rate else "") + ("q" if rate and rate.key else "") + ("k" if key else "")
+        args += [max_tags, TOKEN_WINDOW_S, flags]
         if rate is not None:
             keys += rate.keys
             args += rate.args

@@ -35,6 +35,9 @@ class RateCall:
     args: tuple[str | int, ...]
 
 
+_RATE_KINDS = ("requests_per_minute",)
+
+
 class RateLimiter:
     def __init__(self, store: QuotaStore, policy: QuotaPolicy, *, on_decision: Decision) -> None:
         self.store = store
@@ -46,7 +49,10 @@ class RateLimiter:
 
     def prepare(self, team: str, key: KeyScope | None = None) -> RateCall:
         """One request's rate decision, ready for the rate script or for a metered call's
-        reservation (which folds it in: one round trip fewer)."""
+        reservation (which folds it in: one round trip fewer). A gateway key takes part only
+        when it has a request limit of its own."""
+        if key is not None and not key.limits_any(_RATE_KINDS):
+            key = None
         now = self.policy.clock()
         w = self.policy.windows(now)
         args: list[str | int] = [
@@ -87,7 +93,7 @@ class RateLimiter:
         team, key, w = call.team, call.key, call.windows
         allowed, rpm, used, retry_ms, reset_ms, d_lim, d_used, m_lim, m_used = r[:9]
         who = f"Team '{team}'"
-        if key is not None and r[10] >= 0 and (r[9] or rpm < 0 or r[10] - r[11] < rpm - used):
+        if key is not None and len(r) > 9 and (r[9] or rpm < 0 or r[10] - r[11] < rpm - used):
             # The key's room is what binds this caller: show (or refuse with) the key's.
             who = f"API key '{key.name}'"
             rpm, used, retry_ms, reset_ms = r[10], r[11], r[12], r[13]

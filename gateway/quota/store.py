@@ -110,7 +110,7 @@ class QuotaStore:
         # defaults: concurrent, video day, video month, spend month, spend day
         args: list[str | int] = [now_ms, job_id, video_units, spend_units, lease_ms]
         args += [*defaults[:4], day, month, *ttls, defaults[4], ledger_prefix, raw_seconds_units]
-        if key is not None:
+        if key is not None and key.limits_any(_KEY_VIDEO_KINDS):
             keys += _key_counters(k, key.id, day, month)
             args += [key.id, *(key.limit(kind) for kind in _KEY_VIDEO_KINDS)]
         reply = cast(list[Any], await self._reserve(keys=keys, args=args))

@@ -24,8 +24,11 @@ Call = tuple[Sequence[str], Sequence[str | int], asyncio.Future[Any]]
 
 
 class ScriptBatcher:
-    def __init__(self, redis: Redis, source: str) -> None:
+    def __init__(self, redis: Redis, source: str, *, cache_heads: bool = True) -> None:
         self.redis = redis
+        # Off for scripts whose keys name the call itself (a reservation): their heads never
+        # repeat, and caching them would only churn the cache.
+        self.cache_heads = cache_heads
         self.wire = wire_for(redis)
         self.breaker: Breaker | None = getattr(redis, "breaker", None)
         self.source = source
@@ -127,6 +130,8 @@ class ScriptBatcher:
     def _encode(self, keys: Sequence[str], args: Sequence[str | int]) -> bytes:
         # The command's head (EVALSHA, the sha, the keys) is the same for every call of one
         # team on one day: encoded once, it saves most of the encoding of a rate check.
+        if not self.cache_heads:
+            return encode(("EVALSHA", self.sha, len(keys), *keys, *args))
         head_key = (tuple(keys), len(args))
         head = self._heads.get(head_key)
         if head is None:

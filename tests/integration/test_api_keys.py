@@ -491,3 +491,17 @@ def test_the_video_flow_through_the_sdk_with_a_key(redis_url: str, team: str) ->
         assert [v["id"] for v in listed] == [done.id]
         jobs = httpx2.get(f"{s.url}/admin/v1/teams/{team}/jobs", headers=admin_headers(s))
         assert jobs.json()["data"][0]["user"] == "key:pipeline"
+
+
+def test_a_key_keeps_counters_only_for_the_limits_it_has(stack: Stack, team: str) -> None:
+    plain = create_key(stack, team, name="plain")
+    rated = create_key(stack, team, name="rated", limits={"requests_per_minute": 100})
+    for made in (plain, rated):
+        assert chat(stack, made["key"]).status_code == 200
+    r = redis_sync.Redis.from_url(stack.settings.redis.url, decode_responses=True)
+    try:
+        own = sorted(r.scan_iter(match=f"gw:{{team:{team}}}:key:*"))
+    finally:
+        r.close()
+    # A key without limits costs what a JWT costs; one with a request limit keeps its log only.
+    assert own == [f"gw:{{team:{team}}}:key:{rated['id']}:rate"]

@@ -1,14 +1,16 @@
 -- KEYS: limits, tokens per second (hash), tokens day, spend day, spend month, the call's
 --       reservation, the day's tags, and the reset generations of tokens day, spend day,
 --       spend month and the tokens hash; then, with flag 'r' (the call's rate check folded
---       in), the rate log and the video-seconds day and month buckets (and with 'k' too, the
---       key's rate log); then, with flag 'k' (a call made with a gateway API key), that key's
---       tokens per second (hash), spend day and spend month
+--       in), the rate log and the video-seconds day and month buckets (and with 'q', the
+--       key's rate log); then, with flag 'k' (a call made with a gateway API key that has
+--       token or spend limits of its own), that key's
+--       tokens per second (hash), spend day and spend month (the rate group holds the key's
+--       rate log only with flag 'q': a key without a request limit keeps no log)
 -- ARGV: now (epoch s), tokens, spend units, default tokens/minute, default tokens/day,
 --       default spend/day, default spend/month, day id, month id, day ttl s, month ttl s,
---       reservation ttl s, tag ('' for none), max tags per day, window s, flags ('', 'r',
---       'k', 'rk'); with 'r': now_ms, default rpm, default video day, default video month,
---       unique member, rate window ms (and with 'k', the key's rpm); with 'k': the key's
+--       reservation ttl s, tag ('' for none), max tags per day, window s, flags (any of 'r',
+--       'q', 'k'); with 'r': now_ms, default rpm, default video day, default video month,
+--       unique member, rate window ms (and with 'q', the key's rpm); with 'k': the key's
 --       tokens/minute, spend/day and spend/month limits (-1 unlimited)
 -- -> "1,<tpm limit>,<tpm used after>,<oldest second counted, -1 none>" (with a key, then
 --    ",<key tpm limit>,<key tpm used after>,<key oldest second>") |
@@ -22,20 +24,20 @@
 local now, tokens, spend = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local window = tonumber(ARGV[15])
 local flags = ARGV[16] or ''
-local keyed = string.find(flags, 'k', 1, true) ~= nil
-local rated = string.find(flags, 'r', 1, true) ~= nil
+local function flag(f) return string.find(flags, f, 1, true) ~= nil end
+local keyed, rated, key_rated = flag('k'), flag('r'), flag('q')
 local ki, ai = 12, 17  -- the next optional KEYS and ARGV
 local rate_reply = nil
 if rated then
   local key_log = nil
-  if keyed then key_log = KEYS[ki + 3] end
-  local krpm = keyed and tonumber(ARGV[ai + 6]) or -1
+  if key_rated then key_log = KEYS[ki + 3] end
+  local krpm = key_rated and tonumber(ARGV[ai + 6]) or -1
   local ok
   ok, rate_reply = rate_decide(KEYS[ki], KEYS[ki + 1], KEYS[ki + 2], key_log, tonumber(ARGV[ai]),
                                tonumber(ARGV[ai + 5]), ARGV[ai + 1], ARGV[ai + 2], ARGV[ai + 3],
                                ARGV[ai + 4], '1', krpm)
   if ok == 0 then return 'R|' .. rate_reply end
-  ki, ai = ki + (keyed and 4 or 3), ai + (keyed and 7 or 6)
+  ki, ai = ki + (key_rated and 4 or 3), ai + (key_rated and 7 or 6)
 end
 -- The reply, with the rate decision when it was folded in.
 local function answer(text)
