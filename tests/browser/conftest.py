@@ -22,8 +22,10 @@ import httpx2
 import pytest
 import redis as redis_sync
 from selenium import webdriver
+from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.wait import WebDriverWait
 
@@ -210,16 +212,30 @@ class Console:
     def h1(self) -> str:
         return str(self.driver.find_element(By.TAG_NAME, "h1").text)
 
+    def arrive(self, h1: str) -> None:
+        """Wait until the page whose heading is ``h1`` is there: after a click or a redirect
+        the URL changes before the new document is, and an element found in between can
+        belong to the page being replaced."""
+        WebDriverWait(self.driver, 10, ignored_exceptions=(WebDriverException,)).until(
+            lambda d: d.find_element(By.TAG_NAME, "h1").text == h1
+        )
+
+    def click_when_there(self, element_id: str) -> None:
+        """Click the element with this id once the page that has it is there."""
+        WebDriverWait(self.driver, 10, ignored_exceptions=(WebDriverException,)).until(
+            expected_conditions.element_to_be_clickable((By.ID, element_id))
+        ).click()
+
     def submit(self, css: str) -> None:
         """Click a form's button and wait for the page the POST leads to."""
         page = self.driver.find_element(By.TAG_NAME, "html")
         self.driver.find_element(By.CSS_SELECTOR, css).click()
-        WebDriverWait(self.driver, 10).until(expected_conditions.staleness_of(page))
+        WebDriverWait(self.driver, 10).until(lambda d: _replaced(page))
 
     def follow(self, link_text: str) -> None:
         page = self.driver.find_element(By.TAG_NAME, "html")
         self.driver.find_element(By.LINK_TEXT, link_text).click()
-        WebDriverWait(self.driver, 10).until(expected_conditions.staleness_of(page))
+        WebDriverWait(self.driver, 10).until(lambda d: _replaced(page))
 
     def browser_log(self) -> list[dict[str, Any]]:
         """What the page's console received since the last call (CSP reports included)."""
@@ -237,3 +253,14 @@ class Console:
         assert cookie is not None
         r = httpx2.get(self.cs.url + path, cookies={"gw_console": cookie["value"]})
         return r.status_code
+
+
+def _replaced(element: WebElement) -> bool:
+    """Whether the document ``element`` belongs to has been replaced. Chromium answers a
+    stale reference either as a stale element or, while the new document loads, as "node
+    does not belong to the document": both mean the same here."""
+    try:
+        element.is_enabled()
+    except WebDriverException:  # StaleElementReferenceException is one
+        return True
+    return False

@@ -122,9 +122,9 @@ def test_sign_in_through_the_idp_with_one_click(console: Console) -> None:
         # Lax cookies with it (the binding), and a Strict session cookie set on that answer
         # comes along only from the console's own "signed in" page onwards.
         wait_for(lambda: console.driver.current_url.startswith(cs.idp.issuer), timeout=10)
-        console.driver.find_element(By.ID, "continue").click()
+        console.click_when_there("continue")
         wait_for(lambda: console.driver.current_url.endswith("/console"), timeout=10)
-        assert console.h1() == "Overview"
+        console.arrive("Overview")
         assert "olga · team-b" in console.text()
         assert "team member" in console.driver.page_source  # not an admin
         # The browser keeps the session alone: the sign-in form's nonce and the binding to
