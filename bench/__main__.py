@@ -160,6 +160,21 @@ def commands_per_request(gw: gateway_proc.Gateway, script: Path, url: str) -> fl
     return (redis_calls(url) - calls0) / max(1, counted - counted0)
 
 
+AB_SECONDS = 5
+
+
+def alternate(
+    gw: gateway_proc.Gateway, scripts: dict[str, Path], runs: int
+) -> dict[str, list[float]]:
+    """req/s of each script at 32 connections, the scripts taking turns on one gateway."""
+    out: dict[str, list[float]] = {name: [] for name in scripts}
+    for _ in range(runs):
+        for name, script in scripts.items():
+            wrk.run(gw.url(CHAT_PATH), script, 32, 1, LOAD_CORE)  # warm-up
+            out[name].append(wrk.run(gw.url(CHAT_PATH), script, 32, AB_SECONDS, LOAD_CORE).rps)
+    return out
+
+
 def run_async(coro: Coroutine[Any, Any, streams.StreamStats]) -> streams.StreamStats:
     import uvloop
 
@@ -224,6 +239,7 @@ def run(args: argparse.Namespace, out: list[str]) -> None:
                 # Commands per request, each gateway measured alone (the table's runs interleave).
                 per_request = commands_per_request(gw, authed, redis.url)
                 per_unmetered = commands_per_request(unmetered, authed, redis.url)
+                key_ab = alternate(gw, {"jwt": authed, "key": keyed}, args.rounds + 2)
             out += [
                 "## Small JSON requests",
                 "",
@@ -252,7 +268,17 @@ def run(args: argparse.Namespace, out: list[str]) -> None:
                 "background refreshes included).",
                 "",
             ]
-            goals += report.json_goals(rows, per_request, per_unmetered)
+            jwt_runs, key_runs = key_ab["jwt"], key_ab["key"]
+            out += [
+                f"Key against JWT, alternating on the one gateway ({len(key_runs)} runs of "
+                f"{AB_SECONDS} s each at 32 connections, after the table): JWT "
+                f"{' / '.join(f'{x:,.0f}' for x in jwt_runs)} req/s, key "
+                f"{' / '.join(f'{x:,.0f}' for x in key_runs)} req/s. The table's rows of one "
+                "process run minutes apart and carry the machine's drift; alternating runs "
+                "compare the two credentials under the same conditions.",
+                "",
+            ]
+            goals += report.json_goals(rows, per_request, per_unmetered, key_ab=key_ab)
 
         if args.only in (None, "stream"):
             sse_port = procs.free_port()

@@ -127,6 +127,8 @@ def json_goals(
     rows: Rows,
     redis_calls_per_request: float | None = None,
     redis_calls_unmetered: float | None = None,
+    *,
+    key_ab: dict[str, list[float]] | None = None,
 ) -> list[Goal]:
     # The pass-through's own goals are defined with authentication and metrics on: measured
     # on the gateway without quotas when that row exists (the quota goal covers the rest).
@@ -162,12 +164,15 @@ def json_goals(
                 extra <= 0.1,
             ),
         ]
-    if ("gateway-key", 32) in rows:
-        share = rows[("gateway-key", 32)].rps / rows[("gateway", 32)].rps
+    if key_ab is not None:
+        # Judged on runs that alternate on one process: the table's rows of the same process
+        # run minutes apart, and the machine's drift between them is larger than the goal.
+        share = statistics.median(key_ab["key"]) / statistics.median(key_ab["jwt"])
+        table = rows[("gateway-key", 32)].rps / rows[("gateway", 32)].rps
         quota.append(
             Goal(
-                "32 connections: a gateway API key ≥ 95 % of the JWT row's req/s",
-                f"{share:.0%}",
+                "32 connections: a gateway API key ≥ 95 % of the JWT's req/s (alternating runs)",
+                f"{share:.0%} (table rows: {table:.0%})",
                 share >= 0.95,
             )
         )
