@@ -76,6 +76,7 @@ class TestIdp:
     # -- what happened --
     token_requests: list[dict[str, str]] = field(default_factory=list)
     codes: dict[str, Grant] = field(default_factory=dict)
+    issued: list[str] = field(default_factory=list)  # every ID token answered
 
     def reset(self, **person: Any) -> None:
         self.person = {"sub": "ida", "team": "team-a", "roles": [], "name": "Ida", **person}
@@ -84,6 +85,7 @@ class TestIdp:
         self.extra_claims = {}
         self.drop_claims = set()
         self.token_requests.clear()
+        self.issued.clear()
 
     # -- the endpoints -------------------------------------------------------------------------
 
@@ -144,12 +146,13 @@ class TestIdp:
         digest = hashlib.sha256(verifier.encode()).digest()
         if base64.urlsafe_b64encode(digest).rstrip(b"=").decode() != grant.challenge:
             return JSONResponse({"error": "invalid_grant", "error_description": "PKCE"}, 400)
+        self.issued.append(self.id_token(grant.nonce))
         return JSONResponse(
             {
                 "access_token": secrets.token_urlsafe(24),
                 "token_type": "Bearer",
                 "expires_in": 600,
-                "id_token": self.id_token(grant.nonce),
+                "id_token": self.issued[-1],
             }
         )
 

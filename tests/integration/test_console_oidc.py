@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import html
+import logging
 import re
 import secrets
 import time
@@ -320,3 +321,32 @@ def test_an_unreachable_idp_says_so_on_the_sign_in_page(redis_url: str) -> None:
         assert s.metric("gateway_auth_failures_total", reason="oidc_unavailable") == 1
         # The token form still works beside it.
         assert 'name="token"' in shown
+
+
+def test_the_client_secret_and_the_id_token_appear_in_no_output(
+    oidc: OidcStack, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Pages, headers, the metrics scrape and every log record of a sign-in and a refused one
+    # (the access log's fields are a fixed list: team, user, route, status, reason).
+    caplog.set_level(logging.DEBUG)
+    outputs: list[str] = []
+    oidc.idp.reset(sub="ida", team="team-b", roles=[])
+    with browser() as client:
+        done = sign_in(oidc, client)
+        outputs += [done.text, str(done.headers)]
+        page = client.get(oidc.url + "/console")
+        outputs += [page.text, str(page.headers)]
+    with browser() as client:  # and a refused one: the token carries another nonce
+        refused = sign_in(oidc, client, at_idp=lambda u: with_param(u, "nonce", "n" * 43))
+        outputs += [str(refused.headers), client.get(oidc.url + refused.headers["location"]).text]
+    outputs.append(httpx2.get(oidc.url + "/metrics").text)
+    outputs += [r.getMessage() for r in caplog.records]
+    assert "gateway_auth_failures_total" in outputs[-1 - len(caplog.records)]
+    blob = "\n".join(outputs)
+    secret = oidc.idp.client_secret
+    assert secret is not None
+    assert secret not in blob
+    assert secret[-16:] not in blob
+    assert len(oidc.idp.issued) == 2
+    for token in oidc.idp.issued:
+        assert token.split(".")[2] not in blob  # no ID token's signature, anywhere
