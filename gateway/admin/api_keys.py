@@ -84,7 +84,7 @@ class KeyAdmin:
             digest=self._hash(token),
             created_by=f"{actor.team}/{actor.user}",
         )
-        if len(await self.store.team_keys(team)) >= MAX_KEYS_PER_TEAM:
+        if await self.store.count(team) >= MAX_KEYS_PER_TEAM:
             raise InvalidRequest(
                 f"Team '{team}' has {MAX_KEYS_PER_TEAM} keys, the most a team may have; revoke "
                 "keys it no longer needs.",

@@ -131,7 +131,7 @@ class KeyRecord:
 
     def fields(self) -> dict[str, str]:
         """The Redis hash of this record."""
-        out = {
+        return {
             "team": self.team,
             "name": self.name,
             "roles": " ".join(self.roles),
@@ -146,7 +146,6 @@ class KeyRecord:
             "revoked": "" if self.revoked is None else repr(self.revoked),
             "created_by": self.created_by,
         }
-        return out
 
     @classmethod
     def from_fields(cls, key_id: str, f: Mapping[str, str]) -> KeyRecord:

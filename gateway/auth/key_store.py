@@ -52,6 +52,10 @@ class KeyStore:
             await self.redis.hdel(t.api_key_names, record.name)
             raise
 
+    async def count(self, team: str) -> int:
+        """How many keys the team was ever issued (revoked ones included)."""
+        return int(await self.redis.scard(keys.TeamKeys(team).api_keys))
+
     async def team_keys(self, team: str) -> list[KeyRecord]:
         ids = sorted(_text(i) for i in await self.redis.smembers(keys.TeamKeys(team).api_keys))
         if not ids:
@@ -65,12 +69,10 @@ class KeyStore:
 
     async def revoke(self, record: KeyRecord, now: float) -> None:
         t = keys.TeamKeys(record.team)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hset(
-                keys.api_key(record.id),
-                mapping={"state": REVOKED, "revoked": repr(now), "previous_digest": ""},
-            )
-            await pipe.execute()
+        await self.redis.hset(
+            keys.api_key(record.id),
+            mapping={"state": REVOKED, "revoked": repr(now), "previous_digest": ""},
+        )
         # Free the name only if it still names this key.
         if _text(await self.redis.hget(t.api_key_names, record.name) or b"") == record.id:
             await self.redis.hdel(t.api_key_names, record.name)

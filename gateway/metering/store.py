@@ -126,8 +126,9 @@ class MeterStore:
         if reply[0] == "1":
             v = Verdict(True, "", int(reply[2]), int(reply[1]), -1, int(reply[3]), rate=folded)
             if len(reply) == 7:
-                v = replace(v, key_limit=int(reply[4]), key_used=int(reply[5]))
-                v = replace(v, key_oldest_s=int(reply[6]))
+                v = replace(
+                    v, key_limit=int(reply[4]), key_used=int(reply[5]), key_oldest_s=int(reply[6])
+                )
             return v
         return Verdict(
             False, reply[1], int(reply[2]), int(reply[3]), int(reply[4]), -1, rate=folded
