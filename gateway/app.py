@@ -431,6 +431,7 @@ def create_app(
                         quota=quota,
                         public_paths=PUBLIC_PATHS,
                         deferred=passthrough.meters,
+                        overlapped=passthrough.forwards,
                     )
                 ]
                 if q.enabled

@@ -21,6 +21,7 @@ from gateway.metering.service import Meter
 from gateway.observability.routes import route_label
 from gateway.proxy import body_policy
 from gateway.proxy.metered import open_call
+from gateway.quota.middleware import admitted
 from gateway.upstream import rewrite
 from gateway.upstream.client import (
     IDEMPOTENT,
@@ -76,6 +77,11 @@ class PassThrough:
         rule = self.routes.find(scope["method"], scope["path"])
         return rule is not None and rule.meter != kinds.FREE
 
+    def forwards(self, scope: Scope) -> bool:
+        """Whether this request reaches a route forwarded here, which awaits its rate decision
+        (``admitted``) only before it calls the upstream."""
+        return self.routes.find(scope["method"], scope["path"]) is not None
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         raw_path = scope.get("raw_path") or scope["path"].encode()
         decoded, path = rewrite.upstream_path(raw_path.split(b"?", 1)[0])
@@ -110,6 +116,8 @@ class PassThrough:
             route=route_label(scope["path"]),
             request_id=scope.get("request_id", ""),
         )
+        # The rate decision left before the body was read: it is usually back by now.
+        rate_headers = await admitted(scope)
         try:
             resp = await self.client.send(req)
         except GatewayError as exc:
@@ -132,7 +140,8 @@ class PassThrough:
             if call is not None:
                 await call.answer(resp, watch, send, relay, self.observer(scope))
             else:
-                await relay(resp, watch, send, observer=self.observer(scope))
+                headers_out = rewrite.response_headers(resp.raw_headers)
+                await relay(resp, watch, send, headers_out + rate_headers, self.observer(scope))
         finally:
             resp.close()
             if call is not None and not call.admission.settled:

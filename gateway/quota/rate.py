@@ -6,19 +6,23 @@ Redis unreachable (``StoreUnavailable``): fail open (counted) or closed, by conf
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import functools
 import itertools
 import math
 import os
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from gateway.auth.api_keys import KeyScope
 from gateway.errors import QuotaExceeded, StoreUnavailable
 from gateway.quota import model
 from gateway.quota.model import Windows
 from gateway.quota.policy import Decision, QuotaPolicy, iso, num, wait_headers
-from gateway.quota.store import QuotaStore
+from gateway.quota.store import QuotaStore, rate_reply
 from gateway.store.keys import TeamKeys
 
 
@@ -36,6 +40,12 @@ class RateCall:
 
 
 _RATE_KINDS = ("requests_per_minute",)
+
+
+@functools.lru_cache(maxsize=64)
+def _iso_bytes(epoch: float) -> bytes:
+    # A window's reset changes once a day; formatting it was ~1 % of a request's CPU.
+    return iso(epoch).encode()
 
 
 class RateLimiter:
@@ -71,14 +81,16 @@ class RateLimiter:
     async def check(self, team: str, key: KeyScope | None = None) -> list[tuple[bytes, bytes]]:
         """Count one request against the team (and the gateway key it came with, in the same
         decision); raise QuotaExceeded past a limit. Returns x-ratelimit headers."""
+        return await self.start(team, key).admitted()
+
+    def start(self, team: str, key: KeyScope | None = None) -> RateCheck:
+        """``check``, sent now and judged when awaited (``RateCheck.admitted``)."""
         call = self.prepare(team, key)
         try:
-            reply = await self.store.rate(TeamKeys(team), call.keys, call.args)
-        except StoreUnavailable:
-            if self.failed_open(team):
-                return []
-            raise
-        return self.judge(call, reply)
+            reply = self.store.start_rate(TeamKeys(team), call.keys, call.args)
+        except StoreUnavailable as exc:
+            return RateCheck(self, call, exc)
+        return RateCheck(self, call, reply)
 
     def failed_open(self, team: str) -> bool:
         """Redis could not decide: whether to let the request through (counted) by config."""
@@ -146,6 +158,66 @@ class RateLimiter:
                     b"x-ratelimit-remaining-video-seconds",
                     num(model.shown(kind, max(0, lim - used_))),
                 ),
-                (b"x-ratelimit-reset-video-seconds", iso(reset).encode()),
+                (b"x-ratelimit-reset-video-seconds", _iso_bytes(reset)),
             ]
         return out
+
+
+class RateCheck:
+    """One request's rate decision under way: its script call left when it was started, and
+    it is judged when first awaited. A request that has its own work to do before it needs the
+    answer (reading and checking its body, building the upstream request) does that work
+    during the round trip instead of after it."""
+
+    __slots__ = ("_call", "_error", "_headers", "_limiter", "_reply")
+
+    def __init__(
+        self, limiter: RateLimiter, call: RateCall, reply: asyncio.Future[Any] | StoreUnavailable
+    ) -> None:
+        self._limiter = limiter
+        self._call = call
+        self._reply = reply
+        self._headers: list[tuple[bytes, bytes]] | None = None
+        self._error: Exception | None = None
+
+    async def admitted(self) -> list[tuple[bytes, bytes]]:
+        """The x-ratelimit headers of an allowed request; raises QuotaExceeded for a refused
+        one, or StoreUnavailable when Redis could not decide and the config fails closed.
+        Awaiting it again gives the same outcome."""
+        if self._headers is None and self._error is None:
+            try:
+                reply = self._reply
+                if isinstance(reply, StoreUnavailable):
+                    raise reply
+                self._headers = self._limiter.judge(self._call, rate_reply(await reply))
+            except StoreUnavailable as exc:
+                if self._limiter.failed_open(self._call.team):
+                    self._headers = []
+                else:
+                    self._error = exc
+            except QuotaExceeded as exc:
+                self._error = exc
+        if self._error is not None:
+            raise self._error
+        assert self._headers is not None
+        return self._headers
+
+    def forget(self) -> None:
+        """The request ended without awaiting its decision (its caller left): the decision is
+        still counted in the metrics once Redis answers, and never logged as unretrieved."""
+        if self._headers is not None or self._error is not None:
+            return
+        if isinstance(self._reply, StoreUnavailable):
+            self._limiter.failed_open(self._call.team)
+        else:
+            self._reply.add_done_callback(self._judge_unawaited)
+
+    def _judge_unawaited(self, reply: asyncio.Future[Any]) -> None:
+        if reply.cancelled():
+            return
+        exc = reply.exception()  # retrieved: never logged as unretrieved
+        if isinstance(exc, StoreUnavailable):
+            self._limiter.failed_open(self._call.team)
+        elif exc is None:
+            with contextlib.suppress(QuotaExceeded):
+                self._limiter.judge(self._call, rate_reply(reply.result()))

@@ -4,6 +4,7 @@ replay of the same reservation is harmless, but a rate count is not)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, cast
 
@@ -25,6 +26,11 @@ def _text(v: Any) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
 
 
+def rate_reply(reply: Any) -> list[int]:
+    """The rate script's reply as its numbers."""
+    return [int(x) for x in _text(reply).split(",")]
+
+
 # A gateway key's video limits, in the order the reserve script takes them.
 _KEY_VIDEO_KINDS = ("concurrent_jobs", "spend_per_day", "spend_per_month")
 
@@ -39,8 +45,11 @@ class QuotaStore:
         self.redis = redis
         client: object = redis
         # redis-py's cluster pipelines refuse EVALSHA: on a cluster, each check is its own call.
-        self._rate: Callable[..., Awaitable[Any]] = (
-            redis.register_script(script("gateway.quota", "rate"))
+        self._rate: Callable[..., Awaitable[Any]] = redis.register_script(
+            script("gateway.quota", "rate")
+        )
+        self._rate_batcher = (
+            None
             if isinstance(client, RedisCluster)
             else ScriptBatcher(redis, script("gateway.quota", "rate"))
         )
@@ -52,9 +61,8 @@ class QuotaStore:
 
     async def aclose(self) -> None:
         """Close this store's dedicated rate-check connection (the client has its owner)."""
-        wire = getattr(self._rate, "wire", None)
-        if wire is not None:
-            await wire.aclose()
+        if self._rate_batcher is not None and self._rate_batcher.wire is not None:
+            await self._rate_batcher.wire.aclose()
 
     def rate_keys(self, k: TeamKeys, day: str, month: str, key_id: str | None) -> tuple[str, ...]:
         """The rate decision's keys after the limits hash: rate log, video-seconds day and
@@ -72,9 +80,19 @@ class QuotaStore:
     ) -> list[int]:
         """The rate script's reply for ``rate_keys`` and the arguments now_ms, default rpm,
         default video day, default video month, member, window_ms (and a key's rpm)."""
+        return rate_reply(await self.start_rate(k, keys, args, count=count))
+
+    def start_rate(
+        self, k: TeamKeys, keys: Sequence[str], args: Sequence[str | int], *, count: bool = True
+    ) -> asyncio.Future[Any]:
+        """The rate script's call (as ``rate``), sent before this returns when the rate
+        connection is idle and else with this loop turn's other checks; its future holds the
+        raw reply for ``rate_reply``. Raises StoreUnavailable at once while Redis is known down."""
+        full_keys = (k.limits, *keys)
         argv = [*args[:6], "1" if count else "0", *args[6:]]
-        reply = await self._rate(keys=(k.limits, *keys), args=argv)
-        return [int(x) for x in _text(reply).split(",")]
+        if self._rate_batcher is not None:
+            return self._rate_batcher.submit(full_keys, argv)
+        return asyncio.ensure_future(self._rate(keys=full_keys, args=argv))
 
     async def reserve(
         self,

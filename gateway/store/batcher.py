@@ -38,6 +38,12 @@ class ScriptBatcher:
         self._heads: dict[tuple[tuple[str, ...], int], bytes] = {}
 
     async def __call__(self, keys: Sequence[str], args: Sequence[str | int]) -> Any:
+        return await self.submit(keys, args)
+
+    def submit(self, keys: Sequence[str], args: Sequence[str | int]) -> asyncio.Future[Any]:
+        """Queue one call and return its reply's future without waiting: a caller with work
+        of its own to do meanwhile awaits it later, and the round trip overlaps that work.
+        Raises StoreUnavailable at once while the breaker is open."""
         if self.breaker is not None:
             self.breaker.check()
         loop = asyncio.get_running_loop()
@@ -51,7 +57,7 @@ class ScriptBatcher:
                 self._flush()
             else:
                 loop.call_soon(self._flush)
-        return await fut
+        return fut
 
     async def _send(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         """Without a wire (TLS): write every command at once on one pooled connection, then

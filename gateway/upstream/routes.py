@@ -63,8 +63,10 @@ def parse_route(spec: str) -> RouteRule:
     for seg in path[1:].split("/"):
         if seg in (".", "..") or ("{" in seg and not (seg.startswith("{") and seg.endswith("}"))):
             raise ValueError(f"{spec!r}: bad segment {seg!r}")
-    if path.startswith("/v1/videos"):
-        raise ValueError(f"{spec!r}: /v1/videos is served by the gateway itself")
+    for own in ("/v1/videos", "/v1/gateway"):
+        # Served by the gateway itself, which never awaits a forwarded route's rate decision.
+        if path == own or path.startswith(own + "/"):
+            raise ValueError(f"{spec!r}: {own} is served by the gateway itself")
     return RouteRule(method, path)
 
 
