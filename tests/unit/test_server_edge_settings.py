@@ -89,3 +89,32 @@ def test_bad_public_base_url_names_the_key(given: str) -> None:
     with pytest.raises(SettingsError) as err:
         server(public_base_url=given)
     assert err.value.key == "server.public_base_url"
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "POST /v1/videos",
+        "GET /v1/videos/{id}",
+        "GET /v1/gateway",
+        "GET /v1/gateway/quota",  # the gateway's own routes are never forwarded
+        "POST /v1/gateway/api-keys",
+        "POST v1/rerank",
+        "FETCH /v1/rerank",
+        "GET /v1/x/../admin",
+        "GET /v1//x",
+        "GET /v1/x{id}",
+    ],
+)
+def test_extra_routes_the_gateway_cannot_forward_name_the_key(spec: str) -> None:
+    with pytest.raises(SettingsError) as err:
+        server(extra_routes=[spec])
+    assert err.value.key == "server.extra_routes"
+
+
+def test_extra_routes_beside_the_gateways_own_are_forwarded() -> None:
+    routes = server(extra_routes=["POST /v1/rerank", "GET /v1/gateways/{id}"]).extra_routes
+    assert [(r.method, r.template) for r in routes] == [
+        ("POST", "/v1/rerank"),
+        ("GET", "/v1/gateways/{id}"),
+    ]
