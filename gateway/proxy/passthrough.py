@@ -36,6 +36,7 @@ from gateway.web.asgi import Receive, Scope, Send, header
 log = logging.getLogger("gateway.proxy")
 
 BUFFER_LIMIT = 1024 * 1024  # bodies up to this size are read whole
+OVERLAP_BODY_LIMIT = 64 * 1024  # bodies read while the rate decision is out (``forwards``)
 _YIELD_EVERY = 16  # chunks between forced yields, so a disconnect is noticed (see relay)
 
 
@@ -79,8 +80,18 @@ class PassThrough:
 
     def forwards(self, scope: Scope) -> bool:
         """Whether this request reaches a route forwarded here, which awaits its rate decision
-        (``admitted``) only before it calls the upstream."""
-        return self.routes.find(scope["method"], scope["path"]) is not None
+        (``admitted``) only before it calls the upstream, reading its body meanwhile. Only
+        for a small body of known length sent without ``Expect: 100-continue``: a caller
+        over its limit is never asked for (or made to send) a large body before its 429."""
+        if self.routes.find(scope["method"], scope["path"]) is None:
+            return False
+        length = None
+        for name, value in scope["headers"]:
+            if name == b"expect" or name == b"transfer-encoding":
+                return False
+            if name == b"content-length":
+                length = value
+        return length is None or (length.isdigit() and int(length) <= OVERLAP_BODY_LIMIT)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         raw_path = scope.get("raw_path") or scope["path"].encode()

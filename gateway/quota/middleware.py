@@ -54,6 +54,8 @@ class RateLimitMiddleware:
             # Inline rather than a helper coroutine: every resumption of the app passes
             # through each coroutine frame above it.
             check = self.quota.rate.start(principal.team, principal.key)
+            if check.decided:  # e.g. Redis known down: answer before the body is read
+                await check.admitted()
             scope[RATE_DECISION] = check
             try:
                 # No wrapped send: the app answers only after ``admitted``, with its headers.

@@ -198,9 +198,16 @@ class RateCheck:
             except QuotaExceeded as exc:
                 self._error = exc
         if self._error is not None:
-            raise self._error
+            # Raised again by a second awaiter: without the first one's frames.
+            raise self._error.with_traceback(None)
         assert self._headers is not None
         return self._headers
+
+    @property
+    def decided(self) -> bool:
+        """Whether the answer is already here (Redis known down, or a reply already read):
+        then there is no round trip left to overlap."""
+        return isinstance(self._reply, StoreUnavailable) or self._reply.done()
 
     def forget(self) -> None:
         """The request ended without awaiting its decision (its caller left): the decision is

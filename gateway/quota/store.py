@@ -58,6 +58,7 @@ class QuotaStore:
         self._renew = redis.register_script(script("gateway.quota", "renew"))
         self._mark = redis.register_script(script("gateway.quota", "mark"))
         self._rate_keys: dict[tuple[str, str, str], tuple[str, ...]] = {}
+        self._rate_tasks: set[asyncio.Future[Any]] = set()
 
     async def aclose(self) -> None:
         """Close this store's dedicated rate-check connection (the client has its owner)."""
@@ -75,24 +76,25 @@ class QuotaStore:
             self._rate_keys[(k.team, day, month)] = keys
         return keys if key_id is None else (*keys, k.key(key_id).rate)
 
-    async def rate(
-        self, k: TeamKeys, keys: Sequence[str], args: Sequence[str | int], *, count: bool = True
-    ) -> list[int]:
+    async def rate(self, k: TeamKeys, keys: Sequence[str], args: Sequence[str | int]) -> list[int]:
         """The rate script's reply for ``rate_keys`` and the arguments now_ms, default rpm,
         default video day, default video month, member, window_ms (and a key's rpm)."""
-        return rate_reply(await self.start_rate(k, keys, args, count=count))
+        return rate_reply(await self.start_rate(k, keys, args))
 
     def start_rate(
-        self, k: TeamKeys, keys: Sequence[str], args: Sequence[str | int], *, count: bool = True
+        self, k: TeamKeys, keys: Sequence[str], args: Sequence[str | int]
     ) -> asyncio.Future[Any]:
         """The rate script's call (as ``rate``), sent before this returns when the rate
         connection is idle and else with this loop turn's other checks; its future holds the
         raw reply for ``rate_reply``. Raises StoreUnavailable at once while Redis is known down."""
         full_keys = (k.limits, *keys)
-        argv = [*args[:6], "1" if count else "0", *args[6:]]
+        argv = [*args[:6], "1", *args[6:]]  # 1: count this request
         if self._rate_batcher is not None:
             return self._rate_batcher.submit(full_keys, argv)
-        return asyncio.ensure_future(self._rate(keys=full_keys, args=argv))
+        task = asyncio.ensure_future(self._rate(keys=full_keys, args=argv))
+        self._rate_tasks.add(task)  # held until done, even by a caller that stopped waiting
+        task.add_done_callback(self._rate_tasks.discard)
+        return task
 
     async def reserve(
         self,

@@ -63,11 +63,20 @@ def parse_route(spec: str) -> RouteRule:
     for seg in path[1:].split("/"):
         if seg in (".", "..") or ("{" in seg and not (seg.startswith("{") and seg.endswith("}"))):
             raise ValueError(f"{spec!r}: bad segment {seg!r}")
-    for own in ("/v1/videos", "/v1/gateway"):
-        # Served by the gateway itself, which never awaits a forwarded route's rate decision.
-        if path == own or path.startswith(own + "/"):
-            raise ValueError(f"{spec!r}: {own} is served by the gateway itself")
+    # /v1/videos and /v1/gateway are served by the gateway itself, whose routes are matched
+    # first: a table route that fits a path there would decide how the request is counted (a
+    # forwarded route's rate decision is awaited by the passthrough alone) without ever
+    # serving it. So neither tree, nor a {name} that could stand for either, may be named.
+    first = path.split("/")[2]
+    if first in _OWN_TREES or first.startswith("{"):
+        raise ValueError(
+            f"{spec!r}: /v1/videos and /v1/gateway are served by the gateway itself; name the "
+            "route's first segment after /v1/ literally"
+        )
     return RouteRule(method, path)
+
+
+_OWN_TREES = ("videos", "gateway")
 
 
 class RouteTable:

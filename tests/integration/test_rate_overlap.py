@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 import httpx2
 import pytest
 
+from gateway.dev.embedded_redis import RedisProcess
 from tests.conftest import Stack, make_stack
 from tests.rawhttp import raw_request
 from tests.servers import wait_for
@@ -41,6 +42,30 @@ def used(stack: Stack, team: str) -> int:
         f"{stack.url}/admin/v1/teams/{team}", headers={"Authorization": f"Bearer {admin}"}
     ).json()
     return int(doc["limits"]["requests_per_minute"]["used"])
+
+
+def head_only(stack: Stack, head: str) -> str:
+    """Send a request's head and no body; the status line of what the gateway answers."""
+    parts = urlsplit(stack.url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=5) as s:
+        s.sendall(head.encode())
+        answer = b""
+        while b"\r\n" not in answer:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+    return answer.split(b"\r\n", 1)[0].decode("latin-1")
+
+
+def chat_head(token: str, length: int, *extra: str) -> str:
+    return (
+        "POST /v1/chat/completions HTTP/1.1\r\n"
+        f"Host: gateway\r\nAuthorization: Bearer {token}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {length}\r\n"
+        + "".join(f"{line}\r\n" for line in extra)
+        + "\r\n"
+    )
 
 
 def post(stack: Stack, team: str, body: bytes) -> httpx2.Response:
@@ -130,3 +155,40 @@ def test_a_caller_gone_before_its_body_is_still_counted(stack: Stack, team: str)
         message="the decision counted",
     )
     assert stack.sim_requests("/v1/chat") == []
+
+
+@pytest.mark.parametrize(
+    ("length", "extra"),
+    [
+        (500_000, ("Expect: 100-continue",)),  # never told to go on
+        (500_000, ()),  # a large body is not read first
+        (200, ("Expect: 100-continue",)),
+    ],
+)
+def test_over_the_rate_the_429_does_not_wait_for_a_large_or_expected_body(
+    stack: Stack, team: str, length: int, extra: tuple[str, ...]
+) -> None:
+    for _ in range(RPM):
+        assert post(stack, team, json.dumps(CHAT).encode()).status_code == 200
+    status = head_only(stack, chat_head(stack.token(team=team), length, *extra))
+    assert status == "HTTP/1.1 429 Too Many Requests"
+    assert len(stack.sim_requests("/v1/chat")) == RPM
+
+
+def test_with_redis_known_down_the_503_does_not_wait_for_the_body(team: str) -> None:
+    redis = RedisProcess().start()
+    try:
+        teams = {"default": {}, team: {"requests_per_minute": RPM}}
+        with make_stack(
+            redis.url, teams=teams, pricing={"enabled": False}, quota={"rate_fail_open": False}
+        ) as s:
+            assert post(s, team, json.dumps(CHAT).encode()).status_code == 200
+            redis.stop()
+            # The first request that finds Redis gone opens the breaker...
+            assert post(s, team, json.dumps(CHAT).encode()).status_code == 503
+            # ...after which a check is decided at once, before any body is read.
+            status = head_only(s, chat_head(s.token(team=team), 200))
+            assert status == "HTTP/1.1 503 Service Unavailable"
+            assert len(s.sim_requests("/v1/chat")) == 1
+    finally:
+        redis.stop()

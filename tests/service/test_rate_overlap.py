@@ -35,6 +35,7 @@ class HeldCheck:
         )
         self.awaited = 0
         self.forgotten = False
+        self.decided = False  # the round trip is still out
 
     async def admitted(self) -> list[tuple[bytes, bytes]]:
         self.awaited += 1
@@ -192,21 +193,30 @@ async def test_a_caller_gone_before_its_body_leaves_the_decision_to_be_counted(
 
 
 @pytest.mark.parametrize(
-    ("method", "path", "overlapped"),
+    ("method", "path", "headers", "overlapped"),
     [
-        ("POST", "/v1/chat/completions", True),
-        ("GET", "/v1/models", True),
-        ("GET", "/v1/models/gpt-4o", True),
-        ("POST", "/v1/files", False),  # refused by the table: checked first, as before
-        ("GET", "/v1/gateway/quota", False),  # the gateway's own routes never overlap
-        ("POST", "/v1/videos", False),
+        ("POST", "/v1/chat/completions", [(b"content-length", b"65536")], True),
+        ("GET", "/v1/models", [], True),
+        ("GET", "/v1/models/gpt-4o", [], True),
+        ("POST", "/v1/files", [], False),  # refused by the table: checked first, as before
+        ("GET", "/v1/gateway/quota", [], False),  # the gateway's own routes never overlap
+        ("POST", "/v1/videos", [], False),
+        # The caller is not asked for, nor made to send, a large body before its decision.
+        ("POST", "/v1/chat/completions", [(b"content-length", b"65537")], False),
+        ("POST", "/v1/chat/completions", [(b"transfer-encoding", b"chunked")], False),
+        ("POST", "/v1/chat/completions", [(b"expect", b"100-continue")], False),
+        ("POST", "/v1/chat/completions", [(b"content-length", b"12x")], False),
     ],
 )
-async def test_only_forwarded_routes_overlap(
-    client: UpstreamClient, method: str, path: str, overlapped: bool
+async def test_only_forwarded_routes_with_small_bodies_overlap(
+    client: UpstreamClient,
+    method: str,
+    path: str,
+    headers: list[tuple[bytes, bytes]],
+    overlapped: bool,
 ) -> None:
     proxy = PassThrough(client, routes=RouteTable(DEFAULT_ROUTES), secrets=client.pool.secrets)
-    assert proxy.forwards({"method": method, "path": path}) is overlapped
+    assert proxy.forwards({"method": method, "path": path, "headers": headers}) is overlapped
 
 
 async def test_the_decision_is_in_the_scope_only_while_overlapped(

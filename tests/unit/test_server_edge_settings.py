@@ -99,6 +99,8 @@ def test_bad_public_base_url_names_the_key(given: str) -> None:
         "GET /v1/gateway",
         "GET /v1/gateway/quota",  # the gateway's own routes are never forwarded
         "POST /v1/gateway/api-keys",
+        "GET /v1/{kind}",  # would stand for /v1/videos and /v1/gateway too
+        "POST /v1/{a}/{b}",
         "POST v1/rerank",
         "FETCH /v1/rerank",
         "GET /v1/x/../admin",
