@@ -164,14 +164,16 @@ AB_SECONDS = 5
 
 
 def alternate(
-    gw: gateway_proc.Gateway, scripts: dict[str, Path], runs: int
-) -> dict[str, list[float]]:
-    """req/s of each script at 32 connections, the scripts taking turns on one gateway."""
-    out: dict[str, list[float]] = {name: [] for name in scripts}
+    targets: dict[str, tuple[str, Path]], connections: int, runs: int
+) -> dict[str, list[wrk.WrkResult]]:
+    """Runs of each (url, script) at ``connections``, the targets taking turns: compared run
+    against run, they share the machine's drift, which the table's medians of two rounds
+    (minutes apart for one pair of rows) do not."""
+    out: dict[str, list[wrk.WrkResult]] = {name: [] for name in targets}
     for _ in range(runs):
-        for name, script in scripts.items():
-            wrk.run(gw.url(CHAT_PATH), script, 32, 1, LOAD_CORE)  # warm-up
-            out[name].append(wrk.run(gw.url(CHAT_PATH), script, 32, AB_SECONDS, LOAD_CORE).rps)
+        for name, (url, script) in targets.items():
+            wrk.run(url, script, connections, 1, LOAD_CORE)  # warm-up
+            out[name].append(wrk.run(url, script, connections, AB_SECONDS, LOAD_CORE))
     return out
 
 
@@ -239,7 +241,18 @@ def run(args: argparse.Namespace, out: list[str]) -> None:
                 # Commands per request, each gateway measured alone (the table's runs interleave).
                 per_request = commands_per_request(gw, authed, redis.url)
                 per_unmetered = commands_per_request(unmetered, authed, redis.url)
-                key_ab = alternate(gw, {"jwt": authed, "key": keyed}, args.rounds + 2)
+                runs = args.rounds + 2
+                key_ab = alternate(
+                    {"jwt": (gw.url(CHAT_PATH), authed), "key": (gw.url(CHAT_PATH), keyed)},
+                    32,
+                    runs,
+                )
+                checks = {
+                    "gateway": (gw.url(CHAT_PATH), authed),
+                    "no-metering": (unmetered.url(CHAT_PATH), authed),
+                    "no-quota": (bare.url(CHAT_PATH), authed),
+                }
+                checks_ab = {c: alternate(checks, c, runs) for c in (1, 32)}
             out += [
                 "## Small JSON requests",
                 "",
@@ -268,7 +281,8 @@ def run(args: argparse.Namespace, out: list[str]) -> None:
                 "background refreshes included).",
                 "",
             ]
-            jwt_runs, key_runs = key_ab["jwt"], key_ab["key"]
+            jwt_runs = [r.rps for r in key_ab["jwt"]]
+            key_runs = [r.rps for r in key_ab["key"]]
             out += [
                 f"Key against JWT, alternating on the one gateway ({len(key_runs)} runs of "
                 f"{AB_SECONDS} s each at 32 connections, after the table): JWT "
@@ -278,7 +292,20 @@ def run(args: argparse.Namespace, out: list[str]) -> None:
                 "compare the two credentials under the same conditions.",
                 "",
             ]
-            goals += report.json_goals(rows, per_request, per_unmetered, key_ab=key_ab)
+            out += [
+                f"Quota and metering, alternating on the three gateways ({runs} runs of "
+                f"{AB_SECONDS} s each per connection count, after the table):",
+                "",
+                *report.alternating_table(checks_ab),
+                "",
+            ]
+            goals += report.json_goals(
+                rows,
+                per_request,
+                per_unmetered,
+                key_ab={name: [r.rps for r in runs_] for name, runs_ in key_ab.items()},
+                checks_ab=checks_ab,
+            )
 
         if args.only in (None, "stream"):
             sse_port = procs.free_port()

@@ -129,6 +129,7 @@ def json_goals(
     redis_calls_unmetered: float | None = None,
     *,
     key_ab: dict[str, list[float]] | None = None,
+    checks_ab: dict[int, dict[str, list[WrkResult]]] | None = None,
 ) -> list[Goal]:
     # The pass-through's own goals are defined with authentication and metrics on: measured
     # on the gateway without quotas when that row exists (the quota goal covers the rest).
@@ -139,28 +140,52 @@ def json_goals(
     quota: list[Goal] = []
     # The quota check alone is measured without metering when that row exists.
     checked = "no-metering" if ("no-metering", 32) in rows else "gateway"
+
+    def rps(name: str, conns: int) -> float:
+        return rows[(name, conns)].rps
+
+    def p50(name: str, conns: int) -> float:
+        return rows[(name, conns)].p50_ms
+
+    def ab_rps(name: str, conns: int) -> float:
+        assert checks_ab is not None
+        return statistics.median(r.rps for r in checks_ab[conns][name])
+
+    def ab_p50(name: str, conns: int) -> float:
+        assert checks_ab is not None
+        return statistics.median(r.p50_ms for r in checks_ab[conns][name])
+
+    # With alternating runs, the goals are judged on them (the table's rows shown beside):
+    # the rows of one pair of targets run minutes apart and carry the machine's drift.
+    alt = checks_ab is not None
+    how = " (alternating runs)" if alt else ""
     if ("no-metering", 32) in rows:
-        share = rows[("gateway", 32)].rps / rows[("no-metering", 32)].rps
+        share = rps("gateway", 32) / rps("no-metering", 32)
+        if checks_ab is not None:
+            table, share = share, ab_rps("gateway", 32) / ab_rps("no-metering", 32)
         quota.append(
             Goal(
-                "32 connections: metering on ≥ 90 % of the req/s with it off",
-                f"{share:.0%}",
+                f"32 connections: metering on ≥ 90 % of the req/s with it off{how}",
+                f"{share:.0%}" + (f" (table rows: {table:.0%})" if alt else ""),
                 share >= 0.90,
             )
         )
     if ("no-quota", 32) in rows:
         # The hardening issue's goals: ratios within one run, as machines differ too much.
-        share = rows[(checked, 32)].rps / rows[("no-quota", 32)].rps
-        extra = rows[(checked, 1)].p50_ms - rows[("no-quota", 1)].p50_ms
+        share = rps(checked, 32) / rps("no-quota", 32)
+        extra = p50(checked, 1) - p50("no-quota", 1)
+        if checks_ab is not None:
+            table, share = share, ab_rps(checked, 32) / ab_rps("no-quota", 32)
+            table_extra, extra = extra, ab_p50(checked, 1) - ab_p50("no-quota", 1)
         quota += [
             Goal(
-                "32 connections: with the quota check ≥ 95 % of req/s without it",
-                f"{share:.0%}",
+                f"32 connections: with the quota check ≥ 95 % of req/s without it{how}",
+                f"{share:.0%}" + (f" (table rows: {table:.0%})" if alt else ""),
                 share >= 0.95,
             ),
             Goal(
-                "1 connection: the quota check adds ≤ 0.1 ms to p50",
-                f"+{extra:.2f} ms",
+                f"1 connection: the quota check adds ≤ 0.1 ms to p50{how}",
+                f"+{extra:.2f} ms" + (f" (table rows: +{table_extra:.2f} ms)" if alt else ""),
                 extra <= 0.1,
             ),
         ]
@@ -257,3 +282,21 @@ def stream_goals(
 
 def goals_table(goals: list[Goal]) -> list[str]:
     return ["| goal | measured | result |", "|---|---|---|", *(g.line() for g in goals)]
+
+
+def alternating_table(runs: dict[int, dict[str, list[WrkResult]]]) -> list[str]:
+    """Each target's runs at each connection count: req/s and p50, run by run, and medians."""
+    out = [
+        "| conns | target | req/s (median) | req/s by run | p50 ms (median) | p50 ms by run |",
+        "|---:|---|---:|---|---:|---|",
+    ]
+    for conns, targets in runs.items():
+        for name, results in targets.items():
+            out.append(
+                f"| {conns} | {name} | {statistics.median(r.rps for r in results):,.0f} | "
+                + " / ".join(f"{r.rps:,.0f}" for r in results)
+                + f" | {statistics.median(r.p50_ms for r in results):.2f} | "
+                + " / ".join(f"{r.p50_ms:.2f}" for r in results)
+                + " |"
+            )
+    return out
