@@ -78,12 +78,7 @@ def post(stack: Stack, team: str, body: bytes) -> httpx2.Response:
 
 def test_the_check_is_decided_before_the_body_arrives(stack: Stack, team: str) -> None:
     body = json.dumps(CHAT).encode()
-    head = (
-        "POST /v1/chat/completions HTTP/1.1\r\n"
-        f"Host: gateway\r\nAuthorization: Bearer {stack.token(team=team)}\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-        "Connection: close\r\n\r\n"
-    )
+    head = chat_head(stack.token(team=team), len(body), "Connection: close")
     parts = urlsplit(stack.url)
     with socket.create_connection((parts.hostname, parts.port), timeout=5) as s:
         s.sendall(head.encode())
@@ -140,11 +135,7 @@ def test_over_the_rate_a_free_route_is_refused_too(stack: Stack, team: str) -> N
 
 
 def test_a_caller_gone_before_its_body_is_still_counted(stack: Stack, team: str) -> None:
-    head = (
-        "POST /v1/chat/completions HTTP/1.1\r\n"
-        f"Host: gateway\r\nAuthorization: Bearer {stack.token(team=team)}\r\n"
-        "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n"
-    )
+    head = chat_head(stack.token(team=team), 100)
     parts = urlsplit(stack.url)
     with socket.create_connection((parts.hostname, parts.port), timeout=5) as s:
         s.sendall(head.encode())
