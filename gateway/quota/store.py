@@ -76,17 +76,14 @@ class QuotaStore:
             self._rate_keys[(k.team, day, month)] = keys
         return keys if key_id is None else (*keys, k.key(key_id).rate)
 
-    async def rate(self, k: TeamKeys, keys: Sequence[str], args: Sequence[str | int]) -> list[int]:
-        """The rate script's reply for ``rate_keys`` and the arguments now_ms, default rpm,
-        default video day, default video month, member, window_ms (and a key's rpm)."""
-        return rate_reply(await self.start_rate(k, keys, args))
-
     def start_rate(
         self, k: TeamKeys, keys: Sequence[str], args: Sequence[str | int]
     ) -> asyncio.Future[Any]:
-        """The rate script's call (as ``rate``), sent before this returns when the rate
-        connection is idle and else with this loop turn's other checks; its future holds the
-        raw reply for ``rate_reply``. Raises StoreUnavailable at once while Redis is known down."""
+        """The rate script's call for ``rate_keys`` and the arguments now_ms, default rpm,
+        default video day, default video month, member, window_ms (and a key's rpm). Sent
+        before this returns when the rate connection is idle, else with this loop turn's other
+        checks; its future holds the raw reply for ``rate_reply``. Raises StoreUnavailable at
+        once while Redis is known down."""
         full_keys = (k.limits, *keys)
         argv = [*args[:6], "1", *args[6:]]  # 1: count this request
         if self._rate_batcher is not None:
