@@ -13,6 +13,14 @@ with ``transcript.text.done``, which does; a streamed image generation or edit s
 Events end at a blank line, whichever of LF and CRLF the lines end with (mixed too); a chunk
 that ends mid-event keeps that tail until the rest arrives (an incomplete event is of no use
 to the caller either).
+
+The event that ends a stream (``[DONE]``, ``response.completed`` and its siblings,
+``transcript.text.done``) and whatever follows it are held until the upstream has ended, and
+``flush`` gives them back: the call settles first, so the caller's next call sees the real use,
+and the ending then leaves in one write with the end of the answer. A client that stops reading
+at ``[DONE]`` (aiohttp, httpx) finds its response complete and keeps its connection: when the
+end of the answer came a Redis round trip after ``[DONE]``, it closed the connection and paid
+for a new one on its next call (~0.7 ms of its next first event, measured).
 """
 
 from __future__ import annotations
@@ -31,6 +39,14 @@ _IMAGE_DONE = (b'"image_generation.completed"', b'"image_edit.completed"')
 _USAGE = re.compile(rb'"usage"\s*:\s*\{')
 _BLANK = re.compile(rb"\n\r?\n")  # the end of a line, then an empty line
 MAX_EVENT = 4 * 1024 * 1024  # an event longer than this is passed on without being read
+# What marks a stream's last event, by kind. Holding too much only delays it: a chat chunk is
+# judged by its data line, and a quoted type cannot occur unescaped inside a JSON string.
+_LAST: dict[str, tuple[bytes, ...]] = {
+    kinds.CHAT: (b"[DONE]",),
+    kinds.COMPLETIONS: (b"[DONE]",),
+    kinds.RESPONSES: _ENDS,
+    kinds.TRANSCRIPTION: (b'"transcript.text.done"',),
+}
 
 
 class UsageTap:
@@ -42,8 +58,46 @@ class UsageTap:
         self.usage: Usage | None = None
         self._images = 0
         self._tail = b""
+        self._marks = _LAST.get(kind, ())
+        self._held: bytes | None = None  # from the stream's last event on, once seen
 
     def feed(self, chunk: bytes) -> bytes:
+        out = self._read(chunk)
+        if not out or not self._marks:
+            return out
+        if self._held is not None:
+            self._held += out
+            if len(self._held) <= MAX_EVENT:
+                return b""
+            # An upstream that goes on after its end: let everything through from here on.
+            out, self._held, self._marks = self._held, None, ()
+            return out
+        cut = self._ending(out)
+        if cut < 0:
+            return out
+        self._held = out[cut:]
+        return out[:cut]
+
+    def _ending(self, out: bytes) -> int:
+        """Where the stream's last event starts in ``out`` (whole events), or -1."""
+        if not any(mark in out for mark in self._marks):
+            return -1
+        start = 0
+        for event in _events(out):
+            if self.kind in (kinds.CHAT, kinds.COMPLETIONS):
+                last = any(
+                    ln[5:].strip() == b"[DONE]"
+                    for ln in event.splitlines()
+                    if ln.startswith(b"data:")
+                )
+            else:
+                last = any(mark in event for mark in self._marks)
+            if last:
+                return start
+            start += len(event)
+        return -1
+
+    def _read(self, chunk: bytes) -> bytes:
         data = self._tail + chunk if self._tail else chunk
         cut = max(data.rfind(b"\n\n"), data.rfind(b"\n\r\n"))
         if cut < 0:
@@ -68,9 +122,10 @@ class UsageTap:
         return self._chat(whole)
 
     def flush(self) -> bytes:
-        """What is left when the stream has ended (an unterminated last event); from here on
-        ``usage`` holds what the whole stream consumed."""
-        rest, self._tail = self._tail, b""
+        """What is left when the stream has ended (its held last events, an unterminated
+        one); from here on ``usage`` holds what the whole stream consumed."""
+        rest, self._tail = (self._held or b"") + self._tail, b""
+        self._held = None
         if self._images:
             self.usage = Usage(images=self._images)
         return rest

@@ -9,7 +9,8 @@ otherwise count), with an output cap added when the caller named none, and for c
 - an upstream error refunds the reservation (new-api bills no failed call);
 - a JSON answer is read whole (up to ``METER_BUFFER``), settled to its ``usage`` before it is
   sent, and carries ``x-gateway-cost``; a larger one is streamed on and charged its estimate;
-- an event stream passes through a ``UsageTap`` and settles before its last (empty) message;
+- an event stream passes through a ``UsageTap``, which holds its last event (``[DONE]``,
+  ``response.completed``, ...) until the call has settled, then sends it with the end;
 - speech (audio or its event stream) is charged by the characters it was asked to read,
   known before it is sent;
 - anything that ends without usage (an abort, a cut, a timeout the upstream may have acted on)
@@ -100,11 +101,10 @@ class MeteredCall:
                 tap = UsageTap(adm.kind, hide_usage=self.hide_usage)
                 headers = [(k, v) for k, v in headers if k != b"content-length"]
 
-                async def before_end() -> None:
+                async def before_end() -> bytes:
                     rest = tap.flush()
                     await self.settle(tap.usage)  # none seen: the estimate
-                    if rest:
-                        await send({"type": "http.response.body", "body": rest, "more_body": True})
+                    return rest
 
                 await relay(
                     resp, receive, send, headers, observer, tap=tap.feed, before_end=before_end

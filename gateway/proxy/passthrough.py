@@ -222,7 +222,7 @@ async def relay(
     observer: StreamObserver | None = None,
     *,
     tap: Callable[[bytes], bytes] | None = None,
-    before_end: Callable[[], Awaitable[None]] | None = None,
+    before_end: Callable[[], Awaitable[bytes]] | None = None,
     chunks: AsyncIterator[bytes] | None = None,
 ) -> None:
     """Send the upstream's answer to the caller, streaming anything large or open-ended.
@@ -230,7 +230,8 @@ async def relay(
     ``receive`` (when the request body is fully read) is watched for a disconnect, on which
     the upstream response is closed at once rather than drained. A stream's chunks pass
     through ``tap`` (which may hold part of one back), ``before_end`` runs once the upstream
-    has ended and before the caller is told so, and ``chunks`` replaces the response's own.
+    has ended and before the caller is told so (what it answers leaves with the end of the
+    answer, in one write), and ``chunks`` replaces the response's own.
     """
     if headers is None:
         headers = rewrite.response_headers(resp.raw_headers)
@@ -285,9 +286,10 @@ async def relay(
             # Returning without the final message makes the server cut the connection.
             return
         if not disconnected.is_set():
-            if before_end is not None:
-                await before_end()
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            last = await before_end() if before_end is not None else b""
+            await send({"type": "http.response.body", "body": last, "more_body": False})
+            if last and observer is not None:
+                observer.chunk(len(last))
             outcome = "complete"
     finally:
         if watcher is not None:

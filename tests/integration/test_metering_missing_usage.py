@@ -14,18 +14,23 @@ Three ways a call ends without usage, each on real sockets:
   ``text`` format from the simulator, which says no duration.
 
 Each must leave the estimate in the quota and the ledger, and count one more
-``gateway_usage_estimated_total{kind}``.
+``gateway_usage_estimated_total{kind}``. And a stream's end reaches the caller only once its
+call has settled: ``[DONE]`` and the end of the answer together, after the upstream ended.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import secrets
+import socket
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from fractions import Fraction
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx2
 import openai
@@ -312,3 +317,66 @@ def test_a_transcription_that_says_no_duration_is_charged_its_estimate(
     assert stored(row["spend"]) == cost
     assert stored(caller.quota()["spend_per_day"]["used"]) == cost
     assert metric(caller.stack, ESTIMATED, kind="transcription") == before + 1
+
+
+class HeldEndUpstream:
+    """Streams a chat answer without usage, then keeps its answer open after ``[DONE]`` until
+    the test releases it (at most ten seconds)."""
+
+    def __init__(self) -> None:
+        self.done_sent = threading.Event()
+        self.release = threading.Event()
+
+    def app(self) -> Starlette:
+        async def chat(request: Request) -> Response:
+            await request.body()
+
+            async def events() -> AsyncIterator[bytes]:
+                choice = {"index": 0, "delta": {"content": "a fox"}, "finish_reason": "stop"}
+                chunk = {"id": "c", "object": "chat.completion.chunk", "choices": [choice]}
+                yield b"data: " + json.dumps(chunk).encode() + b"\n\n"
+                yield b"data: [DONE]\n\n"
+                self.done_sent.set()
+                deadline = time.monotonic() + 10
+                while not self.release.is_set() and time.monotonic() < deadline:
+                    await asyncio.sleep(0.005)
+
+            return StreamingResponse(events(), media_type="text/event-stream")
+
+        return Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])])
+
+
+def test_a_streams_end_reaches_the_caller_settled_and_in_one_piece(
+    caller_of: Callable[..., Caller],
+) -> None:
+    upstream = HeldEndUpstream()
+    with run_server(upstream.app(), server_header=False) as url:
+        caller = caller_of(sim_url=url)
+        v1 = urlsplit(caller.stack.v1)
+        body = json.dumps({"model": CHAT, "messages": MESSAGES, "stream": True}).encode()
+        head = (
+            f"POST {v1.path}/chat/completions HTTP/1.1\r\nHost: {v1.netloc}\r\n"
+            f"Authorization: Bearer {caller.bearer}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        got = b""
+        done_at = 0.0
+        with socket.create_connection((v1.hostname, v1.port), timeout=0.05) as conn:
+            conn.sendall(head + body)
+            deadline = time.monotonic() + 10
+            while b"[DONE]" not in got:
+                assert time.monotonic() < deadline, got
+                if upstream.done_sent.is_set() and not done_at:
+                    done_at = time.monotonic()
+                # The upstream's [DONE] is out: give it 0.3 s to reach the caller, which it
+                # must not before the upstream has ended and the call has settled.
+                if done_at and time.monotonic() - done_at > 0.3:
+                    upstream.release.set()
+                with contextlib.suppress(TimeoutError):
+                    got += conn.recv(65536)
+            released, settled = upstream.release.is_set(), caller.settled()
+    assert released, "[DONE] reached the caller while the upstream's answer was still open"
+    assert settled, "[DONE] reached the caller before its call was settled"
+    # The end of the answer came in the same write: a client that stops at [DONE] finds its
+    # response complete and keeps the connection.
+    assert got.endswith(b"data: [DONE]\n\n\r\n0\r\n\r\n"), got[-80:]

@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.errors import InvalidRequest
-from gateway.metering import answers, kinds, ledger
+from gateway.metering import answers, kinds, ledger, streams
 from gateway.metering.estimate import estimate
 from gateway.metering.forms import form_fields
 from gateway.metering.prices import ModelPrice, PriceTable, Usage, allowed, exact
@@ -380,6 +380,71 @@ def test_tap_reads_and_hides_usage_on_a_chunk_that_has_choices() -> None:
     shown = UsageTap(kinds.CHAT, hide_usage=False)
     assert _feed(shown, data, [7]) == data
     assert shown.usage == Usage(input_tokens=4, output_tokens=1)
+
+
+def _during_and_end(tap: UsageTap, data: bytes, cuts: list[int]) -> tuple[bytes, bytes]:
+    """What the tap passed on while the stream ran, and what it gave back once it ended."""
+    out = []
+    last = 0
+    for cut in [*sorted(set(cuts)), len(data)]:
+        out.append(tap.feed(data[last:cut]))
+        last = cut
+    return b"".join(out), tap.flush()
+
+
+@given(cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=12), hide=st.booleans())
+def test_tap_holds_a_chat_streams_done_until_the_stream_has_ended(
+    cuts: list[int], hide: bool
+) -> None:
+    data = _chat_stream(with_usage_nulls=True)
+    tap = UsageTap(kinds.CHAT, hide_usage=hide)
+    during, end = _during_and_end(tap, data, [c for c in cuts if c < len(data)])
+    assert end == b"data: [DONE]\n\n"
+    # Everything before it went on as it came: both chunks, and the usage chunk when asked.
+    assert b"[DONE]" not in during
+    assert during.count(b"data: ") == (2 if hide else 3)
+    assert tap.usage == Usage(input_tokens=3, output_tokens=2)
+
+
+def test_tap_holds_nothing_for_done_written_inside_content() -> None:
+    chunk = {"choices": [{"index": 0, "delta": {"content": "data: [DONE]\n\ndata:[DONE]"}}]}
+    event = b"data: " + json.dumps(chunk).encode() + b"\n\n"
+    tap = UsageTap(kinds.CHAT, hide_usage=True)
+    assert tap.feed(event) == event
+    assert tap.feed(b"data:[DONE]\r\n\r\n") == b""  # without the space, CRLF: still the end
+    assert tap.flush() == b"data:[DONE]\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    ("kind", "last"),
+    [
+        (kinds.RESPONSES, "response.completed"),
+        (kinds.RESPONSES, "response.incomplete"),
+        (kinds.RESPONSES, "response.failed"),
+        (kinds.TRANSCRIPTION, "transcript.text.done"),
+    ],
+)
+def test_tap_holds_the_last_event_of_other_streams(kind: str, last: str) -> None:
+    def event(name: str) -> bytes:
+        return f"event: {name}\ndata: ".encode() + json.dumps({"type": name}).encode() + b"\n\n"
+
+    first = event("response.created") + event("transcript.text.delta")
+    data = first + event(last) + b"data: [DONE]\n\n"
+    during, end = _during_and_end(UsageTap(kind, hide_usage=True), data, [9, len(first) + 3])
+    assert (during, end) == (first, event(last) + b"data: [DONE]\n\n")
+
+
+def test_tap_lets_go_of_an_end_the_upstream_keeps_writing_after(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(streams, "MAX_EVENT", 64)
+    tap = UsageTap(kinds.CHAT, hide_usage=False)
+    done, after = b"data: [DONE]\n\n", b'data: {"choices":[]}\n\n'
+    assert tap.feed(b'data: {"a":1}\n\n' + done) == b'data: {"a":1}\n\n'
+    assert tap.feed(after) == b""
+    assert tap.feed(after * 2) == done + after * 3  # past the bound: all of it, at once
+    assert tap.feed(after) == after  # and from then on, as it comes
+    assert tap.flush() == b""
 
 
 def _ended(tap: UsageTap) -> Usage | None:
