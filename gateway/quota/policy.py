@@ -26,7 +26,8 @@ def wait_headers(wait_s: float | None) -> dict[str, str]:
     """retry-after with the real wait; past the cap (or never), no retry at all."""
     if wait_s is None or wait_s > RETRY_CAP_S:
         return {"x-should-retry": "false"}
-    ms = max(1, math.ceil(wait_s * 1000))
+    # Rounded first: a wait of 8.146 s is 8146.000000000001 ms in floating point, not 8147.
+    ms = max(1, math.ceil(round(wait_s * 1000, 6)))
     return {"retry-after": str(math.ceil(ms / 1000)), "retry-after-ms": str(ms)}
 
 

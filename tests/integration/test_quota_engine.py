@@ -11,6 +11,8 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from redis.asyncio import Redis
 
 from gateway.errors import QuotaExceeded, ServiceUnavailable, StoreUnavailable
@@ -320,3 +322,79 @@ async def test_a_lost_reply_is_charged_once_in_the_end(redis: Redis) -> None:
     assert (report.orphans_refunded, report.settled) == (1, 1)
     assert await counters(redis, team, "20261201", "202612") == (4000, 4000, 0)
     assert (await svc.store.reservation(TeamKeys(team), lost))["state"] == "refunded"
+
+
+async def test_a_request_after_a_burst_sweeps_a_bounded_part_of_it(redis: Redis) -> None:
+    clock = Clock(at("2026-12-01T10:00:00"))
+    svc, team = service(redis, clock, {"requests_per_minute": 1000})
+    allowed = await asyncio.gather(*(svc.rate.check(team) for _ in range(1000)))
+    assert len(allowed) == 1000
+    log = TeamKeys(team).rate
+    # The same team, now at 5 a minute, a minute later: the burst has left the window.
+    strict = QuotaService(
+        QuotaStore(redis),
+        QuotaSettings(lease_seconds=600),
+        teams=team_table({team: {"requests_per_minute": 5}}),
+        videos=VideoSettings(),
+        clock=clock,
+    )
+    clock.now += 61
+    for i in range(5):
+        headers = dict(await strict.rate.check(team))
+        # Each call removes at most 64 of the old entries (the rest are skipped by rank),
+        # and counts only what is in the window.
+        assert await redis.zcard(log) == 1000 - 64 * (i + 1) + (i + 1)
+        assert headers[b"x-ratelimit-remaining-requests"] == str(4 - i).encode()
+        assert headers[b"x-ratelimit-reset-requests"] == b"1m0s"  # the first in the window
+    clock.now += 15
+    with pytest.raises(QuotaExceeded) as err:
+        await strict.rate.check(team)
+    # The wait is read from the first entry in the window, behind 680 old ones still there.
+    assert (err.value.headers["retry-after"], err.value.headers["retry-after-ms"]) == (
+        "45",
+        "45000",
+    )
+    clock.now += 45
+    await strict.rate.check(team)
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    rpm=st.integers(min_value=1, max_value=150),
+    steps=st.lists(
+        st.tuples(st.integers(min_value=0, max_value=90_000), st.integers(0, 160)), max_size=6
+    ),
+)
+def test_the_rate_log_decides_as_a_sliding_window_would(
+    redis_url: str, rpm: int, steps: list[tuple[int, int]]
+) -> None:
+    """Whatever the old entries still in the log (swept a bounded number per call), every
+    decision, remaining count and wait is the sliding window's."""
+
+    async def run() -> None:
+        r = make_redis(RedisSettings(url=redis_url))
+        try:
+            clock = Clock(at("2026-12-01T10:00:00"))
+            svc, team = service(r, clock, {"requests_per_minute": rpm})
+            accepted: list[int] = []  # the model: when each admitted request came, in ms
+            for advance_ms, calls in steps:
+                clock.ms += advance_ms
+                now_ms = clock.ms
+                for _ in range(calls):
+                    live = sorted(t for t in accepted if t > now_ms - 60_000)
+                    if len(live) < rpm:
+                        headers = dict(await svc.rate.check(team))
+                        accepted.append(now_ms)
+                        left = str(rpm - len(live) - 1).encode()
+                        assert headers[b"x-ratelimit-remaining-requests"] == left
+                    else:
+                        with pytest.raises(QuotaExceeded) as err:
+                            await svc.rate.check(team)
+                        wait = live[len(live) - rpm] + 60_000 - now_ms
+                        assert err.value.headers["retry-after-ms"] == str(max(1, wait))
+        finally:
+            await close_redis(r)
+
+    asyncio.run(run())

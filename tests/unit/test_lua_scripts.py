@@ -24,7 +24,7 @@ def test_each_script_opens_with_its_keys_and_argv(package: str, name: str) -> No
 def test_the_prelude_is_prepended_where_asked() -> None:
     rate = script("gateway.quota", "rate")
     assert "--!prelude" not in rate
-    assert rate.index("local function limit") < rate.index("ZREMRANGEBYSCORE")
+    assert rate.index("local function limit") < rate.index("ZREMRANGEBYRANK")
     assert "local function limit" not in script("gateway.quota", "renew")
 
 

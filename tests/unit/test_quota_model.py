@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import secrets
 from datetime import datetime
 from typing import Any
@@ -11,6 +12,7 @@ import pytest
 
 from gateway.quota import model
 from gateway.quota.model import LimitError, Windows
+from gateway.quota.policy import RETRY_CAP_S, wait_headers
 from gateway.settings import Settings, SettingsError, TeamSettings, settings_from_mapping
 
 UTC = ZoneInfo("UTC")
@@ -157,3 +159,20 @@ def test_price_table_is_validated() -> None:
     with pytest.raises(SettingsError) as err:
         load(videos=videos)
     assert err.value.key == "videos.models.m.size_multipliers.640x480"
+
+
+def test_a_wait_of_whole_milliseconds_is_told_as_those() -> None:
+    # 8146 ms arrives as 8.146 s, which is 8146.000000000001 ms again in floating point:
+    # every whole millisecond up to the cap, checked.
+    wrong = [
+        ms
+        for ms in range(1, int(RETRY_CAP_S * 1000) + 1)
+        if wait_headers(ms / 1000)
+        != {"retry-after": str(math.ceil(ms / 1000)), "retry-after-ms": str(ms)}
+    ]
+    assert wrong == []
+
+
+def test_waits_past_the_cap_or_never_are_not_worth_retrying() -> None:
+    assert wait_headers(None) == wait_headers(RETRY_CAP_S + 0.001) == {"x-should-retry": "false"}
+    assert wait_headers(0.0)["retry-after-ms"] == "1"

@@ -19,20 +19,31 @@ end
 -- seconds), with a key then ",key_refused,key_rpm,key_used,key_retry_ms,key_reset_ms".
 local function rate_decide(team_log, vday, vmonth, key_log, now, window, d_rpm, d_day, d_month,
                            member, count, krpm)
-  local function check(log, rpm)  -- {used, retry_ms (0 fits, -1 never), reset_ms}
-    if rpm < 0 then return {0, 0, 0} end
-    redis.call('ZREMRANGEBYSCORE', log, '-inf', now - window)
-    local used, retry = redis.call('ZCARD', log), 0
+  -- Entries that left the window are swept at most SWEEP per call: after a burst, a lone
+  -- request would otherwise pay for removing the whole burst (measured: 1-2 ms of Redis per
+  -- request for a second of 4,000 req/s). Each call adds at most one, so the rest still go,
+  -- and the key expires a window after its last request. Those still there are skipped by rank.
+  local SWEEP = 64
+  local function check(log, rpm)  -- {used, retry_ms (0 fits, -1 never), reset_ms, stale}
+    if rpm < 0 then return {0, 0, 0, 0} end
+    local stale = redis.call('ZCOUNT', log, '-inf', now - window)
+    if stale > 0 then
+      local swept = math.min(stale, SWEEP)
+      redis.call('ZREMRANGEBYRANK', log, 0, swept - 1)
+      stale = stale - swept
+    end
+    local used, retry = redis.call('ZCARD', log) - stale, 0
     if used >= rpm then
       if rpm == 0 then
         retry = -1
       else
         -- The entry whose expiry brings the count below the limit.
-        local e = redis.call('ZRANGE', log, used - rpm, used - rpm, 'WITHSCORES')
+        local at = stale + used - rpm
+        local e = redis.call('ZRANGE', log, at, at, 'WITHSCORES')
         retry = tonumber(e[2]) + window - now
       end
     end
-    return {used, retry, 0}
+    return {used, retry, 0, stale}
   end
   local function add(log, rpm, c)
     if rpm >= 0 and count == '1' then
@@ -43,14 +54,14 @@ local function rate_decide(team_log, vday, vmonth, key_log, now, window, d_rpm, 
   end
   local function reset(log, rpm, c)
     if rpm < 0 then return end
-    local first = redis.call('ZRANGE', log, 0, 0, 'WITHSCORES')
+    local first = redis.call('ZRANGE', log, c[4], c[4], 'WITHSCORES')
     if first[2] then c[3] = tonumber(first[2]) + window - now end
   end
   local rpm = limit('requests_per_minute', d_rpm)
   local team = check(team_log, rpm)
   local key = nil
   if key_log then
-    if team[2] == 0 then key = check(key_log, krpm) else key = {0, 0, 0} end
+    if team[2] == 0 then key = check(key_log, krpm) else key = {0, 0, 0, 0} end
   end
   local key_refused = (key and key[2] ~= 0) and 1 or 0
   local allowed = (team[2] == 0 and key_refused == 0) and 1 or 0
