@@ -29,12 +29,22 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 Reply = Callable[[Any], None]  # called once with the reply, an error reply, or the failure
 
 
+_TEXT = frozenset((str, int))  # what encode_args may write as text
+
+
 def encode(command: Sequence[Any]) -> bytes:
     return b"*%d\r\n" % len(command) + encode_args(command)
 
 
 def encode_args(args: Sequence[Any]) -> bytes:
     """The bulk strings of ``args``, without the array header."""
+    if _TEXT.issuperset(map(type, args)):
+        # Built as text and encoded once: a third cheaper than bytes formatting per argument
+        # (a metered reservation has ~35). A length counts characters here, which are bytes
+        # only in ASCII: anything else takes the general way.
+        text = "".join([f"${len(s)}\r\n{s}\r\n" for s in map(str, args)])
+        if text.isascii():
+            return text.encode()
     parts = []
     for arg in args:
         data = arg if isinstance(arg, bytes) else str(arg).encode()

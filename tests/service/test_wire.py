@@ -428,3 +428,23 @@ async def test_callers_share_one_connect_attempt() -> None:
             await writer.wait_closed()
     assert all(isinstance(r, RedisConnectionError) for r in results)
     assert time.monotonic() - started < 1.0  # one 0.3 s attempt, not six
+
+
+@given(
+    st.lists(
+        st.one_of(
+            st.text(),
+            st.integers(),
+            st.binary(),
+            st.booleans(),
+        ),
+        max_size=40,
+    )
+)
+def test_commands_are_encoded_as_redis_reads_them(args: list[Any]) -> None:
+    # RESP as redis-py writes it: each argument's bytes (text as UTF-8), after their count.
+    expected = b"*%d\r\n" % len(args) + b"".join(
+        b"$%d\r\n%s\r\n" % (len(d), d)
+        for d in (a if isinstance(a, bytes) else str(a).encode() for a in args)
+    )
+    assert wire_module.encode(args) == expected
