@@ -7,6 +7,8 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from prometheus_client import Counter
+
 from gateway.errors import GatewayError
 from gateway.metering.prices import Usage
 from gateway.metering.service import MeterEvents
@@ -126,6 +128,7 @@ class _MeterMetrics:
         self.metrics = metrics
         self._decision = decision
         self._labels: set[str] = set()
+        self._children: dict[tuple[Counter, str, str, str], Counter] = {}
 
     def decision(self, team: str, kind: str, result: str) -> None:
         self._decision(team, kind, result)
@@ -139,8 +142,6 @@ class _MeterMetrics:
         return "other"
 
     def charged(self, team: str, model: str, kind: str, usage: Usage, spend_units: int) -> None:
-        m = self.metrics
-        t, name = m.team_label(team), self._model(model)
         # input counts every input token, as the ledger does; cached is the part of it cached.
         for kind_of, n in (
             ("input", usage.input_tokens),
@@ -148,9 +149,20 @@ class _MeterMetrics:
             ("output", usage.output_tokens),
         ):
             if n:
-                m.tokens.labels(t, name, kind_of).inc(n)
+                self._child(self.metrics.tokens, team, model, kind_of).inc(n)
         if spend_units:
-            m.spend.labels(t, name, kind).inc(spend_units / SPEND_UNITS)
+            self._child(self.metrics.spend, team, model, kind).inc(spend_units / SPEND_UNITS)
+
+    def _child(self, metric: Counter, team: str, model: str, last: str) -> Counter:
+        # Twice or more per metered call: each labelled child is looked up once, as the
+        # decisions' are (labels() takes a lock and builds its key every time).
+        key = (metric, team, model, last)
+        child = self._children.get(key)
+        if child is None:
+            child = metric.labels(self.metrics.team_label(team), self._model(model), last)
+            if len(self._children) < 10_000:  # team and model names come from callers
+                self._children[key] = child
+        return child
 
     def estimated(self, kind: str) -> None:
         self.metrics.usage_estimated.labels(kind).inc()
