@@ -1,4 +1,4 @@
-"""Read usage out of an event stream as it passes, without holding any event back (pure).
+"""Read usage out of an event stream as it passes, holding back only its end (pure).
 
 Chat and legacy completions streams carry usage in their last chunk, and only when the
 request asked (``stream_options.include_usage``); the gateway always asks. When the caller did
@@ -39,13 +39,14 @@ _IMAGE_DONE = (b'"image_generation.completed"', b'"image_edit.completed"')
 _USAGE = re.compile(rb'"usage"\s*:\s*\{')
 _BLANK = re.compile(rb"\n\r?\n")  # the end of a line, then an empty line
 MAX_EVENT = 4 * 1024 * 1024  # an event longer than this is passed on without being read
-# What marks a stream's last event, by kind. Holding too much only delays it: a chat chunk is
-# judged by its data line, and a quoted type cannot occur unescaped inside a JSON string.
-_LAST: dict[str, tuple[bytes, ...]] = {
-    kinds.CHAT: (b"[DONE]",),
-    kinds.COMPLETIONS: (b"[DONE]",),
-    kinds.RESPONSES: _ENDS,
-    kinds.TRANSCRIPTION: (b'"transcript.text.done"',),
+# The types of a stream's last event, by kind (chat: the ``[DONE]`` data line). An event is
+# judged by its own type, never by a mention: a Responses stream's first events repeat the
+# caller's metadata, which may hold any of these words.
+_LAST: dict[str, frozenset[str]] = {
+    kinds.CHAT: frozenset({"[DONE]"}),
+    kinds.COMPLETIONS: frozenset({"[DONE]"}),
+    kinds.RESPONSES: frozenset({"response.completed", "response.incomplete", "response.failed"}),
+    kinds.TRANSCRIPTION: frozenset({"transcript.text.done"}),
 }
 
 
@@ -58,7 +59,8 @@ class UsageTap:
         self.usage: Usage | None = None
         self._images = 0
         self._tail = b""
-        self._marks = _LAST.get(kind, ())
+        self._last = _LAST.get(kind, frozenset())
+        self._marks = tuple(t.encode() for t in self._last)  # a cheap test before any parsing
         self._held: bytes | None = None  # from the stream's last event on, once seen
 
     def feed(self, chunk: bytes) -> bytes:
@@ -84,18 +86,24 @@ class UsageTap:
             return -1
         start = 0
         for event in _events(out):
-            if self.kind in (kinds.CHAT, kinds.COMPLETIONS):
-                last = any(
-                    ln[5:].strip() == b"[DONE]"
-                    for ln in event.splitlines()
-                    if ln.startswith(b"data:")
-                )
-            else:
-                last = any(mark in event for mark in self._marks)
-            if last:
+            if any(mark in event for mark in self._marks) and self._type(event) in self._last:
                 return start
             start += len(event)
         return -1
+
+    def _type(self, event: bytes) -> str | None:
+        """An event's type: its data line for chat's ``[DONE]``, else its ``event:`` line or
+        the ``type`` of its data."""
+        lines = event.splitlines()
+        if self.kind in (kinds.CHAT, kinds.COMPLETIONS):
+            data = [ln[5:].strip() for ln in lines if ln.startswith(b"data:")]
+            return "[DONE]" if data == [b"[DONE]"] else None
+        for ln in lines:
+            if ln.startswith(b"event:"):
+                return ln[6:].strip().decode("utf-8", "replace")
+        doc = _data(event)
+        kind = doc.get("type") if doc is not None else None
+        return kind if isinstance(kind, str) else None
 
     def _read(self, chunk: bytes) -> bytes:
         data = self._tail + chunk if self._tail else chunk

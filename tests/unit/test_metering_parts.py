@@ -434,6 +434,25 @@ def test_tap_holds_the_last_event_of_other_streams(kind: str, last: str) -> None
     assert (during, end) == (first, event(last) + b"data: [DONE]\n\n")
 
 
+@pytest.mark.parametrize("with_event_lines", [True, False])
+def test_tap_judges_an_event_by_its_type_not_by_what_it_mentions(with_event_lines: bool) -> None:
+    def event(kind: str, **doc: Any) -> bytes:
+        head = f"event: {kind}\n" if with_event_lines else ""
+        return (head + "data: " + json.dumps({"type": kind, **doc}) + "\n\n").encode()
+
+    # The first events repeat the caller's metadata, which may spell any type at all.
+    echo = {"id": "r", "metadata": {"stage": "response.completed", "next": "response.failed"}}
+    created = event("response.created", response=echo)
+    delta = event("response.output_text.delta", delta="response.completed")
+    done = event("response.completed", response={**echo, "usage": {"input_tokens": 2}})
+    tap = UsageTap(kinds.RESPONSES, hide_usage=True)
+    assert tap.feed(created) == created
+    assert tap.feed(delta) == delta
+    assert tap.feed(done) == b""
+    assert tap.flush() == done
+    assert tap.usage == Usage(input_tokens=2)
+
+
 def test_tap_lets_go_of_an_end_the_upstream_keeps_writing_after(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
