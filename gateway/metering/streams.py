@@ -102,8 +102,8 @@ class UsageTap:
             if ln.startswith(b"event:"):
                 return ln[6:].strip().decode("utf-8", "replace")
         doc = _data(event)
-        kind = doc.get("type") if doc is not None else None
-        return kind if isinstance(kind, str) else None
+        found = doc.get("type") if doc is not None else None
+        return found if isinstance(found, str) else None
 
     def _read(self, chunk: bytes) -> bytes:
         data = self._tail + chunk if self._tail else chunk

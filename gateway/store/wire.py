@@ -39,9 +39,9 @@ def encode(command: Sequence[Any]) -> bytes:
 def encode_args(args: Sequence[Any]) -> bytes:
     """The bulk strings of ``args``, without the array header."""
     if _TEXT.issuperset(map(type, args)):
-        # Built as text and encoded once: a third cheaper than bytes formatting per argument
-        # (a metered reservation has ~35). A length counts characters here, which are bytes
-        # only in ASCII: anything else takes the general way.
+        # Built as text and encoded once, cheaper than bytes formatting per argument (a
+        # metered reservation's ~35: 14.5 -> 12.3 us). A length counts characters here, which
+        # are bytes only in ASCII: anything else takes the general way.
         text = "".join([f"${len(s)}\r\n{s}\r\n" for s in map(str, args)])
         if text.isascii():
             return text.encode()

@@ -22,7 +22,7 @@ local function rate_decide(team_log, vday, vmonth, key_log, now, window, d_rpm, 
   -- Entries that left the window are swept at most SWEEP per call: after a burst, a lone
   -- request would otherwise pay for removing the whole burst (measured: 1-2 ms of Redis per
   -- request for a second of 4,000 req/s). Each call adds at most one, so the rest still go,
-  -- and the key expires a window after its last request. Those still there are skipped by rank.
+  -- and the key expires a window after its last admitted request. The rest are skipped by rank.
   local SWEEP = 64
   local function check(log, rpm)  -- {used, retry_ms (0 fits, -1 never), reset_ms, stale}
     if rpm < 0 then return {0, 0, 0, 0} end
