@@ -36,7 +36,13 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 @pytest.fixture
 async def redis(cluster: Cluster) -> AsyncIterator[Redis]:
-    r = make_redis(RedisSettings(url=cluster.url, cluster=True))
+    # Generous timeouts: these tests are about exact decisions, and under a loaded CI machine
+    # 400 checks queueing for 32 connections per node waited out the 0.5 s default.
+    r = make_redis(
+        RedisSettings(
+            url=cluster.url, cluster=True, socket_timeout=10, connect_timeout=10, pool_timeout=10
+        )
+    )
     assert await warm_up(r)  # as the gateway does at start-up
     yield r
     await close_redis(r)
@@ -47,7 +53,8 @@ def service(redis: Redis, limits: dict[str, int]) -> tuple[QuotaService, str]:
     return (
         QuotaService(
             QuotaStore(redis),
-            QuotaSettings(),
+            # A Redis failure must show as one, not pass as an admission (fail-open).
+            QuotaSettings(rate_fail_open=False),
             teams=team_table({team: limits}),
             videos=VideoSettings(),
             clock=time.time,
