@@ -63,6 +63,11 @@ class UsageTap:
         self._marks = tuple(t.encode() for t in self._last)  # a cheap test before any parsing
         self._held: bytes | None = None  # from the stream's last event on, once seen
 
+    @property
+    def ended(self) -> bool:
+        """Whether the stream's last event has come (and is held)."""
+        return self._held is not None
+
     def feed(self, chunk: bytes) -> bytes:
         out = self._read(chunk)
         if not out or not self._marks:

@@ -107,7 +107,14 @@ class MeteredCall:
                     return rest
 
                 await relay(
-                    resp, receive, send, headers, observer, tap=tap.feed, before_end=before_end
+                    resp,
+                    receive,
+                    send,
+                    headers,
+                    observer,
+                    tap=tap.feed,
+                    before_end=before_end,
+                    ended=lambda: tap.ended,
                 )
                 if not adm.settled:  # cut or abandoned: what the tap saw, else the estimate
                     await self.settle_shielded(tap.usage)

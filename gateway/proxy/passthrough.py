@@ -224,6 +224,7 @@ async def relay(
     tap: Callable[[bytes], bytes] | None = None,
     before_end: Callable[[], Awaitable[bytes]] | None = None,
     chunks: AsyncIterator[bytes] | None = None,
+    ended: Callable[[], bool] | None = None,
 ) -> None:
     """Send the upstream's answer to the caller, streaming anything large or open-ended.
 
@@ -231,7 +232,9 @@ async def relay(
     the upstream response is closed at once rather than drained. A stream's chunks pass
     through ``tap`` (which may hold part of one back), ``before_end`` runs once the upstream
     has ended and before the caller is told so (what it answers leaves with the end of the
-    answer, in one write), and ``chunks`` replaces the response's own.
+    answer, in one write), ``chunks`` replaces the response's own, and ``ended`` tells whether
+    the stream's own last event has come (an upstream that breaks after it leaves the answer
+    whole).
     """
     if headers is None:
         headers = rewrite.response_headers(resp.raw_headers)
@@ -280,11 +283,14 @@ async def relay(
                     # buffered upstream data too: yield so the disconnect watcher can run.
                     await asyncio.sleep(0)
         except GatewayError:
-            if not disconnected.is_set():
+            if disconnected.is_set():
+                return
+            if ended is None or not ended():
                 outcome = "upstream"
                 log.warning("upstream broke mid-answer; aborting the caller's connection")
-            # Returning without the final message makes the server cut the connection.
-            return
+                # Returning without the final message makes the server cut the connection.
+                return
+            # Broken after its last event: nothing of the answer is missing, so it ends whole.
         if not disconnected.is_set():
             last = await before_end() if before_end is not None else b""
             await send({"type": "http.response.body", "body": last, "more_body": False})

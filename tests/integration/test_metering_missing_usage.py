@@ -42,6 +42,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from gateway.sim.config import SimConfig
+from gateway.sim.drop import SimulatedDrop
 from tests.clock import Clock
 from tests.conftest import Stack
 from tests.metering_views import (
@@ -380,3 +381,45 @@ def test_a_streams_end_reaches_the_caller_settled_and_in_one_piece(
     # The end of the answer came in the same write: a client that stops at [DONE] finds its
     # response complete and keeps the connection.
     assert got.endswith(b"data: [DONE]\n\n\r\n0\r\n\r\n"), got[-80:]
+
+
+class CutAfterDoneUpstream:
+    """Streams a whole chat answer, usage and ``[DONE]`` included, then drops the connection
+    instead of ending the answer."""
+
+    def app(self) -> Starlette:
+        async def chat(request: Request) -> Response:
+            await request.body()
+
+            async def events() -> AsyncIterator[bytes]:
+                choice = {"index": 0, "delta": {"content": "a fox"}, "finish_reason": "stop"}
+                chunk = {"id": "c", "object": "chat.completion.chunk", "created": 1}
+                yield b"data: " + json.dumps({**chunk, "model": CHAT, "choices": [choice]}).encode()
+                yield b"\n\n"
+                usage = {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}
+                tail = {**chunk, "model": CHAT, "choices": [], "usage": usage}
+                yield b"data: " + json.dumps(tail).encode() + b"\n\ndata: [DONE]\n\n"
+                raise SimulatedDrop("dropped after [DONE]")
+
+            return StreamingResponse(events(), media_type="text/event-stream")
+
+        return Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])])
+
+
+def test_a_stream_cut_after_its_done_reaches_the_caller_whole_and_charged_its_usage(
+    caller_of: Callable[..., Caller],
+) -> None:
+    with run_server(CutAfterDoneUpstream().app(), server_header=False) as url:
+        caller = caller_of(sim_url=url)
+        before = metric(caller.stack, ESTIMATED, kind="chat")
+        # The SDK reads on to the end of the answer after [DONE]: a cut answer would raise.
+        chunks = list(
+            caller.sdk.chat.completions.create(model=CHAT, messages=MESSAGES, stream=True)
+        )
+        assert "".join(c.choices[0].delta.content or "" for c in chunks) == "a fox"
+        assert all(c.usage is None for c in chunks)  # not asked for: not shown
+        wait_for(caller.settled, timeout=10, message="the call was not settled")
+        (row,) = caller.ledger()
+        assert (row["requests"], row["input_tokens"], row["output_tokens"]) == (1, 7, 3)
+        assert stored(row["spend"]) == token_cost(PRICES[CHAT], 7, 3)
+        assert metric(caller.stack, ESTIMATED, kind="chat") == before  # the real usage
