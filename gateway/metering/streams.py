@@ -101,8 +101,7 @@ class UsageTap:
         the ``type`` of its data."""
         lines = event.splitlines()
         if self.kind in (kinds.CHAT, kinds.COMPLETIONS):
-            data = [ln[5:].strip() for ln in lines if ln.startswith(b"data:")]
-            return "[DONE]" if data == [b"[DONE]"] else None
+            return "[DONE]" if _data_lines(lines) == [b"[DONE]"] else None
         for ln in lines:
             if ln.startswith(b"event:"):
                 return ln[6:].strip().decode("utf-8", "replace")
@@ -189,8 +188,12 @@ def _events(whole: bytes) -> list[bytes]:
     return out
 
 
+def _data_lines(lines: list[bytes]) -> list[bytes]:
+    return [ln[5:].strip() for ln in lines if ln.startswith(b"data:")]
+
+
 def _data(event: bytes) -> dict[str, Any] | None:
-    lines = [ln[5:].strip() for ln in event.splitlines() if ln.startswith(b"data:")]
+    lines = _data_lines(event.splitlines())
     if not lines:
         return None
     try:

@@ -21,13 +21,30 @@ from gateway.videos.reconciler import Report
 from gateway.web.asgi import Scope
 
 MAX_MODEL_LABELS = 200
+MAX_CACHED_CHILDREN = 10_000  # label values come from callers (team and model names): bounded
+
+
+class _Children:
+    """Labelled children looked up once per combination, not per call: prometheus_client's
+    labels() takes a lock and builds its key every time, and these run on every request."""
+
+    def __init__(self) -> None:
+        self._children: dict[tuple[Any, ...], Any] = {}
+
+    def get(self, key: tuple[Any, ...], make: Callable[[], Any]) -> Any:
+        child = self._children.get(key)
+        if child is None:
+            child = make()
+            if len(self._children) < MAX_CACHED_CHILDREN:
+                self._children[key] = child
+        return child
 
 
 class Observers:
     def __init__(self, metrics: Metrics, *, video_models: Iterable[str]) -> None:
         self.metrics = metrics
         self._models = frozenset(video_models)
-        self._decisions: dict[tuple[str, str, str], Any] = {}
+        self._decisions = _Children()
 
     def redis_error(self, op: str) -> None:
         self.metrics.redis_errors.labels(op).inc()
@@ -47,16 +64,11 @@ class Observers:
         self.metrics.auth_failures.labels(reason).inc()
 
     def quota_decision(self, team: str, kind: str, result: str) -> None:
-        # Once per request: the labelled child is looked up once per combination, not per call
-        # (prometheus_client's labels() takes a lock and builds a tuple every time).
-        key = (team, kind, result)
-        child = self._decisions.get(key)
-        if child is None:
-            m = self.metrics
-            child = m.quota_decisions.labels(m.team_label(team), kind, result)
-            if len(self._decisions) < 10_000:  # team names come from tokens: bounded
-                self._decisions[key] = child
-        child.inc()
+        m = self.metrics
+        self._decisions.get(
+            (team, kind, result),
+            lambda: m.quota_decisions.labels(m.team_label(team), kind, result),
+        ).inc()
         note_quota(result)
 
     def error(self, exc: GatewayError) -> None:
@@ -128,7 +140,7 @@ class _MeterMetrics:
         self.metrics = metrics
         self._decision = decision
         self._labels: set[str] = set()
-        self._children: dict[tuple[Counter, str, str, str], Counter] = {}
+        self._children = _Children()
 
     def decision(self, team: str, kind: str, result: str) -> None:
         self._decision(team, kind, result)
@@ -154,14 +166,10 @@ class _MeterMetrics:
             self._child(self.metrics.spend, team, model, kind).inc(spend_units / SPEND_UNITS)
 
     def _child(self, metric: Counter, team: str, model: str, last: str) -> Counter:
-        # Twice or more per metered call: each labelled child is looked up once, as the
-        # decisions' are (labels() takes a lock and builds its key every time).
-        key = (metric, team, model, last)
-        child = self._children.get(key)
-        if child is None:
-            child = metric.labels(self.metrics.team_label(team), self._model(model), last)
-            if len(self._children) < 10_000:  # team and model names come from callers
-                self._children[key] = child
+        child: Counter = self._children.get(
+            (metric, team, model, last),
+            lambda: metric.labels(self.metrics.team_label(team), self._model(model), last),
+        )
         return child
 
     def estimated(self, kind: str) -> None:
