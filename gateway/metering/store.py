@@ -51,6 +51,16 @@ def _key_buckets(k: TeamKeys, key_id: str, day: str, month: str) -> tuple[str, s
     return (c.tokens_minute, c.spend_day(day), c.spend_month(month))
 
 
+def _remember(
+    cache: dict[tuple[str, str, str, str | None], tuple[str, ...]],
+    key: tuple[str, str, str, str | None],
+    keys: tuple[str, ...],
+) -> None:
+    if len(cache) >= 4096:  # teams and keys come from credentials: bounded
+        cache.clear()
+    cache[key] = keys
+
+
 class MeterStore:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
@@ -62,12 +72,16 @@ class MeterStore:
             # redis-py's cluster pipelines refuse EVALSHA: there, each call is its own.
             if cluster:
                 return redis.register_script(source)
-            # Each call's keys name its own reservation: no command head ever repeats.
-            return ScriptBatcher(redis, source, cache_heads=False)
+            # The last key names the call's own reservation; the others repeat.
+            return ScriptBatcher(redis, source, varying_keys=1)
 
         self._reserve = load("meter_reserve")
         self._settle = load("meter_settle")
         self._known: set[str] = set()
+        # The keys before the call's own, by team, day, month and key: building a dozen names
+        # per call was a measurable share of a metered call's CPU.
+        self._reserve_keys: dict[tuple[str, str, str, str | None], tuple[str, ...]] = {}
+        self._settle_keys: dict[tuple[str, str, str, str | None], tuple[str, ...]] = {}
 
     async def aclose(self) -> None:
         for batcher in (self._reserve, self._settle):
@@ -92,28 +106,14 @@ class MeterStore:
         key: KeyScope | None = None,
         rate: RateCall | None = None,
     ) -> Verdict:
-        keys: tuple[str, ...] = (
-            k.limits,
-            k.tokens_minute,
-            k.tokens_day(day),
-            k.spend_day(day),
-            k.spend_month(month),
-            k.metered_call(call_id),
-            k.tags(day),
-            reset_mark(k.tokens_day(day)),
-            reset_mark(k.spend_day(day)),
-            reset_mark(k.spend_month(month)),
-            reset_mark(k.tokens_minute),
-        )
         args: list[str | int] = [now_s, tokens, spend, *defaults, day, month, *ttls, tag]
         flags = ("r" if rate else "") + ("q" if rate and rate.key else "") + ("k" if key else "")
         args += [max_tags, TOKEN_WINDOW_S, flags]
         if rate is not None:
-            keys += rate.keys
             args += rate.args
         if key is not None:
-            keys += _key_buckets(k, key.id, day, month)
             args += [key.limit(kind) for kind in KEY_KINDS]
+        keys = (*self._reserve_head(k, day, month, rate, key), k.metered_call(call_id))
         text, _, rated = _text(await self._reserve(keys=keys, args=args)).partition("|")
         reply = text.split(",")
         folded = tuple(int(x) for x in rated.split(",")) if rated else ()
@@ -147,25 +147,62 @@ class MeterStore:
         ledger_ttl: int,
         key_id: str | None = None,
     ) -> bool:
-        keys: tuple[str, ...] = (
-            k.metered_call(call_id),
-            k.tokens_minute,
-            k.tokens_day(day),
-            k.spend_day(day),
-            k.spend_month(month),
-            k.ledger(day),
-            reset_mark(k.tokens_day(day)),
-            reset_mark(k.spend_day(day)),
-            reset_mark(k.spend_month(month)),
-            reset_mark(k.tokens_minute),
-        )
-        if key_id is not None:
-            keys += _key_buckets(k, key_id, day, month)
+        keys = (*self._settle_head(k, day, month, key_id), k.metered_call(call_id))
         args: list[str | int] = [tokens, spend, day, month, ledger_ttl]
         for name, amount in ledger.items():
             if amount:
                 args += [name, amount]
         return int(await self._settle(keys=keys, args=args)) == 1
+
+    def _reserve_head(
+        self, k: TeamKeys, day: str, month: str, rate: RateCall | None, key: KeyScope | None
+    ) -> tuple[str, ...]:
+        """The reservation's keys before the call's own (see meter_reserve.lua)."""
+        rate_id = None if rate is None else ("q:" + rate.key.id if rate.key else "r")
+        cache_key = (k.team, day, month, f"{rate_id}/{None if key is None else key.id}")
+        keys = self._reserve_keys.get(cache_key)
+        if keys is None:
+            keys = (
+                k.limits,
+                k.tokens_minute,
+                k.tokens_day(day),
+                k.spend_day(day),
+                k.spend_month(month),
+                k.tags(day),
+                reset_mark(k.tokens_day(day)),
+                reset_mark(k.spend_day(day)),
+                reset_mark(k.spend_month(month)),
+                reset_mark(k.tokens_minute),
+            )
+            if rate is not None:
+                keys += rate.keys
+            if key is not None:
+                keys += _key_buckets(k, key.id, day, month)
+            _remember(self._reserve_keys, cache_key, keys)
+        return keys
+
+    def _settle_head(
+        self, k: TeamKeys, day: str, month: str, key_id: str | None
+    ) -> tuple[str, ...]:
+        """The settlement's keys before the call's own (see meter_settle.lua)."""
+        cache_key = (k.team, day, month, key_id)
+        keys = self._settle_keys.get(cache_key)
+        if keys is None:
+            keys = (
+                k.tokens_minute,
+                k.tokens_day(day),
+                k.spend_day(day),
+                k.spend_month(month),
+                k.ledger(day),
+                reset_mark(k.tokens_day(day)),
+                reset_mark(k.spend_day(day)),
+                reset_mark(k.spend_month(month)),
+                reset_mark(k.tokens_minute),
+            )
+            if key_id is not None:
+                keys += _key_buckets(k, key_id, day, month)
+            _remember(self._settle_keys, cache_key, keys)
+        return keys
 
     async def ledger_days(self, k: TeamKeys, days: Sequence[str]) -> list[dict[str, int]]:
         """The team's ledger hash for each day (empty where nothing was spent)."""

@@ -104,16 +104,17 @@ class RateLimiter:
         one (the binding limit: the key's when it leaves less room than the team's)."""
         team, key, w = call.team, call.key, call.windows
         allowed, rpm, used, retry_ms, reset_ms, d_lim, d_used, m_lim, m_used = r[:9]
-        who = f"Team '{team}'"
+        by_key = False
         if key is not None and len(r) > 9 and (r[9] or rpm < 0 or r[10] - r[11] < rpm - used):
             # The key's room is what binds this caller: show (or refuse with) the key's.
-            who = f"API key '{key.name}'"
+            by_key = True
             rpm, used, retry_ms, reset_ms = r[10], r[11], r[12], r[13]
         headers = self._rate_headers(rpm, used, reset_ms, w, d_lim, d_used, m_lim, m_used)
         if allowed:
             self._on_decision(team, "requests_per_minute", "allowed")
             return headers
         self._on_decision(team, "requests_per_minute", "rejected")
+        who = f"API key '{key.name}'" if by_key and key is not None else f"Team '{team}'"
         wait = None if retry_ms < 0 else retry_ms / 1000
         when = "it is 0" if wait is None else f"retry in {math.ceil(wait)} s"
         raise QuotaExceeded(
@@ -143,24 +144,29 @@ class RateLimiter:
                 (b"x-ratelimit-remaining-requests", str(max(0, rpm - used)).encode()),
                 (b"x-ratelimit-reset-requests", model.duration_text(reset_ms / 1000).encode()),
             ]
-        # The binding video-seconds window: whichever leaves less room.
-        windows = [
-            (lim, used_, reset)
-            for lim, used_, reset in ((d_lim, d_used, w.day_reset), (m_lim, m_used, w.month_reset))
-            if lim >= 0
-        ]
-        if windows:
-            lim, used_, reset = min(windows, key=lambda x: x[0] - x[1])
-            kind = "video_seconds_per_day"
-            out += [
-                (b"x-ratelimit-limit-video-seconds", num(model.shown(kind, lim))),
-                (
-                    b"x-ratelimit-remaining-video-seconds",
-                    num(model.shown(kind, max(0, lim - used_))),
-                ),
-                (b"x-ratelimit-reset-video-seconds", _iso_bytes(reset)),
-            ]
+        if d_lim >= 0 or m_lim >= 0:
+            out += _video_headers(d_lim, d_used, m_lim, m_used, w.day_reset, w.month_reset)
         return out
+
+
+@functools.lru_cache(maxsize=256)
+def _video_headers(
+    d_lim: int, d_used: int, m_lim: int, m_used: int, day_reset: float, month_reset: float
+) -> tuple[tuple[bytes, bytes], ...]:
+    """The binding video-seconds window's headers: whichever leaves less room. They change
+    only when a video job is charged, so most requests (calls of other kinds) repeat them."""
+    windows = [
+        (lim, used_, reset)
+        for lim, used_, reset in ((d_lim, d_used, day_reset), (m_lim, m_used, month_reset))
+        if lim >= 0
+    ]
+    lim, used_, reset = min(windows, key=lambda x: x[0] - x[1])
+    kind = "video_seconds_per_day"
+    return (
+        (b"x-ratelimit-limit-video-seconds", num(model.shown(kind, lim))),
+        (b"x-ratelimit-remaining-video-seconds", num(model.shown(kind, max(0, lim - used_)))),
+        (b"x-ratelimit-reset-video-seconds", _iso_bytes(reset)),
+    )
 
 
 class RateCheck:

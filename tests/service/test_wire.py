@@ -20,6 +20,7 @@ from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.store import wire as wire_module
+from gateway.store.batcher import ScriptBatcher
 from gateway.store.wire import Wire, parse
 from tests.servers import wait_for_async
 
@@ -448,3 +449,26 @@ def test_commands_are_encoded_as_redis_reads_them(args: list[Any]) -> None:
         for d in (a if isinstance(a, bytes) else str(a).encode() for a in args)
     )
     assert wire_module.encode(args) == expected
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.lists(st.text(min_size=1, max_size=12), min_size=1, max_size=6),
+            st.lists(st.one_of(st.text(max_size=12), st.integers()), max_size=8),
+        ),
+        min_size=1,
+        max_size=6,
+    ),
+    st.integers(min_value=0, max_value=1),
+)
+def test_a_script_call_is_encoded_whole_whatever_its_head_cache_holds(
+    calls: list[tuple[list[str], list[str | int]]], varying: int
+) -> None:
+    # The batcher caches each command's head (all keys but the varying last ones): every call,
+    # first or repeated, with the same head and another varying key, must still leave as the
+    # whole EVALSHA Redis reads.
+    batcher = ScriptBatcher(object(), "return 1", varying_keys=varying)  # type: ignore[arg-type]
+    for keys, args in [*calls, *calls, *(([*k[:-1], k[-1] + "x"], a) for k, a in calls)]:
+        expected = wire_module.encode(["EVALSHA", batcher.sha, len(keys), *keys, *args])
+        assert batcher._encode(keys, args) == expected

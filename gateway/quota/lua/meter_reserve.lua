@@ -1,11 +1,12 @@
--- KEYS: limits, tokens per second (hash), tokens day, spend day, spend month, the call's
---       reservation, the day's tags, and the reset generations of tokens day, spend day,
---       spend month and the tokens hash; then, with flag 'r' (the call's rate check folded
---       in), the rate log and the video-seconds day and month buckets (and with 'q', the
---       key's rate log); then, with flag 'k' (a call made with a gateway API key that has
---       token or spend limits of its own), that key's
---       tokens per second (hash), spend day and spend month (the rate group holds the key's
---       rate log only with flag 'q': a key without a request limit keeps no log)
+-- KEYS: limits, tokens per second (hash), tokens day, spend day, spend month, the day's
+--       tags, and the reset generations of tokens day, spend day, spend month and the
+--       tokens hash; then, with flag 'r' (the call's rate check folded in), the rate log and
+--       the video-seconds day and month buckets (and with 'q', the key's rate log); then,
+--       with flag 'k' (a call made with a gateway API key that has token or spend limits of
+--       its own), that key's tokens per second (hash), spend day and spend month (the rate
+--       group holds the key's rate log only with flag 'q': a key without a request limit
+--       keeps no log); last, the call's reservation (the one key that differs between the
+--       calls of one team on one day)
 -- ARGV: now (epoch s), tokens, spend units, default tokens/minute, default tokens/day,
 --       default spend/day, default spend/month, day id, month id, day ttl s, month ttl s,
 --       reservation ttl s, tag ('' for none), max tags per day, window s, flags (any of 'r',
@@ -26,7 +27,8 @@ local window = tonumber(ARGV[15])
 local flags = ARGV[16] or ''
 local function flag(f) return string.find(flags, f, 1, true) ~= nil end
 local keyed, rated, key_rated = flag('k'), flag('r'), flag('q')
-local ki, ai = 12, 17  -- the next optional KEYS and ARGV
+local ki, ai = 11, 17  -- the next optional KEYS and ARGV
+local call = KEYS[#KEYS]
 local rate_reply = nil
 if rated then
   local key_log = nil
@@ -102,13 +104,13 @@ if keyed then
   if refused then return answer(refused) end
 end
 local tag = ARGV[13]
-if tag ~= '' and redis.call('SISMEMBER', KEYS[7], tag) == 0 then
-  local n = redis.call('SCARD', KEYS[7])
+if tag ~= '' and redis.call('SISMEMBER', KEYS[6], tag) == 0 then
+  local n = redis.call('SCARD', KEYS[6])
   if n >= tonumber(ARGV[14]) then
     return answer(table.concat({0, 'tags', n, ARGV[14], -1}, ','))
   end
-  redis.call('SADD', KEYS[7], tag)
-  redis.call('EXPIRE', KEYS[7], ARGV[10])
+  redis.call('SADD', KEYS[6], tag)
+  redis.call('EXPIRE', KEYS[6], ARGV[10])
 end
 local function charge(tpm_hash, spend_day, spend_month, day_tokens)
   if tokens > 0 then
@@ -129,11 +131,11 @@ end
 charge(KEYS[2], KEYS[4], KEYS[5], KEYS[3])
 if keyed then charge(KEYS[ki], KEYS[ki + 1], KEYS[ki + 2], nil) end
 -- What settling needs: the second and buckets charged, and their reset generations then.
-redis.call('HSET', KEYS[6], 's', now, 't', tokens, 'c', spend, 'd', ARGV[8], 'm', ARGV[9],
-           'g1', redis.call('GET', KEYS[8]) or '0', 'g2', redis.call('GET', KEYS[9]) or '0',
-           'g3', redis.call('GET', KEYS[10]) or '0', 'g4', redis.call('GET', KEYS[11]) or '0')
-if keyed then redis.call('HSET', KEYS[6], 'k', '1') end
-redis.call('EXPIRE', KEYS[6], ARGV[12])
+redis.call('HSET', call, 's', now, 't', tokens, 'c', spend, 'd', ARGV[8], 'm', ARGV[9],
+           'g1', redis.call('GET', KEYS[7]) or '0', 'g2', redis.call('GET', KEYS[8]) or '0',
+           'g3', redis.call('GET', KEYS[9]) or '0', 'g4', redis.call('GET', KEYS[10]) or '0')
+if keyed then redis.call('HSET', call, 'k', '1') end
+redis.call('EXPIRE', call, ARGV[12])
 local out = table.concat({1, tpm, used + tokens, oldest_of(live)}, ',')
 if keyed then out = out .. ',' .. table.concat({ktpm, kused + tokens, oldest_of(klive)}, ',') end
 return answer(out)
