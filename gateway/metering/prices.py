@@ -17,6 +17,7 @@ from functools import cached_property
 from gateway.quota.model import SPEND_UNITS
 
 MILLION = 1_000_000
+_NO_SECONDS = Fraction(0)  # every Usage's default: a call that names no audio shares it
 
 
 def exact(value: float | int | str | Fraction) -> Fraction:
@@ -34,7 +35,7 @@ class Usage:
     cached_tokens: int = 0  # of input_tokens, how many were read from the prompt cache
     output_tokens: int = 0  # reasoning tokens included, as they are billed
     images: int = 0
-    audio_seconds: Fraction = Fraction(0)
+    audio_seconds: Fraction = _NO_SECONDS
     characters: int = 0
     requests: int = 1
 
@@ -108,12 +109,11 @@ class ModelPrice:
             + usage.requests * w_req
             + usage.characters * w_char
         )
-        extra = Fraction(0)
-        if usage.images:
-            extra += usage.images * self.image_price(size, quality)
-        if usage.audio_seconds:
-            extra += usage.audio_seconds * self.per_audio_second
-        if extra:
+        seconds = usage.audio_seconds
+        if usage.images or (seconds is not _NO_SECONDS and seconds):
+            # Fractions only here: a token call skips them (microseconds per operation).
+            extra = usage.images * self.image_price(size, quality)
+            extra += seconds * self.per_audio_second
             money = Fraction(total, den * SPEND_UNITS) + extra
             return max(0, math.ceil(money * SPEND_UNITS))
         return max(0, -(-total // den))

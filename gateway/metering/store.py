@@ -116,7 +116,7 @@ class MeterStore:
         keys = (*self._reserve_head(k, day, month, rate, key), k.metered_call(call_id))
         text, _, rated = _text(await self._reserve(keys=keys, args=args)).partition("|")
         reply = text.split(",")
-        folded = tuple(int(x) for x in rated.split(",")) if rated else ()
+        folded = tuple(map(int, rated.split(","))) if rated else ()
         if k.team not in self._known:
             # Once per team and process: the admin usage report lists teams from this set.
             await self.redis.sadd(TEAMS, k.team)

@@ -112,7 +112,7 @@ class PassThrough:
             call = await open_call(self.meter, scope, rule, body)
             body = call.body
             # The answer is read for its usage: it must come uncompressed.
-            headers = tuple(h for h in headers if h[0] != b"accept-encoding")
+            headers = tuple([h for h in headers if h[0] != b"accept-encoding"])
         elif rule.body != PLAIN:
             assert not isinstance(body, AsyncIterator)
             body = body_policy.apply(rule.body, body)

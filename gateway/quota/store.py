@@ -28,7 +28,7 @@ def _text(v: Any) -> str:
 
 def rate_reply(reply: Any) -> list[int]:
     """The rate script's reply as its numbers."""
-    return [int(x) for x in _text(reply).split(",")]
+    return list(map(int, _text(reply).split(",")))
 
 
 # A gateway key's video limits, in the order the reserve script takes them.
