@@ -51,11 +51,7 @@ def _key_buckets(k: TeamKeys, key_id: str, day: str, month: str) -> tuple[str, s
     return (c.tokens_minute, c.spend_day(day), c.spend_month(month))
 
 
-def _remember(
-    cache: dict[tuple[str, str, str, str | None], tuple[str, ...]],
-    key: tuple[str, str, str, str | None],
-    keys: tuple[str, ...],
-) -> None:
+def _remember(cache: dict[Any, tuple[str, ...]], key: Any, keys: tuple[str, ...]) -> None:
     if len(cache) >= 4096:  # teams and keys come from credentials: bounded
         cache.clear()
     cache[key] = keys
@@ -80,7 +76,9 @@ class MeterStore:
         self._known: set[str] = set()
         # The keys before the call's own, by team, day, month and key: building a dozen names
         # per call was a measurable share of a metered call's CPU.
-        self._reserve_keys: dict[tuple[str, str, str, str | None], tuple[str, ...]] = {}
+        self._reserve_keys: dict[
+            tuple[str, str, str, tuple[str, ...], str | None], tuple[str, ...]
+        ] = {}
         self._settle_keys: dict[tuple[str, str, str, str | None], tuple[str, ...]] = {}
 
     async def aclose(self) -> None:
@@ -158,8 +156,9 @@ class MeterStore:
         self, k: TeamKeys, day: str, month: str, rate: RateCall | None, key: KeyScope | None
     ) -> tuple[str, ...]:
         """The reservation's keys before the call's own (see meter_reserve.lua)."""
-        rate_id = None if rate is None else ("q:" + rate.key.id if rate.key else "r")
-        cache_key = (k.team, day, month, f"{rate_id}/{None if key is None else key.id}")
+        # The rate check's keys are its own (its clock was read apart from this one's, so its
+        # day may be another at midnight): part of what the cached tuple is found by.
+        cache_key = (k.team, day, month, rate.keys if rate else (), key.id if key else None)
         keys = self._reserve_keys.get(cache_key)
         if keys is None:
             keys = (
