@@ -36,6 +36,9 @@ from gateway.web.asgi import Receive, Scope, Send, header
 log = logging.getLogger("gateway.proxy")
 
 BUFFER_LIMIT = 1024 * 1024  # bodies up to this size are read whole
+# How long an upstream may keep a stream open after its own last event (new-api ends it right
+# away): then the caller's answer ends whole, without waiting out the read timeout.
+END_GRACE_SECONDS = 2.0
 OVERLAP_BODY_LIMIT = 64 * 1024  # bodies read while the rate decision is out (``forwards``)
 _YIELD_EVERY = 16  # chunks between forced yields, so a disconnect is noticed (see relay)
 
@@ -233,8 +236,8 @@ async def relay(
     through ``tap`` (which may hold part of one back), ``before_end`` runs once the upstream
     has ended and before the caller is told so (what it answers leaves with the end of the
     answer, in one write), ``chunks`` replaces the response's own, and ``ended`` tells whether
-    the stream's own last event has come (an upstream that breaks after it leaves the answer
-    whole).
+    the stream's own last event has come: an upstream that breaks after it leaves the answer
+    whole, and one that then sends nothing for END_GRACE_SECONDS is not waited for further.
     """
     if headers is None:
         headers = rewrite.response_headers(resp.raw_headers)
@@ -266,8 +269,18 @@ async def relay(
     try:
         await send({"type": "http.response.start", "status": resp.status, "headers": headers})
         n = 0
+        source = chunks or resp.iter_chunks()
         try:
-            async for chunk in chunks or resp.iter_chunks():
+            while True:
+                try:
+                    if ended is not None and ended():
+                        # The caller's answer is whole: wait only briefly for the end of the
+                        # upstream's, not the read timeout.
+                        chunk = await asyncio.wait_for(anext(source), END_GRACE_SECONDS)
+                    else:
+                        chunk = await anext(source)
+                except (StopAsyncIteration, TimeoutError):
+                    break
                 if disconnected.is_set():
                     return
                 if tap is not None:

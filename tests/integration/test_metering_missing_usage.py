@@ -327,6 +327,8 @@ class HeldEndUpstream:
     def __init__(self) -> None:
         self.done_sent = threading.Event()
         self.release = threading.Event()
+        self.done_at = 0.0  # when [DONE] left
+        self.ended_at = 0.0  # when the answer ended: released, or its connection closed
 
     def app(self) -> Starlette:
         async def chat(request: Request) -> Response:
@@ -334,13 +336,18 @@ class HeldEndUpstream:
 
             async def events() -> AsyncIterator[bytes]:
                 choice = {"index": 0, "delta": {"content": "a fox"}, "finish_reason": "stop"}
-                chunk = {"id": "c", "object": "chat.completion.chunk", "choices": [choice]}
+                chunk = {"id": "c", "object": "chat.completion.chunk", "created": 1}
+                chunk |= {"model": CHAT, "choices": [choice]}
                 yield b"data: " + json.dumps(chunk).encode() + b"\n\n"
                 yield b"data: [DONE]\n\n"
+                self.done_at = time.monotonic()
                 self.done_sent.set()
                 deadline = time.monotonic() + 10
-                while not self.release.is_set() and time.monotonic() < deadline:
-                    await asyncio.sleep(0.005)
+                try:
+                    while not self.release.is_set() and time.monotonic() < deadline:
+                        await asyncio.sleep(0.005)
+                finally:
+                    self.ended_at = time.monotonic()
 
             return StreamingResponse(events(), media_type="text/event-stream")
 
@@ -381,6 +388,29 @@ def test_a_streams_end_reaches_the_caller_settled_and_in_one_piece(
     # The end of the answer came in the same write: a client that stops at [DONE] finds its
     # response complete and keeps the connection.
     assert got.endswith(b"data: [DONE]\n\n\r\n0\r\n\r\n"), got[-80:]
+
+
+def test_an_upstream_that_keeps_its_stream_open_after_done_is_not_waited_out(
+    caller_of: Callable[..., Caller],
+) -> None:
+    upstream = HeldEndUpstream()  # never released: it would hold its answer open for 10 s
+    with run_server(upstream.app(), server_header=False) as url:
+        caller = caller_of(sim_url=url)  # the upstream read timeout: 10 s
+        before = metric(caller.stack, ESTIMATED, kind="chat")
+        chunks = list(
+            caller.sdk.chat.completions.create(model=CHAT, messages=MESSAGES, stream=True)
+        )
+        finished = time.monotonic()
+        assert "".join(c.choices[0].delta.content or "" for c in chunks) == "a fox"
+        # Whole, a short grace after [DONE] instead of the read timeout, and the upstream's
+        # connection closed rather than left to its ten seconds.
+        assert finished - upstream.done_at < 6
+        wait_for(lambda: upstream.ended_at > 0, timeout=6, message="the upstream was left open")
+        assert not upstream.release.is_set()
+        assert upstream.ended_at - upstream.done_at < 6
+        wait_for(caller.settled, timeout=10, message="the call was not settled")
+        # The stream reported no usage: charged its estimate, and counted so.
+        assert metric(caller.stack, ESTIMATED, kind="chat") == before + 1
 
 
 class CutAfterDoneUpstream:
