@@ -51,6 +51,22 @@ def _key_buckets(k: TeamKeys, key_id: str, day: str, month: str) -> tuple[str, s
     return (c.tokens_minute, c.spend_day(day), c.spend_month(month))
 
 
+def _buckets(k: TeamKeys, day: str, month: str) -> tuple[str, str, str, str]:
+    """The team's metered buckets, in the order both scripts take them: tokens per second
+    (hash), tokens day, spend day, spend month."""
+    return (k.tokens_minute, k.tokens_day(day), k.spend_day(day), k.spend_month(month))
+
+
+def _marks(k: TeamKeys, day: str, month: str) -> tuple[str, str, str, str]:
+    """The reset generations of tokens day, spend day, spend month and the tokens hash."""
+    return (
+        reset_mark(k.tokens_day(day)),
+        reset_mark(k.spend_day(day)),
+        reset_mark(k.spend_month(month)),
+        reset_mark(k.tokens_minute),
+    )
+
+
 def _remember(cache: dict[Any, tuple[str, ...]], key: Any, keys: tuple[str, ...]) -> None:
     if len(cache) >= 4096:  # teams and keys come from credentials: bounded
         cache.clear()
@@ -161,18 +177,7 @@ class MeterStore:
         cache_key = (k.team, day, month, rate.keys if rate else (), key.id if key else None)
         keys = self._reserve_keys.get(cache_key)
         if keys is None:
-            keys = (
-                k.limits,
-                k.tokens_minute,
-                k.tokens_day(day),
-                k.spend_day(day),
-                k.spend_month(month),
-                k.tags(day),
-                reset_mark(k.tokens_day(day)),
-                reset_mark(k.spend_day(day)),
-                reset_mark(k.spend_month(month)),
-                reset_mark(k.tokens_minute),
-            )
+            keys = (k.limits, *_buckets(k, day, month), k.tags(day), *_marks(k, day, month))
             if rate is not None:
                 keys += rate.keys
             if key is not None:
@@ -187,17 +192,7 @@ class MeterStore:
         cache_key = (k.team, day, month, key_id)
         keys = self._settle_keys.get(cache_key)
         if keys is None:
-            keys = (
-                k.tokens_minute,
-                k.tokens_day(day),
-                k.spend_day(day),
-                k.spend_month(month),
-                k.ledger(day),
-                reset_mark(k.tokens_day(day)),
-                reset_mark(k.spend_day(day)),
-                reset_mark(k.spend_month(month)),
-                reset_mark(k.tokens_minute),
-            )
+            keys = (*_buckets(k, day, month), k.ledger(day), *_marks(k, day, month))
             if key_id is not None:
                 keys += _key_buckets(k, key_id, day, month)
             _remember(self._settle_keys, cache_key, keys)
