@@ -237,7 +237,7 @@ async def relay(
     has ended and before the caller is told so (what it answers leaves with the end of the
     answer, in one write), ``chunks`` replaces the response's own, and ``ended`` tells whether
     the stream's own last event has come: an upstream that breaks after it leaves the answer
-    whole, and one that then sends nothing for END_GRACE_SECONDS is not waited for further.
+    whole, and one that has not ended END_GRACE_SECONDS after it is not waited for further.
     """
     if headers is None:
         headers = rewrite.response_headers(resp.raw_headers)
@@ -270,17 +270,24 @@ async def relay(
         await send({"type": "http.response.start", "status": resp.status, "headers": headers})
         n = 0
         source = chunks or resp.iter_chunks()
+        grace_ends: float | None = None
         try:
             while True:
-                try:
-                    if ended is not None and ended():
-                        # The caller's answer is whole: wait only briefly for the end of the
-                        # upstream's, not the read timeout.
-                        chunk = await asyncio.wait_for(anext(source), END_GRACE_SECONDS)
-                    else:
+                if ended is not None and ended():
+                    # The caller's answer is whole: wait only briefly for the end of the
+                    # upstream's (keep-alive comments included), not the read timeout.
+                    clock = asyncio.get_running_loop().time
+                    if grace_ends is None:
+                        grace_ends = clock() + END_GRACE_SECONDS
+                    try:
+                        chunk = await asyncio.wait_for(anext(source), grace_ends - clock())
+                    except (StopAsyncIteration, TimeoutError):
+                        break
+                else:
+                    try:
                         chunk = await anext(source)
-                except (StopAsyncIteration, TimeoutError):
-                    break
+                    except StopAsyncIteration:
+                        break
                 if disconnected.is_set():
                     return
                 if tap is not None:

@@ -324,7 +324,8 @@ class HeldEndUpstream:
     """Streams a chat answer without usage, then keeps its answer open after ``[DONE]`` until
     the test releases it (at most ten seconds)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, ping: bool = False) -> None:
+        self.ping = ping  # a keep-alive comment every 0.2 s while it holds its answer open
         self.done_sent = threading.Event()
         self.release = threading.Event()
         self.done_at = 0.0  # when [DONE] left
@@ -344,8 +345,12 @@ class HeldEndUpstream:
                 self.done_sent.set()
                 deadline = time.monotonic() + 10
                 try:
+                    pinged = time.monotonic()
                     while not self.release.is_set() and time.monotonic() < deadline:
                         await asyncio.sleep(0.005)
+                        if self.ping and time.monotonic() - pinged > 0.2:
+                            pinged = time.monotonic()
+                            yield b": ping\n\n"
                 finally:
                     self.ended_at = time.monotonic()
 
@@ -390,10 +395,13 @@ def test_a_streams_end_reaches_the_caller_settled_and_in_one_piece(
     assert got.endswith(b"data: [DONE]\n\n\r\n0\r\n\r\n"), got[-80:]
 
 
+@pytest.mark.parametrize("ping", [False, True], ids=["silent", "pinging"])
 def test_an_upstream_that_keeps_its_stream_open_after_done_is_not_waited_out(
-    caller_of: Callable[..., Caller],
+    caller_of: Callable[..., Caller], ping: bool
 ) -> None:
-    upstream = HeldEndUpstream()  # never released: it would hold its answer open for 10 s
+    # Never released: it would hold its answer open for 10 s (pinging: with keep-alive
+    # comments, which restart any wait counted from the last byte).
+    upstream = HeldEndUpstream(ping=ping)
     with run_server(upstream.app(), server_header=False) as url:
         caller = caller_of(sim_url=url)  # the upstream read timeout: 10 s
         before = metric(caller.stack, ESTIMATED, kind="chat")
