@@ -36,6 +36,9 @@ class ScriptBatcher:
         self._pending: list[Call] = []
         self._flushing: set[asyncio.Task[None]] = set()
         self._heads: dict[tuple[tuple[str, ...], int, int], bytes] = {}
+        # Whether a flush waits in the loop's queue (one of the callbacks ``_last_of_turn``
+        # counts, and the one that will send whatever is pending).
+        self._scheduled = False
 
     async def __call__(self, keys: Sequence[str], args: Sequence[str | int]) -> Any:
         return await self.submit(keys, args)
@@ -49,15 +52,29 @@ class ScriptBatcher:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
         self._pending.append((keys, args, fut))
-        if len(self._pending) == 1:
-            wire = self.wire
-            if wire is not None and wire.ready and wire.idle:
-                # Alone on an idle connection: leave now, a loop turn sooner. Calls arriving
-                # while it is answered queue up and leave together on the next turn.
-                self._flush()
-            else:
-                loop.call_soon(self._flush)
+        wire = self.wire
+        if wire is not None and wire.ready and self._last_of_turn(loop, wire):
+            # Nothing else will run before the batch could leave: it leaves now, and the
+            # caller's own work (reading its body) overlaps the round trip.
+            self._flush()
+        elif not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._flush)
         return fut
+
+    def _last_of_turn(self, loop: asyncio.AbstractEventLoop, wire: Wire) -> bool:
+        """Whether no other callback waits to run in this turn of the loop: then no other
+        call can join the batch before it would leave anyway.
+
+        Under load one turn runs many requests' steps. Sending at the first call (the rule
+        before this one, when the connection was idle) made two writes and two replies a turn
+        where one does: measured at 32 connections, the rate check cost 13 % of the req/s
+        instead of 7 %. At one connection nothing else waits, and the call leaves at once."""
+        # asyncio's queue of ready callbacks; other loops (uvloop) have none to read.
+        ready = getattr(loop, "_ready", None)
+        if ready is None:
+            return len(self._pending) == 1 and wire.idle
+        return len(ready) <= int(self._scheduled)
 
     async def _send(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         """Without a wire (TLS): write every command at once on one pooled connection, then
@@ -90,6 +107,7 @@ class ScriptBatcher:
             raise reply
 
     def _flush(self) -> None:
+        self._scheduled = False
         batch, self._pending = self._pending, []
         live = [c for c in batch if not c[2].done()]  # a caller may have gone
         if not live:

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import pytest
+import uvloop
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
@@ -16,6 +17,7 @@ from gateway.errors import StoreUnavailable
 from gateway.settings import RedisSettings
 from gateway.store.batcher import ScriptBatcher
 from gateway.store.client import close_redis, make_redis
+from gateway.store.wire import Reply
 from tests.servers import wait_for_async
 
 INCR = "return redis.call('INCRBY', KEYS[1], ARGV[1])"
@@ -128,3 +130,59 @@ async def test_batches_pipeline_on_one_connection_and_keep_their_order(redis: Re
     second = [asyncio.ensure_future(batch([f"k{i}"], [100])) for i in range(20)]
     assert await asyncio.gather(*first) == list(range(20))
     assert await asyncio.gather(*second) == [100 + i for i in range(20)]
+
+
+def _count_writes(batch: ScriptBatcher) -> list[int]:
+    """The number of calls in each write on the batcher's wire, as it makes them."""
+    wire = batch.wire
+    assert wire is not None
+    writes: list[int] = []
+    send_raw = wire.send_raw
+
+    def spy(data: bytes, callbacks: Sequence[Reply]) -> None:
+        writes.append(len(callbacks))
+        send_raw(data, callbacks)
+
+    wire.send_raw = spy  # type: ignore[method-assign]
+    return writes
+
+
+async def test_the_calls_of_one_loop_turn_leave_in_one_write(redis: Redis) -> None:
+    """Many requests' steps run in one turn under load: the batch leaves with the last of
+    them, not with the first (which made two writes and two reads a turn)."""
+    batch = ScriptBatcher(redis, INCR)
+    assert await batch(["t"], [0]) == 0  # connected, script loaded
+    writes = _count_writes(batch)
+    calls = [asyncio.ensure_future(batch(["t"], [1])) for _ in range(20)]
+    assert sorted(await asyncio.gather(*calls)) == list(range(1, 21))
+    assert writes == [20]
+
+
+async def test_a_call_alone_leaves_before_its_caller_goes_on(redis: Redis) -> None:
+    """Nothing else waits in the turn (one connection's load): the call is written at once, so
+    the caller's own work (reading its body) overlaps the round trip."""
+    batch = ScriptBatcher(redis, INCR)
+    assert await batch(["a"], [0]) == 0
+    writes = _count_writes(batch)
+    pending = batch.submit(["a"], [1])
+    assert writes == [1]  # before this coroutine has yielded once
+    assert await pending == 1
+
+
+def test_on_a_loop_without_a_readable_queue_the_first_call_leaves_at_once(redis_url: str) -> None:
+    """uvloop (``server.loop: uvloop``) has no queue to read: the call leaves at once when the
+    connection is idle, and the rest of the turn's calls together after it."""
+
+    async def scenario() -> list[int]:
+        r = make_redis(RedisSettings(url=redis_url))
+        try:
+            batch = ScriptBatcher(r, INCR)
+            assert await batch(["u"], [0]) == 0
+            writes = _count_writes(batch)
+            calls = [asyncio.ensure_future(batch(["u"], [1])) for _ in range(5)]
+            assert sorted(await asyncio.gather(*calls)) == [1, 2, 3, 4, 5]
+            return writes
+        finally:
+            await close_redis(r)
+
+    assert uvloop.run(scenario()) == [1, 4]
