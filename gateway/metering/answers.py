@@ -30,24 +30,26 @@ def from_usage(kind: str, usage: Any) -> Usage | None:
     """A ``usage`` object of chat, completions, embeddings or responses (either naming)."""
     if not isinstance(usage, dict):
         return None
-    if "input_tokens" in usage or "output_tokens" in usage:  # Responses (and gpt-4o-transcribe)
-        inp = _count(usage.get("input_tokens"))
-        cached = _count(_details(usage, "input_tokens_details").get("cached_tokens"))
-        return Usage(
-            input_tokens=inp,
-            cached_tokens=min(cached, inp),
-            output_tokens=_count(usage.get("output_tokens")),
+    if not _TOKEN_NAMES.isdisjoint(usage):
+        # Both namings can come in one object: new-api's usage writes all four, 0 where its
+        # channel filled only one (a chat answer converted from Claude carries input_tokens
+        # and output_tokens 0). Each count is the larger of its two names, so no naming's 0
+        # ever hides what the other reports.
+        inp = max(_count(usage.get("prompt_tokens")), _count(usage.get("input_tokens")))
+        cached = max(
+            _count(_details(usage, "prompt_tokens_details").get("cached_tokens")),
+            _count(_details(usage, "input_tokens_details").get("cached_tokens")),
         )
-    if "prompt_tokens" in usage:
-        inp = _count(usage.get("prompt_tokens"))
-        cached = _count(_details(usage, "prompt_tokens_details").get("cached_tokens"))
-        out = _count(usage.get("completion_tokens"))
+        out = max(_count(usage.get("completion_tokens")), _count(usage.get("output_tokens")))
         if kind == kinds.EMBEDDINGS:
             out = 0
         return Usage(input_tokens=inp, cached_tokens=min(cached, inp), output_tokens=out)
     if usage.get("type") == "duration":  # whisper bills seconds
         return Usage(audio_seconds=_seconds(usage.get("seconds")))
     return None
+
+
+_TOKEN_NAMES = frozenset({"prompt_tokens", "completion_tokens", "input_tokens", "output_tokens"})
 
 
 def _seconds(value: Any) -> Fraction:

@@ -49,6 +49,7 @@ async def chat_completions(state: SimState, call: Call) -> Response:
         n * len(pieces),
         cached=state.prompt_cache.cached_tokens(model, messages, prompt),
         reasoning=n * tokens.reasoning_tokens(model, len(pieces)),
+        converted=model.startswith("claude-"),
     )
     state.bill(call.key, model, totals)
     head = {

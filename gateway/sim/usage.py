@@ -42,9 +42,13 @@ class PromptCache:
         return 0
 
 
-def chat(prompt: int, completion: int, *, cached: int = 0, reasoning: int = 0) -> dict[str, Any]:
+def chat(
+    prompt: int, completion: int, *, cached: int = 0, reasoning: int = 0, converted: bool = False
+) -> dict[str, Any]:
+    """``converted``: the answer new-api builds from another provider's (Claude's), whose
+    usage writes the Responses names too, output_tokens left 0."""
     out = completion + reasoning
-    return {
+    found: dict[str, Any] = {
         "prompt_tokens": prompt,
         "completion_tokens": out,
         "total_tokens": prompt + out,
@@ -56,6 +60,9 @@ def chat(prompt: int, completion: int, *, cached: int = 0, reasoning: int = 0) -
             "rejected_prediction_tokens": 0,
         },
     }
+    if converted:
+        found |= {"input_tokens": prompt, "output_tokens": 0}
+    return found
 
 
 def completion(prompt: int, completion: int) -> dict[str, Any]:

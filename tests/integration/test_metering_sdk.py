@@ -35,6 +35,7 @@ PRICES: dict[str, dict[str, Any]] = {
     "gpt-image-1": {"per_image": {"*": 0.05}},
     "gpt-4o-mini-tts": {"per_character": 0.00002},
     "gpt-4o-transcribe": {"per_request": 0.003},
+    "claude-sonnet-4": {"input_per_million": 3, "output_per_million": 15},
 }
 
 
@@ -121,6 +122,35 @@ def test_chat_is_charged_its_real_usage_and_says_so(stack: Stack, team: str) -> 
     # The caller named no cap: the gateway sent one, so that its estimate is a bound.
     (sent,) = stack.sim_requests("/v1/chat/completions")
     assert sent["json"]["max_completion_tokens"] == 4096
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_chat_answer_new_api_converted_is_charged_its_output_too(
+    stack: Stack, team: str, stream: bool
+) -> None:
+    """new-api's usage writes input_tokens and output_tokens beside the chat names, the output
+    left 0 for a converted Claude answer: the output is still charged."""
+    client = sdk(stack, team)
+    messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hello, Claude"}]
+    if stream:
+        chunks = list(
+            client.chat.completions.create(
+                model="claude-sonnet-4",
+                messages=messages,
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+        )
+        used = chunks[-1].usage
+    else:
+        used = client.chat.completions.create(model="claude-sonnet-4", messages=messages).usage
+    assert used is not None
+    assert used.model_dump()["output_tokens"] == 0  # what the answer says beside the chat names
+    assert used.completion_tokens > 0
+    cost = token_cost("claude-sonnet-4", used.prompt_tokens, used.completion_tokens)
+    limits = quota(stack, team)
+    assert limits["spend_per_day"]["used"] == pytest.approx(cost / M)
+    assert limits["tokens_per_day"]["used"] == used.total_tokens
 
 
 def test_a_stream_the_caller_asked_no_usage_of_carries_none(stack: Stack, team: str) -> None:

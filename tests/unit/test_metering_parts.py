@@ -291,6 +291,46 @@ def test_usage_from_json_answers() -> None:
     assert answers.from_json(kinds.CHAT, json.dumps(neg).encode()) == Usage()
 
 
+@pytest.mark.parametrize("kind", [kinds.CHAT, kinds.COMPLETIONS, kinds.RESPONSES])
+def test_usage_in_both_namings_counts_the_larger_of_each(kind: str) -> None:
+    """new-api writes all four names, 0 where its channel filled only one: a chat answer
+    converted from Claude says input_tokens but output_tokens 0 (it was charged input only)."""
+    claude = {
+        "prompt_tokens": 1200,
+        "completion_tokens": 3000,
+        "total_tokens": 4200,
+        "prompt_tokens_details": {"cached_tokens": 200},
+        "input_tokens": 1200,
+        "output_tokens": 0,
+    }
+    want = Usage(input_tokens=1200, cached_tokens=200, output_tokens=3000)
+    assert answers.from_usage(kind, claude) == want
+    flipped: dict[str, Any] = {"prompt_tokens": 0, "completion_tokens": 0, "input_tokens": 1200}
+    flipped |= {"output_tokens": 3000, "input_tokens_details": {"cached_tokens": 200}}
+    assert answers.from_usage(kind, flipped) == want
+    assert answers.from_usage(kinds.EMBEDDINGS, claude) == Usage(
+        input_tokens=1200, cached_tokens=200
+    )
+
+
+@given(
+    counts=st.fixed_dictionaries(
+        {},
+        optional={
+            name: st.integers(min_value=0, max_value=10**9)
+            for name in ("prompt_tokens", "completion_tokens", "input_tokens", "output_tokens")
+        },
+    ).filter(bool)
+)
+def test_no_naming_reports_less_than_either_says(counts: dict[str, int]) -> None:
+    got = answers.from_usage(kinds.CHAT, counts)
+    assert got is not None
+    assert got.input_tokens == max(counts.get("prompt_tokens", 0), counts.get("input_tokens", 0))
+    assert got.output_tokens == max(
+        counts.get("completion_tokens", 0), counts.get("output_tokens", 0)
+    )
+
+
 def _chat_stream(with_usage_nulls: bool) -> bytes:
     extra = {"usage": None} if with_usage_nulls else {}
     events = [
