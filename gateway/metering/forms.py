@@ -5,9 +5,11 @@ skipped as they stream past, so a 25 MB upload costs one pass and no copy. A par
 the upstream (Go's mime/multipart) reads it: a value unless its ``filename`` is non-empty,
 skipped unless its disposition is ``form-data``. Whatever the two parsers could read
 differently is refused: a field the estimate reads given twice, a part with two
-Content-Disposition headers, a disposition naming a parameter twice or in RFC 2231 form
-(``name*=``), a field the estimate reads sent with a Content-Transfer-Encoding (Go decodes
-quoted-printable, we would not).
+Content-Disposition headers, a disposition that is not plain ``type; name=value`` pairs (Go
+drops a part whose disposition it cannot parse, e.g. one with a bare ``; x``, and joins RFC
+2231 continuations, ``name*0=``, which python-multipart ignores), a parameter given twice, an
+escape inside a part's name, and a field the estimate reads sent with a
+Content-Transfer-Encoding (Go decodes quoted-printable, we would not).
 """
 
 from __future__ import annotations
@@ -21,8 +23,14 @@ from gateway.errors import InvalidRequest
 
 READ = frozenset({"model", "n", "size", "quality"})
 MAX_VALUE = 1024  # longer than any model name or size; a longer value is refused
-_QUOTED = re.compile(rb'"(?:[^"\\]|\\.)*"')
-_PARAM = re.compile(rb";\s*([^\s=;]+)\s*=")
+# What Go's mime.ParseMediaType reads as a type and its parameters, less what could read
+# differently: tokens without "*" (RFC 2231), quoted strings without line breaks, ASCII blanks,
+# one trailing ";" (Go ignores it). Anything else is refused, never guessed at.
+_TOKEN = rb"[!#$%&'+\-.0-9A-Z^_`a-z|~]+"
+_VALUE = rb"(?:" + _TOKEN + rb'|"(?:[^"\\\r\n]|\\[^\r\n])*")'
+_PARAM = rb";[ \t]*(" + _TOKEN + rb")[ \t]*=[ \t]*(" + _VALUE + rb")[ \t]*"
+_DISPOSITION = re.compile(rb"[ \t]*" + _TOKEN + rb"[ \t]*(?:" + _PARAM + rb")*;?[ \t]*")
+_PARAMS = re.compile(_PARAM)
 
 
 def _bad(message: str, param: str | None = None) -> InvalidRequest:
@@ -68,9 +76,13 @@ def form_fields(body: bytes, content_type: str) -> dict[str, str]:
             raise _bad("A part of the form has two Content-Disposition headers.")
         state["disposition"] = state["encoded"] = b""
         dispositions[0] = 0
-        params = [p.lower() for p in _PARAM.findall(_QUOTED.sub(b'""', raw_disp))]
-        if len(set(params)) != len(params) or any(p.endswith(b"*") for p in params):
-            raise _bad("A part's Content-Disposition is ambiguous (a parameter twice, or name*=).")
+        if raw_disp and not _DISPOSITION.fullmatch(raw_disp):
+            raise _bad("A part's Content-Disposition is not a type and name=value parameters.")
+        params = {k.lower(): v for k, v in _PARAMS.findall(raw_disp)}
+        if len(params) != len(_PARAMS.findall(raw_disp)):
+            raise _bad("A part's Content-Disposition names a parameter twice.")
+        if b"\\" in params.get(b"name", b""):
+            raise _bad("A part's name has an escape in it.")
         kind, disp = parse_options_header(raw_disp)
         name = disp.get(b"name", b"").decode("utf-8", "replace")
         is_file = bool(disp.get(b"filename"))  # filename="" is a value, as Go reads it

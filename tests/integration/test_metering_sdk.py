@@ -389,6 +389,48 @@ def test_bad_fields_the_estimate_reads_are_refused(
     assert (limits["spend_per_day"]["used"], limits["tokens_per_day"]["used"]) == (0, 0)
 
 
+def _form_part(disposition: str, value: bytes) -> bytes:
+    return f"--B\r\nContent-Disposition: {disposition}\r\n\r\n".encode() + value + b"\r\n"
+
+
+@pytest.mark.parametrize(
+    ("path", "parts"),
+    [
+        (  # Go reads quality=high (continuations joined, the "; x" part dropped); we read low
+            "/images/edits",
+            [
+                ('form-data; name="model"', b"gpt-image-1"),
+                ('form-data; name*0="qual"; name*1="ity"', b"high"),
+                ('form-data; name="quality"; x', b"low"),
+                ('form-data; name="image"; filename="a.png"', b"PNG"),
+            ],
+        ),
+        (  # the model the team may use for us, another for the upstream
+            "/audio/transcriptions",
+            [
+                ('form-data; name*0="mod"; name*1="el"', b"gpt-4o-transcribe"),
+                ('form-data; name="model"; x', b"whisper-1"),
+                ('form-data; name="file"; filename="a.mp3"', b"ID3"),
+            ],
+        ),
+    ],
+)
+def test_a_form_the_upstream_would_read_otherwise_is_refused(
+    stack: Stack, team: str, path: str, parts: list[tuple[str, bytes]]
+) -> None:
+    r = httpx2.post(
+        stack.v1 + path,
+        headers={
+            "Authorization": f"Bearer {stack.token(team=team)}",
+            "content-type": "multipart/form-data; boundary=B",
+        },
+        content=b"".join(_form_part(d, v) for d, v in parts) + b"--B--\r\n",
+    )
+    assert (r.status_code, r.json()["error"]["code"]) == (400, "invalid_form"), r.text
+    assert stack.sim_requests() == []
+    assert quota(stack, team)["spend_per_day"]["used"] == 0
+
+
 def test_bad_tag_is_refused(stack: Stack, team: str) -> None:
     c = sdk(stack, team, default_headers={"x-gateway-tag": "has space"})
     with pytest.raises(openai.BadRequestError) as err:

@@ -586,11 +586,13 @@ def _part(headers: str, value: bytes) -> bytes:
 def test_form_fields_read_parts_as_the_upstream_does() -> None:
     body = (
         _part('Content-Disposition: form-data; name="n"; filename=""', b"7")  # a value to Go
+        + _part("Content-Disposition: form-data ;name = size ; ", b"256x256")  # blanks, ";"
+        + _part('Content-Disposition: form-data; name="f"; filename="a \\"b\\"; c.png"', b"x")
         + _part('Content-Disposition: attachment; name="model"', b"x")  # no form field to Go
         + _part('content-disposition: form-data; name="model"', b"m")
         + b"--bb--\r\n"
     )
-    assert form_fields(body, FORM) == {"n": "7", "model": "m"}
+    assert form_fields(body, FORM) == {"n": "7", "size": "256x256", "model": "m"}
 
 
 @pytest.mark.parametrize(
@@ -601,6 +603,15 @@ def test_form_fields_read_parts_as_the_upstream_does() -> None:
             b"9",
         ),
         _part("Content-Disposition: form-data; name*=utf-8''n", b"9"),
+        # Go joins RFC 2231 continuations into "quality"; python-multipart drops the name.
+        _part('Content-Disposition: form-data; name*0="qual"; name*1="ity"', b"high"),
+        # Go cannot parse this disposition and drops the part; python-multipart reads it.
+        _part('Content-Disposition: form-data; name="quality"; x', b"low"),
+        _part('Content-Disposition: form-data; name="quality" x', b"low"),
+        _part('Content-Disposition: form-data; name="quality"; ;', b"low"),
+        _part("Content-Disposition: form-data; name=quality=low", b"low"),
+        _part('Content-Disposition: form-data; name="qu\\ality"', b"low"),
+        _part('Content-Disposition: form-data; name="n"\r\n\tx="y"', b"9"),
         _part('Content-Disposition: form-data; name="n"; NAME="model"', b"9"),
         _part(
             'Content-Disposition: form-data; name="n"\r\nContent-Transfer-Encoding: '
