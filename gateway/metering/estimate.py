@@ -26,7 +26,22 @@ from gateway.upstream.json_keys import fold, may_spell
 
 # What makes a part of the input cost tokens beyond its bytes: an object with one of these
 # keys, or of one of these types, is one image, file or audio clip.
-_MEDIA = frozenset({"image_url", "input_image", "file_url", "input_file", "input_audio", "file"})
+_MEDIA = frozenset(
+    {
+        "image_url",
+        "input_image",
+        "file_url",
+        "input_file",
+        "input_audio",
+        "file",
+        # new-api takes these too (Gemini's video and audio understanding)
+        "video_url",
+        "input_video",
+        "audio_url",
+    }
+)
+# Service tiers the list price is for: new-api multiplies the others by a ratio of its own.
+_LIST_TIERS = frozenset({"auto", "default"})
 # Tools the upstream runs itself and bills per call, outside the usage the answer reports.
 _OWN_TOOLS = frozenset({"function", "custom"})
 MAX_N = 128  # answers per call the upstream accepts at most (chat's n)
@@ -100,7 +115,7 @@ def media_parts(doc: Any) -> int:
     return found
 
 
-_MEDIA_WORDS = (b"image", b"file", b"audio")  # every name in _MEDIA has one of these
+_MEDIA_WORDS = (b"image", b"file", b"audio", b"video")  # every name in _MEDIA has one
 
 
 def input_bound(doc: Any, body: bytes, media_tokens: int) -> int:
@@ -109,6 +124,22 @@ def input_bound(doc: Any, body: bytes, media_tokens: int) -> int:
 
 
 def _check_tools(doc: Mapping[str, Any]) -> None:
+    if doc.get("web_search_options") is not None:
+        # new-api turns it into the provider's web search tool, billed per search.
+        raise _bad(
+            "web_search_options",
+            "Web search runs on the upstream and is billed per search outside the usage the "
+            "gateway meters.",
+            "unsupported_parameter",
+        )
+    tier = doc.get("service_tier")
+    if tier is not None and tier not in _LIST_TIERS:
+        raise _bad(
+            "service_tier",
+            f"The service tier {tier!r} is priced apart from the list prices the gateway "
+            "charges; only 'auto' and 'default' are allowed.",
+            "unsupported_parameter",
+        )
     tools = doc.get("tools")
     if not isinstance(tools, list):
         return

@@ -368,6 +368,16 @@ def test_spend_budget_refuses_what_would_pass_it(redis_url: str, team: str) -> N
             400,
             "unsupported_parameter",
         ),
+        (
+            {"model": "gpt-4o-mini", "messages": [], "web_search_options": {}},
+            400,
+            "unsupported_parameter",
+        ),
+        (
+            {"model": "gpt-4o-mini", "messages": [], "Service_Tier": "priority"},
+            400,
+            "unsupported_parameter",
+        ),
     ],
 )
 def test_bad_fields_the_estimate_reads_are_refused(

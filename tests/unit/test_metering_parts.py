@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from gateway.errors import InvalidRequest
 from gateway.metering import answers, kinds, ledger, streams
-from gateway.metering.estimate import estimate
+from gateway.metering.estimate import _MEDIA, _MEDIA_WORDS, estimate
 from gateway.metering.forms import form_fields
 from gateway.metering.prices import ModelPrice, PriceTable, Usage, allowed, exact
 from gateway.metering.reconcile import KeyBill, SpendByKey, billed_quota
@@ -182,12 +182,19 @@ def test_chat_with_both_caps_is_bounded_by_the_larger() -> None:
         {"type": "INPUT_FILE", "file_url": "u"},
         {"type": "input_audio", "input_audio": {"data": "", "format": "wav"}},
         {"type": "file", "file": {"file_data": ""}},
+        {"type": "video_url", "video_url": {"url": "u"}},
+        {"type": "input_video", "video_url": "u"},
+        {"type": "audio_url", "audio_url": {"url": "u"}},
     ],
 )
 def test_each_media_part_adds_its_tokens_however_it_is_written(part: dict[str, Any]) -> None:
     doc = {"model": "m", "messages": [{"role": "user", "content": [part, part]}]}
     est, body = _est(kinds.CHAT, doc)
     assert est.bound.input_tokens == len(body) + 2 * 2000
+
+
+def test_every_media_name_has_a_word_the_quick_scan_looks_for() -> None:
+    assert all(any(w.decode() in name for w in _MEDIA_WORDS) for name in _MEDIA)
 
 
 def test_an_escaped_media_key_is_still_counted() -> None:
@@ -207,6 +214,29 @@ def test_hosted_tools_billed_outside_usage_are_refused(kind: str, tool: str) -> 
         _est(kind, {"model": "m", "tools": [{"type": "function", "name": "f"}, {"type": tool}]})
     assert (err.value.code, err.value.param) == ("unsupported_parameter", "tools")
     est, _ = _est(kind, {"model": "m", "tools": [{"type": "function"}, {"type": "custom"}]})
+    assert est.model == "m"
+
+
+@pytest.mark.parametrize("kind", [kinds.CHAT, kinds.RESPONSES])
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("web_search_options", {}),
+        ("web_search_options", {"search_context_size": "high"}),
+        ("service_tier", "priority"),
+        ("service_tier", "flex"),
+        ("service_tier", 1),
+    ],
+)
+def test_fields_billed_apart_from_the_usage_are_refused(kind: str, field: str, value: Any) -> None:
+    with pytest.raises(InvalidRequest) as err:
+        _est(kind, {"model": "m", field: value})
+    assert (err.value.code, err.value.param) == ("unsupported_parameter", field)
+
+
+@pytest.mark.parametrize("tier", [None, "auto", "default"])
+def test_the_list_prices_service_tiers_pass(tier: str | None) -> None:
+    est, _ = _est(kinds.CHAT, {"model": "m", "service_tier": tier, "web_search_options": None})
     assert est.model == "m"
 
 
