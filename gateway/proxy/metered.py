@@ -233,14 +233,18 @@ def _read_call(
         if isinstance(n, str) and n.isascii() and n.isdigit():  # form fields are text
             fields["n"] = int(n)
         return tag, fields, body, False, False
-    # A route added in config: its JSON body's model, when it names one.
-    doc = {}
-    if raw and "json" in ctype.lower():
-        try:
-            doc = _lowered(body_policy.parse_json_object(raw))
-        except InvalidRequest:
-            doc = {}  # not ours to judge: the upstream answers it
-    return tag, doc, body, False, False
+    # A route added in config: the model its body names, read as the upstream reads it (a
+    # body whose model could not be read would be priced as "-" while the upstream runs it).
+    if not raw:
+        return tag, {}, body, False, False
+    media = ctype.split(";", 1)[0].strip().lower()
+    if "json" in media:
+        return tag, _lowered(body_policy.parse_json_object(raw)), body, False, False
+    if media == "multipart/form-data":
+        return tag, dict(form_fields(raw, ctype)), body, False, False
+    raise InvalidRequest(
+        "Send this request's body as JSON or multipart/form-data.", code="unsupported_media_type"
+    )
 
 
 def _ask_for_usage(doc: dict[str, Any]) -> bool:

@@ -399,6 +399,9 @@ def test_bad_fields_the_estimate_reads_are_refused(
     assert (limits["spend_per_day"]["used"], limits["tokens_per_day"]["used"]) == (0, 0)
 
 
+FORM_B = "multipart/form-data; boundary=B"
+
+
 def _form_part(disposition: str, value: bytes) -> bytes:
     return f"--B\r\nContent-Disposition: {disposition}\r\n\r\n".encode() + value + b"\r\n"
 
@@ -471,4 +474,40 @@ def test_an_extra_route_is_priced_like_any_call(redis_url: str, team: str) -> No
         # forwarded: the simulator has no such page, and a failed call is refunded
         assert r.status_code == 404
         assert len(s.sim_requests("/v1/dashboard")) == 1
+        assert quota(s, team)["spend_per_day"]["used"] == 0
+
+
+@pytest.mark.parametrize(
+    ("content", "ctype", "code"),
+    [
+        (b'{"query":"q","model":"rerank-big","Model":"rerank-big"}', "application/json", 400),
+        (b'{"model":"rerank-big","query":"\xff"}', "application/json", 400),
+        (b'["rerank-big"]', "application/json", 400),
+        (b'{"model":"rerank-big","query":"q"}', "text/plain", 400),
+        (b"model=rerank-big&query=q", "application/x-www-form-urlencoded", 400),
+        (_form_part('form-data; name="model"', b"rerank-big") + b"--B--\r\n", FORM_B, 403),
+    ],
+)
+def test_an_extra_routes_body_whose_model_cannot_be_read_is_refused(
+    redis_url: str, team: str, content: bytes, ctype: str, code: int
+) -> None:
+    """Priced as "-" unless it names a model: a body the gateway could not read the model of
+    (while the upstream would) is refused, and a form's model is read as the upstream reads
+    it (here one without a price)."""
+    routes = {"extra_routes": ["POST /v1/rerank"]}
+    priced = {"models": {**PRICES, "-": {"per_request": 0.001}}}
+    with metered_stack(
+        redis_url, {team: {"spend_per_day": 100}}, server=routes, pricing=priced
+    ) as s:
+        r = httpx2.post(
+            s.v1 + "/rerank",
+            headers={"Authorization": f"Bearer {s.token(team=team)}", "content-type": ctype},
+            content=content,
+        )
+        want = {
+            400: "invalid_json" if "json" in ctype else "unsupported_media_type",
+            403: "model_not_priced",
+        }[code]
+        assert (r.status_code, r.json()["error"]["code"]) == (code, want), r.text
+        assert s.sim_requests() == []
         assert quota(s, team)["spend_per_day"]["used"] == 0
