@@ -40,6 +40,9 @@ _MEDIA = frozenset(
         "audio_url",
     }
 )
+# new-api's thinking adapter raises a "*-thinking" Claude model's max_tokens to at least this
+# (its thinking budget must exceed 1024), whatever the call asked for.
+THINKING_MIN_CAP = 1280
 # Service tiers the list price is for: new-api multiplies the others by a ratio of its own.
 _LIST_TIERS = frozenset({"auto", "default"})
 # Tools the upstream runs itself and bills per call, outside the usage the answer reports.
@@ -158,6 +161,13 @@ def _check_tools(doc: Mapping[str, Any]) -> None:
             )
 
 
+def _upstream_cap(model: str | None, cap: int) -> int:
+    """The output cap the upstream will really apply to a call that sends ``cap``."""
+    if model is not None and model.endswith("-thinking"):
+        return max(cap, THINKING_MIN_CAP)
+    return cap
+
+
 def _prompts(prompt: Any) -> int:
     """How many prompts a legacy completions call sends (a list of strings or of token lists)."""
     if isinstance(prompt, list) and prompt and not all(isinstance(t, int) for t in prompt):
@@ -192,7 +202,8 @@ def estimate(
         return Estimate(
             model,
             Usage(
-                input_tokens=input_bound(doc, body, media_tokens), output_tokens=n * (out or cap)
+                input_tokens=input_bound(doc, body, media_tokens),
+                output_tokens=n * _upstream_cap(model, out or cap),
             ),
             inject=inject,
         )
@@ -201,7 +212,10 @@ def estimate(
         inject = {} if out is not None else {"max_output_tokens": cap}
         return Estimate(
             model,
-            Usage(input_tokens=input_bound(doc, body, media_tokens), output_tokens=out or cap),
+            Usage(
+                input_tokens=input_bound(doc, body, media_tokens),
+                output_tokens=_upstream_cap(model, out or cap),
+            ),
             inject=inject,
         )
     if kind == kinds.COMPLETIONS:

@@ -159,6 +159,20 @@ def test_chat_estimate_is_bytes_plus_media_plus_cap_times_n() -> None:
     assert (est.bound.output_tokens, est.inject) == (77, {"max_completion_tokens": 77})
 
 
+@pytest.mark.parametrize("kind", [kinds.CHAT, kinds.RESPONSES])
+def test_a_thinking_models_output_is_bounded_by_the_cap_the_upstream_raises_it_to(
+    kind: str,
+) -> None:
+    """new-api's thinking adapter sends a "*-thinking" model max_tokens 1280 at least."""
+    cap = "max_completion_tokens" if kind == kinds.CHAT else "max_output_tokens"
+    est, _ = _est(kind, {"model": "claude-sonnet-4-thinking", cap: 1})
+    assert est.bound.output_tokens == 1280
+    est, _ = _est(kind, {"model": "claude-sonnet-4-thinking", cap: 5000})
+    assert est.bound.output_tokens == 5000
+    est, _ = _est(kind, {"model": "claude-sonnet-4", cap: 1})
+    assert est.bound.output_tokens == 1
+
+
 def test_completions_estimate_counts_prompts_and_best_of() -> None:
     est, _ = _est(kinds.COMPLETIONS, {"model": "m", "prompt": ["a", "b"], "best_of": 3})
     assert est.bound.output_tokens == 16 * 3 * 2  # the API's own default cap, sent explicitly
