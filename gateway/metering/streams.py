@@ -163,7 +163,8 @@ class UsageTap:
 
     def _responses(self, whole: bytes) -> None:
         for event in _events(whole):
-            if any(mark in event for mark in _ENDS):
+            # By its own type: an earlier event's metadata may name an end as a key.
+            if any(mark in event for mark in _ENDS) and self._type(event) in self._last:
                 doc = _data(event)
                 response = doc.get("response") if doc else None
                 if isinstance(response, dict):

@@ -434,6 +434,22 @@ def test_tap_reads_responses_completed() -> None:
     assert tap.usage == Usage(input_tokens=4, output_tokens=1)
 
 
+def test_tap_reads_a_responses_usage_only_from_an_event_that_ends_the_stream() -> None:
+    """An in-progress event whose response repeats the caller's metadata (here a key naming
+    an end) is not the response's end, whatever usage it carries."""
+    during = {
+        "type": "response.in_progress",
+        "response": {
+            "metadata": {"response.completed": "x"},
+            "usage": {"input_tokens": 1, "output_tokens": 1},
+        },
+    }
+    data = b"data: " + json.dumps(during).encode() + b"\n\n"
+    tap = UsageTap(kinds.RESPONSES, hide_usage=False)
+    assert _feed(tap, data, []) == data
+    assert tap.usage is None
+
+
 def test_tap_reads_events_whatever_line_endings_they_mix() -> None:
     usage = b'{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2}}'
     data = (
