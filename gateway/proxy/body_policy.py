@@ -3,7 +3,8 @@
 Stored objects on the upstream belong to the whole account, not to a team, so a body that
 names one could reach another team's data: the Responses API's ``previous_response_id`` and
 ``conversation``, ``background`` runs (fetched later by id), ``file_id(s)`` and
-``vector_store_ids`` anywhere in the input, item references, stored prompts and earlier audio
+``vector_store_ids`` anywhere in a JSON body of any route, item references (typed or, in a
+Responses input, an item with an id and no type), stored prompts and earlier audio
 answers by id, a code-interpreter ``container`` named by id. Those are refused with 400
 ``unsupported_parameter``; and nothing is stored upstream in the first place: the Responses
 API's ``store`` (which defaults to true) and chat's ``store`` are forced to false. Keys are
@@ -120,13 +121,40 @@ def serialise(doc: dict[str, Any]) -> bytes:
         ) from None
 
 
+def scanned(body: bytes | None) -> dict[str, Any]:
+    """The parsed body of a route without a policy of its own (embeddings, images, audio, ...),
+    refused like any other if it names a stored object (an image edit's ``file_id``, say)."""
+    if not body:
+        raise InvalidRequest("The body must be a JSON object.", code="invalid_json")
+    doc = parse_json_object(body)
+    if may_spell(body, _MARKS):
+        _scan(doc)
+    return doc
+
+
+def _check_input_items(doc: dict[str, Any]) -> None:
+    # A Responses input item that has an id and no type of its own is a reference to a stored
+    # item (the API makes "type": "item_reference" optional), whoever stored it.
+    items = _get(doc, "input")
+    if not isinstance(items, list):
+        return
+    for item in items:
+        if not isinstance(item, dict) or _get(item, "id") in (None, ""):
+            continue
+        kind = _get(item, "type")
+        if not isinstance(kind, str) or not kind:  # a typed reference is the scan's
+            raise _refuse("input.id")
+
+
 def checked(kind: str, body: bytes | None) -> dict[str, Any]:
     """The parsed body with the policy applied (``store`` forced off), or an InvalidRequest."""
     if not body:
         raise InvalidRequest("The body must be a JSON object.", code="invalid_json")
     doc = parse_json_object(body)
-    if kind == RESPONSES and _get(doc, "background"):
-        raise _refuse("background")
+    if kind == RESPONSES:
+        if _get(doc, "background"):
+            raise _refuse("background")
+        _check_input_items(doc)
     if may_spell(body, _MARKS):
         _scan(doc)
     stored = [k for k in doc if fold(k) == "store"]

@@ -218,7 +218,7 @@ def _read_call(
         elif not raw:
             raise InvalidRequest("The body must be a JSON object.", code="invalid_json")
         else:
-            doc = _lowered(body_policy.parse_json_object(raw))
+            doc = _lowered(body_policy.scanned(raw))
         # Everything that can refuse the body runs before the reservation, so that a refusal
         # never leaves an estimate charged.
         hide = False
@@ -239,7 +239,7 @@ def _read_call(
         return tag, {}, body, False, False
     media = ctype.split(";", 1)[0].strip().lower()
     if "json" in media:
-        return tag, _lowered(body_policy.parse_json_object(raw)), body, False, False
+        return tag, _lowered(body_policy.scanned(raw)), body, False, False
     if media == "multipart/form-data":
         return tag, dict(form_fields(raw, ctype)), body, False, False
     raise InvalidRequest(

@@ -30,7 +30,7 @@ from gateway.upstream.client import (
     UpstreamResponse,
     caller_error,
 )
-from gateway.upstream.routes import PLAIN, RouteTable
+from gateway.upstream.routes import PLAIN, RouteRule, RouteTable
 from gateway.web.asgi import Receive, Scope, Send, header
 
 log = logging.getLogger("gateway.proxy")
@@ -103,7 +103,7 @@ class PassThrough:
         metered = self.meter is not None and rule.meter != kinds.FREE
         try:
             body, body_done = await _request_body(
-                scope, receive, whole=rule.body != PLAIN or metered
+                scope, receive, whole=rule.body != PLAIN or metered or _json_body(scope, rule)
             )
         except _ClientGone:
             return  # nobody to answer; not an error worth a traceback in the server log
@@ -119,6 +119,9 @@ class PassThrough:
         elif rule.body != PLAIN:
             assert not isinstance(body, AsyncIterator)
             body = body_policy.apply(rule.body, body)
+        elif _json_body(scope, rule):
+            assert not isinstance(body, AsyncIterator)
+            body_policy.scanned(body)  # sent as it came: the check parsed it as the upstream will
         req = UpstreamRequest(
             method=scope["method"],
             path=path,
@@ -168,6 +171,15 @@ class PassThrough:
         if rid and rewrite.valid_request_id(rid.encode()):
             exc.headers["x-upstream-request-id"] = rid
         return exc
+
+
+def _json_body(scope: Scope, rule: RouteRule) -> bool:
+    """Whether the upstream reads this body as JSON: a JSON route's whatever its content type
+    (new-api binds it as JSON regardless), a form route's when it is sent as JSON."""
+    if rule.meter in kinds.JSON_KINDS:
+        return True
+    ctype = header(scope, b"content-type") or b""
+    return rule.meter in kinds.FORM_KINDS and b"json" in ctype.lower()
 
 
 async def _request_body(

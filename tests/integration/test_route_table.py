@@ -151,6 +151,65 @@ def test_responses_naming_stored_objects_are_refused(
     assert everything_upstream(stack) == []
 
 
+@pytest.fixture(params=["metered", "unmetered"])
+def either_stack(request: pytest.FixtureRequest, redis_url: str) -> Iterator[Stack]:
+    """The gateway with metering on (bodies read for their estimate) and off."""
+    pricing = {"unpriced": "allow"} if request.param == "metered" else {"enabled": False}
+    with make_stack(redis_url, pricing=pricing) as s:
+        yield s
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "param"),
+    [
+        # The Responses API makes an item reference's "type" optional: an id alone is one.
+        ("/v1/responses", {"model": "m", "input": [{"id": "msg_other_team"}]}, "input.id"),
+        ("/v1/responses", {"model": "m", "input": [{"id": "rs_1", "type": None}]}, "input.id"),
+        ("/v1/responses", {"model": "m", "input": [{"ID": "rs_1", "Type": ""}]}, "input.id"),
+        (
+            "/v1/images/generations",
+            {"model": "gpt-image-1", "prompt": "x", "image": {"file_id": "file-other-team"}},
+            "file_id",
+        ),
+        (
+            "/v1/images/edits",
+            {"model": "gpt-image-1", "prompt": "x", "images": [{"File_Id": "file-other-team"}]},
+            "File_Id",
+        ),
+        ("/v1/embeddings", {"model": "m", "input": "x", "file_ids": ["file-1"]}, "file_ids"),
+    ],
+)
+def test_stored_objects_named_on_any_route_are_refused(
+    either_stack: Stack, path: str, body: dict[str, Any], param: str
+) -> None:
+    r = call(either_stack, "POST", path, body)
+    assert (r.status_code, r.json()["error"]["code"], r.json()["error"]["param"]) == (
+        400,
+        "unsupported_parameter",
+        param,
+    ), r.text
+    assert everything_upstream(either_stack) == []
+
+
+def test_an_input_item_with_a_type_of_its_own_is_forwarded(either_stack: Stack) -> None:
+    said = {"type": "message", "id": "msg_1", "role": "assistant", "content": "earlier answer"}
+    r = call(either_stack, "POST", "/v1/responses", {"model": "m", "input": [said]})
+    assert r.status_code == 200, r.text
+    (sent,) = everything_upstream(either_stack)
+    assert sent["json"]["input"] == [said]
+
+
+def test_a_json_routes_body_is_checked_whatever_its_content_type(either_stack: Stack) -> None:
+    """new-api binds a JSON route's body as JSON whatever the content type says."""
+    r = httpx2.post(
+        either_stack.v1 + "/embeddings",
+        headers={"Authorization": f"Bearer {either_stack.token()}", "Content-Type": "text/plain"},
+        content=json.dumps({"model": "m", "input": "x", "file_id": "file-1"}).encode(),
+    )
+    assert (r.status_code, r.json()["error"]["code"]) == (400, "unsupported_parameter")
+    assert everything_upstream(either_stack) == []
+
+
 def test_responses_are_never_stored_upstream(stack: Stack) -> None:
     call(stack, "POST", "/v1/responses", {"model": "m", "input": "hi", "store": True})
     call(stack, "POST", "/v1/responses", {"model": "m", "input": "hi"})
