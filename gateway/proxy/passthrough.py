@@ -132,6 +132,7 @@ class PassThrough:
             body=body,
             route=route_label(scope["path"]),
             request_id=scope.get("request_id", ""),
+            team=_team(scope),
         )
         # The rate decision left before the body was read: it is usually back by now.
         rate_headers = await admitted(scope)
@@ -171,6 +172,12 @@ class PassThrough:
         if rid and rewrite.valid_request_id(rid.encode()):
             exc.headers["x-upstream-request-id"] = rid
         return exc
+
+
+def _team(scope: Scope) -> str:
+    # Every forwarded route is authenticated; a caller nobody knows still has a budget.
+    principal = scope.get("principal")
+    return str(principal.team) if principal is not None else "-"
 
 
 def _json_body(scope: Scope, rule: RouteRule) -> bool:

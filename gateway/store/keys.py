@@ -7,6 +7,7 @@
     gw:pool:{<key-id>}       an upstream key's shared health
     gw:pool:{<key-id>}:charged  what the gateway charged for calls that key served
     gw:pool:{<key-id>}:bill     the reconciliation baseline for that key
+    gw:pool:cooler:{<team>}  the key a team's 429 cooled this cooldown period (one at most)
     gw:apikey:{<id>}         a gateway API key's record (hashed secret, team, scope, state)
     gw:teams                 every team that ever reserved
     gw:reconciler:leader     the reconciler's leader lock
@@ -62,6 +63,11 @@ def upstream_key_bill(key_id: str) -> str:
     """The first reconciliation's readings (the upstream's and ours), which later ones
     compare against: a key used before the gateway counted is not drift."""
     return f"{upstream_key_health(key_id)}:bill"
+
+
+def upstream_cooler(team: str) -> str:
+    """Held while a team's 429 has cooled a key: its next 429s cool none (until it expires)."""
+    return f"gw:pool:cooler:{{{team}}}"
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,7 @@ class UpstreamRequest:
     route: str  # a bounded label for metrics
     request_id: str
     key_id: str | None = None  # pin a key (video jobs); None lets the pool choose
+    team: str = ""  # whose call it is ("" for the gateway's own, e.g. a job's poll)
 
 
 class UpstreamResponse:
@@ -326,7 +327,7 @@ class UpstreamClient:
             self._on_response(lease.key_id, req.route, resp.status, time.perf_counter() - started)
             out = UpstreamResponse(resp, lease)
             try:
-                retry = await self._judge(out, lease, touched=touched)
+                retry = await self._judge(out, lease, touched=touched, team=req.team)
             except BaseException:
                 out.close()  # a body that broke off mid-error, a cancelled caller: no leak
                 raise
@@ -339,7 +340,9 @@ class UpstreamClient:
                 continue
             return out
 
-    async def _judge(self, out: UpstreamResponse, lease: Lease, *, touched: bool) -> bool | None:
+    async def _judge(
+        self, out: UpstreamResponse, lease: Lease, *, touched: bool, team: str = ""
+    ) -> bool | None:
         """What a refusal says about the key. None: answer the caller with ``out``; True or
         False: this key's health was (or was not) changed and another key may be tried.
 
@@ -350,10 +353,12 @@ class UpstreamClient:
                 return None
             # Capped: a long Retry-After may be about one model, not the whole key.
             wait = rewrite.retry_after_seconds(out.headers, self.pool.cooldown_seconds)
-            await self.pool.cool_down(
-                lease.key_id, min(wait, self.pool.cooldown_seconds * COOLDOWN_CAP_FACTOR)
+            cooled = await self.pool.cool_down(
+                lease.key_id, min(wait, self.pool.cooldown_seconds * COOLDOWN_CAP_FACTOR), team=team
             )
-            return True
+            # A team that has cooled a key this period gets its 429 as it is: neither another
+            # key cooled nor another tried (which would cool it the next time).
+            return True if cooled else None
         if out.status == 401:
             # Not processed, so safe to send on another key; but only the probe's verdict
             # takes this key out of the pool.

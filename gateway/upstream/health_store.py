@@ -46,3 +46,13 @@ class RedisKeyHealthStore:
                 "disabled": "1" if health.disabled else "0",
             },
         )
+
+    async def claim(self, name: str, value: str, seconds: float) -> str:
+        key = keys.upstream_cooler(name)
+        if await self._redis.set(key, value, nx=True, px=max(1, int(seconds * 1000))):
+            return value
+        held = await self._redis.get(key)
+        # Gone in between (expired): nobody holds it, which is as good as taken.
+        if held is None:
+            return value
+        return held.decode("utf-8", "replace") if isinstance(held, bytes) else str(held)

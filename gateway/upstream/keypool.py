@@ -52,6 +52,9 @@ class KeyHealth:
 class KeyHealthStore(Protocol):
     async def load(self, key_ids: Sequence[str]) -> dict[str, KeyHealth]: ...
     async def save(self, key_id: str, health: KeyHealth) -> None: ...
+    async def claim(self, name: str, value: str, seconds: float) -> str:
+        """Hold ``name`` with ``value`` for ``seconds`` unless it is held: the value held."""
+        ...
 
 
 @dataclass(slots=True)
@@ -108,6 +111,8 @@ class KeyPool:
         self._rr = itertools.count()
         self._loaded_at = float("-inf")
         self._refreshing: asyncio.Task[None] | None = None
+        # team -> (until when, the key) its cooldown claim holds
+        self._cooled_by: dict[str, tuple[float, str]] = {}
 
     @property
     def key_ids(self) -> list[str]:
@@ -165,14 +170,40 @@ class KeyPool:
             headers["x-should-retry"] = "false"
         return NoUpstreamKey(headers=headers)
 
-    async def cool_down(self, key_id: str, seconds: float | None) -> None:
-        """The upstream said 429 for this key: skip it for ``seconds`` (default configured)."""
+    async def cool_down(self, key_id: str, seconds: float | None, *, team: str = "") -> bool:
+        """The upstream said 429 for this key: skip it for ``seconds`` (default configured).
+
+        A ``team``'s 429s cool one key per cooldown period, on every replica: a 429 can be
+        about what one caller asks (a saturated model), and a caller sending one request per
+        key would otherwise cool the whole pool for everyone. Answers whether it cooled (a
+        team may cool its key again, e.g. from a replica that had not yet heard of it)."""
+        if team and not await self._claim(team, key_id):
+            return False
         e = self._by_id[key_id]
         until = self._clock() + (self.cooldown_seconds if seconds is None else seconds)
         if until > e.health.cooling_until:
             e.health.cooling_until = until
             log.warning("upstream key %s cooling down for %.0fs", key_id, until - self._clock())
             await self._save(e)
+        return True
+
+    async def _claim(self, team: str, key_id: str) -> bool:
+        now = self._clock()
+        until, held = self._cooled_by.get(team, (0.0, ""))
+        if until > now:  # known here: no round trip
+            return held == key_id
+        if self._store is not None:
+            try:
+                held = await self._store.claim(team, key_id, self.cooldown_seconds)
+            except Exception:  # Redis down: this replica's own record still bounds the team
+                self._on_store_error("key_cooler_claim")
+                held = key_id
+            if held != key_id:
+                return False
+        if len(self._cooled_by) >= 10_000:  # team names come from tokens: bounded
+            self._cooled_by = {t: c for t, c in self._cooled_by.items() if c[0] > now}
+        self._cooled_by[team] = (now + self.cooldown_seconds, key_id)
+        return True
 
     async def quarantine(self, key_id: str) -> None:
         """The upstream refused this key (401/403): keep it out until an admin or time frees it."""

@@ -294,6 +294,7 @@ class VideoService:
                     route="/v1/videos",
                     request_id=request_id,
                     key_id=source.key_id if source else None,
+                    team=who.team,
                 )
             )
             try:
@@ -505,6 +506,7 @@ class VideoService:
                 route="/v1/videos/{id}/content",
                 request_id=request_id,
                 key_id=job.key_id,
+                team=who.team,
             ),
             follow_redirects=True,
         )

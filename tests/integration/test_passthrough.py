@@ -140,6 +140,26 @@ def test_429_moves_to_the_next_key_and_cools_the_first(stack: Stack) -> None:
     assert stack.app.pool.state("primary") == "cooling"
 
 
+def test_one_teams_429s_cool_one_key_and_other_teams_are_served(redis_url: str) -> None:
+    """Calls the upstream answers 429 for whatever the key (a saturated model), sent once per
+    key and more: the team's first 429 cools one key, the rest are its own answers, and
+    another team is still served."""
+    with make_stack(redis_url, key_ids=("primary", "secondary")) as s:
+        s.sim_app.state.sim.add_fault(kind="status_429", count=-1, path_prefix="/v1/chat")
+        with sdk(s, token=s.token(team="noisy")) as mine:
+            for _ in range(3):
+                with pytest.raises(openai.RateLimitError):
+                    mine.chat.completions.create(
+                        model="saturated", messages=[{"role": "user", "content": "x"}]
+                    )
+        states = {k: s.app.pool.state(k) for k in ("primary", "secondary")}
+        assert sorted(states.values()) == ["cooling", "healthy"]
+        # one request tried a second key after the first 429, the others none
+        assert len(s.sim_requests("/v1/chat")) == 4
+        with sdk(s, token=s.token(team="quiet")) as other:
+            assert other.models.list().data
+
+
 def test_other_replica_skips_a_cooled_key(redis_url: str) -> None:
     with (
         make_stack(redis_url, key_ids=("primary", "secondary")) as a,

@@ -14,6 +14,7 @@ class MemoryStore:
 
     def __init__(self) -> None:
         self.rows: dict[str, KeyHealth] = {}
+        self.claims: dict[str, str] = {}  # never expire here: the tests' clock moves the pool's
         self.fail = False
 
     async def load(self, key_ids: Sequence[str]) -> dict[str, KeyHealth]:
@@ -25,6 +26,11 @@ class MemoryStore:
         if self.fail:
             raise ConnectionError("down")
         self.rows[key_id] = replace(health)
+
+    async def claim(self, name: str, value: str, seconds: float) -> str:
+        if self.fail:
+            raise ConnectionError("down")
+        return self.claims.setdefault(name, value)
 
 
 def _keys(n: int) -> list[UpstreamKey]:
@@ -68,6 +74,32 @@ async def test_cooldown_skips_key_until_it_expires() -> None:
     assert {pool.acquire().key_id for _ in range(4)} == {"k1"}
     clock.now += 10.5
     assert pool.state("k0") == HEALTHY
+
+
+async def test_a_team_cools_one_key_per_cooldown_period_on_every_replica() -> None:
+    store = MemoryStore()
+    clock = Clock()
+    a, b = _pool(3, store, clock), _pool(3, store, clock)
+    assert await a.cool_down("k0", 10, team="t1") is True
+    assert await a.cool_down("k1", 10, team="t1") is False  # known on this replica
+    assert await b.cool_down("k2", 10, team="t1") is False  # and on the others, via the store
+    assert [a.state(k) for k in ("k1", "k2")] == [HEALTHY, HEALTHY]
+    assert await b.cool_down("k0", 10, team="t1") is True  # its own key again: b had not heard
+    assert await b.cool_down("k1", 10, team="t2") is True  # another team's own budget
+    assert await a.cool_down("k2", 10) is True  # the gateway's own calls (polls) are not bounded
+
+
+async def test_a_teams_claim_lapses_with_its_period_here_even_without_the_store() -> None:
+    store = MemoryStore()
+    clock = Clock()
+    errors: list[str] = []
+    pool = KeyPool(_keys(2), store, clock=clock, cooldown_seconds=30, on_store_error=errors.append)
+    store.fail = True
+    assert await pool.cool_down("k0", 5, team="t") is True  # Redis down: this replica decides
+    assert await pool.cool_down("k1", 5, team="t") is False
+    clock.now += 30.5
+    assert await pool.cool_down("k1", 5, team="t") is True
+    assert "key_cooler_claim" in errors
 
 
 async def test_all_cooling_raises_503_with_retry_after() -> None:
