@@ -58,7 +58,7 @@ from gateway.quota.routes import QuotaEndpoint
 from gateway.quota.service import QuotaService
 from gateway.quota.snapshot import UsageSnapshot
 from gateway.quota.store import QuotaStore
-from gateway.settings import Settings
+from gateway.settings import Settings, team_connections
 from gateway.store.client import close_redis, make_redis, warm_up
 from gateway.upstream.client import UpstreamClient
 from gateway.upstream.health_store import RedisKeyHealthStore
@@ -138,6 +138,7 @@ def create_app(
         connect_timeout=up.connect_timeout,
         read_timeout=up.read_timeout,
         max_connections=up.max_connections,
+        team_connections=team_connections(up),
         trusted_networks=up.trusted_networks,
         on_response=obs.upstream,
         on_retry=obs.upstream_retry,

@@ -82,12 +82,20 @@ class UpstreamSettings:
     # Between bytes, not for the whole answer: a streamed chat may run for minutes.
     read_timeout: float = 300.0
     max_connections: int = 512
+    # Of those, the most one team's calls hold at once on a replica (0: seven eighths of
+    # max_connections): a team whose callers stop reading answers cannot hold them all.
+    max_connections_per_team: int = 0
     cooldown_seconds: float = 30.0
     quarantine_seconds: float = 3600.0
     health_cache_seconds: float = 1.0
     # CIDR networks a download redirect may lead into although they are not public (an
     # internal CDN); everything else off the upstream's origin must be a public address.
     trusted_networks: tuple[str, ...] = ()
+
+
+def team_connections(up: UpstreamSettings) -> int:
+    """The upstream connections one team may hold at once on a replica."""
+    return up.max_connections_per_team or max(1, up.max_connections * 7 // 8)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -629,11 +637,14 @@ def _upstream(sec: _Section, env: Mapping[str, str]) -> UpstreamSettings:
         connect_timeout=sec.number("connect_timeout", minimum=0.01),
         read_timeout=sec.number("read_timeout", minimum=0.01),
         max_connections=sec.integer("max_connections", minimum=1),
+        max_connections_per_team=sec.integer("max_connections_per_team"),
         cooldown_seconds=sec.number("cooldown_seconds"),
         quarantine_seconds=sec.number("quarantine_seconds"),
         health_cache_seconds=sec.number("health_cache_seconds"),
         trusted_networks=_networks(sec, "trusted_networks"),
     )
+    if out.max_connections_per_team > out.max_connections:
+        sec.fail("max_connections_per_team", "must be at most max_connections")
     sec.finish()
     return out
 

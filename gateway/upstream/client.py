@@ -22,7 +22,7 @@ import aiohttp
 from yarl import URL
 
 from gateway import __version__
-from gateway.errors import GatewayError, UpstreamError, UpstreamTimeout
+from gateway.errors import GatewayError, QuotaExceeded, UpstreamError, UpstreamTimeout
 from gateway.upstream import rewrite
 from gateway.upstream.address_policy import parse_networks
 from gateway.upstream.keypool import KeyPool, Lease
@@ -63,6 +63,7 @@ class UpstreamResponse:
         self._resp = resp
         self._lease = lease
         self._done = False
+        self.after: Callable[[], None] | None = None  # once, when closed or finished
         self._peeked: bytes | None = None
         self.status = resp.status
         self.key_id = lease.key_id
@@ -133,6 +134,7 @@ class UpstreamResponse:
             self._done = True
             self._resp.close()
             self._lease.release()
+            self._after()
 
     def finish(self) -> None:
         """Return a fully read connection to the pool for reuse."""
@@ -140,6 +142,12 @@ class UpstreamResponse:
             self._done = True
             self._resp.release()
             self._lease.release()
+            self._after()
+
+    def _after(self) -> None:
+        after, self.after = self.after, None
+        if after is not None:
+            after()
 
 
 class UpstreamClient:
@@ -151,6 +159,7 @@ class UpstreamClient:
         connect_timeout: float,
         read_timeout: float,
         max_connections: int,
+        team_connections: int | None = None,
         on_response: Callable[[str, str, int, float], None] = lambda k, r, s, d: None,
         on_retry: Callable[[str], None] = lambda reason: None,
         trusted_networks: Iterable[str] = (),
@@ -168,6 +177,8 @@ class UpstreamClient:
             sock_read=read_timeout,
         )
         self._max_connections = max_connections
+        self._team_connections = team_connections or max_connections
+        self._held: dict[str, int] = {}  # upstream answers each team holds open here
         self._on_response = on_response
         self._on_retry = on_retry
         self._session: aiohttp.ClientSession | None = None
@@ -202,12 +213,39 @@ class UpstreamClient:
     async def send(
         self, req: UpstreamRequest, *, follow_redirects: bool = False
     ) -> UpstreamResponse:
-        resp = await self._send(req)
-        hops = 0
-        while follow_redirects and resp.status in _REDIRECTS and hops < MAX_REDIRECTS:
-            hops += 1
-            resp = await self._follow(resp, req)
+        team = req.team
+        if team:
+            # A caller that stops reading holds its connection as long as it likes: one team
+            # may hold only its share of the pool, and the rest stays for the others.
+            held = self._held.get(team, 0)
+            if held >= self._team_connections:
+                raise QuotaExceeded(
+                    f"Team '{team}' has {held} calls to the upstream open on this replica, its "
+                    "most at once; retry when one has ended.",
+                    code="concurrency_limit_exceeded",
+                    headers={"retry-after": "1"},
+                )
+            self._held[team] = held + 1
+        try:
+            resp = await self._send(req)
+            hops = 0
+            while follow_redirects and resp.status in _REDIRECTS and hops < MAX_REDIRECTS:
+                hops += 1
+                resp = await self._follow(resp, req)
+        except BaseException:
+            if team:
+                self._let_go(team)
+            raise
+        if team:
+            resp.after = lambda: self._let_go(team)
         return resp
+
+    def _let_go(self, team: str) -> None:
+        held = self._held.get(team, 0) - 1
+        if held > 0:
+            self._held[team] = held
+        else:
+            self._held.pop(team, None)
 
     async def _follow(self, prev: UpstreamResponse, req: UpstreamRequest) -> UpstreamResponse:
         """Follow a download redirect chain ourselves: the caller never sees an upstream URL.

@@ -157,3 +157,43 @@ def test_jwks_from_a_real_idp(redis_url: str, idp: tuple[str, dict[str, Any]]) -
         assert state["calls"] == calls  # the unknown-kid refetch is rate limited
         state["down"] = True
         assert call(key, "k1", sub="other-user") == 200  # the last good keys keep working
+
+
+def test_a_team_holding_its_share_of_upstream_connections_leaves_the_rest_to_others(
+    redis_url: str,
+) -> None:
+    """Answers a team's callers do not read hold their upstream connections: past its share
+    (here 2 of 4) the team's next call is 429 concurrency_limit_exceeded with nothing sent
+    upstream, another team is served, and the share comes back as the answers end."""
+    with make_stack(
+        redis_url,
+        sim=SimConfig(stream_events=40, stream_interval=0.25),
+        upstream={"max_connections": 4, "max_connections_per_team": 2},
+    ) as s:
+        body = {"model": "m", "messages": [{"role": "user", "content": "x"}], "stream": True}
+
+        def auth(team: str) -> dict[str, str]:
+            return {"Authorization": f"Bearer {s.token(team=team)}"}
+
+        with httpx2.Client(timeout=10) as http:
+            held = [
+                http.stream("POST", s.v1 + "/chat/completions", json=body, headers=auth("team-a"))
+                for _ in range(2)
+            ]
+            streams = [h.__enter__() for h in held]
+            assert [r.status_code for r in streams] == [200, 200]
+            r = http.post(s.v1 + "/chat/completions", json=body, headers=auth("team-a"))
+            assert (r.status_code, r.json()["error"]["code"]) == (429, "concurrency_limit_exceeded")
+            assert r.headers["retry-after"] == "1"
+            assert len(s.sim_requests("/v1/chat")) == 2
+            quick = {**body, "stream": False}
+            r = http.post(s.v1 + "/chat/completions", json=quick, headers=auth("team-b"))
+            assert r.status_code == 200
+            for h in held:
+                h.__exit__(None, None, None)
+
+            def served_again() -> bool:
+                again = http.post(s.v1 + "/chat/completions", json=quick, headers=auth("team-a"))
+                return again.status_code == 200
+
+            wait_for(served_again, timeout=10, interval=0.1, message="team-a's share never freed")

@@ -26,6 +26,7 @@ from gateway.settings import (
     parse_key_list,
     production_problems,
     settings_from_mapping,
+    team_connections,
 )
 
 
@@ -84,6 +85,11 @@ def test_plain_comma_list_gets_generated_ids() -> None:
         ),
         ({"upstream": {"connect_timeout": "soon"}}, "upstream.connect_timeout"),
         ({"upstream": {"colour": "blue"}}, "upstream.colour"),
+        (
+            {"upstream": {"max_connections": 8, "max_connections_per_team": 9}},
+            "upstream.max_connections_per_team",
+        ),
+        ({"upstream": {"max_connections_per_team": -1}}, "upstream.max_connections_per_team"),
         ({"redis": {"url": "http://x"}}, "redis.url"),
         ({"server": {"port": 70000}}, "server.port"),
         ({"server": {"allowed_path_prefixes": ["v1"]}}, "server.allowed_path_prefixes"),
@@ -94,6 +100,15 @@ def test_validation_names_the_key(doc: dict[str, object], key: str) -> None:
     with pytest.raises(SettingsError) as info:
         settings_from_mapping({**_doc(), **doc}, {})
     assert info.value.key == key
+
+
+def test_a_teams_share_of_upstream_connections_defaults_to_seven_eighths() -> None:
+    def share(up: dict[str, int]) -> int:
+        return team_connections(settings_from_mapping({**_doc(), "upstream": up}, {}).upstream)
+
+    assert share({}) == 448
+    assert share({"max_connections": 1}) == 1
+    assert share({"max_connections": 8, "max_connections_per_team": 3}) == 3
 
 
 def test_short_hs256_secret_rejected() -> None:
