@@ -136,7 +136,7 @@ def _check_tools(doc: Mapping[str, Any]) -> None:
             "unsupported_parameter",
         )
     tier = doc.get("service_tier")
-    if tier is not None and tier not in _LIST_TIERS:
+    if tier is not None and not (isinstance(tier, str) and tier in _LIST_TIERS):
         raise _bad(
             "service_tier",
             f"The service tier {tier!r} is priced apart from the list prices the gateway "

@@ -25,12 +25,30 @@ READ = frozenset({"model", "n", "size", "quality"})
 MAX_VALUE = 1024  # longer than any model name or size; a longer value is refused
 # What Go's mime.ParseMediaType reads as a type and its parameters, less what could read
 # differently: tokens without "*" (RFC 2231), quoted strings without line breaks, ASCII blanks,
-# one trailing ";" (Go ignores it). Anything else is refused, never guessed at.
-_TOKEN = rb"[!#$%&'+\-.0-9A-Z^_`a-z|~]+"
-_VALUE = rb"(?:" + _TOKEN + rb'|"(?:[^"\\\r\n]|\\[^\r\n])*")'
-_PARAM = rb";[ \t]*(" + _TOKEN + rb")[ \t]*=[ \t]*(" + _VALUE + rb")[ \t]*"
-_DISPOSITION = re.compile(rb"[ \t]*" + _TOKEN + rb"[ \t]*(?:" + _PARAM + rb")*;?[ \t]*")
+# one trailing ";" (Go ignores it). Anything else is refused, never guessed at. Possessive
+# (no backtracking): a hostile header of blanks costs one pass, not the square of its length.
+_TOKEN = rb"[!#$%&'+\-.0-9A-Z^_`a-z|~]++"
+_VALUE = rb"(?:" + _TOKEN + rb'|"(?:[^"\\\r\n]|\\[^\r\n])*+")'
+_PARAM = rb";[ \t]*+(" + _TOKEN + rb")[ \t]*+=[ \t]*+(" + _VALUE + rb")[ \t]*+"
+_DISPOSITION = re.compile(rb"[ \t]*+(" + _TOKEN + rb")[ \t]*+(?:" + _PARAM + rb")*+;?[ \t]*+")
 _PARAMS = re.compile(_PARAM)
+# Go unquotes a backslash before a special character only; before any other it is kept.
+_ESCAPED = re.compile(rb'\\([()<>@,;:\\"/\[\]?=])')
+
+
+def _disposition(raw: bytes) -> tuple[bytes, dict[bytes, bytes]]:
+    """A part's disposition type and parameters, read as Go reads them (python-multipart's
+    reader unquotes differently, and drops a path's backslashes from a filename), or 400."""
+    found = _DISPOSITION.fullmatch(raw)
+    if found is None:
+        raise _bad("A part's Content-Disposition is not a type and name=value parameters.")
+    params: dict[bytes, bytes] = {}
+    for key, value in _PARAMS.findall(raw):
+        key = key.lower()
+        if key in params:
+            raise _bad("A part's Content-Disposition names a parameter twice.")
+        params[key] = _ESCAPED.sub(rb"\1", value[1:-1]) if value[:1] == b'"' else value
+    return found[1].lower(), params
 
 
 def _bad(message: str, param: str | None = None) -> InvalidRequest:
@@ -76,17 +94,12 @@ def form_fields(body: bytes, content_type: str) -> dict[str, str]:
             raise _bad("A part of the form has two Content-Disposition headers.")
         state["disposition"] = state["encoded"] = b""
         dispositions[0] = 0
-        if raw_disp and not _DISPOSITION.fullmatch(raw_disp):
-            raise _bad("A part's Content-Disposition is not a type and name=value parameters.")
-        params = {k.lower(): v for k, v in _PARAMS.findall(raw_disp)}
-        if len(params) != len(_PARAMS.findall(raw_disp)):
-            raise _bad("A part's Content-Disposition names a parameter twice.")
-        if b"\\" in params.get(b"name", b""):
-            raise _bad("A part's name has an escape in it.")
-        kind, disp = parse_options_header(raw_disp)
+        kind, disp = _disposition(raw_disp) if raw_disp else (b"", {})
         name = disp.get(b"name", b"").decode("utf-8", "replace")
+        if "\\" in name:
+            raise _bad("A part's name has an escape in it.")
         is_file = bool(disp.get(b"filename"))  # filename="" is a value, as Go reads it
-        wanted = kind.lower() == b"form-data" and name in READ and not is_file
+        wanted = kind == b"form-data" and name in READ and not is_file
         current[0] = name if wanted else None
         if current[0] is not None and encoded:
             raise _bad(f"The form field '{name}' has a Content-Transfer-Encoding.", name)

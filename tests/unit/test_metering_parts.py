@@ -240,6 +240,8 @@ def test_hosted_tools_billed_outside_usage_are_refused(kind: str, tool: str) -> 
         ("service_tier", "priority"),
         ("service_tier", "flex"),
         ("service_tier", 1),
+        ("service_tier", {}),
+        ("service_tier", ["auto"]),
     ],
 )
 def test_fields_billed_apart_from_the_usage_are_refused(kind: str, field: str, value: Any) -> None:
@@ -622,6 +624,7 @@ def test_ledger_rows_group_and_scale() -> None:
 
 
 FORM = "multipart/form-data; boundary=bb"
+END = b"--bb--\r\n"
 
 
 def _form(*parts: tuple[str, str | None, bytes]) -> bytes:
@@ -641,6 +644,23 @@ def test_form_fields_reads_what_the_estimate_needs_and_skips_files() -> None:
 
 def _part(headers: str, value: bytes) -> bytes:
     return f"--bb\r\n{headers}\r\n\r\n".encode() + value + b"\r\n"
+
+
+def test_quoted_values_are_unquoted_as_go_unquotes_them() -> None:
+    """Go ends a quoted value at the quote after an escaped backslash (python-multipart's
+    reader read on to the next quote, hiding the parameters after it), and keeps a path's
+    backslashes in a filename (python-multipart dropped them, making the file a value)."""
+    hidden = _part('Content-Disposition: form-data; x="a\\\\"; name="model"', b"gpt-image-1")
+    with pytest.raises(InvalidRequest) as err:
+        form_fields(
+            hidden + _part('Content-Disposition: form-data; name="model"', b"x") + END, FORM
+        )
+    assert "twice" in err.value.message
+    path = _part('Content-Disposition: form-data; name="model"; filename="C:\\\\"', b"w")
+    assert form_fields(path + END, FORM) == {}  # a file to Go, so no model here either
+    kept = _part('Content-Disposition: form-data; name="\\model"', b"m")  # Go keeps the backslash
+    with pytest.raises(InvalidRequest):
+        form_fields(kept + END, FORM)
 
 
 def test_form_fields_read_parts_as_the_upstream_does() -> None:
