@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +45,9 @@ log = logging.getLogger("gateway.videos")
 _JSON = ((b"content-type", b"application/json"), (b"accept", b"application/json"))
 VARIANTS = ("video", "thumbnail", "spritesheet")
 UNSUPPORTED = ("edits", "extensions", "characters")
+
+
+_UPSTREAM_ID = re.compile(r"[A-Za-z0-9_.:-]{1,200}")
 
 
 def _unknown(message: str) -> UpstreamError:
@@ -305,6 +309,10 @@ class VideoService:
                 ) from None
             if not up.id:
                 raise _unknown("The upstream's answer named no job.")
+            if not _UPSTREAM_ID.fullmatch(up.id) or up.id in (".", ".."):
+                # It goes into the paths of every later call with the job's key: a "/", "?"
+                # or dot segment there would reach another route of the upstream.
+                raise _unknown("The upstream's answer named its job with an unusable id.")
         except GatewayError as exc:
             await self._create_failed(who.team, video_id, exc)
             raise

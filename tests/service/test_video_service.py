@@ -143,8 +143,16 @@ def _time_out(req: SeenRequest) -> FakeResponse:
         (_time_out, 504, "upstream_timeout"),
         (lambda req: FakeResponse(500, b"oops"), 500, "upstream_http_500"),
         (lambda req: FakeResponse(200, json={"status": "queued"}), 502, "upstream_unavailable"),
+        *(
+            (
+                lambda req, bad=bad: FakeResponse(200, json={"id": bad, "status": "queued"}),
+                502,
+                "upstream_unavailable",
+            )
+            for bad in ("../v1/files", "task?x=1", "a/b", "..", "t#1", "x" * 201)
+        ),
     ],
-    ids=["timeout", "5xx", "answer-without-id"],
+    ids=["timeout", "5xx", "answer-without-id", *(f"unusable-id-{i}" for i in range(6))],
 )
 async def test_a_create_with_an_unknown_outcome_keeps_its_charge_marked_unknown(
     client: UpstreamClient,
