@@ -105,7 +105,7 @@ class AccessLog:
             )
             line = (
                 f"{time.strftime('%H:%M:%S', time.localtime(now))} {status} {method} {route} "
-                f"{seconds * 1000:.1f}ms {bytes_sent}B team={team or '-'} user={user or '-'}"
+                f"{seconds * 1000:.1f}ms {bytes_sent}B team={team or '-'} user={_plain(user)}"
                 f"{upstream} quota={record.quota or '-'} id={request_id or '-'}"
                 + (f" reason={record.reason!r}" if record.reason else "")
             )
@@ -129,3 +129,11 @@ class AccessLog:
             self.stream.flush()
         except (OSError, ValueError):
             pass  # a closed or broken log stream must not fail the request
+
+
+def _plain(user: str | None) -> str:
+    # A token's subject is the IdP's to choose: quoted when it could break the line or its
+    # fields (a newline would forge a log line of its own).
+    if not user:
+        return "-"
+    return user if user.isprintable() and " " not in user else repr(user)
