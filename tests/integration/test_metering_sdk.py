@@ -452,6 +452,14 @@ def test_bad_tag_is_refused(stack: Stack, team: str) -> None:
     assert stack.sim_requests("/v1/chat") == []
 
 
+def extra_route_stack(
+    redis_url: str, team: str, server: dict[str, Any], *, per_request: float
+) -> Any:
+    """A metered stack with ``server``'s extra routes, calls naming no model priced as "-"."""
+    priced = {"models": {**PRICES, "-": {"per_request": per_request}}}
+    return metered_stack(redis_url, {team: {"spend_per_day": 100}}, server=server, pricing=priced)
+
+
 def test_an_extra_route_is_priced_like_any_call(redis_url: str, team: str) -> None:
     routes = {"extra_routes": ["GET /v1/dashboard/billing/usage", "POST /v1/rerank"]}
     with metered_stack(redis_url, {team: {"spend_per_day": 100}}, server=routes) as s:
@@ -463,10 +471,7 @@ def test_an_extra_route_is_priced_like_any_call(redis_url: str, team: str) -> No
         assert (r.status_code, r.json()["error"]["code"]) == (403, "model_not_priced")
         assert "'rerank-x'" in r.json()["error"]["message"]
         assert s.sim_requests() == []
-    priced = {"models": {**PRICES, "-": {"per_request": 0.002}}}
-    with metered_stack(
-        redis_url, {team: {"spend_per_day": 100}}, server=routes, pricing=priced
-    ) as s:
+    with extra_route_stack(redis_url, team, routes, per_request=0.002) as s:
         r = httpx2.get(
             s.v1 + "/dashboard/billing/usage",
             headers={"Authorization": f"Bearer {s.token(team=team)}"},
@@ -495,10 +500,7 @@ def test_an_extra_routes_body_whose_model_cannot_be_read_is_refused(
     (while the upstream would) is refused, and a form's model is read as the upstream reads
     it (here one without a price)."""
     routes = {"extra_routes": ["POST /v1/rerank"]}
-    priced = {"models": {**PRICES, "-": {"per_request": 0.001}}}
-    with metered_stack(
-        redis_url, {team: {"spend_per_day": 100}}, server=routes, pricing=priced
-    ) as s:
+    with extra_route_stack(redis_url, team, routes, per_request=0.001) as s:
         r = httpx2.post(
             s.v1 + "/rerank",
             headers={"Authorization": f"Bearer {s.token(team=team)}", "content-type": ctype},
