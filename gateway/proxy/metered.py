@@ -215,8 +215,6 @@ def _read_call(
     if kind in kinds.JSON_KINDS or (kind in kinds.FORM_KINDS and "json" in ctype.lower()):
         if rule.body != PLAIN:
             doc = _lowered(body_policy.checked(rule.body, body))
-        elif not raw:
-            raise InvalidRequest("The body must be a JSON object.", code="invalid_json")
         else:
             doc = _lowered(body_policy.scanned(raw))
         # Everything that can refuse the body runs before the reservation, so that a refusal
