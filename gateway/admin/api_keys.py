@@ -18,7 +18,13 @@ from gateway.auth import api_keys
 from gateway.auth.api_keys import ACTIVE, KEY_LIMITS, KeyRecord
 from gateway.auth.key_store import KeyStore, NameTaken
 from gateway.auth.principal import Principal
-from gateway.errors import GatewayError, InvalidRequest, NotFound, ServiceUnavailable
+from gateway.errors import (
+    GatewayError,
+    InvalidRequest,
+    NotFound,
+    PermissionDenied,
+    ServiceUnavailable,
+)
 from gateway.quota.model import LimitError, parse_limit, shown, stored_limit
 from gateway.settings import AuthSettings
 
@@ -64,6 +70,7 @@ class KeyAdmin:
             raise InvalidRequest(
                 f"Unknown parameter {unknown[0]!r}.", code="unknown_parameter", param=unknown[0]
             )
+        self._may_manage(actor, None)
         name = _name(doc.get("name"))
         now = self._clock()
         expires = self._expiry(doc.get("expires_in_days"), now)
@@ -111,6 +118,7 @@ class KeyAdmin:
 
     async def revoke(self, actor: Principal, key_id: str, *, team: str | None) -> dict[str, Any]:
         record = await self._find(key_id, team)
+        self._may_manage(actor, record)
         now = self._clock()
         if record.state != ACTIVE:
             return key_view(record, now)  # revoked already: nothing changes, nothing audited
@@ -130,6 +138,7 @@ class KeyAdmin:
             )
         grace = self._grace(doc.get("grace_seconds", self.settings.api_key_rotate_grace_seconds))
         record = await self._find(key_id, team)
+        self._may_manage(actor, record)
         now = self._clock()
         if record.refusal(now) is not None:
             raise GatewayError(
@@ -143,6 +152,26 @@ class KeyAdmin:
         after = key_view(await self._find(key_id, team), now)
         await self._audit(actor, "api_key.rotate", f"api_key:{key_id}", before, after)
         return {**after, "key": token}
+
+    def _may_manage(self, actor: Principal, record: KeyRecord | None) -> None:
+        """Whether ``actor`` may create a key (``record`` None), or rotate or revoke
+        ``record``: no one reaches through a key more than they hold. A gateway admin may do
+        anything; a team admin cannot touch a key that has roles (rotating one would hand
+        them its secret, and its roles), nor can a key with models or limits of its own manage
+        keys (it could make or rotate one without them)."""
+        if actor.has_role(self.settings.admin_role):
+            return
+        if record is not None and record.roles:
+            raise PermissionDenied(
+                f"The key '{record.name}' has roles ({', '.join(record.roles)}): only a "
+                "gateway admin can rotate or revoke it."
+            )
+        own = actor.key
+        if own is not None and (own.models is not None or own.limits):
+            raise PermissionDenied(
+                f"The key '{own.name}' has models or limits of its own, so it cannot manage "
+                "keys; use a team admin's token or a key without them."
+            )
 
     async def _find(self, key_id: str, team: str | None) -> KeyRecord:
         record = await self.store.get(key_id) if api_keys.ID_PATTERN.fullmatch(key_id) else None

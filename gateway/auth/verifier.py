@@ -165,7 +165,11 @@ def _roles(raw: Any) -> frozenset[str]:
     if isinstance(raw, str):
         return frozenset(raw.split())
     if isinstance(raw, list):
-        return frozenset(r for r in raw if isinstance(r, str) and r)
+        # A list's roles read as the string form's words do: one with a blank or a control
+        # character in it (an IdP's self-service group "x\ngateway-admin") is no role at all.
+        return frozenset(
+            r for r in raw if isinstance(r, str) and r and r.isprintable() and len(r.split()) == 1
+        )
     return frozenset()
 
 

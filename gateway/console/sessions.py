@@ -11,6 +11,7 @@ never the key), so each request can check that the key still stands.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -62,7 +63,7 @@ class SessionStore:
         fields: dict[Any, Any] = {
             "team": principal.team,
             "user": principal.user,
-            "roles": "\n".join(sorted(principal.roles)),
+            "roles": json.dumps(sorted(principal.roles)),
             "key_id": key_id or "",
             "key_digest": key_digest,
             "csrf": session.csrf,
@@ -94,7 +95,7 @@ class SessionStore:
             principal=Principal(
                 team=f["team"],
                 user=f.get("user", ""),
-                roles=frozenset(r for r in f.get("roles", "").split("\n") if r),
+                roles=_roles(f.get("roles", "")),
             ),
             csrf=f["csrf"],
             expires=expires,
@@ -114,3 +115,11 @@ class SessionStore:
 
     async def delete(self, session_id: str) -> None:
         await self._redis.delete(keys.console_session(session_id))
+
+
+def _roles(stored: str) -> frozenset[str]:
+    # A JSON list; a session stored before it was one holds its roles a line each.
+    if stored.startswith("["):
+        found = json.loads(stored)
+        return frozenset(r for r in found if isinstance(r, str) and r)
+    return frozenset(r for r in stored.split("\n") if r)

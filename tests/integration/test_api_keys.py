@@ -505,3 +505,53 @@ def test_a_key_keeps_counters_only_for_the_limits_it_has(stack: Stack, team: str
         r.close()
     # A key without limits costs what a JWT costs; one with a request limit keeps its log only.
     assert own == [f"gw:{{team:{team}}}:key:{rated['id']}:rate"]
+
+
+@pytest.mark.parametrize("action", ["rotate", "revoke"])
+def test_a_team_admin_cannot_take_over_a_key_that_has_roles(
+    stack: Stack, team: str, action: str
+) -> None:
+    """Rotating a key hands over its secret, and with it the key's roles: a team admin who
+    could rotate their team's gateway-admin key would be a gateway admin."""
+    bot = create_key(stack, team, name="deploy-bot", roles=[ADMIN])
+    lead = bearer(stack.token(team=team, user="lead", roles=(TEAM_ADMIN,)))
+    base = f"{stack.v1}/gateway/api-keys/{bot['id']}"
+    if action == "rotate":
+        r = httpx2.post(base + "/rotate", json={"grace_seconds": 0}, headers=lead)
+    else:
+        r = httpx2.delete(base, headers=lead)
+    assert (r.status_code, r.json()["error"]["code"]) == (403, "permission_denied"), r.text
+    assert "key" not in r.json()
+    # The key is untouched: it still works, with its roles.
+    assert httpx2.get(f"{stack.url}/admin/v1/teams", headers=bearer(bot["key"])).status_code == 200
+    # A gateway admin still manages it.
+    r = httpx2.post(
+        f"{stack.url}/admin/v1/api-keys/{bot['id']}/rotate",
+        json={"grace_seconds": 0},
+        headers=admin_headers(stack),
+    )
+    assert r.status_code == 200, r.text
+
+
+def test_a_key_with_its_own_scope_cannot_manage_keys(stack: Stack, team: str) -> None:
+    """A team-admin key limited to some models could otherwise make one without the limit."""
+    scoped = create_key(
+        stack,
+        team,
+        name="scoped-lead",
+        roles=[TEAM_ADMIN],
+        models=["gpt-4o-mini"],
+        limits={"requests_per_minute": 1000},
+    )
+    other = create_key(stack, team, name="plain")
+    base = f"{stack.v1}/gateway/api-keys"
+    for r in (
+        httpx2.post(base, json={"name": "free"}, headers=bearer(scoped["key"])),
+        httpx2.post(f"{base}/{other['id']}/rotate", json={}, headers=bearer(scoped["key"])),
+    ):
+        assert (r.status_code, r.json()["error"]["code"]) == (403, "permission_denied"), r.text
+    names = [k["name"] for k in httpx2.get(base, headers=bearer(scoped["key"])).json()["data"]]
+    assert "free" not in names
+    unscoped = create_key(stack, team, name="open-lead", roles=[TEAM_ADMIN])
+    r = httpx2.post(base, json={"name": "made-by-a-key"}, headers=bearer(unscoped["key"]))
+    assert r.status_code == 201, r.text

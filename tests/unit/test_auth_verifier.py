@@ -79,6 +79,23 @@ async def test_good_hs256_token(hs: TokenVerifier, secret: str) -> None:
     assert not p.has_role("A")
 
 
+@pytest.mark.parametrize(
+    ("roles", "granted"),
+    [
+        (["x\ngateway-admin", "a"], {"a"}),  # a line break would split into two elsewhere
+        (["gateway-admin x"], set()),
+        (["\tgateway-admin"], set()),
+        (["gate\x00way"], set()),
+        ("a  b", {"a", "b"}),  # the string form is words
+    ],
+)
+async def test_a_role_with_a_blank_or_control_character_is_no_role(
+    hs: TokenVerifier, secret: str, roles: Any, granted: set[str]
+) -> None:
+    p = await hs.verify(hs256(secret, roles=roles))
+    assert p.roles == frozenset(granted)
+
+
 async def test_secret_rotation_accepts_the_second_secret(secret: str) -> None:
     newer = secrets.token_urlsafe(48)
     v = TokenVerifier(AuthSettings(hs256_secrets=(newer, secret)), clock=Clock(NOW))
