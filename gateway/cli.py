@@ -21,6 +21,7 @@ from gateway.settings import (
     ConfigFileError,
     Settings,
     SettingsError,
+    audience_warnings,
     cleartext_warnings,
     load_settings,
     production_problems,
@@ -135,7 +136,7 @@ def _serve(args: argparse.Namespace) -> int:
             _check_keys(settings)
             if not _startable(settings):
                 return 2
-        for warning in cleartext_warnings(settings):
+        for warning in cleartext_warnings(settings) + audience_warnings(settings):
             print(f"gateway: warning: {warning}", file=sys.stderr)
         workers = args.workers or settings.server.workers
         if args.dev:
@@ -289,7 +290,7 @@ def _check_config(args: argparse.Namespace) -> int:
         errors.append(str(exc))
     if not args.dev:
         errors += production_problems(settings)
-    warnings = cleartext_warnings(settings)
+    warnings = cleartext_warnings(settings) + audience_warnings(settings)
     for problem in errors:
         print(f"{path}: {problem}", file=sys.stderr)
     for w in warnings:

@@ -1404,6 +1404,18 @@ def is_loopback_host(host: str) -> bool:
         return False
 
 
+def audience_warnings(settings: Settings) -> list[str]:
+    """A company IdP signs tokens for many applications: without an audience to require, a
+    token it issued to any of them (a console's own ID token included) is a gateway token."""
+    a = settings.auth
+    if (a.jwks_url or a.public_keys) and not a.audience:
+        return [
+            "auth.audience: not set, so a token the IdP issued for any application is accepted "
+            "here; set it to the audience the IdP puts in this gateway's tokens"
+        ]
+    return []
+
+
 def cleartext_warnings(settings: Settings) -> list[str]:
     """Plain-http URLs off this machine that carry something worth protecting: the upstream
     gets the pool's keys, and whoever answers the JWKS URL decides which tokens are valid."""

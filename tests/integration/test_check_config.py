@@ -46,6 +46,7 @@ PRODUCTION = (
     "auth:\n"
     "  hs256_secrets: ['${GATEWAY_JWT_SECRET}']\n"
     "  jwks_url: ${JWKS:-}\n"
+    "  audience: ${AUD:-}\n"
     "  algorithms: '${ALGS:-HS256}'\n"
     "quota: {rate_fail_open: '${FAIL_OPEN:-false}'}\n"
     "teams: {search: {videos_private: '${PRIVATE:-on}'}}\n"
@@ -105,7 +106,10 @@ def test_booleans_from_the_environment_pass(tmp_path: Path) -> None:
 def test_cleartext_urls_are_warnings_and_errors_with_strict(tmp_path: Path) -> None:
     path = write(tmp_path, PRODUCTION)
     env = production_env(
-        BASE="http://crazyrouter.internal:3000", JWKS="http://idp.internal/jwks", ALGS="HS256,RS256"
+        BASE="http://crazyrouter.internal:3000",
+        JWKS="http://idp.internal/jwks",
+        ALGS="HS256,RS256",
+        AUD="gateway",
     )
     done = check(str(path), env=env)
     assert done.returncode == 0
@@ -127,11 +131,30 @@ def test_cleartext_urls_are_warnings_and_errors_with_strict(tmp_path: Path) -> N
         str(path),
         "--strict",
         env=production_env(
-            BASE="http://127.0.0.1:8090", JWKS="http://localhost:9000/jwks", ALGS="HS256,RS256"
+            BASE="http://127.0.0.1:8090",
+            JWKS="http://localhost:9000/jwks",
+            ALGS="HS256,RS256",
+            AUD="gateway",
         ),
     )
     assert loopback.returncode == 0, loopback.stderr
     assert loopback.stderr == ""
+
+
+def test_an_idp_without_an_audience_is_a_warning_and_an_error_with_strict(
+    tmp_path: Path,
+) -> None:
+    path = write(tmp_path, PRODUCTION)
+    env = production_env(JWKS="https://idp.example/jwks", ALGS="HS256,RS256")
+    done = check(str(path), env=env)
+    assert done.returncode == 0
+    assert done.stderr.splitlines() == [
+        f"{path}: warning: auth.audience: not set, so a token the IdP issued for any "
+        "application is accepted here; set it to the audience the IdP puts in this gateway's "
+        "tokens"
+    ]
+    assert check(str(path), "--strict", env=env).returncode == 1
+    assert check(str(path), "--strict", env={**env, "AUD": "gateway"}).returncode == 0
 
 
 def test_dev_applies_the_development_fallbacks_and_starts_nothing(tmp_path: Path) -> None:

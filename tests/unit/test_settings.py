@@ -19,6 +19,7 @@ from gateway.settings import (
     UpstreamSettings,
     VideoModel,
     VideoSettings,
+    audience_warnings,
     cleartext_warnings,
     interpolate,
     load_settings,
@@ -505,6 +506,22 @@ def test_cleartext_urls_off_this_machine_are_warned_about(
     for w in warnings:
         assert "cleartext http" in w
         assert w.endswith("unencrypted (use https)")
+
+
+@pytest.mark.parametrize(
+    ("auth", "warned"),
+    [
+        ({"jwks_url": "https://idp.example/jwks", "algorithms": ["RS256"]}, True),
+        (
+            {"jwks_url": "https://idp.example/jwks", "algorithms": ["RS256"], "audience": "gw"},
+            False,
+        ),
+        ({"hs256_secrets": ["s" * 40]}, False),  # a secret of the gateway's own
+    ],
+)
+def test_an_idp_without_an_audience_is_warned_about(auth: dict[str, object], warned: bool) -> None:
+    s = settings_from_mapping({"auth": auth}, {})
+    assert [w.split(":")[0] for w in audience_warnings(s)] == (["auth.audience"] if warned else [])
 
 
 def test_teams_are_typed_and_fall_back_to_default() -> None:
