@@ -20,7 +20,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway import __version__
-from gateway.admin.api_keys import KeyAdmin
+from gateway.admin.api_keys import KeyAdmin, unenforced_key_scope
 from gateway.admin.routes import admin_routes, team_key_routes
 from gateway.admin.service import AdminService
 from gateway.auth.idp import IdpClient
@@ -222,6 +222,9 @@ def create_app(
         digest=key_verifier.digest if key_verifier.enabled else None,
         audit=admin.audited,
         clock=clock,
+        unenforced=unenforced_key_scope(
+            quota=q.enabled, metering=q.enabled and settings.pricing.enabled
+        ),
     )
     configured = PriceTable(settings.pricing.models)
     refresher: PriceRefresher | None = None

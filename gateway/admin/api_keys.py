@@ -45,12 +45,15 @@ class KeyAdmin:
         digest: Callable[[str], str] | None,
         audit: Audit,
         clock: Callable[[], float],
+        unenforced: Mapping[str, str] | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
         self._digest = digest
         self._audit = audit
         self._clock = clock
+        # What a key could name here but this gateway would not check, and why.
+        self._unenforced = dict(unenforced or {})
 
     def _hash(self, token: str) -> str:
         if self._digest is None:
@@ -76,6 +79,7 @@ class KeyAdmin:
         expires = self._expiry(doc.get("expires_in_days"), now)
         models = _models(doc.get("models"))
         limits = _limits(doc.get("limits"))
+        self._enforceable(models, limits)
         roles = self._roles(doc.get("roles"), may_grant_roles)
         key_id, token = api_keys.new_key()
         record = KeyRecord(
@@ -152,6 +156,21 @@ class KeyAdmin:
         after = key_view(await self._find(key_id, team), now)
         await self._audit(actor, "api_key.rotate", f"api_key:{key_id}", before, after)
         return {**after, "key": token}
+
+    def _enforceable(
+        self, models: tuple[str, ...] | None, limits: tuple[tuple[str, int], ...]
+    ) -> None:
+        """A key must not promise a scope this gateway would not check."""
+        named = [("models", "models")] if models is not None else []
+        named += [(kind, f"limits.{kind}") for kind, _ in limits]
+        for what, param in named:
+            why = self._unenforced.get(what)
+            if why is not None:
+                raise InvalidRequest(
+                    f"This gateway {why}, so a key's {what} would not be enforced.",
+                    code="invalid_value",
+                    param=param,
+                )
 
     def _may_manage(self, actor: Principal, record: KeyRecord | None) -> None:
         """Whether ``actor`` may create a key (``record`` None), or rotate or revoke
@@ -314,3 +333,19 @@ def key_view(record: KeyRecord, now: float) -> dict[str, Any]:
 
 def _epoch(t: float | None) -> int | None:
     return None if t is None else math.ceil(t)
+
+
+def unenforced_key_scope(*, quota: bool, metering: bool) -> dict[str, str]:
+    """What of a key's scope a gateway with these switches would not check, and why: its
+    models and token and spend limits are checked when a call is metered, its request and
+    job limits by the quota engine."""
+    out: dict[str, str] = {}
+    if not metering:
+        off = "does not meter calls (pricing.enabled or quota.enabled is false)"
+        out |= dict.fromkeys(
+            ("models", "tokens_per_minute", "spend_per_day", "spend_per_month"), off
+        )
+    if not quota:
+        off = "has quotas off (quota.enabled: false)"
+        out |= dict.fromkeys(("requests_per_minute", "concurrent_jobs"), off)
+    return out

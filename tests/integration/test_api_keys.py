@@ -555,3 +555,46 @@ def test_a_key_with_its_own_scope_cannot_manage_keys(stack: Stack, team: str) ->
     unscoped = create_key(stack, team, name="open-lead", roles=[TEAM_ADMIN])
     r = httpx2.post(base, json={"name": "made-by-a-key"}, headers=bearer(unscoped["key"]))
     assert r.status_code == 201, r.text
+
+
+@pytest.mark.parametrize(
+    ("sections", "doc", "param"),
+    [
+        ({"pricing": {"enabled": False}}, {"models": ["gpt-4o-mini"]}, "models"),
+        (
+            {"pricing": {"enabled": False}},
+            {"limits": {"tokens_per_minute": 10}},
+            "limits.tokens_per_minute",
+        ),
+        ({"pricing": {"enabled": False}}, {"limits": {"spend_per_day": 1}}, "limits.spend_per_day"),
+        (
+            {"quota": {"enabled": False}},
+            {"limits": {"requests_per_minute": 5}},
+            "limits.requests_per_minute",
+        ),
+        ({"quota": {"enabled": False}}, {"models": ["gpt-4o-mini"]}, "models"),
+    ],
+)
+def test_a_key_cannot_promise_a_scope_the_gateway_would_not_check(
+    redis_url: str, team: str, sections: dict[str, Any], doc: dict[str, Any], param: str
+) -> None:
+    """Without metering a key's models and token or spend limits are never checked, without
+    quotas its request and job limits: such a key is refused, not issued as if it held."""
+    with make_stack(redis_url, teams={"default": {}, team: {}}, **sections) as s:
+        r = httpx2.post(
+            f"{s.url}/admin/v1/teams/{team}/api-keys",
+            json={"name": "scoped", **doc},
+            headers=admin_headers(s),
+        )
+        assert (r.status_code, r.json()["error"]["code"], r.json()["error"]["param"]) == (
+            400,
+            "invalid_value",
+            param,
+        ), r.text
+        assert "would not be enforced" in r.json()["error"]["message"]
+        plain = httpx2.post(
+            f"{s.url}/admin/v1/teams/{team}/api-keys",
+            json={"name": "plain"},
+            headers=admin_headers(s),
+        )
+        assert plain.status_code == 201, plain.text
