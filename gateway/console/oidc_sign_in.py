@@ -1,16 +1,18 @@
 """Signing in to the console through the company IdP: OpenID Connect's code flow with PKCE.
 
 ``begin`` makes a ``state``, a ``nonce`` and a PKCE ``code_verifier`` (random, 256 bits
-each), keeps them in Redis for ten minutes under the state, and answers where to send the
-browser plus a random ``binding`` for a signed cookie of the browser's own:
+each) and answers where to send the browser plus the ``binding`` the browser keeps in a
+signed cookie of its own for ten minutes: the state, nonce and verifier, and when they lapse.
+Nothing is stored until a sign-in succeeds, so anyone can ask to start one as often as they
+like without growing Redis (the quota state's home):
 
-    gw:console:oidc:{<state>}  hash: binding, nonce, verifier; TTL PENDING_S
+    gw:console:oidc:{<state>}  a state the IdP's code was exchanged for; TTL PENDING_S
 
-``finish`` takes the IdP's answer: the state's record is deleted as it is read (one use, on
-every replica, whatever happens next) and must carry the browser's binding, so a callback
-URL made for someone else's browser signs nobody in (login CSRF). Then an IdP error, the
-code exchange (with the verifier) and the ID token's check (``OidcProvider``). It answers
-the same ``Identity`` as the token sign-in, so the session that follows is the same too.
+``finish`` takes the IdP's answer: its state must be the browser's own (a callback URL made
+for someone else's browser signs nobody in: login CSRF), then an IdP error, the code exchange
+(with the verifier) and the ID token's check (``OidcProvider``); last, the state is marked
+used on every replica, once. It answers the same ``Identity`` as the token sign-in, so the
+session that follows is the same too.
 
 Every failure raises ``AuthenticationFailed`` whose reason is a metric label:
 ``oidc_state`` (no such state, used before, expired, or another browser's), ``oidc_denied``
@@ -22,9 +24,9 @@ from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 from redis.asyncio import Redis
 
@@ -45,14 +47,13 @@ class Started:
     binding: str = field(repr=False)  # for the browser's signed cookie
 
 
-def _text(v: Any) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
-
-
 class OidcSignIn:
-    def __init__(self, provider: OidcProvider, redis: Redis) -> None:
+    def __init__(
+        self, provider: OidcProvider, redis: Redis, *, clock: Callable[[], float] = time.time
+    ) -> None:
         self.provider = provider
         self._redis = redis
+        self._clock = clock
 
     @property
     def name(self) -> str:
@@ -61,31 +62,25 @@ class OidcSignIn:
 
     async def begin(self) -> Started:
         meta = await self.provider.metadata()
-        state, nonce, verifier, binding = (secrets.token_urlsafe(_RANDOM_BYTES) for _ in "1234")
-        name = keys.console_oidc(state)
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(name, mapping={"binding": binding, "nonce": nonce, "verifier": verifier})
-            pipe.expire(name, PENDING_S)
-            await pipe.execute()
+        state, nonce, verifier = (secrets.token_urlsafe(_RANDOM_BYTES) for _ in "123")
+        lapses = int(self._clock()) + PENDING_S
         url = self.provider.authorization_url(meta, state=state, nonce=nonce, verifier=verifier)
-        return Started(url, binding)
+        return Started(url, f"{state}~{nonce}~{verifier}~{lapses}")
 
     async def finish(self, answer: Mapping[str, str], binding: str | None) -> Identity:
         """The identity the IdP's answer (the callback's query) proves, for the browser that
-        holds ``binding``."""
+        holds ``binding`` (the value of its signed cookie)."""
         state = answer.get("state", "")
-        if not _STATE.fullmatch(state):
-            raise AuthenticationFailed("oidc_state")
-        name = keys.console_oidc(state)
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hgetall(name)
-            pipe.delete(name)
-            raw = (await pipe.execute())[0]
-        pending = {_text(k): _text(v) for k, v in raw.items()}
-        if not binding or not secrets.compare_digest(
-            pending.get("binding", "").encode(), binding.encode()
+        parts = (binding or "").split("~")
+        if (
+            not _STATE.fullmatch(state)
+            or len(parts) != 4
+            or not parts[3].isdigit()
+            or int(parts[3]) <= self._clock()
+            or not secrets.compare_digest(parts[0].encode(), state.encode())
         ):
             raise AuthenticationFailed("oidc_state")
+        _, nonce, verifier, _ = parts
         if "error" in answer:
             raise AuthenticationFailed("oidc_denied")
         iss = answer.get("iss")
@@ -95,6 +90,9 @@ class OidcSignIn:
         if not code or len(code) > MAX_CODE_CHARS:
             raise AuthenticationFailed("malformed")
         meta = await self.provider.metadata()
-        token = await self.provider.exchange(meta, code, pending["verifier"])
-        principal, exp = await self.provider.verify_id_token(meta, token, pending["nonce"])
+        token = await self.provider.exchange(meta, code, verifier)
+        principal, exp = await self.provider.verify_id_token(meta, token, nonce)
+        # One sign-in per state, on every replica: only a sign-in the IdP vouched for gets here.
+        if not await self._redis.set(keys.console_oidc(state), "1", nx=True, ex=PENDING_S):
+            raise AuthenticationFailed("oidc_state")
         return Identity(principal, exp)

@@ -13,7 +13,7 @@
     gw:reconciler:leader     the reconciler's leader lock
     gw:audit                 the admin audit log (a stream)
     gw:console:session:{<id>}  a console sign-in: who, its CSRF token (expires with it)
-    gw:console:oidc:{<state>}  an OpenID Connect sign-in under way (minutes, used once)
+    gw:console:oidc:{<state>}  an OpenID Connect sign-in's state, once used (minutes)
 
 Team names are restricted by the verifier (letters, digits, ``._-``), so they cannot break
 out of the tag; video ids are checked for shape before any look-up."""
@@ -37,7 +37,7 @@ def console_session(session_id: str) -> str:
 
 
 def console_oidc(state: str) -> str:
-    """An OpenID Connect sign-in between leaving for the IdP and coming back (by its state)."""
+    """An OpenID Connect sign-in's state, marked used once the IdP vouched for it."""
     return f"gw:console:oidc:{{{state}}}"
 
 

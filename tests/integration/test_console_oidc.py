@@ -24,6 +24,7 @@ import httpx2
 import pytest
 import redis as redis_sync
 
+from gateway.console import cookies
 from gateway.console.routes import OIDC_PROBLEMS
 from gateway.dev.embedded_redis import RedisProcess
 from tests.conftest import Stack, make_stack
@@ -205,6 +206,47 @@ def test_a_replayed_callback_signs_nobody_in(oidc: OidcStack) -> None:
         # The same browser's binding would not help either: the state was used.
         message = refused_for(oidc, client.get(captured[0]), client)
     assert "already used" in message
+    assert failures(oidc, "oidc_state") == before + 1
+
+
+def test_starting_sign_ins_stores_nothing_until_one_succeeds(
+    oidc: OidcStack, redis_server: RedisProcess
+) -> None:
+    """The start page answers anyone: asked a hundred times, it grows Redis by nothing."""
+    r = redis_sync.Redis.from_url(redis_server.url)
+    try:
+        before = len(r.keys("gw:console:oidc:*"))
+        with browser() as client:
+            for _ in range(100):
+                assert client.get(oidc.url + "/console/oidc/start").status_code == 303
+        assert len(r.keys("gw:console:oidc:*")) == before
+        with browser() as client:
+            assert sign_in(oidc, client).status_code == 200
+        assert len(r.keys("gw:console:oidc:*")) == before + 1  # the state, marked used
+    finally:
+        r.close()
+
+
+def test_a_callback_after_its_ten_minutes_signs_nobody_in(oidc: OidcStack) -> None:
+    """The lapse time signed into the browser's cookie counts, not how long it kept it."""
+    secret = oidc.stack.settings.console.session_secret
+    assert secret is not None
+
+    def lapsed(url: str) -> str:
+        value = cookies.unsign(secret.encode(), "console-oidc", client.cookies["gw_console_oidc"])
+        assert value is not None
+        state, nonce, verifier, _ = value.split("~")
+        past = f"{state}~{nonce}~{verifier}~{int(time.time()) - 1}"
+        client.cookies.set(
+            "gw_console_oidc",
+            cookies.sign(secret.encode(), "console-oidc", past),
+            path="/console/oidc",
+        )
+        return url
+
+    before = failures(oidc, "oidc_state")
+    with browser() as client:
+        refused_for(oidc, sign_in(oidc, client, back=lapsed), client)
     assert failures(oidc, "oidc_state") == before + 1
 
 
