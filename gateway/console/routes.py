@@ -32,7 +32,7 @@ from gateway.console.render import STATIC, Renderer
 from gateway.console.sessions import Session, SessionStore
 from gateway.errors import AuthenticationFailed, GatewayError, NotFound
 from gateway.proxy.passthrough import relay
-from gateway.videos.routes import content_headers
+from gateway.videos.routes import content_headers, inline_media
 from gateway.web.asgi import Receive, Scope, Send
 
 log = logging.getLogger("gateway.console")
@@ -625,8 +625,14 @@ class ConsoleRoutes:
         except GatewayError as exc:
             await self.error_page(exc, session, viewer)(scope, receive, send)
             return
+        # Shown in the page only as the media it says it is: anything else (an upstream or a
+        # CDN answering text/html or SVG) stays an attachment, never a page on our origin.
+        ctype = (resp.header("content-type") or "").split(";")[0].strip().lower()
+        inline = inline_media(ctype)
         headers = [
-            (k, v) for k, v in content_headers(resp, job, None) if k != b"content-disposition"
+            (k, v)
+            for k, v in content_headers(resp, job, None)
+            if not (inline and k == b"content-disposition")
         ]
         headers.append((b"x-content-type-options", b"nosniff"))
         try:

@@ -35,6 +35,11 @@ MAX_FIELD_BYTES = 32 * 1024 * 1024
 _EXTENSIONS = {"video/mp4": "mp4", "image/webp": "webp", "image/jpeg": "jpg", "image/png": "png"}
 
 
+def inline_media(ctype: str) -> bool:
+    """Whether a browser may show content of this type in place: no script runs in any."""
+    return ctype.startswith("video/") or ctype in ("image/png", "image/jpeg", "image/webp")
+
+
 def _who(request: Request) -> Principal:
     principal: Principal = request.scope["principal"]
     return principal

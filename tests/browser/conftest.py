@@ -70,6 +70,7 @@ class PlayableUpstream:
         self.state = sim.state
         self.clip = CLIP.read_bytes()
         self.served: list[tuple[str, str]] = []  # (upstream job id, authorization)
+        self.content_type = b"video/webm"  # a test may make it another upstream's, then back
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         m = _CONTENT.match(scope.get("path", "")) if scope["type"] == "http" else None
@@ -83,7 +84,7 @@ class PlayableUpstream:
                 "type": "http.response.start",
                 "status": 200,
                 "headers": [
-                    (b"content-type", b"video/webm"),
+                    (b"content-type", self.content_type),
                     (b"content-length", str(len(self.clip)).encode()),
                 ],
             }

@@ -268,6 +268,30 @@ def test_a_finished_video_plays_through_the_gateway(console: Console) -> None:
     assert f"{cs.url}/console/jobs/{video.id}/content" in loaded
 
 
+def test_content_that_is_not_media_is_never_shown_as_a_console_page(console: Console) -> None:
+    """An upstream (or its CDN) answering a job's content as HTML must not get a page on the
+    console's origin, where its script could act with the session: it is an attachment."""
+    cs = console.cs
+    with sdk(cs, cs.stack.token(team="team-a", user="alice")) as client:
+        video = client.videos.create_and_poll(
+            model="sora-2", prompt="a page", seconds="4", size="1280x720", poll_interval_ms=100
+        )
+    console.sign_in(cs.stack.token(team="team-a", user="alice"))
+    fetch = """
+        const done = arguments[arguments.length - 1];
+        fetch(arguments[0]).then(r => done([r.status, r.headers.get("content-disposition")]));
+    """
+    url = f"/console/jobs/{video.id}/content"
+    cs.upstream.content_type = b"text/html"
+    try:
+        status, disposition = console.driver.execute_async_script(fetch, url)
+    finally:
+        cs.upstream.content_type = b"video/webm"
+    assert status == 200
+    assert disposition == f'attachment; filename="{video.id}.bin"'
+    assert console.driver.execute_async_script(fetch, url) == [200, None]  # media: in place
+
+
 def test_a_member_sees_only_their_team(console: Console) -> None:
     cs = console.cs
     with sdk(cs, cs.stack.token(team="team-b", user="bob")) as client:
