@@ -101,9 +101,11 @@ class PassThrough:
         decoded, path = rewrite.upstream_path(raw_path.split(b"?", 1)[0])
         rule = self.routes.match(scope["method"], decoded)
         metered = self.meter is not None and rule.meter != kinds.FREE
+        # A body without a policy of its own, unmetered, that the upstream reads as JSON.
+        scan = rule.body == PLAIN and not metered and _json_body(scope, rule)
         try:
             body, body_done = await _request_body(
-                scope, receive, whole=rule.body != PLAIN or metered or _json_body(scope, rule)
+                scope, receive, whole=rule.body != PLAIN or metered or scan
             )
         except _ClientGone:
             return  # nobody to answer; not an error worth a traceback in the server log
@@ -119,7 +121,7 @@ class PassThrough:
         elif rule.body != PLAIN:
             assert not isinstance(body, AsyncIterator)
             body = body_policy.apply(rule.body, body)
-        elif _json_body(scope, rule):
+        elif scan:
             assert not isinstance(body, AsyncIterator)
             body_policy.scanned(body)  # sent as it came: the check parsed it as the upstream will
         req = UpstreamRequest(
