@@ -30,7 +30,7 @@ import re
 from typing import Any
 
 from gateway.metering import kinds
-from gateway.metering.answers import from_usage
+from gateway.metering.answers import from_usage, loads
 from gateway.metering.prices import Usage
 
 _NULL_USAGE = (b',"usage":null', b'"usage":null,', b', "usage": null', b'"usage": null, ')
@@ -198,7 +198,7 @@ def _data(event: bytes) -> dict[str, Any] | None:
     if not lines:
         return None
     try:
-        doc = json.loads(b"\n".join(lines))
+        doc = loads(b"\n".join(lines))
     except (ValueError, RecursionError):
         return None
     return doc if isinstance(doc, dict) else None

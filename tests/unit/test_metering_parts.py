@@ -337,6 +337,82 @@ def test_usage_from_json_answers() -> None:
     assert answers.from_json(kinds.CHAT, json.dumps(neg).encode()) == Usage()
 
 
+_JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.integers(min_value=-(10**30), max_value=10**30)
+    | st.floats()
+    | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+def _read(read: Any, data: bytes) -> tuple[str, Any]:
+    try:
+        return "ok", read(data)
+    except RecursionError:
+        return "deep", None
+    except ValueError:
+        return "refused", None
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal values of the same types all the way down (1 == 1.0 == True would hide a float
+    read where the standard parser keeps an integer), NaN equal to itself."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, float):
+        return a == b or (math.isnan(a) and math.isnan(b))
+    if isinstance(a, list):
+        return len(a) == len(b) and all(map(_same, a, b))
+    if isinstance(a, dict):
+        return list(a) == list(b) and all(_same(a[k], b[k]) for k in a)
+    return bool(a == b)
+
+
+@given(
+    _JSON,
+    st.sampled_from([{}, {"ensure_ascii": False}, {"separators": (",", ":")}, {"indent": 1}]),
+)
+def test_answers_are_read_as_the_standard_parser_reads_them(doc: Any, style: Any) -> None:
+    """``answers.loads`` is orjson where orjson agrees with ``json.loads``, which reads the
+    rest: every document means what it means to the standard library (integers past 64 bits
+    included, which orjson alone would make floats), and what it refuses raises the same."""
+    data = json.dumps(doc, **style).encode()
+    got, want = _read(answers.loads, data), _read(json.loads, data)
+    assert got[0] == want[0] == "ok"
+    assert _same(got[1], want[1])
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b'{"usage": {"prompt_tokens": 123456789012345678901234567890}}',
+        b'{"a": NaN, "b": -Infinity}',
+        b'{"a": "\\ud800"}',
+        b'\xef\xbb\xbf{"a": 1}',
+        '{"a": "\u00e9"}'.encode("utf-16"),
+        b'{"a": 1, "a": 2}',
+        b"[" * 5000 + b"]" * 5000,
+        b'{"a": 1',
+        b"\xff",
+        b"",
+    ],
+)
+def test_what_orjson_reads_otherwise_is_read_by_the_standard_parser(data: bytes) -> None:
+    got, want = _read(answers.loads, data), _read(json.loads, data)
+    assert got[0] == want[0]
+    assert _same(got[1], want[1])
+
+
+def test_a_huge_usage_count_is_read_as_the_integer_it_is() -> None:
+    big = 10**25
+    body = json.dumps({"usage": {"prompt_tokens": big, "completion_tokens": 1}}).encode()
+    assert answers.from_json(kinds.CHAT, body) == Usage(input_tokens=big, output_tokens=1)
+
+
 @pytest.mark.parametrize("kind", [kinds.CHAT, kinds.COMPLETIONS, kinds.RESPONSES])
 def test_usage_in_both_namings_counts_the_larger_of_each(kind: str) -> None:
     """new-api writes all four names, 0 where its channel filled only one: a chat answer
