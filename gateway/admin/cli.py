@@ -33,7 +33,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-from gateway.admin.tables import number, render
+from gateway.admin.tables import number, render, shown, shown_lines
 from gateway.quota.model import KINDS
 
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -197,8 +197,8 @@ def teams_table(doc: dict[str, Any]) -> str:
 
 def team_table(t: dict[str, Any]) -> str:
     head = (
-        f"team {t['team']} ({'configured' if t['configured'] else 'not in the config'}; "
-        f"currency {t['currency']}, time zone {t['time_zone']})"
+        f"team {shown(t['team'])} ({'configured' if t['configured'] else 'not in the config'}; "
+        f"currency {shown(t['currency'])}, time zone {shown(t['time_zone'])})"
     )
     rows = [
         [
@@ -236,7 +236,7 @@ def jobs_table(doc: dict[str, Any]) -> str:
     headers = ["ID", "STATUS", "MODEL", "SECONDS", "SIZE", "USER", "KEY", "CREATED"]
     out = render(headers, rows, right={3})
     if doc.get("has_more"):
-        out += f"\nmore: --after {doc['last_id']}"
+        out += f"\nmore: --after {shown(doc['last_id'])}"
     return out
 
 
@@ -244,9 +244,10 @@ def job_lines(j: dict[str, Any]) -> str:
     fields = dict(j)
     for name in ("created_at", "completed_at"):
         fields[name] = iso_text(fields.get(name)) if fields.get(name) else None
-    width = max(len(k) for k in fields)
+    width = max(len(shown(k)) for k in fields)
     return "\n".join(
-        f"{k.ljust(width)}  {v if isinstance(v, str) else json.dumps(v)}" for k, v in fields.items()
+        f"{shown(k).ljust(width)}  {shown(v) if isinstance(v, str) else json.dumps(v)}"
+        for k, v in fields.items()
     )
 
 
@@ -352,7 +353,12 @@ def watch_job(
 def change_line(job: dict[str, Any]) -> str:
     progress = job.get("progress")
     return " ".join(
-        [_clock_time(), job["id"], job["status"], f"{progress}%" if progress is not None else "-"]
+        [
+            _clock_time(),
+            shown(job["id"]),
+            shown(job["status"]),
+            f"{progress}%" if progress is not None else "-",
+        ]
     )
 
 
@@ -403,7 +409,7 @@ def _usage(c: AdminClient, a: argparse.Namespace) -> tuple[Any, Callable[[Any], 
         format="csv" if a.csv else None,
     )
     if a.csv:
-        return c.text("/admin/v1/usage" + query), lambda text: str(text).rstrip("\n")
+        return c.text("/admin/v1/usage" + query), lambda text: shown_lines(str(text).rstrip("\n"))
     return c.call("GET", "/admin/v1/usage" + query), usage_table
 
 
@@ -444,7 +450,7 @@ def run(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.st
         if getattr(args, "wait", False):
             code, outcome = _wait_job(client, args, out, as_json)
             if code:
-                print(f"gateway admin: {outcome['message']}", file=err)
+                print(f"gateway admin: {shown(outcome['message'])}", file=err)
             elif not as_json:
                 print(job_lines(outcome), file=out)
             return code
@@ -453,7 +459,7 @@ def run(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.st
     except CliError as exc:
         if as_json and exc.body is not None:
             print(json.dumps(exc.body, indent=2), file=out)
-        print(f"gateway admin: {exc.message}", file=err)
+        print(f"gateway admin: {shown(exc.message)}", file=err)
         return exc.exit_code
     except KeyboardInterrupt:
         print("gateway admin: interrupted", file=err)

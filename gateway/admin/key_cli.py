@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from gateway.admin.cli import AdminClient, CliError, iso_text, parse_assignments, q
-from gateway.admin.tables import number, render
+from gateway.admin.tables import number, render, shown
 
 EPILOG = """\
 examples:
@@ -57,15 +57,15 @@ def keys_table(doc: dict[str, Any]) -> str:
 
 def key_lines(k: dict[str, Any]) -> str:
     lines = [
-        f"id       {k['id']}",
-        f"name     {k['name']} (team {k['team']}, calls as {k['user']})",
-        f"state    {k['state']}",
+        f"id       {shown(k['id'])}",
+        f"name     {shown(k['name'])} (team {shown(k['team'])}, calls as {shown(k['user'])})",
+        f"state    {shown(k['state'])}",
         f"expires  {iso_text(k['expires_at']) if k['expires_at'] else 'never'}",
     ]
     if k.get("previous_key_valid_until"):
         lines.append(f"old key  valid until {iso_text(k['previous_key_valid_until'])}")
     if "key" in k:
-        lines.append(f"key      {k['key']}")
+        lines.append(f"key      {shown(k['key'])}")
         lines.append("         (shown this once: store it now; the gateway keeps only a hash)")
     return "\n".join(lines)
 

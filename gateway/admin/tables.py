@@ -1,8 +1,33 @@
-"""Aligned plain-text tables for the admin CLI (ASCII only: terminals, logs, pipes)."""
+"""Aligned plain-text tables for the admin CLI (terminals, logs, pipes).
+
+Every value in them comes from the gateway, and much of it from callers: team names, user
+subjects, tags, model names. ``shown`` writes each as one line of inert text, so that a
+subject carrying an escape sequence cannot recolour, clear or rewrite an operator's
+terminal, and one carrying a line break cannot forge a row."""
 
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
+
+
+def shown(text: str) -> str:
+    """``text`` with everything a terminal would act on or that would break the line
+    (control characters, line breaks, bidirectional overrides, zero-width and unassigned
+    characters) written as its Python escape, and backslashes doubled so that no escape is
+    ambiguous; printable text, any script's, is left as it is."""
+    if text.isprintable() and "\\" not in text:
+        return text
+    return "".join(c if c.isprintable() and c != "\\" else repr(c)[1:-1] for c in text)
+
+
+def shown_lines(text: str) -> str:
+    """Text whose line breaks are its own (a CSV document): each line ``shown``, its break
+    kept."""
+    out = []
+    for line in text.splitlines(keepends=True):
+        body = line.rstrip("\r\n")
+        out.append(shown(body) + line[len(body) :])
+    return "".join(out)
 
 
 def render(
@@ -11,6 +36,8 @@ def render(
     """Columns as wide as their widest cell, two spaces apart; ``right``-aligned by index.
 
     Trailing spaces are stripped so that output pasted into a ticket or diffed stays clean."""
+    headers = [shown(h) for h in headers]
+    rows = [[shown(cell) for cell in row] for row in rows]
     widths = [len(h) for h in headers]
     for row in rows:
         for i, cell in enumerate(row):

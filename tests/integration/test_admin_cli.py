@@ -402,3 +402,35 @@ def test_api_keys_from_the_terminal_in_both_views(cli: Cli) -> None:
     done = cli.run("api-keys", "list", token=member)
     assert done.returncode == 1
     assert "403 permission_denied" in done.stderr
+
+
+def test_a_callers_subject_cannot_write_to_the_operators_terminal(cli: Cli) -> None:
+    """A JWT's subject is the caller's to choose: one carrying an escape sequence (clear the
+    screen, retitle the window), a line break (a forged row) or a bidirectional override is
+    shown by every text view as its escape, and the JSON view carries it as JSON escapes."""
+    import urllib.request
+
+    t = fresh()
+    user = "mallory\x1b[2J\x1b]0;pwned\x07\nFAKE ROW\u202e"
+    req = urllib.request.Request(
+        cli.stack.v1 + "/videos",
+        data=json.dumps({"model": "sora-2", "prompt": "SIMNEVER", "seconds": "4"}).encode(),
+        headers={
+            "Authorization": f"Bearer {cli.stack.token(team=t, user=user)}",
+            "Content-Type": "application/json",
+        },
+        method="POST",
+    )
+    with urllib.request.urlopen(req, timeout=10) as r:
+        job_id = json.load(r)["id"]
+
+    table = cli.ok("jobs", t)
+    one = cli.ok("job", job_id)
+    for text in (table, one, cli.ok("--json", "jobs", t)):
+        assert not any(c in text for c in "\x1b\x07\u202e"), text
+        assert "FAKE ROW" in text
+    shown = "mallory\\x1b[2J\\x1b]0;pwned\\x07\\nFAKE ROW\\u202e"
+    assert len(table.strip().splitlines()) == 2  # the header and the job: no forged row
+    assert shown in table.splitlines()[1]
+    assert f"user             {shown}" in one
+    assert json.loads(cli.ok("--json", "job", job_id))["user"] == user

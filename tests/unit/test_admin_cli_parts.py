@@ -16,6 +16,7 @@ from gateway.admin.cli import (
     AdminClient,
     CliError,
     change_line,
+    job_lines,
     jobs_table,
     parse_assignments,
     q,
@@ -23,7 +24,8 @@ from gateway.admin.cli import (
     teams_table,
     watch_job,
 )
-from gateway.admin.tables import number, render
+from gateway.admin.key_cli import key_lines
+from gateway.admin.tables import number, render, shown, shown_lines
 from gateway.cli import build_parser
 from gateway.quota.model import KINDS
 
@@ -279,3 +281,37 @@ def test_change_line() -> None:
     assert line[1:] == ["video_1", "in_progress", "40%"]
     assert len(line[0]) == len("12:00:00Z")
     assert change_line(_job("queued", None)).split()[1:] == ["video_1", "queued", "-"]
+
+
+@pytest.mark.parametrize(
+    ("text", "want"),
+    [
+        ("plain-team_1", "plain-team_1"),
+        ("équipe 研究", "équipe 研究"),  # printable in any script: left as it is
+        ("a\x1b[31mred", "a\\x1b[31mred"),
+        ("two\nlines\r", "two\\nlines\\r"),
+        ("tab\there", "tab\\there"),
+        ("rtl\u202eevil\u2066", "rtl\\u202eevil\\u2066"),
+        ("zero\u200bwidth", "zero\\u200bwidth"),
+        ("c1\x9bcsi", "c1\\x9bcsi"),
+        ("back\\slash\x00", "back\\\\slash\\x00"),  # no escape is ambiguous
+        ("back\\x1b", "back\\\\x1b"),
+    ],
+)
+def test_shown_makes_any_value_one_line_of_inert_text(text: str, want: str) -> None:
+    assert shown(text) == want
+    assert shown(text).isprintable()
+
+
+def test_tables_and_lines_show_every_value_inert() -> None:
+    evil = "x\x1b[2J\ny"
+    table = render(["WHO", "N"], [[evil, "1"], ["bob", "2"]], right={1})
+    assert table.splitlines() == ["WHO          N", "x\\x1b[2J\\ny  1", "bob          2"]
+    lines = job_lines({"id": "video_1", "user": evil, "seconds": 4})
+    assert "user          x\\x1b[2J\\ny" in lines.splitlines()
+    assert len(lines.splitlines()) == 5  # id, user, seconds, created_at, completed_at
+    key = {"id": "k1", "name": evil, "team": "t", "user": "key:n", "state": "active"}
+    assert "\x1b" not in key_lines({**key, "expires_at": None})
+    assert change_line({"id": evil, "status": "queued", "progress": 0}).split()[1] == shown(evil)
+    csv = 'user,spend\r\n"a\x1b[2J\nb",1\r\n'
+    assert shown_lines(csv) == 'user,spend\r\n"a\\x1b[2J\nb",1\r\n'
