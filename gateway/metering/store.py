@@ -20,6 +20,7 @@ from gateway.quota.rate import RateCall
 from gateway.store.batcher import ScriptBatcher
 from gateway.store.keys import TEAMS, TeamKeys, reset_mark
 from gateway.store.lua import script
+from gateway.store.wire import Runs, encode_args
 
 
 def _text(v: Any) -> str:
@@ -89,6 +90,8 @@ class MeterStore:
 
         self._reserve = load("meter_reserve")
         self._settle = load("meter_settle")
+        # With batchers, the arguments that repeat between calls are encoded once.
+        self._runs = None if cluster else Runs()
         self._known: set[str] = set()
         # The keys before the call's own, by team, day, month and key: building a dozen names
         # per call was a measurable share of a metered call's CPU.
@@ -120,15 +123,38 @@ class MeterStore:
         key: KeyScope | None = None,
         rate: RateCall | None = None,
     ) -> Verdict:
-        args: list[str | int] = [now_s, tokens, spend, *defaults, day, month, *ttls, tag]
         flags = ("r" if rate else "") + ("q" if rate and rate.key else "") + ("k" if key else "")
-        args += [max_tags, TOKEN_WINDOW_S, flags]
-        if rate is not None:
-            args += rate.args
-        if key is not None:
-            args += [key.limit(kind) for kind in KEY_KINDS]
+        fixed: tuple[str | int, ...] = (
+            *defaults,
+            day,
+            month,
+            *ttls,
+            tag,
+            max_tags,
+            TOKEN_WINDOW_S,
+            flags,
+        )
+        args: list[str | int] = [now_s, tokens, spend, *fixed]
+        # The rate check's arguments: now_ms and the member vary, the rest repeat.
+        rate_args: tuple[str | int, ...] = rate.args if rate is not None else ()
+        limits: tuple[int, ...] = (
+            tuple(key.limit(kind) for kind in KEY_KINDS) if key is not None else ()
+        )
+        args += [*rate_args, *limits]
         keys = (*self._reserve_head(k, day, month, rate, key), k.metered_call(call_id))
-        text, _, rated = _text(await self._reserve(keys=keys, args=args)).partition("|")
+        runs = self._runs
+        if runs is None:
+            reply = await self._reserve(keys=keys, args=args)
+        else:
+            encoded = encode_args((now_s, tokens, spend)) + runs(fixed)
+            if rate_args:
+                now_ms, *defaults_rate, member = rate_args[:5]
+                encoded += encode_args((now_ms,)) + runs((*defaults_rate,))
+                encoded += encode_args((member,)) + runs((*rate_args[5:], *limits))
+            elif limits:
+                encoded += runs(limits)
+            reply = await self._reserve(keys=keys, args=args, encoded=encoded)
+        text, _, rated = _text(reply).partition("|")
         reply = text.split(",")
         folded = tuple(map(int, rated.split(","))) if rated else ()
         if k.team not in self._known:
@@ -166,7 +192,14 @@ class MeterStore:
         for name, amount in ledger.items():
             if amount:
                 args += [name, amount]
-        return int(await self._settle(keys=keys, args=args)) == 1
+        runs = self._runs
+        if runs is None:
+            return int(await self._settle(keys=keys, args=args)) == 1
+        encoded = encode_args((tokens, spend)) + runs((day, month, ledger_ttl))
+        for name, amount in ledger.items():
+            if amount:
+                encoded += runs((name,)) + encode_args((amount,))
+        return int(await self._settle(keys=keys, args=args, encoded=encoded)) == 1
 
     def _reserve_head(
         self, k: TeamKeys, day: str, month: str, rate: RateCall | None, key: KeyScope | None

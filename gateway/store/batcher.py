@@ -20,7 +20,8 @@ from gateway.store.breaker import Breaker
 from gateway.store.client import UNREACHABLE, unreachable
 from gateway.store.wire import Wire, encode, encode_args, wire_for
 
-Call = tuple[Sequence[str], Sequence[str | int], asyncio.Future[Any]]
+# keys, args, the reply's future, and the args already encoded (None: encode them here)
+Call = tuple[Sequence[str], Sequence[str | int], asyncio.Future[Any], bytes | None]
 
 
 class ScriptBatcher:
@@ -40,18 +41,24 @@ class ScriptBatcher:
         # counts, and the one that will send whatever is pending).
         self._scheduled = False
 
-    async def __call__(self, keys: Sequence[str], args: Sequence[str | int]) -> Any:
-        return await self.submit(keys, args)
+    async def __call__(
+        self, keys: Sequence[str], args: Sequence[str | int], encoded: bytes | None = None
+    ) -> Any:
+        return await self.submit(keys, args, encoded)
 
-    def submit(self, keys: Sequence[str], args: Sequence[str | int]) -> asyncio.Future[Any]:
+    def submit(
+        self, keys: Sequence[str], args: Sequence[str | int], encoded: bytes | None = None
+    ) -> asyncio.Future[Any]:
         """Queue one call and return its reply's future without waiting: a caller with work
         of its own to do meanwhile awaits it later, and the round trip overlaps that work.
-        Raises StoreUnavailable at once while the breaker is open."""
+        ``encoded``, when given, is ``encode_args(args)`` built by a caller that keeps the
+        parts that repeat (``Runs``). Raises StoreUnavailable at once while the breaker is
+        open."""
         if self.breaker is not None:
             self.breaker.check()
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
-        self._pending.append((keys, args, fut))
+        self._pending.append((keys, args, fut, encoded))
         wire = self.wire
         if wire is not None and wire.ready and self._last_of_turn(loop, wire):
             # Nothing else will run before the batch could leave: it leaves now, and the
@@ -149,9 +156,13 @@ class ScriptBatcher:
 
             return on_reply
 
-        wire.send_raw(b"".join(self._encode(k, a) for k, a, _ in live), [settle(c) for c in live])
+        wire.send_raw(
+            b"".join(self._encode(k, a, e) for k, a, _, e in live), [settle(c) for c in live]
+        )
 
-    def _encode(self, keys: Sequence[str], args: Sequence[str | int]) -> bytes:
+    def _encode(
+        self, keys: Sequence[str], args: Sequence[str | int], encoded: bytes | None = None
+    ) -> bytes:
         # The command's head (EVALSHA, the sha, the keys but the varying ones) is the same
         # for every call of one team on one day: encoded once, it saves most of the encoding
         # of a rate check, and half of a metered reservation's.
@@ -165,6 +176,8 @@ class ScriptBatcher:
             if len(self._heads) >= 4096:
                 self._heads.clear()
             self._heads[head_key] = head
+        if encoded is not None:
+            return head + (encode_args(keys[n:]) if n < len(keys) else b"") + encoded
         if n == len(keys):
             return head + encode_args(args)
         return head + encode_args((*keys[n:], *args))
@@ -174,7 +187,7 @@ class ScriptBatcher:
             await self._load()
         except Exception as exc:
             failure = self._failure(exc, "script_load")
-            for _, _, fut in calls:
+            for _, _, fut, _ in calls:
                 if not fut.done():
                     fut.set_exception(failure)
             return
@@ -188,22 +201,24 @@ class ScriptBatcher:
             try:
                 await self.wire.connect()
             except UNREACHABLE as exc:
-                for _, _, fut in live:
+                for _, _, fut, _ in live:
                     if not fut.done():
                         fut.set_exception(self._failure(exc))
                 return
             self._write(self.wire, live, loaded=loaded)
             return
         try:
-            results = await self._send([("EVALSHA", self.sha, len(k), *k, *a) for k, a, _ in live])
+            results = await self._send(
+                [("EVALSHA", self.sha, len(k), *k, *a) for k, a, _, _ in live]
+            )
         except UNREACHABLE as exc:
             failure = self._failure(exc)
-            for _, _, fut in live:
+            for _, _, fut, _ in live:
                 if not fut.done():
                     fut.set_exception(failure)
             return
         except BaseException as exc:
-            for _, _, fut in live:
+            for _, _, fut, _ in live:
                 if not fut.done():
                     fut.set_exception(
                         exc if isinstance(exc, Exception) else asyncio.CancelledError()

@@ -52,6 +52,28 @@ def encode_args(args: Sequence[Any]) -> bytes:
     return b"".join(parts)
 
 
+class Runs:
+    """Runs of script arguments that repeat from call to call (a team's configured limits,
+    the day, the tag), each encoded once and found again by its values: encoding costs a
+    metered reservation more than building its arguments does.
+
+    Only ``str`` and ``int`` values are kept (``True`` would be found as ``1``)."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self._size = size
+        self._runs: dict[tuple[str | int, ...], bytes] = {}
+
+    def __call__(self, values: tuple[str | int, ...]) -> bytes:
+        data = self._runs.get(values)
+        if data is None:
+            data = encode_args(values)
+            if _TEXT.issuperset(map(type, values)):
+                if len(self._runs) >= self._size:  # values come from credentials: bounded
+                    self._runs.clear()
+                self._runs[values] = data
+        return data
+
+
 class _Incomplete(Exception):
     """The buffer ends inside a reply: wait for more bytes."""
 

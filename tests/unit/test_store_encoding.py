@@ -1,0 +1,130 @@
+"""The metered scripts' arguments as the wire sends them: the runs that repeat between calls
+are encoded once (``Runs``), and what leaves is byte for byte ``encode_args`` of the whole
+argument list, whichever parts a call has (a folded rate check, a key's own rate and limits,
+any ledger)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from hypothesis import given
+from hypothesis import strategies as st
+from redis.asyncio import Redis
+
+from gateway.auth.api_keys import KeyScope
+from gateway.metering.store import KEY_KINDS, MeterStore
+from gateway.quota.model import Windows
+from gateway.quota.rate import RateCall
+from gateway.store.keys import TeamKeys
+from gateway.store.wire import Runs, encode_args
+
+NUM = st.integers(min_value=-1, max_value=10**15)
+TEXT = st.text(max_size=12)
+
+
+class Capture:
+    def __init__(self, reply: Any) -> None:
+        self.reply = reply
+        self.calls: list[tuple[Sequence[str], Sequence[str | int], bytes | None]] = []
+
+    async def __call__(
+        self, *, keys: Sequence[str], args: Sequence[str | int], encoded: bytes | None = None
+    ) -> Any:
+        self.calls.append((keys, args, encoded))
+        return self.reply
+
+
+def _store() -> tuple[MeterStore, Capture, Capture]:
+    store = MeterStore(Redis())
+    store._known.add("t")  # no team registration call
+    reserve, settle = Capture(b"1,100,5,-1"), Capture(1)
+    store._reserve, store._settle = reserve, settle
+    return store, reserve, settle
+
+
+@given(
+    st.tuples(NUM, NUM, NUM),
+    st.lists(NUM, min_size=4, max_size=4),
+    TEXT,
+    st.none() | st.tuples(NUM, NUM, NUM, NUM, TEXT, NUM),
+    st.booleans(),
+    st.none() | st.lists(NUM, min_size=3, max_size=3),
+)
+def test_a_reservation_leaves_as_encode_args_of_its_arguments(
+    varying: tuple[int, int, int],
+    defaults: list[int],
+    tag: str,
+    rate_args: tuple[int, int, int, int, str, int] | None,
+    key_rated: bool,
+    key_limits: list[int] | None,
+) -> None:
+    store, reserve, _ = _store()
+    now_s, tokens, spend = varying
+    key = None
+    if key_limits is not None:
+        key = KeyScope(id="k1", name="n", limits=tuple(zip(KEY_KINDS, key_limits, strict=True)))
+    rate = None
+    if rate_args is not None:
+        rate_key = KeyScope(id="k1", name="n") if key_rated else None
+        args = (*rate_args, 7) if key_rated else rate_args
+        rate = RateCall("t", rate_key, Windows.at(0, ZoneInfo("UTC")), ("a", "b", "c"), args)
+    for _ in range(2):  # the second time from the runs already encoded
+        asyncio.run(
+            store.reserve(
+                TeamKeys("t"),
+                "c1",
+                now_s=now_s,
+                tokens=tokens,
+                spend=spend,
+                defaults=defaults,
+                day="20261207",
+                month="202612",
+                ttls=(1, 2, 3),
+                tag=tag,
+                max_tags=100,
+                key=key,
+                rate=rate,
+            )
+        )
+    for _, args_sent, encoded in reserve.calls:
+        assert encoded == encode_args(args_sent)
+    assert reserve.calls[0][1][:3] == [now_s, tokens, spend]
+    assert reserve.calls[0][1] == reserve.calls[1][1]
+
+
+@given(NUM, NUM, st.dictionaries(TEXT, NUM, max_size=6))
+def test_a_settlement_leaves_as_encode_args_of_its_arguments(
+    tokens: int, spend: int, ledger: dict[str, int]
+) -> None:
+    store, _, settle = _store()
+    for _ in range(2):
+        asyncio.run(
+            store.settle(
+                TeamKeys("t"),
+                "c1",
+                tokens=tokens,
+                spend=spend,
+                day="20261207",
+                month="202612",
+                ledger=ledger,
+                ledger_ttl=86_400,
+            )
+        )
+    for _, args_sent, encoded in settle.calls:
+        assert encoded == encode_args(args_sent)
+    names = list(settle.calls[0][1][5::2])
+    assert names == [name for name, amount in ledger.items() if amount]
+
+
+def test_runs_keep_only_text_and_integers_and_stay_bounded() -> None:
+    runs = Runs(size=2)
+    assert runs((True,)) == encode_args((True,)) == b"$4\r\nTrue\r\n"
+    assert runs((1,)) == b"$1\r\n1\r\n"  # not the bool's encoding, never kept
+    assert runs(("a", 1)) == encode_args(("a", 1))
+    runs(("b",))
+    runs(("c",))  # past the bound: the runs start over
+    assert len(runs._runs) <= 2
+    assert runs(("é",)) == encode_args(("é",)) == b"$2\r\n\xc3\xa9\r\n"
