@@ -31,8 +31,7 @@ from gateway.console.pages import Console, Viewer
 from gateway.console.render import STATIC, Renderer
 from gateway.console.sessions import Session, SessionStore
 from gateway.errors import AuthenticationFailed, GatewayError, NotFound
-from gateway.proxy.passthrough import relay
-from gateway.videos.routes import content_headers, inline_media
+from gateway.videos.routes import content_headers, inline_media, send_content
 from gateway.web.asgi import Receive, Scope, Send
 
 log = logging.getLogger("gateway.console")
@@ -635,10 +634,7 @@ class ConsoleRoutes:
             if not (inline and k == b"content-disposition")
         ]
         headers.append((b"x-content-type-options", b"nosniff"))
-        try:
-            await relay(resp, receive, send, headers=headers)
-        finally:
-            resp.close()
+        await send_content(resp, scope, receive, send, headers)
 
     # -- the table ---------------------------------------------------------------------------
 

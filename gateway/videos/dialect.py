@@ -66,7 +66,7 @@ def _progress(raw: Any, status: Status) -> int:
         raw = raw.strip().rstrip("%")
     try:
         value = int(float(raw))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: "inf%", 1e400
         return 0
     return max(0, min(99 if status != "failed" else 100, value))
 
@@ -74,7 +74,7 @@ def _progress(raw: Any, status: Status) -> int:
 def _int(raw: Any) -> int | None:
     try:
         return int(raw) if raw is not None and not isinstance(raw, bool) else None
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
 
 

@@ -41,6 +41,7 @@ class Report:
     orphans_refunded: int = 0
     drift: dict[str, int] = field(default_factory=dict)
     lag_seconds: float = 0.0  # how long the stalest open job had gone unseen
+    failed_teams: int = 0  # teams whose jobs could not be reconciled this pass
 
 
 class Reconciler:
@@ -102,7 +103,15 @@ class Reconciler:
         report = Report()
         now_ms = int(self.clock() * 1000)
         for team in await self.quota.teams_seen():
-            await self._team(team, now_ms, report)
+            try:
+                await self._team(team, now_ms, report)
+            except StoreUnavailable:
+                raise  # Redis is gone for every team: the pass ends
+            except Exception:
+                # One team's jobs (an upstream answer nothing foresaw) must not leave every team
+                # after it unreconciled, pass after pass.
+                log.exception("reconciler skipped team %r this pass", team)
+                report.failed_teams += 1
         if any(report.drift.values()):
             log.warning("reconciler repaired drift: %s", report.drift)
         return report

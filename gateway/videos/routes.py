@@ -161,6 +161,28 @@ def content_headers(
     return out
 
 
+async def send_content(
+    resp: UpstreamResponse,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    headers: list[tuple[bytes, bytes]],
+    observer: StreamObserver | None = None,
+) -> None:
+    """A job's content to the caller, streamed, and the upstream response closed; to a HEAD
+    request (which Starlette routes with GET) the headers only: relaying the body for the
+    server to discard would pull the whole video from the upstream for an empty answer, as
+    fast as the network allows."""
+    try:
+        if scope["method"] == "HEAD":
+            await send({"type": "http.response.start", "status": resp.status, "headers": headers})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        await relay(resp, receive, send, headers=headers, observer=observer)
+    finally:
+        resp.close()
+
+
 def video_routes(
     service: VideoService,
     *,
@@ -239,16 +261,9 @@ def video_routes(
             headers=tuple(scope["headers"]),
             request_id=_rid(request),
         )
-        try:
-            await relay(
-                resp,
-                receive,
-                send,
-                headers=content_headers(resp, job, variant),
-                observer=observer(scope),
-            )
-        finally:
-            resp.close()
+        await send_content(
+            resp, scope, receive, send, content_headers(resp, job, variant), observer(scope)
+        )
 
     unsupported_paths = [f"/v1/videos/{name}" for name in UNSUPPORTED]
     return [

@@ -519,8 +519,14 @@ class VideoService:
             follow_redirects=True,
         )
         if resp.status >= 400 and resp.status != 416:
-            raw = await resp.read(64 * 1024)
-            resp.close()
+            try:
+                raw = await resp.read(64 * 1024)
+            except GatewayError:
+                # Larger than that (a CDN's error page) or cut: read as no body. Closing is
+                # what gives back the team's upstream connection and the key's count.
+                raw = b""
+            finally:
+                resp.close()
             exc = caller_error(resp, raw, self.secrets(), unsafe=False)
             # The registry saw this job complete, so an upstream that no longer knows the task
             # has dropped it (result URLs expire; a dev simulator forgets on restart). Waiting

@@ -203,3 +203,27 @@ def test_two_keys_each_job_uses_its_own(redis_url: str) -> None:
             for uid in upstream_ids:
                 used = {r["key"] for r in s.sim_requests(f"/v1/videos/{uid}")}
                 assert used == {s.keys[key_id]}
+
+
+async def test_head_answers_the_headers_and_stops_the_upstream_download(redis_url: str) -> None:
+    """Starlette routes HEAD with GET: relaying the body for the server to throw away pulled
+    the whole video from the upstream for each empty answer. Now the headers leave, and the
+    upstream download is closed at once (2 GiB: a relay would take seconds)."""
+    sim = SimConfig(job_seconds=0.2, content_bytes=2 * 1024**3)
+    with make_stack(redis_url, sim=sim, videos=VIDEOS) as s:
+        vid, _ = finished_video(s)
+        before = s.metric("gateway_content_bytes_total")
+        async with aiohttp.ClientSession() as session:
+            for n in (1, 2):
+                async with session.head(f"{s.v1}/videos/{vid}/content", headers=auth(s)) as r:
+                    assert r.status == 200
+                    assert r.headers["content-length"] == str(2 * 1024**3)
+                    assert r.headers["content-disposition"] == f'attachment; filename="{vid}.mp4"'
+                    assert await r.read() == b""
+                await wait_for_async(
+                    lambda n=n: s.sim_app.state.sim.aborted >= n,
+                    timeout=1,
+                    interval=0.02,
+                    message="the upstream download kept running after a HEAD",
+                )
+        assert s.metric("gateway_content_bytes_total") == before

@@ -279,3 +279,44 @@ async def test_a_job_past_the_deadline_fails_without_asking_the_upstream(
     assert (job.status, job.error_code) == ("failed", "timeout")
     assert upstream.requests == []
     assert (await reservation(quota, team, job.id))["state"] == "refunded"
+
+
+@pytest.mark.parametrize("answer", ["large", "cut"])
+async def test_an_upstream_error_on_content_gives_back_the_teams_connection(
+    upstream: FakeUpstream, redis: Redis, clock: Clock, answer: str
+) -> None:
+    """An error body over 64 KiB (a CDN's error page) or cut mid-way used to raise before the
+    response was closed: the team's upstream connection and the key's count were never given
+    back, and after the team's share of them every call of the team was refused."""
+    client = upstream.client(team_connections=2)
+    await client.start()
+    svc, _ = service(client, redis, clock)
+
+    def handler(req: SeenRequest) -> FakeResponse:
+        if not req.path.endswith("/content"):
+            return FakeResponse(200, json={**TASK, "status": "completed"})
+        if answer == "large":
+            page = b"<html>" + b"x" * 70_000 + b"</html>"
+            return FakeResponse(502, page, headers=[("Content-Type", "text/html")])
+        cut = FakeResponse(500, headers=[("Content-Length", "5000")])
+        cut.feed(b'{"error":')
+        cut.fail()
+        return cut
+
+    upstream.handler = handler
+    team = team_name()
+    made = await svc.create(who(team), FIELDS, upload=None, request_id="r", base_url=BASE)
+    video_id = str(made.body["id"])
+    try:
+        for _ in range(4):  # twice the team's share
+            with pytest.raises(GatewayError) as err:
+                await svc.open_content(
+                    who(team), video_id, variant=None, headers=(), request_id="d"
+                )
+            assert err.value.status in (500, 502)  # as the upstream answered: never a 429
+            assert err.value.code != "concurrency_limit_exceeded"
+            assert "x" * 100 not in err.value.message
+        assert client._held.get(team, 0) == 0
+        assert client.pool.in_flight("primary") == 0
+    finally:
+        await client.close()

@@ -144,6 +144,15 @@ def test_progress_is_clamped_below_100_until_done() -> None:
     assert parse_upstream({"id": "t", "status": "running", "progress": "n/a"}).progress == 0
 
 
+@pytest.mark.parametrize("raw", ["inf%", "Infinity", "-inf", float("inf"), 1e400, "nan", "1e999"])
+def test_an_infinite_or_undefined_progress_reads_as_0(raw: object) -> None:
+    """float() takes them; int() of an infinity raises OverflowError, which nothing caught:
+    a poll answered 500 and the reconciler's pass stopped at that job."""
+    doc = {"id": "t", "status": "running", "progress": raw, "seconds": raw, "width": raw}
+    v = parse_upstream(doc)
+    assert (v.progress, v.width) == (0, None)
+
+
 def test_video_object_has_every_key_and_string_seconds() -> None:
     obj = video_object(
         video_id="video_gw1",
