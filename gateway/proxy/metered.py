@@ -67,6 +67,11 @@ class MeteredCall:
         except GatewayError:
             log.warning("could not settle a metered call; its estimate stays charged")
             return adm.reserved_units
+        except Exception:
+            # Whatever went wrong, the answer the upstream gave (and billed) still reaches
+            # the caller whole: never a cut stream or a 500 for a call that ran.
+            log.exception("settling a metered call failed; its estimate stays charged")
+            return adm.reserved_units
 
     async def settle_shielded(self, usage: Usage | None, *, failed: bool = False) -> None:
         """Settle even when the request's task is being cancelled."""

@@ -17,7 +17,7 @@ from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, ResponseError
 
 from gateway.store.breaker import Breaker
-from gateway.store.client import UNREACHABLE, unreachable
+from gateway.store.client import UNREACHABLE, store_down, unreachable
 from gateway.store.wire import Wire, encode, encode_args, wire_for
 
 # keys, args, the reply's future, and the args already encoded (None: encode them here)
@@ -130,7 +130,7 @@ class ScriptBatcher:
         task.add_done_callback(self._flushing.discard)
 
     def _failure(self, exc: BaseException, op: str = "evalsha") -> BaseException:
-        if isinstance(exc, UNREACHABLE) and self.breaker is not None:
+        if store_down(exc) and self.breaker is not None:
             return unreachable(self.breaker, op, exc)
         return exc
 
@@ -234,7 +234,7 @@ class ScriptBatcher:
             if isinstance(result, NoScriptError) and not loaded:
                 unknown.append(call)
             elif isinstance(result, Exception):
-                fut.set_exception(result)
+                fut.set_exception(self._failure(result))
             else:
                 fut.set_result(result)
         if unknown:

@@ -2,8 +2,10 @@
 
 This is the one place Redis failures are translated: a command or pipeline that cannot reach
 Redis raises ``StoreUnavailable`` (a 503 with retry-after), and trips the client's circuit
-breaker so the calls after it fail at once instead of waiting out a timeout each. Errors
-Redis itself answers (a script's error, a wrong type) stay redis-py's: they are bugs.
+breaker so the calls after it fail at once instead of waiting out a timeout each. So does
+an answer that says Redis cannot serve writes now (READONLY after a failover, OOM, MISCONF,
+BUSY, NOREPLICAS: ``store_down``). Other errors Redis answers (a script's error, a wrong type)
+stay redis-py's: they are bugs.
 """
 
 from __future__ import annotations
@@ -18,8 +20,11 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import (
     ClusterDownError,
+    OutOfMemoryError,
+    ReadOnlyError,
     RedisClusterUnreachableError,
     RedisError,
+    ResponseError,
     TryAgainError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -40,6 +45,24 @@ UNREACHABLE = (
     ClusterDownError,
     TryAgainError,
 )
+# Redis answered, but cannot do what the gateway needs of it now: a failover left this client
+# on a replica (READONLY), it is at maxmemory (OOM), its last snapshot failed (MISCONF), a
+# script is past its time limit (BUSY), too few replicas would take a write (NOREPLICAS). For
+# the gateway that is Redis down: a 503 or fail-open by config, counted, never a 500.
+_REFUSED = (ReadOnlyError, OutOfMemoryError)
+_REFUSED_CODES = ("MISCONF ", "BUSY ", "NOREPLICAS ")
+# What to catch, then sort with ``store_down``: any other answer (a script's own error, a
+# wrong type) is a bug and stays redis-py's.
+MAYBE_DOWN = (*UNREACHABLE, ResponseError)
+
+
+def store_down(exc: BaseException) -> bool:
+    """Whether ``exc`` means Redis cannot serve the gateway now (unreachable or refusing)."""
+    if isinstance(exc, (*UNREACHABLE, *_REFUSED)):
+        return True
+    return isinstance(exc, ResponseError) and str(exc).startswith(_REFUSED_CODES)
+
+
 # redis-py raises this ConnectionError when its pool is busy: Redis is fine, we are loaded.
 _POOL_BUSY = "No connection available."
 
@@ -65,7 +88,9 @@ class GuardedRedis(Redis):
         self.breaker.check()
         try:
             return await super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
-        except UNREACHABLE as exc:
+        except MAYBE_DOWN as exc:
+            if not store_down(exc):
+                raise
             raise unreachable(self.breaker, str(args[0]).lower(), exc) from exc
 
     async def ping_unguarded(self) -> object:
@@ -87,7 +112,9 @@ class GuardedPipeline(Pipeline):
         self.breaker.check()
         try:
             return await super().execute(raise_on_error)
-        except UNREACHABLE as exc:
+        except MAYBE_DOWN as exc:
+            if not store_down(exc):
+                raise
             raise unreachable(self.breaker, "pipeline", exc) from exc
 
 
@@ -98,7 +125,9 @@ class GuardedClusterPipeline(ClusterPipeline):
         self.breaker.check()
         try:
             return await super().execute(raise_on_error, allow_redirections)
-        except UNREACHABLE as exc:
+        except MAYBE_DOWN as exc:
+            if not store_down(exc):
+                raise
             raise unreachable(self.breaker, "pipeline", exc) from exc
 
 
@@ -129,7 +158,9 @@ class QueuedCluster(RedisCluster):
             raise StoreUnavailable() from None  # our own queue is full: Redis may be fine
         try:
             return await super().execute_command(*args, **kwargs)
-        except UNREACHABLE as exc:
+        except MAYBE_DOWN as exc:
+            if not store_down(exc):
+                raise
             raise unreachable(self.breaker, str(args[0]).lower(), exc) from exc
         finally:
             self._gate.release()
