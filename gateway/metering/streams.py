@@ -62,6 +62,7 @@ class UsageTap:
         self._last = _LAST.get(kind, frozenset())
         self._marks = tuple(t.encode() for t in self._last)  # a cheap test before any parsing
         self._held: bytes | None = None  # from the stream's last event on, once seen
+        self._unread = False  # an event too long to read was passed on: counts are a floor
 
     @property
     def ended(self) -> bool:
@@ -115,6 +116,7 @@ class UsageTap:
         if cut < 0:
             if len(data) > MAX_EVENT:  # not an event stream we understand: let it through
                 self._tail = b""
+                self._unread = True
                 return data
             self._tail = data
             return b""
@@ -138,7 +140,9 @@ class UsageTap:
         one); from here on ``usage`` holds what the whole stream consumed."""
         rest, self._tail = (self._held or b"") + self._tail, b""
         self._held = None
-        if self._images:
+        if self._images and not self._unread:
+            # An image event too long to read (a large picture's base64) may have been a
+            # completed one: then the count is unknown, and the call is charged its estimate.
             self.usage = Usage(images=self._images)
         return rest
 

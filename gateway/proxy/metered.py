@@ -44,6 +44,29 @@ from gateway.web.asgi import Receive, Scope, Send, header
 log = logging.getLogger("gateway.metering")
 
 METER_BUFFER = 64 * 1024 * 1024  # a JSON answer up to this is read whole for its usage
+
+
+class _Budget:
+    """Bytes of JSON answers this process holds to read their usage, all calls together: a
+    caller asking for many large answers at once (embeddings as floats run to tens of MiB)
+    would otherwise make the replica hold them all. Past it, an answer is streamed on and
+    charged its estimate, like one past ``METER_BUFFER``."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.held = 0
+
+    def take(self, n: int) -> bool:
+        if self.held + n > self.total:
+            return False
+        self.held += n
+        return True
+
+    def give(self, n: int) -> None:
+        self.held -= n
+
+
+BUFFERED = _Budget(4 * METER_BUFFER)
 _settling: set[asyncio.Task[Any]] = set()  # settlements outliving a cancelled request
 
 
@@ -102,7 +125,7 @@ class MeteredCall:
                 cost = await self.settle(adm.estimate.bound)
                 await relay(resp, receive, send, [*headers, _cost(cost)], observer)
                 return
-            if "event-stream" in ctype:
+            if "event-stream" in ctype.lower():
                 tap = UsageTap(adm.kind, hide_usage=self.hide_usage)
                 headers = [(k, v) for k, v in headers if k != b"content-length"]
 
@@ -141,33 +164,41 @@ class MeteredCall:
         adm = self.admission
         body = bytearray()
         chunks = resp.iter_chunks()
-        async for chunk in chunks:  # a cut raises UpstreamError: 502, the estimate charged
-            body += chunk
-            if len(body) > METER_BUFFER:
-                break
-        else:
-            usage = answers.from_json(adm.kind, bytes(body))
-            cost = await self.settle(usage)
-            resp.finish()
-            start = {
-                "type": "http.response.start",
-                "status": resp.status,
-                "headers": [*headers, _cost(cost)],
-            }
-            await send(start)
-            await send({"type": "http.response.body", "body": bytes(body)})
-            if observer is not None:
-                observer.chunk(len(body))
-            return
-        # Too large to hold: streamed on, charged the estimate (counted as estimated).
-        await self.settle(None)
+        taken = 0
+        try:
+            async for chunk in chunks:  # a cut raises UpstreamError: 502, the estimate charged
+                body += chunk
+                if len(body) > METER_BUFFER or not BUFFERED.take(len(chunk)):
+                    break
+                taken += len(chunk)
+            else:
+                data = bytes(body)
+                del body[:]
+                usage = answers.from_json(adm.kind, data)
+                cost = await self.settle(usage)
+                resp.finish()
+                start = {
+                    "type": "http.response.start",
+                    "status": resp.status,
+                    "headers": [*headers, _cost(cost)],
+                }
+                await send(start)
+                await send({"type": "http.response.body", "body": data})
+                if observer is not None:
+                    observer.chunk(len(data))
+                return
+            # Too large to hold: streamed on, charged the estimate (counted as estimated).
+            await self.settle(None)
 
-        async def rest() -> Any:
-            yield bytes(body)
-            async for chunk in chunks:
-                yield chunk
+            async def rest() -> Any:
+                yield bytes(body)
+                del body[:]
+                async for chunk in chunks:
+                    yield chunk
 
-        await relay(resp, receive, send, headers, observer, chunks=rest())
+            await relay(resp, receive, send, headers, observer, chunks=rest())
+        finally:
+            BUFFERED.give(taken)
 
 
 def _cost(units: int) -> tuple[bytes, bytes]:

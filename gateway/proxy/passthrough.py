@@ -153,9 +153,13 @@ class PassThrough:
         watch = receive if body_done() else None
         try:
             if resp.status >= 400:
-                raw = await resp.read(BUFFER_LIMIT)
-                if call is not None:  # new-api bills no failed call
+                if call is not None:  # new-api bills no failed call, whatever its body
                     await call.settle_shielded(None, failed=True)
+                try:
+                    raw = await resp.read(BUFFER_LIMIT)
+                except GatewayError:
+                    resp.close()  # never reused with part of a body in it
+                    raw = b""  # too large to judge, or cut: an error all the same
                 raise self._upstream_error(resp, raw, unsafe=req.method not in IDEMPOTENT)
             if call is not None:
                 await call.answer(resp, watch, send, relay, self.observer(scope))
@@ -270,7 +274,7 @@ async def relay(
         and length is not None
         and length.isdigit()
         and int(length) <= BUFFER_LIMIT
-        and ("event-stream" not in ctype)
+        and ("event-stream" not in ctype.lower())
     ):
         body = await resp.read(BUFFER_LIMIT)
         await send({"type": "http.response.start", "status": resp.status, "headers": headers})

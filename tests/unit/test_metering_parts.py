@@ -670,6 +670,29 @@ def test_tap_counts_streamed_images_once_the_stream_has_ended() -> None:
     assert _ended(nothing) is None  # no image seen: the estimate is charged
 
 
+def test_a_streamed_image_too_long_to_read_leaves_the_count_to_the_estimate(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A large picture's completed event (base64, several MiB) passes on unread: it may have
+    been one more image than the tap counted, so the call is charged its estimate (n images),
+    never the smaller count of the images it could read."""
+    monkeypatch.setattr(streams, "MAX_EVENT", 256)
+    small = b'event: image_generation.completed\ndata: {"type":"image_generation.completed"}\n\n'
+    large = (
+        b"event: image_generation.completed\n"
+        + b'data: {"type":"image_generation.completed","b64_json":"'
+        + b"A" * 1000
+        + b'"}\n\n'
+    )
+    tap = UsageTap(kinds.IMAGES, hide_usage=False)
+    sent = b"".join(tap.feed(part) for part in (small, large[:400], large[400:]))
+    assert sent + tap.flush() == small + large  # all of it reaches the caller
+    assert tap.usage is None
+    alone = UsageTap(kinds.IMAGES, hide_usage=False)
+    alone.feed(small + small)
+    assert _ended(alone) == Usage(images=2)  # every event read: the count is exact
+
+
 def test_ledger_rows_group_and_scale() -> None:
     day = ledger.days(
         __import__("datetime").date(2026, 12, 1), __import__("datetime").date(2026, 12, 2)
