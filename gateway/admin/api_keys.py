@@ -97,10 +97,11 @@ class KeyAdmin:
         )
         if await self.store.count(team) >= MAX_KEYS_PER_TEAM:
             raise InvalidRequest(
-                f"Team '{team}' has {MAX_KEYS_PER_TEAM} keys, the most a team may have; revoke "
-                "keys it no longer needs.",
+                f"Team '{team}' has {MAX_KEYS_PER_TEAM} keys that are not revoked, the most a "
+                "team may have; revoke keys it no longer needs.",
                 code="too_many_keys",
             )
+        await self.store.forget_revoked(team, MAX_KEYS_PER_TEAM)
         try:
             await self.store.create(record)
         except NameTaken:

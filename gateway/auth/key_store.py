@@ -53,8 +53,29 @@ class KeyStore:
             raise
 
     async def count(self, team: str) -> int:
-        """How many keys the team was ever issued (revoked ones included)."""
-        return int(await self.redis.scard(keys.TeamKeys(team).api_keys))
+        """How many of the team's keys are not revoked (an expired one still counts: it can
+        be revoked)."""
+        return int(await self.redis.hlen(keys.TeamKeys(team).api_key_names))
+
+    async def forget_revoked(self, team: str, room: int) -> int:
+        """Drop the records of the team's oldest revoked keys until it holds fewer than
+        ``room`` records, so that one more fits; answers how many went. Revoked keys are kept
+        to be listed, but a team that creates and revokes keys for ever must not grow Redis
+        for ever (a forgotten key presented again is as refused as a revoked one)."""
+        t = keys.TeamKeys(team)
+        held = int(await self.redis.scard(t.api_keys))
+        if held < room:
+            return 0
+        revoked = [r for r in await self.team_keys(team) if r.state == REVOKED]
+        revoked.sort(key=lambda r: (r.revoked or 0.0, r.id))
+        gone = revoked[: held - room + 1]
+        if gone:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for r in gone:
+                    pipe.delete(keys.api_key(r.id))
+                    pipe.srem(t.api_keys, r.id)
+                await pipe.execute()
+        return len(gone)
 
     async def team_keys(self, team: str) -> list[KeyRecord]:
         ids = sorted(_text(i) for i in await self.redis.smembers(keys.TeamKeys(team).api_keys))

@@ -18,6 +18,7 @@ import openai
 import pytest
 import redis as redis_sync
 
+from gateway.admin import api_keys
 from gateway.sim.config import SimConfig
 from tests.conftest import Stack, make_stack
 from tests.servers import wait_for
@@ -598,3 +599,32 @@ def test_a_key_cannot_promise_a_scope_the_gateway_would_not_check(
             headers=admin_headers(s),
         )
         assert plain.status_code == 201, plain.text
+
+
+def test_the_cap_counts_keys_not_revoked_and_revoked_ones_make_room(
+    stack: Stack, team: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cap once counted every key a team was ever issued: after it, revoking freed
+    nothing and the team could never have a key again. Now it counts keys that are not
+    revoked, and a create past it forgets the oldest revoked records, so a team that creates
+    and revokes for ever holds at most the cap's worth of records."""
+    monkeypatch.setattr(api_keys, "MAX_KEYS_PER_TEAM", 3)
+    made = [create_key(stack, team, name=f"k{i}") for i in range(3)]
+    over = httpx2.post(
+        f"{stack.url}/admin/v1/teams/{team}/api-keys",
+        json={"name": "k3"},
+        headers=admin_headers(stack),
+    )
+    assert (over.status_code, over.json()["error"]["code"]) == (400, "too_many_keys")
+    for old in made[:2]:
+        gone = httpx2.delete(
+            f"{stack.url}/admin/v1/api-keys/{old['id']}", headers=admin_headers(stack)
+        )
+        assert gone.status_code == 200
+    more = [create_key(stack, team, name=f"n{i}") for i in range(2)]
+    listed = httpx2.get(f"{stack.url}/admin/v1/teams/{team}/api-keys", headers=admin_headers(stack))
+    states = {k["name"]: k["state"] for k in listed.json()["data"]}
+    assert states == {"k2": "active", "n0": "active", "n1": "active"}  # k0, k1 forgotten
+    for forgotten in made[:2]:
+        assert chat(stack, forgotten["key"]).status_code == 401
+    assert all(chat(stack, k["key"]).status_code == 200 for k in [made[2], *more])
