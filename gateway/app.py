@@ -166,6 +166,9 @@ def create_app(
         retry_hint_s=videos_conf.poll_after_ms / 1000,
         ledger_ttl_s=settings.pricing.ledger_retention_days * 86_400,
     )
+    # A create's upstream call (a retry on another key and the answer included) ends within
+    # this, so a reservation with no job after it, plus a grace, was left by a dead replica.
+    create_timeout = up.connect_timeout + up.read_timeout
     videos = VideoService(
         client,
         JobRegistry(redis),
@@ -178,9 +181,10 @@ def create_app(
             redis,
             ttl_seconds=q.idempotency_seconds,
             # A create still pending this long died with its replica: the key frees itself.
-            pending_seconds=up.connect_timeout + up.read_timeout + 60,
+            pending_seconds=create_timeout + 60,
         ),
         events=obs.video_events(),
+        create_timeout=create_timeout,
     )
     reconciler = Reconciler(
         redis,
@@ -189,11 +193,9 @@ def create_app(
         videos.registry,
         interval_seconds=q.reconcile_interval_seconds,
         idle_seconds=q.reconcile_idle_seconds,
-        # Longer than any create can take, so a create still in flight is never taken for dead.
-        orphan_seconds=max(
-            q.reconcile_idle_seconds,
-            up.connect_timeout + up.read_timeout + q.orphan_grace_seconds,
-        ),
+        # Longer than any create can take (the service ends one at create_timeout), so a
+        # create still in flight is never taken for dead.
+        orphan_seconds=max(q.reconcile_idle_seconds, create_timeout + q.orphan_grace_seconds),
         clock=clock,
         on_report=obs.reconciled,
         on_error=obs.reconciler_failed,

@@ -7,6 +7,8 @@ upstream key that created it (an upstream job belongs to the account that made i
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import re
@@ -22,6 +24,7 @@ from gateway.errors import (
     PermissionDenied,
     StoreUnavailable,
     UpstreamError,
+    UpstreamTimeout,
 )
 from gateway.metering.prices import allowed
 from gateway.quota.service import QuotaService
@@ -81,6 +84,7 @@ class VideoService:
         quota: QuotaService | None = None,
         idempotency: IdempotencyStore | None = None,
         events: VideoEvents | None = None,
+        create_timeout: float | None = None,
     ) -> None:
         self.client = client
         self.registry = registry
@@ -92,6 +96,9 @@ class VideoService:
         self.quota = quota
         self.idempotency = idempotency
         self.events = events or VideoEvents()
+        # The longest a create may take upstream, retries and answer included: the reconciler
+        # takes a reservation with no job for a dead replica's only after longer than this.
+        self.create_timeout = create_timeout
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -117,15 +124,29 @@ class VideoService:
         return self.settings.force_private
 
     async def _call_json(self, req: UpstreamRequest) -> tuple[dict[str, Any], str]:
-        """The upstream's JSON answer and the id of the key that got it."""
+        """The upstream's JSON answer and the id of the key that got it. A POST the upstream
+        accepted (2xx) whose answer then breaks off, runs too long or is not JSON may have
+        created a job: that is an unknown outcome, never a refusal."""
         resp = await self.client.send(req)
+        accepted = req.method == "POST" and resp.status < 400
         try:
-            raw = await resp.read(4 * 1024 * 1024)
+            try:
+                raw = await resp.read(4 * 1024 * 1024)
+            except GatewayError:
+                if accepted:
+                    raise _unknown(
+                        "The upstream accepted the job but its answer broke off."
+                    ) from None
+                raise
             if resp.status >= 400:
                 raise caller_error(resp, raw, self.secrets(), unsafe=req.method == "POST")
             try:
                 doc = json.loads(raw)
             except (ValueError, RecursionError):
+                if accepted:
+                    raise _unknown(
+                        "The upstream accepted the job but its answer is not JSON."
+                    ) from None
                 raise UpstreamError("The upstream answered something that is not JSON.") from None
             resp.finish()
             return (doc if isinstance(doc, dict) else {}), resp.key_id
@@ -288,19 +309,29 @@ class VideoService:
                 key=who.key,
             )
         try:
-            doc, key_id = await self._call_json(
-                UpstreamRequest(
-                    method="POST",
-                    path=path,
-                    query="",
-                    headers=_JSON,
-                    body=json.dumps(req.body).encode(),
-                    route="/v1/videos",
-                    request_id=request_id,
-                    key_id=source.key_id if source else None,
-                    team=who.team,
+            try:
+                async with asyncio.timeout(self.create_timeout):
+                    doc, key_id = await self._call_json(
+                        UpstreamRequest(
+                            method="POST",
+                            path=path,
+                            query="",
+                            headers=_JSON,
+                            body=json.dumps(req.body).encode(),
+                            route="/v1/videos",
+                            request_id=request_id,
+                            key_id=source.key_id if source else None,
+                            team=who.team,
+                        )
+                    )
+            except TimeoutError:
+                exc = UpstreamTimeout(
+                    "The upstream did not finish answering the create in time; the job may "
+                    "exist there, so it stays charged and is not sent again.",
+                    headers={"x-should-retry": "false"},
                 )
-            )
+                exc.maybe_processed = True
+                raise exc from None
             try:
                 up = dialect.parse_upstream(doc)
             except ValueError:
@@ -332,12 +363,26 @@ class VideoService:
             remixed_from=source.id if source else None,
         )
         job.status, job.progress = up.status, up.progress
-        await self.registry.add(job)
+        try:
+            await self.registry.add(job)
+        except GatewayError:
+            # The upstream runs the job, but without its record nobody can see it: never
+            # refunded here, and never a retry that would make a second one.
+            if self.quota is not None:
+                with contextlib.suppress(GatewayError):
+                    await self.quota.mark_unknown(who.team, video_id)
+            raise _unknown(
+                "The upstream accepted the job but the gateway could not record it; it is "
+                "charged and is not sent again."
+            ) from None
         spend = 0.0
         if self.quota is not None:
             spend = self.quota.policy.cost(req.model, req.seconds, req.size).spend
         self.events.created(job.team, job.model, job.seconds, spend)
-        await self._settle_if_finished(job)
+        try:
+            await self._settle_if_finished(job)
+        except GatewayError:
+            log.warning("create %s: settling left to the reconciler", video_id)
         return self._answer(job, base_url)
 
     async def _create_failed(self, team: str, video_id: str, exc: GatewayError) -> None:

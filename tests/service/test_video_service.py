@@ -12,7 +12,7 @@ import pytest
 from redis.asyncio import Redis
 
 from gateway.auth.principal import Principal
-from gateway.errors import GatewayError, NotFound, UpstreamTimeout
+from gateway.errors import GatewayError, NotFound, StoreUnavailable, UpstreamTimeout
 from gateway.quota.service import QuotaService
 from gateway.quota.store import QuotaStore
 from gateway.settings import QuotaSettings, RedisSettings, VideoSettings, team_table
@@ -137,6 +137,13 @@ def _time_out(req: SeenRequest) -> FakeResponse:
     raise TimeoutError
 
 
+def _cut(status: int) -> FakeResponse:
+    resp = FakeResponse(status, headers=[("Content-Length", "500")])
+    resp.feed(b'{"id": "task_up_1", "sta')
+    resp.fail()
+    return resp
+
+
 @pytest.mark.parametrize(
     ("handler", "status", "code"),
     [
@@ -151,8 +158,20 @@ def _time_out(req: SeenRequest) -> FakeResponse:
             )
             for bad in ("../v1/files", "task?x=1", "a/b", "..", "t#1", "x" * 201)
         ),
+        # Accepted (2xx), then the answer is not what a job's should be: a job may exist.
+        (lambda req: FakeResponse(200, b"<html>busy</html>"), 502, "upstream_unavailable"),
+        (lambda req: _cut(200), 502, "upstream_unavailable"),
+        (lambda req: FakeResponse(200, b"x" * (4 * 1024 * 1024 + 1)), 502, "upstream_unavailable"),
     ],
-    ids=["timeout", "5xx", "answer-without-id", *(f"unusable-id-{i}" for i in range(6))],
+    ids=[
+        "timeout",
+        "5xx",
+        "answer-without-id",
+        *(f"unusable-id-{i}" for i in range(6)),
+        "2xx-not-json",
+        "2xx-cut",
+        "2xx-too-large",
+    ],
 )
 async def test_a_create_with_an_unknown_outcome_keeps_its_charge_marked_unknown(
     client: UpstreamClient,
@@ -320,3 +339,66 @@ async def test_an_upstream_error_on_content_gives_back_the_teams_connection(
         assert client.pool.in_flight("primary") == 0
     finally:
         await client.close()
+
+
+async def test_a_create_longer_than_its_deadline_is_an_unknown_outcome_kept_charged(
+    upstream: FakeUpstream, redis: Redis, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reconciler refunds a reservation with no job once a create would have ended; a
+    create that ran on past that (each read within the read timeout, or a retry on another
+    key) was refunded and then ran uncharged. The service now ends it at its deadline, as an
+    unknown outcome whose charge is kept."""
+    client = upstream.client()
+    await client.start()
+    svc, quota = service(client, redis, clock)
+    svc.create_timeout = 0.2
+    team, vid = team_name(), new_video_id()
+    monkeypatch.setattr("gateway.videos.service.new_video_id", lambda: vid)
+    started = asyncio.Event()
+
+    async def slow(req: SeenRequest) -> FakeResponse:
+        started.set()
+        await asyncio.sleep(30)
+        return FakeResponse(200, json=TASK)
+
+    upstream.handler = slow
+    try:
+        with pytest.raises(GatewayError) as err:
+            await svc.create(who(team), FIELDS, upload=None, request_id="r", base_url=BASE)
+        assert started.is_set()
+        assert (err.value.status, err.value.code) == (504, "upstream_timeout")
+        assert err.value.maybe_processed
+        assert err.value.headers["x-should-retry"] == "false"
+        res = await reservation(quota, team, vid)
+        assert (res["state"], res["outcome"]) == ("reserved", "unknown")
+        assert await used(quota, team, "video_seconds_per_day") == 4
+    finally:
+        await client.close()
+
+
+async def test_redis_failing_after_the_upstream_accepted_never_invites_a_second_job(
+    client: UpstreamClient,
+    upstream: FakeUpstream,
+    redis: Redis,
+    clock: Clock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The job could not be recorded: it was answered 503 (retry), its Idempotency-Key freed,
+    and the SDK's retry made a second upstream job. Now it is an unknown outcome: no retry,
+    the charge kept."""
+    svc, quota = service(client, redis, clock)
+    team, vid = team_name(), new_video_id()
+    monkeypatch.setattr("gateway.videos.service.new_video_id", lambda: vid)
+    upstream.handler = create_then_poll(TASK)
+
+    async def down(job: Any) -> None:
+        raise StoreUnavailable()
+
+    monkeypatch.setattr(svc.registry, "add", down)
+    with pytest.raises(GatewayError) as err:
+        await svc.create(who(team), FIELDS, upload=None, request_id="r", base_url=BASE)
+    assert (err.value.status, err.value.code) == (502, "upstream_unavailable")
+    assert err.value.maybe_processed
+    assert err.value.headers["x-should-retry"] == "false"
+    res = await reservation(quota, team, vid)
+    assert (res["state"], res["outcome"]) == ("reserved", "unknown")
