@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import re
 import secrets
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, cast
 
 from redis.asyncio import Redis
 
 from gateway.store import keys
+from gateway.store.lua import script
 
 _ID = re.compile(r"^video_[0-9a-f]{32}$")
 TERMINAL = ("completed", "failed")
@@ -91,6 +92,7 @@ class Job:
 class JobRegistry:
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
+        self._update = redis.register_script(script("gateway.videos", "job_update"))
 
     async def add(self, job: Job) -> None:
         # The record first, then the index: a crash in between leaves an unlisted record,
@@ -112,15 +114,21 @@ class JobRegistry:
         return job
 
     async def update(self, job: Job, **changes: Any) -> Job:
-        for k, v in changes.items():
-            setattr(job, k, v)
-        mapping = {k: v for k, v in job.to_hash().items() if k in changes}
+        """Write ``changes`` and answer the job as it now stands. A job whose stored record
+        has already ended is left as it is and answered as stored: a poll in flight while
+        another caller, or the deadline, ended the job (and settled its charge) must act on
+        that end, never write another over it (a refunded job shown completed and served)."""
+        wanted = replace(job, **changes)
+        mapping = {k: v for k, v in wanted.to_hash().items() if k in changes}
         removed = [k for k, v in changes.items() if v is None]
-        if mapping:
-            await self._redis.hset(job_key(job.id), mapping=mapping)
-        if removed:
-            await self._redis.hdel(job_key(job.id), *removed)
-        return job
+        args = [len(mapping), *(x for kv in mapping.items() for x in kv), *removed]
+        reply = await self._update(keys=[job_key(job.id)], args=args)
+        if reply == 1:
+            for k, v in changes.items():
+                setattr(job, k, v)
+            return job
+        flat = cast(list[bytes], reply)
+        return Job.from_hash(dict(zip(flat[::2], flat[1::2], strict=True)))
 
     async def delete(self, job: Job) -> None:
         await self._redis.hset(job_key(job.id), "deleted", "1")

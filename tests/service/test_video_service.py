@@ -402,3 +402,72 @@ async def test_redis_failing_after_the_upstream_accepted_never_invites_a_second_
     assert err.value.headers["x-should-retry"] == "false"
     res = await reservation(quota, team, vid)
     assert (res["state"], res["outcome"]) == ("reserved", "unknown")
+
+
+async def test_a_poll_in_flight_at_the_deadline_cannot_revive_the_refunded_job(
+    client: UpstreamClient, upstream: FakeUpstream, redis: Redis, clock: Clock
+) -> None:
+    """The deadline failed the job and refunded it while a slow poll was out; the poll then
+    wrote 'completed' over it, and the video was served uncharged. A job's end is written
+    once: the poll finds the job ended and acts on that end."""
+    svc, quota = service(client, redis, clock, deadline_seconds=60)
+    entered, answer = asyncio.Event(), asyncio.Event()
+
+    async def handler(req: SeenRequest) -> FakeResponse:
+        if req.method == "POST":
+            return FakeResponse(200, json=TASK)
+        if req.path.endswith("/content"):
+            return FakeResponse(200, b"MP4", headers=[("Content-Type", "video/mp4")])
+        entered.set()
+        await answer.wait()  # a slow status answer
+        return FakeResponse(200, json={**TASK, "status": "completed", "progress": 100})
+
+    upstream.handler = handler
+    team = team_name()
+    made = await svc.create(who(team), FIELDS, upload=None, request_id="r", base_url=BASE)
+    vid = str(made.body["id"])
+    clock.advance(59.9)
+    job = await svc.registry.get(vid)
+    assert job is not None
+    slow = asyncio.create_task(svc.refresh(job, request_id="a"))
+    await asyncio.wait_for(entered.wait(), timeout=5)
+    clock.advance(1)  # the deadline passes while the poll is out
+    now = await svc.registry.get(vid)
+    assert now is not None
+    ended = await svc.refresh(now, request_id="b")
+    assert (ended.status, ended.error_code) == ("failed", "timeout")
+    answer.set()
+    seen = await slow
+    assert (seen.status, seen.error_code) == ("failed", "timeout")  # the end that won
+    stored = await svc.registry.get(vid)
+    assert stored is not None
+    assert (stored.status, stored.error_code) == ("failed", "timeout")
+    assert (await reservation(quota, team, vid))["state"] == "refunded"
+    assert await used(quota, team, "video_seconds_per_day") == 0
+    with pytest.raises(GatewayError) as err:
+        await svc.open_content(who(team), vid, variant=None, headers=(), request_id="d")
+    assert err.value.code == "video_not_ready"
+
+
+async def test_a_stale_copy_past_the_deadline_cannot_fail_a_completed_charged_job(
+    client: UpstreamClient, upstream: FakeUpstream, redis: Redis, clock: Clock
+) -> None:
+    svc, quota = service(client, redis, clock, deadline_seconds=60)
+    upstream.handler = create_then_poll({**TASK, "status": "completed", "progress": 100})
+    team = team_name()
+    made = await svc.create(who(team), FIELDS, upload=None, request_id="r", base_url=BASE)
+    vid = str(made.body["id"])
+    clock.advance(59.9)
+    stale = await svc.registry.get(vid)  # one request read the job while it ran...
+    current = await svc.registry.get(vid)
+    assert stale is not None
+    assert current is not None
+    assert (await svc.refresh(current, request_id="a")).status == "completed"  # ...kept
+    clock.advance(1)
+    seen = await svc.refresh(stale, request_id="b")  # past the deadline, on its stale copy
+    assert seen.status == "completed"
+    stored = await svc.registry.get(vid)
+    assert stored is not None
+    assert stored.status == "completed"
+    assert (await reservation(quota, team, vid))["state"] == "kept"
+    assert await used(quota, team, "video_seconds_per_day") == 4
