@@ -35,6 +35,10 @@ def from_usage(kind: str, usage: Any) -> Usage | None:
     if not isinstance(usage, dict):
         return None
     if not _TOKEN_NAMES.isdisjoint(usage):
+        if not all(_readable(usage.get(name)) for name in _TOKEN_NAMES):
+            # A count that is not a whole number of tokens (text, a fraction, below 0) says
+            # nothing reliable: the call is charged its estimate, never 0 for it.
+            return None
         # Both namings can come in one object: new-api's usage writes all four, 0 where its
         # channel filled only one (a chat answer converted from Claude carries input_tokens
         # and output_tokens 0). Each count is the larger of its two names, so no naming's 0
@@ -54,6 +58,28 @@ def from_usage(kind: str, usage: Any) -> Usage | None:
 
 
 _TOKEN_NAMES = frozenset({"prompt_tokens", "completion_tokens", "input_tokens", "output_tokens"})
+
+
+def _readable(value: Any) -> bool:
+    return value is None or (type(value) is int and value >= 0)
+
+
+def most(seen: Usage | None, found: Usage) -> Usage:
+    """Two reports of one call's usage (an upstream that repeats it, or follows it with
+    zeros) as one that never charges less than either: each count the larger, the cached
+    part (charged less) the smaller."""
+    if seen is None:
+        return found
+    inp = max(seen.input_tokens, found.input_tokens)
+    return Usage(
+        input_tokens=inp,
+        cached_tokens=min(seen.cached_tokens, found.cached_tokens, inp),
+        output_tokens=max(seen.output_tokens, found.output_tokens),
+        images=max(seen.images, found.images),
+        audio_seconds=max(seen.audio_seconds, found.audio_seconds),
+        characters=max(seen.characters, found.characters),
+        requests=max(seen.requests, found.requests),
+    )
 
 
 def _seconds(value: Any) -> Fraction:

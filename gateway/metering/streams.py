@@ -30,7 +30,7 @@ import re
 from typing import Any
 
 from gateway.metering import kinds
-from gateway.metering.answers import from_usage, loads
+from gateway.metering.answers import from_usage, loads, most
 from gateway.metering.prices import Usage
 
 _NULL_USAGE = (b',"usage":null', b'"usage":null,', b', "usage": null', b'"usage": null, ')
@@ -138,7 +138,12 @@ class UsageTap:
     def flush(self) -> bytes:
         """What is left when the stream has ended (its held last events, an unterminated
         one); from here on ``usage`` holds what the whole stream consumed."""
-        rest, self._tail = (self._held or b"") + self._tail, b""
+        tail, self._tail = self._tail, b""
+        if tail.strip():
+            # An event the upstream ended the stream on without its blank line: read like
+            # any other (its usage counted, or hidden), and ended properly for the caller.
+            tail = self._read(tail + b"\n\n")
+        rest = (self._held or b"") + tail
         self._held = None
         if self._images and not self._unread:
             # An image event too long to read (a large picture's base64) may have been a
@@ -152,13 +157,14 @@ class UsageTap:
             if _USAGE.search(event):
                 doc = _data(event)
                 found = from_usage(self.kind, doc.get("usage")) if doc is not None else None
-                if doc is not None and found is not None:
-                    self.usage = found
-                    if self.hide:
-                        if not doc.get("choices"):
-                            continue
-                        del doc["usage"]
-                        event = b"data: " + json.dumps(doc).encode() + b"\n\n"
+                if found is not None:
+                    self.usage = most(self.usage, found)
+                if self.hide and doc is not None and isinstance(doc.get("usage"), dict):
+                    # Whatever it holds (one without token names too): not asked for.
+                    if not doc.get("choices"):
+                        continue
+                    del doc["usage"]
+                    event = b"data: " + json.dumps(doc).encode() + b"\n\n"
             if self.hide:
                 for text in _NULL_USAGE:
                     event = event.replace(text, b"")

@@ -333,8 +333,14 @@ def test_usage_from_json_answers() -> None:
     )
     assert answers.from_json(kinds.CHAT, b"{}") is None
     assert answers.from_json(kinds.CHAT, b"not json") is None
-    neg = {"usage": {"prompt_tokens": -5, "completion_tokens": True}}
-    assert answers.from_json(kinds.CHAT, json.dumps(neg).encode()) == Usage()
+    # A count that is no whole number of tokens says nothing reliable: the estimate, never 0.
+    for bad in (-5, True, 9.0, "9", [9]):
+        odd = {"usage": {"prompt_tokens": bad, "completion_tokens": 12}}
+        assert answers.from_json(kinds.CHAT, json.dumps(odd).encode()) is None
+    nulls = {"usage": {"prompt_tokens": 9, "completion_tokens": 12, "input_tokens": None}}
+    assert answers.from_json(kinds.CHAT, json.dumps(nulls).encode()) == Usage(
+        input_tokens=9, output_tokens=12
+    )
 
 
 _JSON = st.recursive(
@@ -668,6 +674,66 @@ def test_tap_counts_streamed_images_once_the_stream_has_ended() -> None:
     nothing = UsageTap(kinds.IMAGES, hide_usage=False)
     nothing.feed(event("error"))
     assert _ended(nothing) is None  # no image seen: the estimate is charged
+
+
+def _chunk(usage: Any, choices: Any = ()) -> bytes:
+    doc = {"id": "c", "object": "chat.completion.chunk", "choices": list(choices), "usage": usage}
+    return b"data: " + json.dumps(doc).encode() + b"\n\n"
+
+
+def test_a_usage_without_token_names_is_still_hidden_from_a_caller_who_did_not_ask() -> None:
+    tap = UsageTap(kinds.CHAT, hide_usage=True)
+    sent = tap.feed(_chunk({"total_tokens": 12}) + b"data: [DONE]\n\n") + tap.flush()
+    assert b'"usage"' not in sent
+    assert sent.endswith(b"data: [DONE]\n\n")
+    assert tap.usage is None  # nothing readable: the estimate
+
+
+def test_a_last_event_without_its_blank_line_is_read_and_ended() -> None:
+    """The upstream closed right after its usage chunk, no blank line: the usage was neither
+    charged (the estimate was) nor hidden."""
+    usage = {"prompt_tokens": 9, "completion_tokens": 12, "total_tokens": 21}
+    hidden = UsageTap(kinds.CHAT, hide_usage=True)
+    sent = hidden.feed(_chunk(None, [{"index": 0, "delta": {"content": "hi"}}]))
+    sent += hidden.feed(_chunk(usage).rstrip(b"\n")) + hidden.flush()
+    assert b'"usage"' not in sent
+    assert hidden.usage == Usage(input_tokens=9, output_tokens=12)
+    shown = UsageTap(kinds.CHAT, hide_usage=False)
+    out = shown.feed(_chunk(usage).rstrip(b"\n")) + shown.flush()
+    assert out == _chunk(usage)
+    assert shown.usage == Usage(input_tokens=9, output_tokens=12)
+
+
+def test_a_later_usage_never_lowers_what_an_earlier_one_reported() -> None:
+    real = {"prompt_tokens": 900, "completion_tokens": 120, "total_tokens": 1020}
+    zeros = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+    tap = UsageTap(kinds.CHAT, hide_usage=False)
+    tap.feed(_chunk(real) + _chunk(zeros) + b"data: [DONE]\n\n")
+    tap.flush()
+    assert tap.usage == Usage(input_tokens=900, output_tokens=120)
+
+
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 10**6), st.integers(0, 10**6), st.integers(0, 10**6)),
+        min_size=1,
+        max_size=4,
+    )
+)
+def test_reports_combined_charge_no_less_than_any_of_them(reports: list[Any]) -> None:
+    price = ModelPrice(
+        input_per_million=Fraction(3),
+        cached_input_per_million=Fraction(1),
+        output_per_million=Fraction(5),
+    )
+    combined = None
+    usages = [
+        Usage(input_tokens=i, cached_tokens=min(c, i), output_tokens=o) for i, c, o in reports
+    ]
+    for u in usages:
+        combined = answers.most(combined, u)
+    assert combined is not None
+    assert all(price.cost_units(combined) >= price.cost_units(u) for u in usages)
 
 
 def test_a_streamed_image_too_long_to_read_leaves_the_count_to_the_estimate(
