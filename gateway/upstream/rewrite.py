@@ -8,12 +8,13 @@ cookies or identity reach the caller.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 import zlib
 from collections.abc import Iterable, Mapping
 from typing import Any
-from urllib.parse import quote, unquote_to_bytes
+from urllib.parse import quote, unquote_to_bytes, urlsplit
 
 from gateway.errors import InvalidRequest, UpstreamResponseError
 
@@ -21,6 +22,13 @@ MAX_PATH_BYTES = 2048
 _SEGMENT_SAFE = "-._~!$&'()*+,;=:@"
 _REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{8,128}$")
 _SECRET_LIKE = re.compile(r"sk-[A-Za-z0-9_-]{4,}")
+# Where the upstream's own machines are: new-api's messages can name the channel it failed to
+# reach ("Post \"http://10.20.30.40:8080/v1/...\": dial tcp ..."). A URL or an IPv4 address
+# whose host is not a public one is removed; a public help link stays.
+_URL = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s\"'<>`]+")
+_IPV4 = re.compile(r"(?<![\w.])(?:[0-9]{1,3}\.){3}[0-9]{1,3}(?::[0-9]{1,5})?(?![\w.])")
+_INTERNAL_SUFFIXES = (".internal", ".local", ".lan", ".intranet", ".corp", ".home", ".svc")
+HIDDEN_ADDRESS = "[internal address]"
 
 # Request headers the upstream may see. Everything else (the caller's Authorization, cookies,
 # forwarding headers, hop-by-hop headers, X-Stainless-*, OpenAI-Organization) stays behind.
@@ -133,7 +141,34 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
     for s in sorted(secrets, key=len, reverse=True):
         if s:
             text = text.replace(s, "***")
-    return _SECRET_LIKE.sub("sk-***", text)
+    text = _SECRET_LIKE.sub("sk-***", text)
+    if "://" in text:
+        text = _URL.sub(_url_shown, text)
+    return _IPV4.sub(_ipv4_shown, text)
+
+
+def _internal_host(host: str) -> bool:
+    try:
+        return not ipaddress.ip_address(host).is_global
+    except ValueError:
+        name = host.rstrip(".").lower()
+        return "." not in name or name.endswith(_INTERNAL_SUFFIXES)
+
+
+def _url_shown(m: re.Match[str]) -> str:
+    try:
+        host = urlsplit(m.group(0)).hostname
+    except ValueError:  # an unparsable authority: not worth the risk
+        return HIDDEN_ADDRESS
+    return HIDDEN_ADDRESS if host is None or _internal_host(host) else m.group(0)
+
+
+def _ipv4_shown(m: re.Match[str]) -> str:
+    try:
+        address = ipaddress.ip_address(m.group(0).split(":", 1)[0])
+    except ValueError:  # 999.1.1.1: a version number, not an address
+        return m.group(0)
+    return m.group(0) if address.is_global else HIDDEN_ADDRESS
 
 
 def decode_body(body: bytes, content_encoding: str | None) -> bytes:

@@ -125,6 +125,35 @@ def test_normalise_redacts_keys() -> None:
     assert "SECRETVALUE" not in exc.message
 
 
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        (
+            'do_request_failed: Post "http://10.20.30.40:8080/v1/chat": dial tcp 10.20.30.40:8080',
+            'do_request_failed: Post "[internal address]": dial tcp [internal address]',
+        ),
+        ("upstream http://relay:3000/v1 failed", "upstream [internal address] failed"),
+        (
+            "at http://[fd00::5]/x and https://api.svc/y",
+            "at [internal address] and [internal address]",
+        ),
+        ("metadata http://169.254.169.254/latest", "metadata [internal address]"),
+        ("from 192.168.1.7 and 127.0.0.1:6379", "from [internal address] and [internal address]"),
+        # Public places and things that only look like addresses stay.
+        (
+            "see https://platform.openai.com/docs/guides",
+            "see https://platform.openai.com/docs/guides",
+        ),
+        ("resolved to 8.8.8.8", "resolved to 8.8.8.8"),
+        ("model v1.2.3.4000 and 999.1.1.1", "model v1.2.3.4000 and 999.1.1.1"),
+    ],
+)
+def test_upstream_text_names_none_of_its_internal_addresses(text: str, shown: str) -> None:
+    assert rewrite.redact(text) == shown
+    body = json.dumps({"error": {"message": text, "code": "do_request_failed"}}).encode()
+    assert rewrite.normalise_error(500, body).message == shown
+
+
 def test_decode_gzip_body() -> None:
     assert rewrite.decode_body(gzip.compress(b"hello"), "gzip") == b"hello"
     assert rewrite.decode_body(b"garbage", "gzip") == b""
