@@ -22,7 +22,10 @@ class _Script:
         self.reply = reply
         self.calls: list[tuple[tuple[str, ...], list[str | int]]] = []
 
-    async def __call__(self, *, keys: tuple[str, ...], args: list[str | int]) -> bytes:
+    async def __call__(
+        self, *, keys: tuple[str, ...], args: list[str | int], encoded: bytes | None = None
+    ) -> bytes:
+        # ``encoded`` (the arguments as the wire sends them) is tests/unit/test_store_encoding's.
         self.calls.append((keys, args))
         return self.reply
 
