@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from gateway.admin import inputs
 from gateway.auth import api_keys
@@ -28,7 +28,22 @@ from gateway.errors import (
 from gateway.quota.model import LimitError, parse_limit, shown, stored_limit
 from gateway.settings import AuthSettings
 
-Audit = Callable[[Principal, str, str, Any, Any], Awaitable[None]]
+
+class Audit(Protocol):
+    """Records a change; ``team`` puts the entry in that team's own audit stream."""
+
+    def __call__(
+        self,
+        actor: Principal,
+        action: str,
+        target: str,
+        before: Any,
+        after: Any,
+        *,
+        team: str | None = None,
+    ) -> Awaitable[None]: ...
+
+
 # A model pattern as the teams' ``models:`` take them: a name or a glob, no spaces.
 MODEL_PATTERN = re.compile(r"[A-Za-z0-9*?\[\]][A-Za-z0-9_.:/*?\[\]!-]{0,127}")
 MAX_MODELS = 64
@@ -112,7 +127,7 @@ class KeyAdmin:
                 status=409,
             ) from None
         view = key_view(record, now)
-        await self._audit(actor, "api_key.create", f"api_key:{key_id}", None, view)
+        await self._audited(actor, "api_key.create", f"api_key:{key_id}", None, view, team)
         return {**view, "key": token}
 
     async def list(self, team: str) -> dict[str, Any]:
@@ -130,7 +145,9 @@ class KeyAdmin:
         before = key_view(record, now)
         await self.store.revoke(record, now)
         after = key_view(await self._find(key_id, team), now)
-        await self._audit(actor, "api_key.revoke", f"api_key:{key_id}", before, after)
+        await self._audited(
+            actor, "api_key.revoke", f"api_key:{key_id}", before, after, record.team
+        )
         return after
 
     async def rotate(
@@ -155,8 +172,19 @@ class KeyAdmin:
         before = key_view(record, now)
         await self.store.rotate(record, self._hash(token), now + grace if grace > 0 else 0.0)
         after = key_view(await self._find(key_id, team), now)
-        await self._audit(actor, "api_key.rotate", f"api_key:{key_id}", before, after)
+        await self._audited(
+            actor, "api_key.rotate", f"api_key:{key_id}", before, after, record.team
+        )
         return {**after, "key": token}
+
+    async def _audited(
+        self, actor: Principal, action: str, target: str, before: Any, after: Any, team: str
+    ) -> None:
+        # A gateway admin's change goes to the shared log. Anyone else manages only their own
+        # team's keys, as often as they like: their entries go to the team's own stream, so
+        # that churn can never push an admin's entries out of the shared one.
+        own = None if actor.has_role(self.settings.admin_role) else team
+        await self._audit(actor, action, target, before, after, team=own)
 
     def _enforceable(
         self, models: tuple[str, ...] | None, limits: tuple[tuple[str, int], ...]

@@ -176,10 +176,18 @@ class AdminService:
         return {"object": "list", "data": entries, "has_more": more}
 
     async def audited(
-        self, actor: Principal, action: str, target: str, before: Any, after: Any
+        self,
+        actor: Principal,
+        action: str,
+        target: str,
+        before: Any,
+        after: Any,
+        *,
+        team: str | None = None,
     ) -> None:
+        """Record a change applied; ``team`` puts it in that team's own stream."""
         try:
-            await self.audit.record(actor, action, target, before=before, after=after)
+            await self.audit.record(actor, action, target, before=before, after=after, team=team)
         except StoreUnavailable:
             # The change is done and cannot be taken back safely; keep the record somewhere.
             log.error(

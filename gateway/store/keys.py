@@ -11,7 +11,8 @@
     gw:apikey:{<id>}         a gateway API key's record (hashed secret, team, scope, state)
     gw:teams                 every team that ever reserved
     gw:reconciler:leader     the reconciler's leader lock
-    gw:audit                 the admin audit log (a stream)
+    gw:audit                 the audit log of gateway admins' changes (a stream)
+    gw:audit:teams           the teams whose own audit stream (``gw:{team:<t>}:audit``) exists
     gw:console:session:{<id>}  a console sign-in: who, its CSRF token (expires with it)
     gw:console:oidc:{<state>}  an OpenID Connect sign-in's state, once used (minutes)
 
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 TEAMS = "gw:teams"  # every team that ever reserved, for the reconciler and the admin API
 RECONCILER_LEADER = "gw:reconciler:leader"
 AUDIT_STREAM = "gw:audit"
+AUDIT_TEAMS = "gw:audit:teams"
 
 
 def api_key(key_id: str) -> str:
@@ -136,6 +138,11 @@ class TeamKeys:
 
     def idempotency(self, digest: str) -> str:
         return f"{self.prefix}:idem:{digest}"
+
+    @property
+    def audit(self) -> str:
+        """The audit entries of the team's own key management (a stream, capped on its own)."""
+        return f"{self.prefix}:audit"
 
     @property
     def api_keys(self) -> str:

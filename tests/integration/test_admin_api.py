@@ -4,6 +4,7 @@ only their window, key switches the pool obeys, and an audit log without secrets
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import secrets
@@ -18,14 +19,23 @@ from zoneinfo import ZoneInfo
 import pytest
 import redis as redis_sync
 
-from gateway.admin.audit import AuditLog
+from gateway.admin.api_keys import KeyAdmin
+from gateway.admin.audit import AUDIT_MAXLEN, TEAM_AUDIT_MAXLEN, AuditLog
 from gateway.admin.service import AdminService
+from gateway.auth.key_store import KeyStore
 from gateway.auth.principal import Principal
 from gateway.errors import ServiceUnavailable
 from gateway.quota.model import Windows
 from gateway.quota.service import QuotaService
 from gateway.quota.store import QuotaStore
-from gateway.settings import QuotaSettings, RedisSettings, Settings, VideoSettings, team_table
+from gateway.settings import (
+    AuthSettings,
+    QuotaSettings,
+    RedisSettings,
+    Settings,
+    VideoSettings,
+    team_table,
+)
 from gateway.sim.config import SimConfig
 from gateway.store.client import close_redis, make_redis
 from gateway.store.keys import AUDIT_STREAM, TEAMS, TeamKeys
@@ -677,7 +687,13 @@ def _epoch(iso: str) -> float:
 # -- Redis trouble: admin fails closed -----------------------------------------------------------
 
 
-def _service(redis_url: str, audit_url: str | None = None) -> tuple[AdminService, list[Any]]:
+def _service(
+    redis_url: str,
+    audit_url: str | None = None,
+    *,
+    maxlen: int = AUDIT_MAXLEN,
+    team_maxlen: int = TEAM_AUDIT_MAXLEN,
+) -> tuple[AdminService, list[Any]]:
     settings = Settings()
     clients = [make_redis(RedisSettings(url=redis_url))]
     if audit_url is not None:
@@ -696,7 +712,7 @@ def _service(redis_url: str, audit_url: str | None = None) -> tuple[AdminService
         pool=KeyPool([], None, clock=time.time),
         settings=settings,
         clock=time.time,
-        audit=AuditLog(clients[-1], clock=time.time),
+        audit=AuditLog(clients[-1], clock=time.time, maxlen=maxlen, team_maxlen=team_maxlen),
     )
     return svc, clients
 
@@ -769,3 +785,50 @@ async def test_the_audit_stream_is_capped(redis_url: str) -> None:
     finally:
         await r.delete(stream)
         await _close([r])
+
+
+async def test_a_team_rotating_its_own_key_cannot_push_an_admins_entry_out(
+    redis_url: str,
+) -> None:
+    """All entries once shared one capped stream, so a team admin rotating its own key past
+    the cap pushed every gateway admin's entry out of the log (found by review). A team's own
+    key management now has its own stream, capped on its own, and the log reads them all."""
+    svc, clients = _service(redis_url, maxlen=50, team_maxlen=50)
+    r = clients[0]
+    team = fresh()
+    keys = KeyAdmin(
+        KeyStore(r),
+        AuthSettings(),
+        digest=lambda token: hashlib.sha256(token.encode()).hexdigest(),
+        audit=svc.audited,
+        clock=time.time,
+    )
+    lead = Principal(team=team, user="lead", roles=frozenset({"team-admin"}))
+    try:
+        await svc.set_limits(ROOT, fresh(), {"requests_per_minute": 5}, replace=False)
+        made = await keys.create(lead, team, {"name": "ci"}, may_grant_roles=False)
+        for _ in range(400):
+            await keys.rotate(lead, made["id"], {}, team=team)
+
+        doc = await svc.audit_log(limit="1000")
+        seen = [(e["action"], e["actor"]["user"]) for e in doc["data"]]
+        assert seen[0] == ("api_key.rotate", "lead")
+        assert seen[-1] == ("limits.merge", "root")  # the oldest entry, still there
+        assert doc["has_more"] is False
+        ids = [tuple(map(int, e["id"].split("-"))) for e in doc["data"]]
+        assert ids == sorted(ids, reverse=True)  # one log, newest first
+        # approximate trimming drops whole stream nodes (100 entries each by default)
+        assert 50 <= await r.xlen(TeamKeys(team).audit) <= 150
+        assert await r.xlen(AUDIT_STREAM) == 1
+
+        # A gateway admin's key change is the admin's entry, in the shared stream.
+        await keys.rotate(ROOT, made["id"], {}, team=None)
+        assert await r.xlen(AUDIT_STREAM) == 2
+        newest = await svc.audit_log(limit="2")
+        assert [(e["action"], e["actor"]["user"]) for e in newest["data"]] == [
+            ("api_key.rotate", "root"),
+            ("api_key.rotate", "lead"),
+        ]
+        assert newest["has_more"] is True
+    finally:
+        await _close(clients)

@@ -304,6 +304,13 @@ def test_a_team_admin_manages_only_its_own_teams_keys(stack: Stack, team: str) -
     r = httpx2.delete(stack.v1 + f"/gateway/api-keys/{mine['id']}", headers=lead)
     assert r.status_code == 200
     assert r.json()["state"] == "revoked"
+    # The team's own entries sit in its own stream; an admin reads them in the one log.
+    audit = httpx2.get(f"{stack.url}/admin/v1/audit", headers=admin_headers(stack))
+    assert [(e["action"], e["actor"]["user"]) for e in audit.json()["data"]] == [
+        ("api_key.revoke", "lead"),
+        ("api_key.create", "root"),
+        ("api_key.create", "lead"),
+    ]
 
 
 def test_a_key_reaches_admin_routes_only_with_the_admin_role(stack: Stack, team: str) -> None:
