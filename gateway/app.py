@@ -270,7 +270,7 @@ def create_app(
         settings.pricing,
         team_models=settings.team_models,
         prices=prices,
-        events=obs.meter_events(),
+        events=obs.meter_events(prices),
         on_key_charged=spend_by_key.add,
         rate=quota.rate,
     )

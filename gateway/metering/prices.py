@@ -176,6 +176,11 @@ class PriceTable:
     def models(self) -> Iterable[str]:
         return [*self._exact, *(k for k, _ in self._globs), *self._loaded]
 
+    def names(self, model: str) -> bool:
+        """Whether the table lists ``model`` by its exact name (configured or loaded), not
+        only through a glob: such names are bounded by the config and the loaded list."""
+        return model in self._exact or model in self._loaded
+
     def lookup(self, model: str) -> ModelPrice | None:
         try:
             return self._cache[model]

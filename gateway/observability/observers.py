@@ -10,7 +10,7 @@ from typing import Any
 from prometheus_client import Counter
 
 from gateway.errors import GatewayError
-from gateway.metering.prices import Usage
+from gateway.metering.prices import PriceTable, Usage
 from gateway.metering.service import MeterEvents
 from gateway.observability.access_log import note_quota, note_upstream
 from gateway.observability.metrics import Metrics
@@ -20,7 +20,6 @@ from gateway.videos.events import VideoEvents
 from gateway.videos.reconciler import Report
 from gateway.web.asgi import Scope
 
-MAX_MODEL_LABELS = 200
 MAX_CACHED_CHILDREN = 10_000  # label values come from callers (team and model names): bounded
 
 
@@ -107,8 +106,10 @@ class Observers:
     def bill_read(self, result: str) -> None:
         self.metrics.reconciliations.labels(result).inc()
 
-    def meter_events(self) -> MeterEvents:
-        return _MeterMetrics(self.metrics, self.quota_decision)
+    def meter_events(self, prices: Callable[[], PriceTable]) -> MeterEvents:
+        """Metering's events; ``prices`` is the table calls are priced with now, whose
+        models by exact name are the only model labels."""
+        return _MeterMetrics(self.metrics, self.quota_decision, prices)
 
     def streams(self, *, content: bool) -> Callable[[Scope], StreamMetrics]:
         """Per streamed answer: in-flight and abort metrics, by the caller's team."""
@@ -133,25 +134,28 @@ class Observers:
 
 
 class _MeterMetrics:
-    """Metering's events as metrics. Model names come from callers (a glob price matches
-    many): the first ``MAX_MODEL_LABELS`` seen are labels, the rest are 'other'."""
+    """Metering's events as metrics. Model names come from callers (a glob price or
+    ``pricing.unpriced: allow`` lets any name through), so a name is a label only if the price
+    table names it exactly, configured or loaded; the rest are 'other'. Labelling the first
+    names seen instead would let one caller's made-up names take every slot and turn the
+    other teams' models into 'other'."""
 
-    def __init__(self, metrics: Metrics, decision: Callable[[str, str, str], None]) -> None:
+    def __init__(
+        self,
+        metrics: Metrics,
+        decision: Callable[[str, str, str], None],
+        prices: Callable[[], PriceTable],
+    ) -> None:
         self.metrics = metrics
         self._decision = decision
-        self._labels: set[str] = set()
+        self._prices = prices
         self._children = _Children()
 
     def decision(self, team: str, kind: str, result: str) -> None:
         self._decision(team, kind, result)
 
     def _model(self, model: str) -> str:
-        if model in self._labels:
-            return model
-        if len(self._labels) < MAX_MODEL_LABELS and len(model) <= 64:
-            self._labels.add(model)
-            return model
-        return "other"
+        return model if self._prices().names(model) else "other"
 
     def charged(self, team: str, model: str, kind: str, usage: Usage, spend_units: int) -> None:
         # input counts every input token, as the ledger does; cached is the part of it cached.
@@ -166,9 +170,12 @@ class _MeterMetrics:
             self._child(self.metrics.spend, team, model, kind).inc(spend_units / SPEND_UNITS)
 
     def _child(self, metric: Counter, team: str, model: str, last: str) -> Counter:
+        # Keyed by the label, not the name: a model the loaded price list adds later gets its
+        # own series from then on, and made-up names share one cache entry.
+        label = self._model(model)
         child: Counter = self._children.get(
-            (metric, team, model, last),
-            lambda: metric.labels(self.metrics.team_label(team), self._model(model), last),
+            (metric, team, label, last),
+            lambda: metric.labels(self.metrics.team_label(team), label, last),
         )
         return child
 

@@ -19,7 +19,7 @@ import pytest
 from gateway.app import create_app
 from gateway.sim.app import create_sim_app
 from gateway.sim.config import SimConfig
-from tests.conftest import gateway_config
+from tests.conftest import gateway_config, make_stack
 from tests.deploy.metric_names import EXPORTED_METRICS, sample_names
 from tests.servers import run_server, wait_for
 
@@ -224,3 +224,39 @@ def test_the_scrape_exports_every_metric_the_dashboards_and_alerts_use(live: Liv
             for m in re.finditer(rf"^{series}\{{([^}}]*)\}} ", scrape, re.M):
                 got = {kv.split("=", 1)[0] for kv in m.group(1).split(",") if kv} - {"le"}
                 assert got == set(labels), f"{series} has labels {got}, expected {labels}"
+
+
+def test_made_up_model_names_cannot_take_a_priced_models_label(redis_url: str) -> None:
+    """The first 200 model names seen used to become labels: one team sending 200 made-up
+    names (unpriced, or matching a glob price) turned every other team's models into
+    'other' until a restart (found by review). Only names the price table lists exactly are
+    labels now."""
+    pricing = {
+        "models": {
+            "gpt-4o-mini": {"input_per_million": 0.15, "output_per_million": 0.6},
+            "junk-*": {"input_per_million": 1},
+        },
+        "unpriced": "allow",
+    }
+    with make_stack(redis_url, pricing=pricing) as stack, httpx2.Client(timeout=10) as http:
+
+        def chat(team: str, model: str) -> int:
+            r = http.post(
+                stack.v1 + "/chat/completions",
+                json={"model": model, "messages": [{"role": "user", "content": "hi"}]},
+                headers={"Authorization": f"Bearer {stack.token(team=team)}"},
+            )
+            return r.status_code
+
+        junk = [f"junk-{i:03d}" for i in range(150)] + [f"made-up-{i:03d}" for i in range(60)]
+        assert {chat("team-b", model) for model in junk} == {200}
+        assert chat("team-a", "gpt-4o-mini") == 200
+
+        assert stack.metric("gateway_tokens_total", team="team-a", model="gpt-4o-mini") > 0
+        assert stack.metric("gateway_spend_total", team="team-a", model="gpt-4o-mini") > 0
+        # A glob's match and an unpriced name are 'other', whoever sends them.
+        assert stack.metric("gateway_tokens_total", team="team-b", model="other") > 0
+        assert stack.metric("gateway_unpriced_calls_total", model="other") == 60
+        scrape = httpx2.get(stack.url + "/metrics").text
+        assert "junk-" not in scrape
+        assert "made-up-" not in scrape

@@ -127,6 +127,14 @@ def test_price_table_exact_then_globs_in_order_then_loaded() -> None:
     assert table.lookup("claude") is d
     assert table.lookup("mistral") is None
     assert table.with_loaded({"mistral": d}).lookup("mistral") is d
+    # The names a metric may carry as its model label: exact ones only, never a glob's match.
+    assert [table.names(m) for m in ("gpt-4o", "claude", "gpt-4o-mini", "gpt-4o*", "x")] == [
+        True,
+        True,
+        False,
+        False,
+        False,
+    ]
 
 
 def test_team_model_globs() -> None:
