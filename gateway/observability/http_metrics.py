@@ -9,6 +9,14 @@ from gateway.observability.metrics import Metrics
 from gateway.observability.routes import route_label
 from gateway.web.asgi import ASGIApp, Message, Receive, Scope, Send
 
+# The HTTP parser accepts some 35 methods (PROPFIND, MKCALENDAR, ...), and anyone can send them
+# without a token: as labels, each would multiply the route x status x team series.
+LABELLED_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def method_label(method: str) -> str:
+    return method if method in LABELLED_METHODS else "other"
+
 
 class HttpMetricsMiddleware:
     def __init__(self, app: ASGIApp, metrics: Metrics, access_log: AccessLog | None = None) -> None:
@@ -45,7 +53,7 @@ class HttpMetricsMiddleware:
             route = route_label(scope["path"])
             principal = scope.get("principal")
             team = m.team_label(principal.team if principal is not None else None)
-            m.requests.labels(route, scope["method"], str(status), team).inc()
+            m.requests.labels(route, method_label(scope["method"]), str(status), team).inc()
             m.request_duration.labels(route).observe(seconds)
             if self.access_log is not None:
                 self.access_log.write(

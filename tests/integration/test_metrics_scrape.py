@@ -21,6 +21,7 @@ from gateway.sim.app import create_sim_app
 from gateway.sim.config import SimConfig
 from tests.conftest import gateway_config, make_stack
 from tests.deploy.metric_names import EXPORTED_METRICS, sample_names
+from tests.rawhttp import raw_request
 from tests.servers import run_server, wait_for
 
 TEAMS = {"default": {}, "team-a": {"video_seconds_per_day": 100, "requests_per_minute": 1000}}
@@ -260,3 +261,22 @@ def test_made_up_model_names_cannot_take_a_priced_models_label(redis_url: str) -
         scrape = httpx2.get(stack.url + "/metrics").text
         assert "junk-" not in scrape
         assert "made-up-" not in scrape
+
+
+def test_odd_methods_share_one_method_label(live: Live) -> None:
+    """Every method the HTTP parser accepts (some 35: PROPFIND, MKCALENDAR, ...) became a
+    method label, so callers without a token could multiply the request series by them
+    (found by review). Methods outside the seven an API uses are counted as 'other'."""
+    for method in ("PROPFIND", "MKCALENDAR", "PURGE", "OPTIONS"):
+        r = raw_request(
+            live.url, f"{method} /v1/models HTTP/1.1\nHost: x\nContent-Length: 0\nConnection: close"
+        )
+        assert r.status == 401, (method, r.body)
+        assert r.json()["error"]["code"] == "invalid_api_key"
+    v = live.value
+    route = "/v1/models"
+    assert v("gateway_requests_total", route=route, method="other", status="401") == 3
+    assert v("gateway_requests_total", route=route, method="OPTIONS", status="401") == 1
+    scrape = live.scrape()
+    for method in ("PROPFIND", "MKCALENDAR", "PURGE"):
+        assert f'method="{method}"' not in scrape
