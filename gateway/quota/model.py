@@ -68,7 +68,15 @@ def parse_limit(kind: str, value: Any) -> Limit:
         if value != int(value):
             raise LimitError(kind, "must be a whole number")
         return int(value)
-    return int(value) if value == int(value) else float(value)
+    limit = int(value) if value == int(value) else float(value)
+    if limit > 0 and stored_limit(kind, limit) == 0:
+        # Stored as 0 it would refuse everything: surely not what a positive amount meant.
+        raise LimitError(
+            kind,
+            f"rounds to 0 in steps of {_step(kind)}, which would refuse everything "
+            "(write 0 if that is meant)",
+        )
+    return limit
 
 
 def parse_limits(raw: Mapping[str, Any]) -> dict[str, Limit]:
@@ -102,6 +110,12 @@ def stored_limit(kind: str, value: Limit) -> int:
     if kind in SPEND_KINDS:
         return round(value * SPEND_UNITS)
     return int(value)
+
+
+def _step(kind: str) -> str:
+    """The smallest amount a fractional limit kind counts, as a person writes it."""
+    units = SECOND_UNITS if kind.startswith("video_seconds") else SPEND_UNITS
+    return f"{1 / units:.{len(str(units)) - 1}f}"
 
 
 def shown(kind: str, stored: int | float) -> int | float:

@@ -360,6 +360,11 @@ def test_a_key_reaches_admin_routes_only_with_the_admin_role(stack: Stack, team:
             "limits.spend_per_day",
             "invalid_value",
         ),
+        (
+            {"name": "n", "limits": {"spend_per_month": 4e-7}},  # stored as 0 (found by review)
+            "limits.spend_per_month",
+            "invalid_value",
+        ),
         ({"name": "n", "roles": ["root"]}, "roles", "invalid_value"),
     ],
 )

@@ -37,6 +37,10 @@ def ts(text: str, tz: str = "UTC") -> float:
         ("requests_per_minute", 0, 0),
         ("video_seconds_per_day", 12.5, 12.5),
         ("spend_per_month", 250, 250),
+        # the smallest amounts counted, and 0 (refuse everything) said as 0
+        ("video_seconds_per_day", 0.001, 0.001),
+        ("spend_per_day", 0.000001, 0.000001),
+        ("spend_per_day", 0.0, 0),
     ],
 )
 def test_good_limits(kind: str, value: Any, expected: Any) -> None:
@@ -53,6 +57,19 @@ def test_good_limits(kind: str, value: Any, expected: Any) -> None:
         ("spend_per_month", "10", "must be a number or null (unlimited)"),
         ("spend_per_month", float("inf"), "must be a finite number >= 0"),
         ("video_seconds_per_day", float("nan"), "must be a finite number >= 0"),
+        # Positive amounts that would be stored as 0, which refuses everything (found by review)
+        (
+            "video_seconds_per_day",
+            0.0004,
+            "rounds to 0 in steps of 0.001, which would refuse everything (write 0 if that is "
+            "meant)",
+        ),
+        (
+            "spend_per_day",
+            4e-7,
+            "rounds to 0 in steps of 0.000001, which would refuse everything (write 0 if that "
+            "is meant)",
+        ),
     ],
 )
 def test_bad_limits_name_the_limit(kind: str, value: Any, problem: str) -> None:
@@ -137,6 +154,9 @@ def test_team_limits_are_validated_at_load() -> None:
     with pytest.raises(SettingsError) as err:
         load(teams={"research": {"concurrent_jobs": -2}})
     assert err.value.key == "teams.research.concurrent_jobs"
+    with pytest.raises(SettingsError) as err:
+        load(teams={"research": {"spend_per_day": 4e-7}})  # stored as 0: refuses everything
+    assert err.value.key == "teams.research.spend_per_day"
     with pytest.raises(SettingsError) as err:
         load(teams={"bad team": {}})
     assert err.value.key == "teams.bad team"
