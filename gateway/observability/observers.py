@@ -158,6 +158,9 @@ class _MeterMetrics:
         return model if self._prices().names(model) else "other"
 
     def charged(self, team: str, model: str, kind: str, usage: Usage, spend_units: int) -> None:
+        # Keyed by the label, not the name: a model the loaded price list adds later gets its
+        # own series from then on, and made-up names share one cache entry.
+        label = self._model(model)
         # input counts every input token, as the ledger does; cached is the part of it cached.
         for kind_of, n in (
             ("input", usage.input_tokens),
@@ -165,14 +168,11 @@ class _MeterMetrics:
             ("output", usage.output_tokens),
         ):
             if n:
-                self._child(self.metrics.tokens, team, model, kind_of).inc(n)
+                self._child(self.metrics.tokens, team, label, kind_of).inc(n)
         if spend_units:
-            self._child(self.metrics.spend, team, model, kind).inc(spend_units / SPEND_UNITS)
+            self._child(self.metrics.spend, team, label, kind).inc(spend_units / SPEND_UNITS)
 
-    def _child(self, metric: Counter, team: str, model: str, last: str) -> Counter:
-        # Keyed by the label, not the name: a model the loaded price list adds later gets its
-        # own series from then on, and made-up names share one cache entry.
-        label = self._model(model)
+    def _child(self, metric: Counter, team: str, label: str, last: str) -> Counter:
         child: Counter = self._children.get(
             (metric, team, label, last),
             lambda: metric.labels(self.metrics.team_label(team), label, last),
