@@ -47,7 +47,7 @@ from gateway.metering.service import Meter
 from gateway.metering.store import MeterStore
 from gateway.observability.access_log import AccessLog
 from gateway.observability.errors import ErrorMiddleware
-from gateway.observability.http_metrics import HttpMetricsMiddleware
+from gateway.observability.http_metrics import HttpMetricsMiddleware, ServerRefusals
 from gateway.observability.metrics import Metrics
 from gateway.observability.observers import Observers
 from gateway.observability.request_id import RequestIdMiddleware
@@ -97,6 +97,8 @@ class Gateway:
     videos: VideoService
     reconciler: Reconciler
     prices: Callable[[], PriceTable]  # the table calls are priced with now
+    # What the HTTP server answers itself (gateway/web/protocol.py) is reported here.
+    refused: Callable[[GatewayError], None] = lambda exc: None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.asgi(scope, receive, send)
@@ -368,6 +370,7 @@ def create_app(
             if owns_redis:
                 await close_redis(redis)
 
+    access_log = AccessLog(settings.server.access_log, log_stream)
     app = Starlette(
         routes=[
             # Behind prefixes: a chat request skips these routes with two string checks.
@@ -410,11 +413,7 @@ def create_app(
         ],
         middleware=[
             Middleware(RequestIdMiddleware),
-            Middleware(
-                HttpMetricsMiddleware,
-                metrics=metrics,
-                access_log=AccessLog(settings.server.access_log, log_stream),
-            ),
+            Middleware(HttpMetricsMiddleware, metrics=metrics, access_log=access_log),
             Middleware(ErrorMiddleware, on_error=obs.error),
             Middleware(
                 RequestLimitsMiddleware,
@@ -448,7 +447,8 @@ def create_app(
         lifespan=lifespan,
     )
     app.router.default = passthrough
-    return Gateway(app, settings, metrics, redis, pool, quota, videos, reconciler, prices)
+    refused = ServerRefusals(metrics, access_log, obs.error)
+    return Gateway(app, settings, metrics, redis, pool, quota, videos, reconciler, prices, refused)
 
 
 def _console(

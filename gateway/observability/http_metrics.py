@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
+from gateway.errors import GatewayError
 from gateway.observability.access_log import CURRENT, AccessLog, RequestRecord
 from gateway.observability.metrics import Metrics
 from gateway.observability.routes import route_label
@@ -67,3 +69,36 @@ class HttpMetricsMiddleware:
                     bytes_sent=sent,
                     record=record,
                 )
+
+
+class ServerRefusals:
+    """Requests the HTTP server answers itself, before any app sees them (a head too large or
+    too slow, bytes that are not HTTP): counted and logged like every other answer, so an
+    attack on the parser shows in the metrics and the log. Route and method are unknown."""
+
+    def __init__(
+        self,
+        metrics: Metrics,
+        access_log: AccessLog | None,
+        on_error: Callable[[GatewayError], None],
+    ) -> None:
+        self.metrics = metrics
+        self.access_log = access_log if access_log is not None and access_log.enabled else None
+        self.on_error = on_error
+
+    def __call__(self, exc: GatewayError) -> None:
+        self.on_error(exc)
+        m = self.metrics
+        m.requests.labels("-", "other", str(exc.status), m.team_label(None)).inc()
+        if self.access_log is not None:
+            self.access_log.write(
+                request_id=None,
+                team=None,
+                user=None,
+                method="-",
+                route="-",
+                status=exc.status,
+                seconds=0.0,
+                bytes_sent=0,
+                record=RequestRecord(reason=exc.code),
+            )

@@ -48,6 +48,10 @@ class HeadLimits:
         )
 
 
+def not_http() -> GatewayError:
+    return GatewayError("The request is not valid HTTP.", code="invalid_request", status=400)
+
+
 def head_timeout() -> GatewayError:
     return GatewayError(
         "The request headers did not arrive in time.", code="request_timeout", status=408
@@ -160,6 +164,11 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             return
         self.transport.close()
 
+    def send_400_response(self, msg: str) -> None:
+        # uvicorn's own answer to bytes that are not HTTP (a raw 0xff in the path, a
+        # Content-Length of "abc") is plain text; ours is the error every client expects.
+        self._refuse(not_http())
+
     def _refuse(self, exc: GatewayError) -> None:
         """Answer ``exc`` and close; after the responses still owed to earlier pipelined
         requests, if there are any (the client reads its answers in order)."""
@@ -168,6 +177,16 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             self._refusal = exc
             self.flow.pause_reading()
             return
+        # The app's own errors are counted and logged by its middleware; these never reach
+        # it. uvicorn hands the protocol the app it serves (in its own middleware, if any):
+        # the gateway reports them.
+        app = self.app
+        for _ in range(4):
+            refused = getattr(app, "refused", None)
+            if callable(refused):
+                refused(exc)
+                break
+            app = getattr(app, "app", None)
         body = error_body(exc)
         headers = [
             *self.server_state.default_headers,

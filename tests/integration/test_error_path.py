@@ -22,7 +22,9 @@ from gateway.auth.tokens import mint_token
 from gateway.settings import Settings
 from gateway.sim.app import create_sim_app
 from gateway.sim.config import SimConfig
+from gateway.web.protocol import HeadLimits
 from tests.conftest import gateway_config
+from tests.rawhttp import raw_request
 from tests.servers import run_server, wait_for
 
 
@@ -172,3 +174,53 @@ def test_readiness_ignores_the_key_pool(live: Live) -> None:
     # and the caller gets the gateway's clear 503, not an ingress error
     r = live.get("/v1/models", live.token())
     assert (r.status_code, r.json()["error"]["code"]) == (503, "no_upstream_key_available")
+
+
+def test_what_the_server_refuses_itself_is_shaped_counted_and_logged(redis_url: str) -> None:
+    """Bytes that are not HTTP (a raw 0xff in the query, a Content-Length of "abc") got
+    uvicorn's plain-text 400, and those and a head over the server's bound never reached the
+    app: no metric, no log line. Now they answer the OpenAI shape and are counted and logged
+    like any other answer."""
+    keys = {"primary": "sk-primary-" + "b2" * 12}
+    sim_app = create_sim_app(SimConfig(keys=tuple(keys.values())))
+    with run_server(sim_app, server_header=False) as sim_url:
+        settings = gateway_config(sim_url, redis_url, "s" * 48, keys, server={"access_log": "json"})
+        log = io.StringIO()
+        app = create_app(settings, log_stream=log)
+        limits = HeadLimits(max_header_bytes=4096)
+        with run_server(app, server_header=False, head_limits=limits) as url:
+            live = Live(url, sim_app.state.sim, settings, "s" * 48, log)
+            before = live.errors()
+            answers = [
+                raw_request(url, "GET /v1/models?q=\xff HTTP/1.1\nHost: gw"),
+                raw_request(
+                    url, "POST /v1/chat/completions HTTP/1.1\nHost: gw\nContent-Length: abc"
+                ),
+                raw_request(url, "GET /v1/models HTTP/1.1\nHost: gw\nX-Big: " + "a" * 8000),
+            ]
+            assert [a.status for a in answers] == [400, 400, 431]
+            for a in answers:
+                assert a.headers["content-type"] == "application/json"
+                assert set(a.json()["error"]) == {"message", "type", "param", "code"}
+            assert [a.json()["error"]["code"] for a in answers] == [
+                "invalid_request",
+                "invalid_request",
+                "request_header_fields_too_large",
+            ]
+
+            def counted() -> bool:
+                after = live.errors()
+                grown = {c: after.get(c, 0) - before.get(c, 0) for c in after}
+                return {k: v for k, v in grown.items() if v} == {
+                    "invalid_request": 2,
+                    "request_header_fields_too_large": 1,
+                }
+
+            wait_for(counted, timeout=5)
+            wait_for(lambda: len(live.log_lines()) >= 3, timeout=5)
+            lines = [ln for ln in live.log_lines() if ln["route"] == "-"]
+            assert [(ln["status"], ln["reason"]) for ln in lines] == [
+                (400, "invalid_request"),
+                (400, "invalid_request"),
+                (431, "request_header_fields_too_large"),
+            ]
