@@ -43,6 +43,12 @@ def test_incoming_request_id_is_kept_when_well_formed(stack: Stack) -> None:
     assert raw.headers["x-request-id"] == "trace-12345678"
     raw = client.models.with_raw_response.list(extra_headers={"x-request-id": "bad id\twith tab"})
     assert raw.headers["x-request-id"].startswith("req_")
+    # The gateway's own form is never taken from a caller: such an id could repeat one the
+    # gateway gave another team's request, in the access log and upstream.
+    first = client.models.with_raw_response.list().headers["x-request-id"]
+    raw = client.models.with_raw_response.list(extra_headers={"x-request-id": first})
+    assert raw.headers["x-request-id"].startswith("req_")
+    assert raw.headers["x-request-id"] != first
 
 
 async def test_streamed_chat_arrives_event_by_event(stack: Stack) -> None:
