@@ -33,7 +33,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-from gateway.admin.tables import number, render, shown, shown_lines
+from gateway.admin.tables import number, render, shown, shown_csv
 from gateway.quota.model import KINDS
 
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -409,7 +409,7 @@ def _usage(c: AdminClient, a: argparse.Namespace) -> tuple[Any, Callable[[Any], 
         format="csv" if a.csv else None,
     )
     if a.csv:
-        return c.text("/admin/v1/usage" + query), lambda text: shown_lines(str(text).rstrip("\n"))
+        return c.text("/admin/v1/usage" + query), lambda text: shown_csv(str(text)).rstrip("\n")
     return c.call("GET", "/admin/v1/usage" + query), usage_table
 
 

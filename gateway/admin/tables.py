@@ -7,6 +7,8 @@ terminal, and one carrying a line break cannot forge a row."""
 
 from __future__ import annotations
 
+import csv
+import io
 from collections.abc import Collection, Sequence
 
 
@@ -20,14 +22,14 @@ def shown(text: str) -> str:
     return "".join(c if c.isprintable() and c != "\\" else repr(c)[1:-1] for c in text)
 
 
-def shown_lines(text: str) -> str:
-    """Text whose line breaks are its own (a CSV document): each line ``shown``, its break
-    kept."""
-    out = []
-    for line in text.splitlines(keepends=True):
-        body = line.rstrip("\r\n")
-        out.append(shown(body) + line[len(body) :])
-    return "".join(out)
+def shown_csv(text: str) -> str:
+    """A CSV document with every field ``shown``: one line per row, whatever a field holds
+    (a line break inside a quoted field would otherwise start a line that looks like a row)."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    for row in csv.reader(io.StringIO(text, newline="")):
+        writer.writerow([shown(field) for field in row])
+    return out.getvalue()
 
 
 def render(

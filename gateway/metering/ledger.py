@@ -112,7 +112,9 @@ def _shown(measure: str, amount: int) -> int | float:
 
 def to_csv(table: Sequence[Mapping[str, Any]], group_by: Sequence[str]) -> str:
     buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
+    # CRLF, as RFC 4180 has it: then a name holding a CR is quoted like one holding a LF (with
+    # "\n" alone a bare CR was written unquoted, and a reader took it for the end of a row).
+    writer = csv.writer(buf, lineterminator="\r\n")
     writer.writerow([*group_by, *MEASURES])
     for row in table:
         writer.writerow([_csv_cell(row[c]) for c in (*group_by, *MEASURES)])

@@ -47,26 +47,38 @@ METER_BUFFER = 64 * 1024 * 1024  # a JSON answer up to this is read whole for it
 
 
 class _Budget:
-    """Bytes of JSON answers this process holds to read their usage, all calls together: a
-    caller asking for many large answers at once (embeddings as floats run to tens of MiB)
-    would otherwise make the replica hold them all. Past it, an answer is streamed on and
-    charged its estimate, like one past ``METER_BUFFER``."""
+    """Bytes of JSON answers this process holds to read their usage, all calls together and
+    per team: a caller asking for many large answers at once (embeddings as floats run to
+    tens of MiB) would otherwise make the replica hold them all, and one team reading them
+    slowly would leave no room for the others. Past either bound, an answer is streamed on
+    and charged its estimate, like one past ``METER_BUFFER``."""
 
-    def __init__(self, total: int) -> None:
+    def __init__(self, total: int, per_team: int) -> None:
         self.total = total
+        self.per_team = per_team
         self.held = 0
+        self._teams: dict[str, int] = {}
 
-    def take(self, n: int) -> bool:
-        if self.held + n > self.total:
+    def take(self, team: str, n: int) -> bool:
+        mine = self._teams.get(team, 0)
+        if self.held + n > self.total or mine + n > self.per_team:
             return False
         self.held += n
+        self._teams[team] = mine + n
         return True
 
-    def give(self, n: int) -> None:
+    def give(self, team: str, n: int) -> None:
+        if not n:
+            return
         self.held -= n
+        left = self._teams.get(team, 0) - n
+        if left > 0:
+            self._teams[team] = left
+        else:
+            self._teams.pop(team, None)
 
 
-BUFFERED = _Budget(4 * METER_BUFFER)
+BUFFERED = _Budget(4 * METER_BUFFER, per_team=METER_BUFFER)
 _settling: set[asyncio.Task[Any]] = set()  # settlements outliving a cancelled request
 
 
@@ -164,11 +176,12 @@ class MeteredCall:
         adm = self.admission
         body = bytearray()
         chunks = resp.iter_chunks()
+        team = adm.team
         taken = 0
         try:
             async for chunk in chunks:  # a cut raises UpstreamError: 502, the estimate charged
                 body += chunk
-                if len(body) > METER_BUFFER or not BUFFERED.take(len(chunk)):
+                if len(body) > METER_BUFFER or not BUFFERED.take(team, len(chunk)):
                     break
                 taken += len(chunk)
             else:
@@ -191,14 +204,18 @@ class MeteredCall:
             await self.settle(None)
 
             async def rest() -> Any:
-                yield bytes(body)
+                nonlocal taken
+                head = bytes(body)
                 del body[:]
+                BUFFERED.give(team, taken)  # handed on: no longer this process's to hold
+                taken = 0
+                yield head
                 async for chunk in chunks:
                     yield chunk
 
             await relay(resp, receive, send, headers, observer, chunks=rest())
         finally:
-            BUFFERED.give(taken)
+            BUFFERED.give(team, taken)
 
 
 def _cost(units: int) -> tuple[bytes, bytes]:

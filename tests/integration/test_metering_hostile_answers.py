@@ -119,15 +119,21 @@ def test_json_answers_past_what_the_process_holds_are_streamed_and_charged_the_e
     stack: tuple[Stack, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     s, team = stack
-    monkeypatch.setattr(metered, "BUFFERED", metered._Budget(4 << 20))
+    other = "ha-" + secrets.token_hex(4)  # a team of the config's default limits
+    budget = metered._Budget(8 << 20, per_team=4 << 20)
+    monkeypatch.setattr(metered, "BUFFERED", budget)
     got = call(s, team, "large")
     assert got.status_code == 200
     assert len(got.json()["padding"]) == 3 << 20  # whole
     assert got.headers["x-gateway-cost"] == REAL  # held within the budget: read for usage
-    metered.BUFFERED.held = (4 << 20) - 1024  # as if other calls held the rest
+    assert budget.held == 0  # given back
+    # As if the team held its share in answers its callers read slowly: its next large
+    # answer is streamed on whole and charged the estimate, another team's is read as usual.
+    assert budget.take(team, (4 << 20) - 1024)
     got = call(s, team, "large")
     assert got.status_code == 200
-    assert len(got.json()["padding"]) == 3 << 20  # still whole, streamed on
+    assert len(got.json()["padding"]) == 3 << 20
     assert "x-gateway-cost" not in got.headers
     assert spent(s, team) > 2 * float(REAL)  # the estimate: the usage could not be read
-    assert metered.BUFFERED.held == (4 << 20) - 1024  # everything taken was given back
+    assert call(s, other, "large").headers["x-gateway-cost"] == REAL
+    assert budget.held == (4 << 20) - 1024  # everything else taken was given back

@@ -25,8 +25,9 @@ from gateway.admin.cli import (
     watch_job,
 )
 from gateway.admin.key_cli import key_lines
-from gateway.admin.tables import number, render, shown, shown_lines
+from gateway.admin.tables import number, render, shown, shown_csv
 from gateway.cli import build_parser
+from gateway.metering import ledger
 from gateway.quota.model import KINDS
 
 
@@ -313,5 +314,12 @@ def test_tables_and_lines_show_every_value_inert() -> None:
     key = {"id": "k1", "name": evil, "team": "t", "user": "key:n", "state": "active"}
     assert "\x1b" not in key_lines({**key, "expires_at": None})
     assert change_line({"id": evil, "status": "queued", "progress": 0}).split()[1] == shown(evil)
-    csv = 'user,spend\r\n"a\x1b[2J\nb",1\r\n'
-    assert shown_lines(csv) == 'user,spend\r\n"a\\x1b[2J\nb",1\r\n'
+    # The gateway's CSV, as ledger.to_csv writes a hostile subject: every field inert, one
+    # line per row (a quoted line break or a CR no longer starts a line that looks like a row).
+    users = ("mallory\rceo", "bob\n / alice\x1b[2J")
+    rows = [{"user": u, **dict.fromkeys(ledger.MEASURES, 0)} for u in users]
+    csv_text = ledger.to_csv(rows, ["user"])
+    shown_rows = shown_csv(csv_text).splitlines()
+    assert len(shown_rows) == 3
+    assert shown_rows[1].startswith("mallory\\rceo,")
+    assert shown_rows[2].startswith("bob\\n / alice\\x1b[2J,")
