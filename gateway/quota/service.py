@@ -194,6 +194,12 @@ class QuotaService:
                 self._on_key_charged(key_id, units)
         return done
 
+    async def mark_sent(self, team: str, job_id: str) -> None:
+        """A create about to leave for the upstream: from now on its reservation, if no job
+        is ever recorded for it, is kept, not refunded as a dead replica's (raises
+        StoreUnavailable: then it is not sent)."""
+        await self.store.mark_sent(TeamKeys(team), job_id)
+
     async def mark_unknown(self, team: str, job_id: str) -> None:
         """A create whose upstream outcome is unknown: its reservation waits for the reconciler."""
         try:

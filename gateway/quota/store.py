@@ -178,6 +178,9 @@ class QuotaStore:
         # HSETNX-like: only on a reservation that exists (a plain HSET would create one).
         await self._mark(keys=[k.reservation(job_id)], args=["outcome", "unknown"])
 
+    async def mark_sent(self, k: TeamKeys, job_id: str) -> None:
+        await self._mark(keys=[k.reservation(job_id)], args=["outcome", "sent"])
+
     async def renew(self, k: TeamKeys, job_id: str, expires_ms: int, now_ms: int) -> None:
         keys = [k.slots, k.open]
         # A job made with a gateway key holds a slot of that key's too (rare: read it here).

@@ -60,7 +60,11 @@ def store_down(exc: BaseException) -> bool:
     """Whether ``exc`` means Redis cannot serve the gateway now (unreachable or refusing)."""
     if isinstance(exc, (*UNREACHABLE, *_REFUSED)):
         return True
-    return isinstance(exc, ResponseError) and str(exc).startswith(_REFUSED_CODES)
+    if not isinstance(exc, ResponseError):
+        return False
+    # A pipeline's error comes as "Command # 1 (...) of pipeline caused error: MISCONF ...".
+    text = str(exc).rpartition(" caused error: ")[2]
+    return text.startswith(_REFUSED_CODES)
 
 
 # redis-py raises this ConnectionError when its pool is busy: Redis is fine, we are loaded.

@@ -57,7 +57,8 @@ class Runs:
     the day, the tag), each encoded once and found again by its values: encoding costs a
     metered reservation more than building its arguments does.
 
-    Only ``str`` and ``int`` values are kept (``True`` would be found as ``1``)."""
+    Callers pass ``str`` and ``int`` only: a ``bool`` or ``float`` equal to a kept ``int`` would
+    be found as it (``True`` as ``1``), so none is ever kept."""
 
     def __init__(self, size: int = 4096) -> None:
         self._size = size

@@ -128,11 +128,17 @@ class Reconciler:
             seen_ms = now_ms - int(res.get("reserved_ms", now_ms))
             job = await self.registry.get(job_id)
             if job is None:
-                if res.get("outcome") == "unknown":
+                outcome = res.get("outcome")
+                if outcome == "unknown":
                     # The upstream may have run (and billed) it; we can never learn its id.
                     report.unknown_kept += await self.quota.settle(team, job_id, "kept")
+                elif seen_ms > self.orphan_ms and outcome == "sent":
+                    # Sent, and no create can still be under way: the upstream may have run
+                    # it, but its job was never recorded (Redis failed after it was accepted,
+                    # or the replica died mid-call).
+                    report.unknown_kept += await self.quota.settle(team, job_id, "kept")
                 elif seen_ms > self.orphan_ms:
-                    # Reserved, then the replica died before the upstream call finished.
+                    # Reserved, then the replica died before the create left.
                     report.orphans_refunded += await self.quota.settle(team, job_id, "refunded")
                 continue
             report.lag_seconds = max(report.lag_seconds, seen_ms / 1000)

@@ -128,7 +128,7 @@ class VideoService:
         accepted (2xx) whose answer then breaks off, runs too long or is not JSON may have
         created a job: that is an unknown outcome, never a refusal."""
         resp = await self.client.send(req)
-        accepted = req.method == "POST" and resp.status < 400
+        accepted = req.method == "POST" and 200 <= resp.status < 300
         try:
             try:
                 raw = await resp.read(4 * 1024 * 1024)
@@ -137,6 +137,9 @@ class VideoService:
                     raise _unknown(
                         "The upstream accepted the job but its answer broke off."
                     ) from None
+                if req.method == "POST" and resp.status >= 500:
+                    # A 5xx is an unknown outcome whether or not its body can be read.
+                    raise _unknown("The upstream failed and its answer broke off.") from None
                 raise
             if resp.status >= 400:
                 raise caller_error(resp, raw, self.secrets(), unsafe=req.method == "POST")
@@ -309,6 +312,11 @@ class VideoService:
                 key=who.key,
             )
         try:
+            if self.quota is not None:
+                # Before it leaves: should the job never be recorded (Redis failing after the
+                # upstream accepted it, a replica dying mid-call), the reconciler keeps this
+                # charge instead of refunding it as never sent.
+                await self.quota.mark_sent(who.team, video_id)
             try:
                 async with asyncio.timeout(self.create_timeout):
                     doc, key_id = await self._call_json(

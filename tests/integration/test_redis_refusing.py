@@ -14,12 +14,14 @@ from typing import Any
 import httpx2
 import pytest
 import redis as redis_sync
+from redis.exceptions import ResponseError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from gateway.dev.embedded_redis import RedisProcess
+from gateway.store.client import store_down
 from tests.conftest import make_stack
 from tests.servers import run_server
 
@@ -163,3 +165,22 @@ def test_a_settlement_redis_refuses_still_answers_whole(
         for undo in upstream.undo:
             undo()
         r.close()
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "MISCONF Redis is configured to save RDB snapshots, but it's currently unable to persist",
+        "BUSY Redis is busy running a script. You can only call SCRIPT KILL or SHUTDOWN NOSAVE.",
+        "NOREPLICAS Not enough good replicas to write.",
+    ],
+)
+def test_refusals_redis_answers_by_code_are_redis_down_alone_or_in_a_pipeline(text: str) -> None:
+    """READONLY and OOM have classes of their own; these come as plain ResponseErrors, and
+    redis-py rewrites a pipeline's as "Command # 1 (...) of pipeline caused error: ..."."""
+    assert store_down(ResponseError(text))
+    assert store_down(ResponseError(f"Command # 1 (SET a b) of pipeline caused error: {text}"))
+    # A script's own error, or a wrong type, stays a bug (a 500), also from a pipeline.
+    for bug in ("WRONGTYPE Operation against a key holding the wrong kind of value", "ERR x"):
+        assert not store_down(ResponseError(bug))
+        assert not store_down(ResponseError(f"Command # 2 (GET k) of pipeline caused error: {bug}"))

@@ -20,6 +20,7 @@ from gateway.store import keys
 from gateway.store.client import close_redis, make_redis
 from gateway.store.keys import TeamKeys
 from gateway.upstream.client import UpstreamClient
+from gateway.videos.reconciler import Reconciler
 from gateway.videos.registry import JobRegistry, new_video_id
 from gateway.videos.service import VideoService
 from tests.clock import Clock
@@ -121,13 +122,12 @@ async def test_a_create_the_upstream_certainly_refused_is_reserved_then_refunded
         await svc.create(who(team), FIELDS, upload=None, request_id="r-1", base_url=BASE)
     assert err.value.code == code
     assert not err.value.maybe_processed
-    # The charge was in place before the upstream saw the create...
-    assert at_upstream[0]["state"] == "reserved"
+    # The charge was in place before the upstream saw the create, marked as sent...
+    assert (at_upstream[0]["state"], at_upstream[0]["outcome"]) == ("reserved", "sent")
     assert [r.method for r in upstream.requests].count("POST") == 1
-    # ...and given back after it refused.
+    # ...and given back after it refused (never marked unknown).
     res = await reservation(quota, team, vid)
-    assert res["state"] == "refunded"
-    assert "outcome" not in res
+    assert (res["state"], res["outcome"]) == ("refunded", "sent")
     assert await used(quota, team, "video_seconds_per_day") == 0
     assert await used(quota, team, "concurrent_jobs") == 0
     assert await svc.registry.get(vid) is None
@@ -161,6 +161,7 @@ def _cut(status: int) -> FakeResponse:
         # Accepted (2xx), then the answer is not what a job's should be: a job may exist.
         (lambda req: FakeResponse(200, b"<html>busy</html>"), 502, "upstream_unavailable"),
         (lambda req: _cut(200), 502, "upstream_unavailable"),
+        (lambda req: _cut(500), 502, "upstream_unavailable"),
         (lambda req: FakeResponse(200, b"x" * (4 * 1024 * 1024 + 1)), 502, "upstream_unavailable"),
     ],
     ids=[
@@ -170,6 +171,7 @@ def _cut(status: int) -> FakeResponse:
         *(f"unusable-id-{i}" for i in range(6)),
         "2xx-not-json",
         "2xx-cut",
+        "5xx-cut",
         "2xx-too-large",
     ],
 )
@@ -470,4 +472,50 @@ async def test_a_stale_copy_past_the_deadline_cannot_fail_a_completed_charged_jo
     assert stored is not None
     assert stored.status == "completed"
     assert (await reservation(quota, team, vid))["state"] == "kept"
+    assert await used(quota, team, "video_seconds_per_day") == 4
+
+
+async def test_a_job_redis_could_not_record_stays_charged_even_with_the_breaker_open(
+    client: UpstreamClient,
+    upstream: FakeUpstream,
+    redis: Redis,
+    clock: Clock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Redis failing at the record opens the breaker, so marking the outcome unknown fails
+    too: the reservation, marked as sent before the create left, is kept by the reconciler
+    once no create can still be under way, never refunded as a dead replica's orphan."""
+    svc, quota = service(client, redis, clock)
+    team, vid = team_name(), new_video_id()
+    monkeypatch.setattr("gateway.videos.service.new_video_id", lambda: vid)
+    upstream.handler = create_then_poll(TASK)
+
+    async def down(*args: Any, **kw: Any) -> None:
+        raise StoreUnavailable()
+
+    monkeypatch.setattr(svc.registry, "add", down)
+    monkeypatch.setattr(quota.store, "mark_unknown", down)  # the breaker is open by now
+    with pytest.raises(GatewayError) as err:
+        await svc.create(who(team), FIELDS, upload=None, request_id="r", base_url=BASE)
+    assert err.value.maybe_processed
+    res = await reservation(quota, team, vid)
+    assert (res["state"], res["outcome"]) == ("reserved", "sent")
+    monkeypatch.undo()
+    reconciler = Reconciler(
+        redis,
+        svc,
+        quota,
+        svc.registry,
+        interval_seconds=1,
+        idle_seconds=1,
+        orphan_seconds=60,
+        clock=clock,
+    )
+    clock.advance(30)  # a create could still be under way: left alone
+    await reconciler.run_once()
+    assert (await reservation(quota, team, vid))["state"] == "reserved"
+    clock.advance(31)
+    report = await reconciler.run_once()
+    assert (await reservation(quota, team, vid))["state"] == "kept"
+    assert report.orphans_refunded == 0
     assert await used(quota, team, "video_seconds_per_day") == 4
