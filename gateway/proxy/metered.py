@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -185,9 +185,7 @@ class MeteredCall:
                     break
                 taken += len(chunk)
             else:
-                data = bytes(body)
-                del body[:]
-                usage = answers.from_json(adm.kind, data)
+                usage = answers.from_json(adm.kind, body)
                 cost = await self.settle(usage)
                 resp.finish()
                 start = {
@@ -196,26 +194,45 @@ class MeteredCall:
                     "headers": [*headers, _cost(cost)],
                 }
                 await send(start)
-                await send({"type": "http.response.body", "body": data})
+                if len(body) <= SLICE:
+                    await send({"type": "http.response.body", "body": bytes(body)})
+                else:
+                    for piece in _slices(body):
+                        await send({"type": "http.response.body", "body": piece, "more_body": True})
+                    await send({"type": "http.response.body", "body": b""})
                 if observer is not None:
-                    observer.chunk(len(data))
+                    observer.chunk(len(body))
                 return
             # Too large to hold: streamed on, charged the estimate (counted as estimated).
             await self.settle(None)
 
             async def rest() -> Any:
                 nonlocal taken
-                head = bytes(body)
+                for piece in _slices(body):
+                    yield piece
+                # Every slice but the last has left for the caller (each send waits for the one
+                # before it to drain): no longer this process's to hold.
                 del body[:]
-                BUFFERED.give(team, taken)  # handed on: no longer this process's to hold
+                BUFFERED.give(team, taken)
                 taken = 0
-                yield head
                 async for chunk in chunks:
                     yield chunk
 
             await relay(resp, receive, send, headers, observer, chunks=rest())
         finally:
             BUFFERED.give(team, taken)
+
+
+SLICE = 1024 * 1024  # a held answer leaves in pieces of this
+
+
+def _slices(body: bytearray) -> Iterator[bytes]:
+    """A held answer in pieces, each sent only once the one before it has drained: uvicorn's
+    send returns as soon as a body is in its buffer (and waits for the buffer to drain at the
+    next send), so one send of a whole large answer left it all held for a caller who never
+    reads, after the budget that counted it was given back."""
+    for i in range(0, len(body), SLICE):
+        yield bytes(body[i : i + SLICE])
 
 
 def _cost(units: int) -> tuple[bytes, bytes]:

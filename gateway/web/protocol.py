@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 from asyncio import TimerHandle
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -167,7 +168,20 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     def send_400_response(self, msg: str) -> None:
         # uvicorn's own answer to bytes that are not HTTP (a raw 0xff in the path, a
         # Content-Length of "abc") is plain text; ours is the error every client expects.
-        self._refuse(not_http())
+        exc = not_http()
+        if self._in_head():
+            self._refuse(exc)
+            return
+        # In a body (a malformed chunk): that request cannot go on, and its app may be
+        # waiting for the rest of it, so nothing waits for its answer. Closing tells the app
+        # (http.disconnect), and the caller gets the 400 if nothing was answered yet.
+        self._cancel_timers()
+        cycle = self.cycle
+        if cycle is None or not cycle.response_started:
+            self._answer(exc)
+        else:
+            self.transport.close()
+            self._report(exc)
 
     def _refuse(self, exc: GatewayError) -> None:
         """Answer ``exc`` and close; after the responses still owed to earlier pipelined
@@ -177,16 +191,9 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             self._refusal = exc
             self.flow.pause_reading()
             return
-        # The app's own errors are counted and logged by its middleware; these never reach
-        # it. uvicorn hands the protocol the app it serves (in its own middleware, if any):
-        # the gateway reports them.
-        app = self.app
-        for _ in range(4):
-            refused = getattr(app, "refused", None)
-            if callable(refused):
-                refused(exc)
-                break
-            app = getattr(app, "app", None)
+        self._answer(exc)
+
+    def _answer(self, exc: GatewayError) -> None:
         body = error_body(exc)
         headers = [
             *self.server_state.default_headers,
@@ -196,6 +203,22 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         head = b"".join(name + b": " + value + b"\r\n" for name, value in headers)
         self.transport.write(STATUS_LINE[exc.status] + head + b"\r\n" + body)
         self.transport.close()
+        self._report(exc)
+
+    def _report(self, exc: GatewayError) -> None:
+        """The app's own errors are counted and logged by its middleware; these never reach
+        it. uvicorn hands the protocol the app it serves (in its own middleware, if any): the
+        gateway reports them. After the answer, and never at its expense."""
+        app = self.app
+        try:
+            for _ in range(4):
+                refused = getattr(app, "refused", None)
+                if callable(refused):
+                    refused(exc)
+                    return
+                app = getattr(app, "app", None)
+        except Exception:
+            logging.getLogger("gateway").exception("reporting a refused request failed")
 
     def on_response_complete(self) -> None:
         super().on_response_complete()

@@ -197,8 +197,18 @@ def test_what_the_server_refuses_itself_is_shaped_counted_and_logged(redis_url: 
                     url, "POST /v1/chat/completions HTTP/1.1\nHost: gw\nContent-Length: abc"
                 ),
                 raw_request(url, "GET /v1/models HTTP/1.1\nHost: gw\nX-Big: " + "a" * 8000),
+                # A malformed chunk in the body of a request the app is already reading: it
+                # waited for a response the app could never give (the connection hung).
+                raw_request(
+                    url,
+                    "POST /v1/chat/completions HTTP/1.1\nHost: gw\n"
+                    f"Authorization: Bearer {live.token()}\nContent-Type: application/json\n"
+                    "Transfer-Encoding: chunked",
+                    b'5\r\n{"a":\r\nzz\r\n',
+                    timeout=5,
+                ),
             ]
-            assert [a.status for a in answers] == [400, 400, 431]
+            assert [a.status for a in answers] == [400, 400, 431, 400]
             for a in answers:
                 assert a.headers["content-type"] == "application/json"
                 assert set(a.json()["error"]) == {"message", "type", "param", "code"}
@@ -206,21 +216,23 @@ def test_what_the_server_refuses_itself_is_shaped_counted_and_logged(redis_url: 
                 "invalid_request",
                 "invalid_request",
                 "request_header_fields_too_large",
+                "invalid_request",
             ]
 
             def counted() -> bool:
                 after = live.errors()
                 grown = {c: after.get(c, 0) - before.get(c, 0) for c in after}
                 return {k: v for k, v in grown.items() if v} == {
-                    "invalid_request": 2,
+                    "invalid_request": 3,
                     "request_header_fields_too_large": 1,
                 }
 
             wait_for(counted, timeout=5)
-            wait_for(lambda: len(live.log_lines()) >= 3, timeout=5)
+            wait_for(lambda: len(live.log_lines()) >= 4, timeout=5)
             lines = [ln for ln in live.log_lines() if ln["route"] == "-"]
             assert [(ln["status"], ln["reason"]) for ln in lines] == [
                 (400, "invalid_request"),
                 (400, "invalid_request"),
                 (431, "request_header_fields_too_large"),
+                (400, "invalid_request"),
             ]

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import json
 import secrets
+import socket
+import time
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx2
 import pytest
@@ -20,7 +23,7 @@ from starlette.routing import Route
 
 from gateway.proxy import metered
 from tests.conftest import Stack, make_stack
-from tests.servers import run_server
+from tests.servers import run_server, wait_for
 
 PRICES = {"m": {"input_per_million": 1, "output_per_million": 2}}
 USAGE = {"prompt_tokens": 9, "completion_tokens": 12, "total_tokens": 21}
@@ -62,6 +65,8 @@ async def chat(request: Request) -> Response:
         return StreamingResponse(events(), media_type="Text/Event-Stream; charset=utf-8")
     if how == "large":
         return JSONResponse({**answer("m"), "padding": "p" * (3 << 20)})
+    if how == "huge":
+        return JSONResponse({**answer("m"), "padding": "p" * (40 << 20)})
     return JSONResponse(answer("m"))
 
 
@@ -137,3 +142,38 @@ def test_json_answers_past_what_the_process_holds_are_streamed_and_charged_the_e
     assert spent(s, team) > 2 * float(REAL)  # the estimate: the usage could not be read
     assert call(s, other, "large").headers["x-gateway-cost"] == REAL
     assert budget.held == (4 << 20) - 1024  # everything else taken was given back
+
+
+def test_a_held_answer_stays_counted_until_the_caller_has_read_it(
+    stack: tuple[Stack, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The answer left in one send, which returns once it is in the server's buffer: the
+    budget was given back while 40 MiB still waited for a caller who does not read. Sent in
+    slices, each after the one before has drained, it stays counted until it has gone."""
+    s, team = stack
+    budget = metered._Budget(256 << 20, per_team=64 << 20)
+    monkeypatch.setattr(metered, "BUFFERED", budget)
+    body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "huge"}]})
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\n"
+        f"Authorization: Bearer {s.token(team=team)}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n{body}"
+    )
+    parts = urlsplit(s.url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=30) as sock:
+        sock.sendall(head.encode())
+        first = sock.recv(65536)  # the answer has started: its body was read whole
+        assert first.startswith(b"HTTP/1.1 200")
+        assert b"x-gateway-cost" in first.lower()
+        # The caller reads nothing more; the kernel's buffers hold a few MiB at most. Sent
+        # whole, the answer was given back within milliseconds though it had not left.
+        watched_until = time.monotonic() + 1.0
+        while time.monotonic() < watched_until:
+            assert budget.held > 30 << 20
+            time.sleep(0.02)
+        got = len(first)
+        while chunk := sock.recv(1 << 20):
+            got += len(chunk)
+            if got > 40 << 20:
+                break
+    wait_for(lambda: budget.held == 0, timeout=10)

@@ -148,6 +148,7 @@ def test_normalise_redacts_keys() -> None:
         ("model v1.2.3.4000 and 999.1.1.1", "model v1.2.3.4000 and 999.1.1.1"),
         # A long run of scheme characters before "://" (once read from every word boundary)
         ("://" + "a-" * 40 + " x-http://10.0.0.1/", "://" + "a-" * 40 + " [internal address]"),
+        ("x" * 40 + "http://db.internal/x", "[internal address]"),
     ],
 )
 def test_upstream_text_names_none_of_its_internal_addresses(text: str, shown: str) -> None:
