@@ -10,6 +10,7 @@ import re
 import secrets
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,19 +152,7 @@ def test_limits_teams_show_and_reset_as_tables_and_json(cli: Cli) -> None:
 
 def test_jobs_keys_and_audit_tables(cli: Cli) -> None:
     t = fresh()
-    import urllib.request
-
-    req = urllib.request.Request(
-        cli.stack.v1 + "/videos",
-        data=json.dumps({"model": "sora-2", "prompt": "SIMNEVER", "seconds": "4"}).encode(),
-        headers={
-            "Authorization": f"Bearer {cli.stack.token(team=t, user='carol')}",
-            "Content-Type": "application/json",
-        },
-        method="POST",
-    )
-    with urllib.request.urlopen(req, timeout=10) as r:
-        job_id = json.load(r)["id"]
+    job_id = create_video(cli, team=t)
 
     jobs = rows(cli.ok("jobs", t))
     assert jobs[0] == ["ID", "STATUS", "MODEL", "SECONDS", "SIZE", "USER", "KEY", "CREATED"]
@@ -277,14 +266,16 @@ def quick(redis_url: str) -> Iterator[Cli]:
         yield Cli(stack, fresh(), token)
 
 
-def create_video(cli: Cli, prompt: str) -> str:
-    import urllib.request
-
+def create_video(
+    cli: Cli, prompt: str = "SIMNEVER", *, team: str | None = None, user: str = "carol"
+) -> str:
+    """A job made by ``user`` of ``team`` (the fixture's own by default); the simulator reads
+    the prompt (SIMNEVER: it never finishes, SIMFAIL: it fails)."""
     req = urllib.request.Request(
         cli.stack.v1 + "/videos",
         data=json.dumps({"model": "sora-2", "prompt": prompt, "seconds": "4"}).encode(),
         headers={
-            "Authorization": f"Bearer {cli.stack.token(team=cli.team, user='carol')}",
+            "Authorization": f"Bearer {cli.stack.token(team=team or cli.team, user=user)}",
             "Content-Type": "application/json",
         },
         method="POST",
@@ -408,21 +399,9 @@ def test_a_callers_subject_cannot_write_to_the_operators_terminal(cli: Cli) -> N
     """A JWT's subject is the caller's to choose: one carrying an escape sequence (clear the
     screen, retitle the window), a line break (a forged row) or a bidirectional override is
     shown by every text view as its escape, and the JSON view carries it as JSON escapes."""
-    import urllib.request
-
     t = fresh()
     user = "mallory\x1b[2J\x1b]0;pwned\x07\nFAKE ROW\u202e"
-    req = urllib.request.Request(
-        cli.stack.v1 + "/videos",
-        data=json.dumps({"model": "sora-2", "prompt": "SIMNEVER", "seconds": "4"}).encode(),
-        headers={
-            "Authorization": f"Bearer {cli.stack.token(team=t, user=user)}",
-            "Content-Type": "application/json",
-        },
-        method="POST",
-    )
-    with urllib.request.urlopen(req, timeout=10) as r:
-        job_id = json.load(r)["id"]
+    job_id = create_video(cli, team=t, user=user)
 
     table = cli.ok("jobs", t)
     one = cli.ok("job", job_id)
