@@ -209,6 +209,7 @@ def test_what_the_server_refuses_itself_is_shaped_counted_and_logged(redis_url: 
                 ),
             ]
             assert [a.status for a in answers] == [400, 400, 431, 400]
+            assert live.sim.requests_for("/") == []  # type: ignore[attr-defined]  # none upstream
             for a in answers:
                 assert a.headers["content-type"] == "application/json"
                 assert set(a.json()["error"]) == {"message", "type", "param", "code"}
