@@ -7,7 +7,6 @@ charged its estimate.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import re
@@ -88,8 +87,29 @@ def _seconds(value: Any) -> Fraction:
     return max(Fraction(0), Fraction(str(value)))
 
 
-# A run of digits orjson would read as a float where the standard parser keeps an integer.
-_LONG_NUMBER = re.compile(rb"[0-9]{20}")
+# Digits as zeros, to find runs of them with a plain search: a regular expression scanned a
+# 534-byte answer in 4 us, more than orjson takes to read it.
+_AS_ZEROS = bytes.maketrans(b"123456789", b"000000000")
+_RUN = b"0" * 19
+_ZEROS = re.compile(rb"0+")
+# What may come before the digits of a number, its fraction or its exponent.
+_NUMBER_STARTS = frozenset(b" \t\n\r[:,.eE+-")
+
+
+def _long_number(data: bytes | bytearray) -> bool:
+    """Whether ``data`` has a number of 19 digits or more, which orjson may read as a float
+    where the standard parser keeps an integer (past 2**64, or below -2**63:
+    -9999999999999999999 has 19). A run of digits inside a string (an id such as
+    "chatcmpl-000...") has a letter before it and is no number."""
+    digits = data.translate(_AS_ZEROS)
+    at = digits.find(_RUN)
+    while at >= 0:
+        if at == 0 or data[at - 1] in _NUMBER_STARTS:
+            return True
+        run = _ZEROS.match(digits, at)
+        assert run is not None
+        at = digits.find(_RUN, run.end())
+    return False
 
 
 def loads(data: bytes | bytearray) -> Any:
@@ -97,9 +117,11 @@ def loads(data: bytes | bytearray) -> Any:
     reads every document it accepts the same way, but numbers past 64 bits (as floats);
     what it refuses (NaN, a BOM, an escaped lone surrogate, UTF-16) goes to the standard
     parser, which raises ValueError or RecursionError as before."""
-    if _LONG_NUMBER.search(data) is None:
-        with contextlib.suppress(orjson.JSONDecodeError):
+    if not _long_number(data):
+        try:  # not contextlib.suppress: a third of what this costs on the common answer
             return orjson.loads(data)
+        except orjson.JSONDecodeError:
+            pass
     return json.loads(data)
 
 
