@@ -16,6 +16,7 @@ import platform
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -177,10 +178,48 @@ def alternate(
     return out
 
 
+SIDE_SECONDS = 5
+
+
+def side_by_side(
+    target: tuple[str, Path, int], base: tuple[str, Path, int], runs: int
+) -> tuple[list[report.SideRun], list[report.SideRun]]:
+    """Two gateways, both pinned to the gateway core, each loaded by its own wrk at 32
+    connections at the same moments: the kernel shares the core between them, so each run's
+    ratio of their req/s is the ratio of what a request costs each, with the machine's speed
+    the same for both (it swings by a third within seconds here, which runs taking turns
+    cannot tell from a difference between the gateways)."""
+    mine: list[report.SideRun] = []
+    theirs: list[report.SideRun] = []
+    loads = [(target[0], target[1]), (base[0], base[1])]
+    for _ in range(runs):
+        wrk.run_together(loads, 32, 1, LOAD_CORE)  # warm-up
+        before = [procs.cpu_seconds(target[2]), procs.cpu_seconds(base[2])]
+        a, b = wrk.run_together(loads, 32, SIDE_SECONDS, LOAD_CORE)
+        after = [procs.cpu_seconds(target[2]), procs.cpu_seconds(base[2])]
+        mine.append(report.SideRun(a.rps, after[0] - before[0], a.requests))
+        theirs.append(report.SideRun(b.rps, after[1] - before[1], b.requests))
+        log(
+            f"  side by side: {a.rps:,.0f} : {b.rps:,.0f} req/s "
+            f"({a.rps / max(1.0, b.rps):.3f}), {mine[-1].cpu_us_per_req:.0f} / "
+            f"{theirs[-1].cpu_us_per_req:.0f} µs/req"
+        )
+    return mine, theirs
+
+
 def run_async(coro: Coroutine[Any, Any, streams.StreamStats]) -> streams.StreamStats:
     import uvloop
 
     # The client shares core 1 with the upstream: uvloop keeps its own cost out of the gaps.
+    return uvloop.run(coro)
+
+
+FIRST_EVENT_TURNS = 40
+
+
+def run_turns(coro: Coroutine[Any, Any, dict[str, list[float]]]) -> dict[str, list[float]]:
+    import uvloop
+
     return uvloop.run(coro)
 
 
@@ -253,6 +292,13 @@ def run(args: argparse.Namespace, out: list[str]) -> None:
                     "no-quota": (bare.url(CHAT_PATH), authed),
                 }
                 checks_ab = {c: alternate(checks, c, runs) for c in (1, 32)}
+                gw_side = (gw.url(CHAT_PATH), authed, gw.pid)
+                unmetered_side = (unmetered.url(CHAT_PATH), authed, unmetered.pid)
+                bare_side = (bare.url(CHAT_PATH), authed, bare.pid)
+                side: report.SidePairs = {
+                    ("no-metering", "no-quota"): side_by_side(unmetered_side, bare_side, runs),
+                    ("gateway", "no-metering"): side_by_side(gw_side, unmetered_side, runs),
+                }
             out += [
                 "## Small JSON requests",
                 "",
@@ -298,6 +344,18 @@ def run(args: argparse.Namespace, out: list[str]) -> None:
                 "",
                 *report.alternating_table(checks_ab),
                 "",
+                f"Side by side ({runs} runs of {SIDE_SECONDS} s for each pair, after the "
+                f"alternating runs): two gateways pinned to core {GATEWAY_CORE} at once, each "
+                f"with its own wrk at 32 connections on core {LOAD_CORE}. The kernel shares the "
+                "core between them, so a run's ratio of their req/s is the ratio of what a "
+                "request costs each, measured at the same moments; the per-request CPU is higher "
+                "than alone (two processes take turns on one core's caches). These runs judge "
+                "the req/s goals of the quota check and of metering: on this machine the speed "
+                "of a core swings by up to a third within seconds, and runs that take turns "
+                "carry that swing into their ratios.",
+                "",
+                *report.side_table(side, SIDE_SECONDS),
+                "",
             ]
             goals += report.json_goals(
                 rows,
@@ -305,6 +363,7 @@ def run(args: argparse.Namespace, out: list[str]) -> None:
                 per_unmetered,
                 key_ab={name: [r.rps for r in runs_] for name, runs_ in key_ab.items()},
                 checks_ab=checks_ab,
+                side=side,
             )
 
         if args.only in (None, "stream"):
@@ -316,13 +375,20 @@ def run(args: argparse.Namespace, out: list[str]) -> None:
             )
             stack.callback(stop_process, sse)
             procs.wait_port(sse_port, sse)
-            gw = gateway_proc.start(
-                tmp, "gw-sse", f"http://127.0.0.1:{sse_port}", GATEWAY_CORE, env
-            )
+            sse_url = f"http://127.0.0.1:{sse_port}"
+            # All three up at once (only one has streams at a time): the first events are
+            # measured taking turns at the end.
+            gw = gateway_proc.start(tmp, "gw-sse", sse_url, GATEWAY_CORE, env)
             stack.callback(stop_process, gw.proc)
+            unmetered = gateway_proc.start(
+                tmp, "gw-sse-nometer", sse_url, GATEWAY_CORE, env, metering=False
+            )
+            stack.callback(stop_process, unmetered.proc)
+            bare = gateway_proc.start(tmp, "gw-sse-bare", sse_url, GATEWAY_CORE, env, quota=False)
+            stack.callback(stop_process, bare.proc)
             n, seq = args.streams, args.sequential
             log(f"Streams: 64 events 20 ms apart; {seq} single streams, then {n} concurrent")
-            direct_url = f"http://127.0.0.1:{sse_port}{CHAT_PATH}"
+            direct_url = f"{sse_url}{CHAT_PATH}"
             direct = run_async(streams.measure(direct_url, None, n, seq))
             log(
                 f"  direct  first event {direct.first_event_ms:.2f} ms, gap p99 "
@@ -333,42 +399,53 @@ def run(args: argparse.Namespace, out: list[str]) -> None:
                 f"  gateway first event {via.first_event_ms:.2f} ms, gap p99 "
                 f"{via.gap_p99_ms:.1f} ms, {via.completed}/{n} complete"
             )
-            stop_process(gw.proc)  # one gateway on core 0 at a time
-            unmetered = gateway_proc.start(
-                tmp,
-                "gw-sse-nometer",
-                f"http://127.0.0.1:{sse_port}",
-                GATEWAY_CORE,
-                env,
-                metering=False,
-            )
-            stack.callback(stop_process, unmetered.proc)
             no_meter = run_async(streams.measure(unmetered.url(CHAT_PATH), token, n, seq))
             log(
                 f"  no-metering first event {no_meter.first_event_ms:.2f} ms, gap p99 "
                 f"{no_meter.gap_p99_ms:.1f} ms, {no_meter.completed}/{n} complete"
             )
-            stop_process(unmetered.proc)
-            bare = gateway_proc.start(
-                tmp, "gw-sse-bare", f"http://127.0.0.1:{sse_port}", GATEWAY_CORE, env, quota=False
-            )
-            stack.callback(stop_process, bare.proc)
             no_quota = run_async(streams.measure(bare.url(CHAT_PATH), token, n, seq))
             log(
                 f"  no-quota first event {no_quota.first_event_ms:.2f} ms, gap p99 "
                 f"{no_quota.gap_p99_ms:.1f} ms, {no_quota.completed}/{n} complete"
+            )
+            turns = FIRST_EVENT_TURNS // (2 if args.quick else 1)
+            firsts = run_turns(
+                streams.first_events(
+                    {
+                        "direct": (direct_url, None),
+                        "gateway": (gw.url(CHAT_PATH), token),
+                        "no-metering": (unmetered.url(CHAT_PATH), token),
+                        "no-quota": (bare.url(CHAT_PATH), token),
+                    },
+                    turns,
+                )
+            )
+            log(
+                "  first events taking turns: "
+                + ", ".join(f"{k} {statistics.median(v):.2f} ms" for k, v in firsts.items())
             )
             out += [
                 "## Streamed chat",
                 "",
                 "Upstream: bench/sse_upstream.py (uvloop, core 1), 64 events 20 ms apart then "
                 f"[DONE]. Client: aiohttp on uvloop, core {LOAD_CORE}. First event: median of "
-                f"{seq} sequential streams on a warm connection.",
+                f"{seq} sequential streams on a warm connection, one target after another.",
                 "",
                 *report.stream_table(direct, via, no_quota, no_meter),
                 "",
+                f"First events taking turns ({turns} turns, after the table): the four targets "
+                "take turns (one-event streams on warm connections, 0.1 s apart; each measured "
+                "stream right after an unmeasured one to the same target, as in the table's "
+                "back-to-back streams), so that their differences are measured under the same "
+                "conditions; the "
+                "table's first events are measured one target after another, minutes apart. "
+                "These judge the first-event goals.",
+                "",
+                *report.first_events_table(firsts),
+                "",
             ]
-            goals += report.stream_goals(direct, via, no_quota, no_meter)
+            goals += report.stream_goals(direct, via, no_quota, no_meter, firsts=firsts)
 
         if args.only in (None, "videos"):
             log(f"Videos: 1 GiB downloads ({args.rounds} round(s)), a slow reader, aborts, polls")

@@ -1,5 +1,6 @@
-"""A tiny, fast streaming-chat upstream: each request gets 64 SSE events 20 ms apart, then
-``data: [DONE]``, chunked, on a keep-alive connection.
+"""A tiny, fast streaming-chat upstream: each request gets 64 SSE events 20 ms apart (fewer
+when its body asks for fewer ``max_tokens``), then ``data: [DONE]``, chunked, on a keep-alive
+connection.
 
 Raw ``asyncio.Protocol`` on uvloop so that 400 concurrent streams cost the upstream little: it
 shares a core with the load generator and must not be what the benchmark measures. Events are
@@ -43,12 +44,25 @@ EVENT_BYTES = tuple(_event(i) for i in range(EVENTS))
 DONE = _chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n"
 
 
+def _events(body: bytes) -> int:
+    """How many events a stream gets: ``max_tokens`` of them when the body asks for fewer
+    than 64 (a first-event measurement needs one, on a connection it can reuse)."""
+    try:
+        asked = json.loads(body).get("max_tokens")
+    except (ValueError, AttributeError):
+        return EVENTS
+    if isinstance(asked, int) and 1 <= asked < EVENTS:
+        return asked
+    return EVENTS
+
+
 class StreamProtocol(asyncio.Protocol):
     def __init__(self) -> None:
         self.buf = b""
         self.streaming = False
         self.transport: asyncio.WriteTransport | None = None
         self.timer: asyncio.TimerHandle | None = None
+        self.events = EVENTS
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports only duck-type asyncio.WriteTransport
@@ -75,12 +89,13 @@ class StreamProtocol(asyncio.Protocol):
                 length = int(value)
         if len(rest) < length:
             return
-        self.buf = rest[length:]
+        body, self.buf = rest[:length], rest[length:]
         if not request_line.startswith(b"POST /v1/chat/completions "):
             self.transport.write(_NOT_FOUND)
             self._next_request()
             return
         self.streaming = True
+        self.events = _events(body)
         self.transport.write(_HEAD + EVENT_BYTES[0])
         loop = asyncio.get_running_loop()
         self._schedule(loop, loop.time(), 1)
@@ -91,7 +106,7 @@ class StreamProtocol(asyncio.Protocol):
     def _tick(self, loop: asyncio.AbstractEventLoop, start: float, i: int) -> None:
         if self.transport is None:
             return
-        if i < EVENTS:
+        if i < self.events:
             self.transport.write(EVENT_BYTES[i])
             self._schedule(loop, start, i + 1)
             return

@@ -87,11 +87,17 @@ def write_get_script(path: Path, token: str) -> Path:
     return path
 
 
+def _argv(
+    url: str, script: Path, connections: int, seconds: int, core: int, timeout_s: int
+) -> list[str]:
+    argv = ["taskset", "-c", str(core), "wrk", "-t1", f"-c{connections}", f"-d{seconds}s"]
+    return [*argv, "--timeout", f"{timeout_s}s", "--latency", "-s", str(script), url]
+
+
 def run(
     url: str, script: Path, connections: int, seconds: int, core: int, timeout_s: int = 2
 ) -> WrkResult:
-    argv = ["taskset", "-c", str(core), "wrk", "-t1", f"-c{connections}", f"-d{seconds}s"]
-    argv += ["--timeout", f"{timeout_s}s", "--latency", "-s", str(script), url]
+    argv = _argv(url, script, connections, seconds, core, timeout_s)
     try:
         out = subprocess.run(argv, capture_output=True, text=True, check=True, timeout=seconds + 30)
     except subprocess.CalledProcessError as exc:
@@ -99,3 +105,33 @@ def run(
     except subprocess.TimeoutExpired as exc:
         raise HarnessError(f"wrk did not finish: {' '.join(argv)}") from exc
     return parse(out.stdout)
+
+
+def run_together(
+    loads: list[tuple[str, Path]], connections: int, seconds: int, core: int, timeout_s: int = 2
+) -> list[WrkResult]:
+    """One wrk per (url, script), all running at the same time."""
+    procs = [
+        subprocess.Popen(
+            _argv(url, script, connections, seconds, core, timeout_s),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for url, script in loads
+    ]
+    results = []
+    try:
+        for proc in procs:
+            out, err = proc.communicate(timeout=seconds + 30)
+            if proc.returncode != 0:
+                raise HarnessError(f"wrk failed ({proc.returncode}): {err or out}")
+            results.append(parse(out))
+    except subprocess.TimeoutExpired as exc:
+        raise HarnessError(f"wrk did not finish: {exc.cmd}") from exc
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return results
