@@ -2,7 +2,14 @@
 same job (no second upstream job, no second charge); the same key with another request is a
 422; a key whose first request is still in flight is a 409 the SDK retries.
 
-    gw:{team:<t>}:idem:<sha256(key)>   hash: state (pending | done | unknown), fp, video_id
+    gw:{team:<t>}:idem:<sha256(key)>   hash: state (pending | sent | done | unknown), fp,
+                                       video_id, sent_at (ms)
+
+A claim is *pending* until its create is about to leave, and expires on its own if its replica
+dies first (nothing was sent: the key is free again). Just before the create leaves it is
+*sent*, with the job's id, for the whole window: should Redis then fail to take how it ended,
+a retry still finds the job (or, if there is none, an unknown outcome), never a free key that
+would make a second job.
 
 Keys are per team (another team's key can never collide) and stored hashed (a key may carry
 whatever a client put in it).
@@ -37,6 +44,7 @@ class Claim:
     state: str  # "new" when this request owns the key
     fingerprint: str = ""
     video_id: str = ""
+    sent_at_ms: int = 0  # when its create left (state "sent")
 
 
 class IdempotencyStore:
@@ -56,8 +64,19 @@ class IdempotencyStore:
         )
         if not reply:
             return Claim("new")
-        state, stored_fp, video_id = (v.decode() if isinstance(v, bytes) else str(v) for v in reply)
-        return Claim(state, stored_fp, video_id)
+        state, stored_fp, video_id, sent_at = (
+            v.decode() if isinstance(v, bytes) else str(v) for v in reply
+        )
+        return Claim(state, stored_fp, video_id, int(sent_at) if sent_at.isdigit() else 0)
+
+    async def sent(self, team: str, key: str, video_id: str, now_ms: int) -> None:
+        """The claimed create is about to leave as job ``video_id``: kept for the whole
+        window from now on, whatever happens to the rest of the request."""
+        name = self._key(team, key)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(name, mapping={"state": "sent", "video_id": video_id, "sent_at": now_ms})
+            pipe.pexpire(name, self.ttl_ms)
+            await pipe.execute()
 
     async def finish(self, team: str, key: str, state: str, video_id: str = "") -> None:
         """Record how the first request ended, for the rest of the window."""

@@ -12,7 +12,7 @@ import contextlib
 import json
 import logging
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,6 +57,24 @@ def _unknown(message: str) -> UpstreamError:
     exc = UpstreamError(message, headers={"x-should-retry": "false"})
     exc.maybe_processed = True  # the upstream answered 2xx: a job may exist there
     return exc
+
+
+def _key_in_use() -> GatewayError:
+    return GatewayError(
+        "A request with this Idempotency-Key is still being processed; retry shortly.",
+        code="idempotency_key_in_use",
+        param="Idempotency-Key",
+        status=409,
+        headers={"retry-after": "1", "retry-after-ms": "1000"},
+    )
+
+
+def _outcome_unknown() -> UpstreamError:
+    return UpstreamError(
+        "The first request with this Idempotency-Key reached the upstream with an "
+        "unknown outcome; the gateway does not send it again.",
+        headers={"x-should-retry": "false"},
+    )
 
 
 def not_found() -> NotFound:
@@ -239,8 +257,15 @@ class VideoService:
         claim = await self._idempotent(who.team, key, fp)
         if claim.state != "new":
             return await self._replay(who, claim, fp, request_id, base_url)
+
+        async def sent(video_id: str) -> None:
+            assert self.idempotency is not None
+            await self.idempotency.sent(who.team, key, video_id, int(self.clock() * 1000))
+
         try:
-            answer = await self._create_new(who, req, path, source, request_id, base_url)
+            answer = await self._create_new(
+                who, req, path, source, request_id, base_url, before_send=sent
+            )
         except GatewayError as exc:
             await self._idempotent_end(
                 who.team, key, "unknown" if exc.maybe_processed else "released"
@@ -275,20 +300,22 @@ class VideoService:
                 status=422,
             )
         if claim.state == "pending":
-            raise GatewayError(
-                "A request with this Idempotency-Key is still being processed; retry shortly.",
-                code="idempotency_key_in_use",
-                param="Idempotency-Key",
-                status=409,
-                headers={"retry-after": "1", "retry-after-ms": "1000"},
-            )
+            raise _key_in_use()
         if claim.state == "unknown":
-            raise UpstreamError(
-                "The first request with this Idempotency-Key reached the upstream with an "
-                "unknown outcome; the gateway does not send it again.",
-                headers={"x-should-retry": "false"},
-            )
-        job = await self._owned(who, claim.video_id)
+            raise _outcome_unknown()
+        if claim.state == "sent":
+            # Its create left, and how it ended was not recorded (yet): the job if it was made,
+            # a 409 while it may still be under way (as long as a pending claim may be), else
+            # an unknown outcome.
+            assert self.idempotency is not None
+            job = await self.registry.owned(claim.video_id, who.team) if claim.video_id else None
+            if job is None:
+                waited_ms = self.clock() * 1000 - claim.sent_at_ms
+                if waited_ms < self.idempotency.pending_ms:
+                    raise _key_in_use()
+                raise _outcome_unknown()
+        else:
+            job = await self._owned(who, claim.video_id)
         return self._answer(await self.refresh(job, request_id=request_id), base_url)
 
     async def _create_new(
@@ -299,6 +326,8 @@ class VideoService:
         source: Job | None,
         request_id: str,
         base_url: str,
+        *,
+        before_send: Callable[[str], Awaitable[None]] | None = None,
     ) -> Answer:
         video_id = new_video_id()
         if self.quota is not None:
@@ -317,6 +346,8 @@ class VideoService:
                 # upstream accepted it, a replica dying mid-call), the reconciler keeps this
                 # charge instead of refunding it as never sent.
                 await self.quota.mark_sent(who.team, video_id)
+            if before_send is not None:
+                await before_send(video_id)
             try:
                 async with asyncio.timeout(self.create_timeout):
                     doc, key_id = await self._call_json(

@@ -3,6 +3,7 @@ and request, 422 for a reused key, 409 (retried by the SDK) while the first is i
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import threading
 from collections.abc import Iterator
@@ -11,8 +12,11 @@ from typing import Any
 import httpx2
 import openai
 import pytest
+import redis
 
+from gateway.errors import StoreUnavailable
 from gateway.sim.config import SimConfig
+from gateway.store.keys import TeamKeys
 from tests.conftest import Stack, make_stack
 from tests.servers import wait_for
 
@@ -127,6 +131,31 @@ def test_an_unknown_outcome_is_never_sent_again(stack: Stack, team: str) -> None
         assert err.value.status_code == 502
         assert err.value.response.headers["x-should-retry"] == "false"
     assert creates(stack) == 1
+
+
+def test_a_job_whose_end_redis_lost_is_still_the_keys_answer(
+    stack: Stack, team: str, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis refuses the write of how the first create ended (it made the job): the key was
+    kept for the window from the moment the create left, so a retry, now or after the time a
+    pending claim frees itself, gets that job and not a second one."""
+    store = stack.app.videos.idempotency
+
+    async def lose_the_end(*args: Any, **kwargs: Any) -> None:
+        raise StoreUnavailable()
+
+    monkeypatch.setattr(store, "finish", lose_the_end)
+    h = key_header()
+    with sdk(stack, team, max_retries=0) as c:
+        first = c.videos.create(prompt="a heron", seconds="4", extra_headers=h)
+        again = c.videos.create(prompt="a heron", seconds="4", extra_headers=h)
+    assert again.id == first.id
+    assert creates(stack) == 1
+    assert used_seconds(stack, team) == 4
+    name = TeamKeys(team).idempotency(hashlib.sha256(h["Idempotency-Key"].encode()).hexdigest())
+    with redis.Redis.from_url(redis_url) as r:
+        assert r.hget(name, "state") == b"sent"
+        assert r.pttl(name) > store.pending_ms * 10  # the window, not the pending time
 
 
 @pytest.mark.parametrize("bad", ["x" * 256, "has space", "tab\tinside"])

@@ -4,6 +4,7 @@ Redis; the clock is pinned (tests.clock), so nothing here waits for the gateway'
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import secrets
 from collections.abc import AsyncIterator
 from typing import Any
@@ -20,6 +21,7 @@ from gateway.store import keys
 from gateway.store.client import close_redis, make_redis
 from gateway.store.keys import TeamKeys
 from gateway.upstream.client import UpstreamClient
+from gateway.videos.idempotency import IdempotencyStore
 from gateway.videos.reconciler import Reconciler
 from gateway.videos.registry import JobRegistry, new_video_id
 from gateway.videos.service import VideoService
@@ -49,7 +51,12 @@ def who(team: str) -> Principal:
 
 
 def service(
-    client: UpstreamClient, redis: Redis, clock: Clock, **videos: Any
+    client: UpstreamClient,
+    redis: Redis,
+    clock: Clock,
+    *,
+    idempotency: IdempotencyStore | None = None,
+    **videos: Any,
 ) -> tuple[VideoService, QuotaService]:
     settings = VideoSettings(**{"poll_interval_seconds": 0.0, **videos})
     teams = team_table({})
@@ -64,6 +71,7 @@ def service(
         secrets=client.pool.secrets,
         clock=clock,
         quota=quota,
+        idempotency=idempotency,
     )
     return svc, quota
 
@@ -519,3 +527,101 @@ async def test_a_job_redis_could_not_record_stays_charged_even_with_the_breaker_
     assert (await reservation(quota, team, vid))["state"] == "kept"
     assert report.orphans_refunded == 0
     assert await used(quota, team, "video_seconds_per_day") == 4
+
+
+PENDING_S = 90.0  # how long a claim may be in flight: a create's bound plus a grace
+
+
+async def _lose_the_end(*args: Any, **kwargs: Any) -> None:
+    raise StoreUnavailable()
+
+
+@pytest.mark.parametrize("answer", ["job", "unknown"])
+async def test_a_sent_create_whose_end_redis_lost_is_never_sent_again(
+    client: UpstreamClient,
+    upstream: FakeUpstream,
+    redis: Redis,
+    clock: Clock,
+    monkeypatch: pytest.MonkeyPatch,
+    answer: str,
+) -> None:
+    """Redis fails to take how an idempotent create ended (the job made, or an unknown
+    outcome): the key was kept from the moment the create left, so a retry with it after the
+    pending window gets the job, or the unknown outcome, and never a second upstream job."""
+    store = IdempotencyStore(redis, ttl_seconds=86_400, pending_seconds=PENDING_S)
+    svc, quota = service(client, redis, clock, idempotency=store)
+    team, vid = team_name(), new_video_id()
+    monkeypatch.setattr("gateway.videos.service.new_video_id", lambda: vid)
+    monkeypatch.setattr(store, "finish", _lose_the_end)
+    upstream.handler = (
+        create_then_poll({**TASK, "status": "in_progress", "progress": 10})
+        if answer == "job"
+        else lambda req: FakeResponse(500, json={"error": {"message": "boom"}})
+    )
+    key = "retry-" + secrets.token_hex(4)
+
+    async def create() -> Any:
+        return await svc.create(
+            who(team), FIELDS, upload=None, request_id="r", base_url=BASE, idempotency_key=key
+        )
+
+    if answer == "job":
+        first = await create()
+        assert first.body["id"] == vid
+    else:
+        with pytest.raises(GatewayError) as err:
+            await create()
+        assert err.value.maybe_processed
+    stored = await redis.hgetall(TeamKeys(team).idempotency(store_hash(key)))
+    assert (stored[b"state"], stored[b"video_id"]) == (b"sent", vid.encode())
+    # Kept for the window, not for the pending time after which it used to free itself.
+    assert await redis.pttl(TeamKeys(team).idempotency(store_hash(key))) > PENDING_S * 1000 * 10
+    if answer == "job":
+        clock.advance(PENDING_S + 1)
+        again = await create()
+        assert again.body["id"] == vid
+    else:
+        # While the create could still be finishing, a retry waits...
+        clock.advance(1)
+        with pytest.raises(GatewayError) as busy:
+            await create()
+        assert (busy.value.status, busy.value.code) == (409, "idempotency_key_in_use")
+        # ...and after that the outcome is unknown: never sent again.
+        clock.advance(PENDING_S)
+        with pytest.raises(GatewayError) as lost:
+            await create()
+        assert lost.value.status == 502
+        assert lost.value.headers["x-should-retry"] == "false"
+    assert [r.method for r in upstream.requests].count("POST") == 1
+    assert await used(quota, team, "video_seconds_per_day") == 4
+
+
+async def test_a_create_refused_before_it_left_leaves_the_key_pending(
+    client: UpstreamClient,
+    upstream: FakeUpstream,
+    redis: Redis,
+    clock: Clock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Redis failing as the key is marked sent stops the create before it leaves: refunded,
+    nothing upstream, and the key no more than pending (it frees itself)."""
+    store = IdempotencyStore(redis, ttl_seconds=86_400, pending_seconds=PENDING_S)
+    svc, quota = service(client, redis, clock, idempotency=store)
+    team = team_name()
+    monkeypatch.setattr(store, "sent", _lose_the_end)
+    monkeypatch.setattr(store, "release", _lose_the_end)
+    upstream.handler = create_then_poll(TASK)
+    key = "early-" + secrets.token_hex(4)
+    with pytest.raises(StoreUnavailable):
+        await svc.create(
+            who(team), FIELDS, upload=None, request_id="r", base_url=BASE, idempotency_key=key
+        )
+    assert upstream.requests == []
+    assert await used(quota, team, "video_seconds_per_day") == 0
+    name = TeamKeys(team).idempotency(store_hash(key))
+    assert (await redis.hgetall(name))[b"state"] == b"pending"
+    assert 0 < await redis.pttl(name) <= PENDING_S * 1000
+
+
+def store_hash(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
