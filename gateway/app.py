@@ -72,7 +72,14 @@ from gateway.videos.service import VideoService
 from gateway.web import docs_files
 from gateway.web.asgi import Receive, Scope, Send
 from gateway.web.openapi import openapi_document
-from gateway.web.routes import ApiDocs, MetricsEndpoint, PrefixGroup, Readiness, healthz
+from gateway.web.routes import (
+    ApiDocs,
+    Forwarded,
+    MetricsEndpoint,
+    PrefixGroup,
+    Readiness,
+    healthz,
+)
 
 log = logging.getLogger("gateway")
 
@@ -373,7 +380,8 @@ def create_app(
     access_log = AccessLog(settings.server.access_log, log_stream)
     app = Starlette(
         routes=[
-            # Behind prefixes: a chat request skips these routes with two string checks.
+            Forwarded(passthrough.routes.find, passthrough),
+            # Behind prefixes: a request for another route skips these with a string check.
             PrefixGroup(
                 "/v1/videos",
                 video_routes(

@@ -2,21 +2,22 @@
 description and its viewer (``ApiDocs``), and ``PrefixGroup``, which puts a group of routes
 behind one path prefix: a request outside the prefix is turned away with a single
 ``startswith`` instead of one regex per route. Unlike Starlette's ``Mount`` it keeps each
-route's own full path and matching rules, so behaviour is exactly that of the routes."""
+route's own full path and matching rules, so behaviour is exactly that of the routes.
+``Forwarded`` sends a request for one of the upstream's routes straight to the pass-through."""
 
 from __future__ import annotations
 
 import hmac
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Match, Route
-from starlette.types import Receive, Scope, Send
+from starlette.routing import BaseRoute, Match, NoMatchFound, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.errors import AuthenticationFailed, GatewayError, NotFound
 from gateway.observability.metrics import CONTENT_TYPE, Metrics
@@ -97,6 +98,30 @@ class ApiDocs:
         if found.etag in request.headers.get("if-none-match", ""):
             return Response(status_code=304, headers=headers)
         return Response(found.body, media_type=found.media_type, headers=headers)
+
+
+class Forwarded(BaseRoute):
+    """The forwarded routes (the route table's), matched first. The pass-through is also the
+    router's default, for what no route matches (it answers unsupported_endpoint); reached
+    that way, a chat call was first tried against every other route, twice (Starlette tries
+    each path again with its trailing slash flipped): ~30 matches, ~10 us per call. No table
+    route can be one of the gateway's own (``parse_route`` keeps them out of /v1/videos and
+    /v1/gateway), so matching them first changes nothing else."""
+
+    def __init__(self, find: Callable[[str, str], object | None], app: ASGIApp) -> None:
+        self.find = find
+        self.app = app
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        if scope["type"] == "http" and self.find(scope["method"], scope["path"]) is not None:
+            return Match.FULL, {}
+        return Match.NONE, {}
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.app(scope, receive, send)
+
+    def url_path_for(self, name: str, /, **path_params: Any) -> Any:
+        raise NoMatchFound(name, path_params)
 
 
 _CHOSEN = "gateway.route"
