@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from gateway.errors import GatewayError
 from gateway.observability.access_log import CURRENT, AccessLog, RequestRecord
-from gateway.observability.metrics import Metrics
+from gateway.observability.metrics import Children, Metrics
 from gateway.observability.routes import route_label
 from gateway.web.asgi import ASGIApp, Message, Receive, Scope, Send
 
@@ -25,6 +25,8 @@ class HttpMetricsMiddleware:
         self.app = app
         self.metrics = metrics
         self.access_log = access_log if access_log is not None and access_log.enabled else None
+        self._requests = Children()
+        self._seconds = Children()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -55,8 +57,12 @@ class HttpMetricsMiddleware:
             route = route_label(scope["path"])
             principal = scope.get("principal")
             team = m.team_label(principal.team if principal is not None else None)
-            m.requests.labels(route, method_label(scope["method"]), str(status), team).inc()
-            m.request_duration.labels(route).observe(seconds)
+            method = method_label(scope["method"])
+            self._requests.get(
+                (route, method, status, team),
+                lambda: m.requests.labels(route, method, str(status), team),
+            ).inc()
+            self._seconds.get((route,), lambda: m.request_duration.labels(route)).observe(seconds)
             if self.access_log is not None:
                 self.access_log.write(
                     request_id=scope.get("request_id"),

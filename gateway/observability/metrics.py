@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -343,3 +344,22 @@ class _QuotaGauges(Collector):
         yield usage
         yield limit
         yield reservations
+
+
+MAX_CACHED_CHILDREN = 10_000  # label values come from callers (team and model names): bounded
+
+
+class Children:
+    """Labelled children looked up once per combination, not per call: prometheus_client's
+    labels() takes a lock and builds its key every time, and these run on every request."""
+
+    def __init__(self) -> None:
+        self._children: dict[tuple[Any, ...], Any] = {}
+
+    def get(self, key: tuple[Any, ...], make: Callable[[], Any]) -> Any:
+        child = self._children.get(key)
+        if child is None:
+            child = make()
+            if len(self._children) < MAX_CACHED_CHILDREN:
+                self._children[key] = child
+        return child

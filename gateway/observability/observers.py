@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
 
 from prometheus_client import Counter
 
@@ -13,37 +12,21 @@ from gateway.errors import GatewayError
 from gateway.metering.prices import PriceTable, Usage
 from gateway.metering.service import MeterEvents
 from gateway.observability.access_log import note_quota, note_upstream
-from gateway.observability.metrics import Metrics
+from gateway.observability.metrics import Children, Metrics
 from gateway.observability.streams import StreamMetrics
 from gateway.quota.model import SPEND_UNITS
 from gateway.videos.events import VideoEvents
 from gateway.videos.reconciler import Report
 from gateway.web.asgi import Scope
 
-MAX_CACHED_CHILDREN = 10_000  # label values come from callers (team and model names): bounded
-
-
-class _Children:
-    """Labelled children looked up once per combination, not per call: prometheus_client's
-    labels() takes a lock and builds its key every time, and these run on every request."""
-
-    def __init__(self) -> None:
-        self._children: dict[tuple[Any, ...], Any] = {}
-
-    def get(self, key: tuple[Any, ...], make: Callable[[], Any]) -> Any:
-        child = self._children.get(key)
-        if child is None:
-            child = make()
-            if len(self._children) < MAX_CACHED_CHILDREN:
-                self._children[key] = child
-        return child
-
 
 class Observers:
     def __init__(self, metrics: Metrics, *, video_models: Iterable[str]) -> None:
         self.metrics = metrics
         self._models = frozenset(video_models)
-        self._decisions = _Children()
+        self._decisions = Children()
+        self._upstream = Children()
+        self._upstream_seconds = Children()
 
     def redis_error(self, op: str) -> None:
         self.metrics.redis_errors.labels(op).inc()
@@ -52,8 +35,13 @@ class Observers:
         self.metrics.redis_breaker_open.set(1 if is_open else 0)
 
     def upstream(self, key: str, route: str, status: int, seconds: float) -> None:
-        self.metrics.upstream_requests.labels(key, route, str(status)).inc()
-        self.metrics.upstream_duration.labels(route).observe(seconds)
+        m = self.metrics
+        self._upstream.get(
+            (key, route, status), lambda: m.upstream_requests.labels(key, route, str(status))
+        ).inc()
+        self._upstream_seconds.get((route,), lambda: m.upstream_duration.labels(route)).observe(
+            seconds
+        )
         note_upstream(key, status)
 
     def upstream_retry(self, reason: str) -> None:
@@ -149,7 +137,7 @@ class _MeterMetrics:
         self.metrics = metrics
         self._decision = decision
         self._prices = prices
-        self._children = _Children()
+        self._children = Children()
 
     def decision(self, team: str, kind: str, result: str) -> None:
         self._decision(team, kind, result)
