@@ -200,6 +200,11 @@ class QuotaService:
         StoreUnavailable: then it is not sent)."""
         await self.store.mark_sent(TeamKeys(team), job_id)
 
+    async def refunded(self, team: str, job_id: str) -> bool:
+        """Whether the job's reservation was given back (its create certainly did nothing, or
+        its job failed)."""
+        return (await self.store.reservation(TeamKeys(team), job_id)).get("state") == "refunded"
+
     async def mark_unknown(self, team: str, job_id: str) -> None:
         """A create whose upstream outcome is unknown: its reservation waits for the reconciler."""
         try:

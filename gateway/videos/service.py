@@ -255,12 +255,20 @@ class VideoService:
             )
         fp = fingerprint({"path": path, "body": req.body})
         claim = await self._idempotent(who.team, key, fp)
+        if claim.fingerprint == fp and await self._came_to_nothing(who.team, claim):
+            assert self.idempotency is not None
+            if await self.idempotency.forget(who.team, key, claim.video_id):
+                claim = await self._idempotent(who.team, key, fp)
         if claim.state != "new":
             return await self._replay(who, claim, fp, request_id, base_url)
+        token = claim.token
 
         async def sent(video_id: str) -> None:
             assert self.idempotency is not None
-            await self.idempotency.sent(who.team, key, video_id, int(self.clock() * 1000))
+            if not await self.idempotency.sent(who.team, key, token, video_id):
+                # Its claim expired while this request stalled, and another may hold the key
+                # now: this create does not leave.
+                raise _key_in_use()
 
         try:
             answer = await self._create_new(
@@ -268,25 +276,38 @@ class VideoService:
             )
         except GatewayError as exc:
             await self._idempotent_end(
-                who.team, key, "unknown" if exc.maybe_processed else "released"
+                who.team, key, token, "unknown" if exc.maybe_processed else "released"
             )
             raise
-        await self._idempotent_end(who.team, key, "done", str(answer.body["id"]))
+        await self._idempotent_end(who.team, key, token, "done", str(answer.body["id"]))
         return answer
 
     async def _idempotent(self, team: str, key: str, fp: str) -> Claim:
         assert self.idempotency is not None
         return await self.idempotency.begin(team, key, fp)
 
-    async def _idempotent_end(self, team: str, key: str, state: str, video_id: str = "") -> None:
+    async def _came_to_nothing(self, team: str, claim: Claim) -> bool:
+        """A sent create that is no longer under way, made no job and was refunded: it
+        certainly did nothing (a refusal after its key was marked sent, whose release Redis
+        lost), so its key is free again rather than an unknown outcome for the whole window."""
+        if claim.state != "sent" or claim.in_flight or self.quota is None or not claim.video_id:
+            return False
+        if await self.registry.owned(claim.video_id, team) is not None:
+            return False
+        return await self.quota.refunded(team, claim.video_id)
+
+    async def _idempotent_end(
+        self, team: str, key: str, token: str, state: str, video_id: str = ""
+    ) -> None:
         assert self.idempotency is not None
         try:
             if state == "released":
-                await self.idempotency.release(team, key)
+                await self.idempotency.release(team, key, token)
             else:
-                await self.idempotency.finish(team, key, state, video_id)
+                await self.idempotency.finish(team, key, token, state, video_id)
         except StoreUnavailable:
-            # The key stays pending until it expires: a retry gets 409s, never a second job.
+            # The key stays as it was (pending, or sent and kept for the window): a retry gets
+            # the job, a 409, or an unknown outcome, never a second job.
             log.warning("could not record the end of an idempotent create")
 
     async def _replay(
@@ -305,15 +326,10 @@ class VideoService:
             raise _outcome_unknown()
         if claim.state == "sent":
             # Its create left, and how it ended was not recorded (yet): the job if it was made,
-            # a 409 while it may still be under way (as long as a pending claim may be), else
-            # an unknown outcome.
-            assert self.idempotency is not None
+            # a 409 while it may still be under way, else an unknown outcome.
             job = await self.registry.owned(claim.video_id, who.team) if claim.video_id else None
             if job is None:
-                waited_ms = self.clock() * 1000 - claim.sent_at_ms
-                if waited_ms < self.idempotency.pending_ms:
-                    raise _key_in_use()
-                raise _outcome_unknown()
+                raise _key_in_use() if claim.in_flight else _outcome_unknown()
         else:
             job = await self._owned(who, claim.video_id)
         return self._answer(await self.refresh(job, request_id=request_id), base_url)

@@ -532,8 +532,43 @@ async def test_a_job_redis_could_not_record_stays_charged_even_with_the_breaker_
 PENDING_S = 90.0  # how long a claim may be in flight: a create's bound plus a grace
 
 
-async def _lose_the_end(*args: Any, **kwargs: Any) -> None:
+async def _lose(*args: Any, **kwargs: Any) -> None:
     raise StoreUnavailable()
+
+
+def store_hash(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class Keyed:
+    """One team's idempotent creates through a service with an IdempotencyStore."""
+
+    def __init__(self, client: UpstreamClient, redis: Redis, clock: Clock) -> None:
+        self.redis = redis
+        self.store = IdempotencyStore(redis, ttl_seconds=86_400, pending_seconds=PENDING_S)
+        self.svc, self.quota = service(client, redis, clock, idempotency=self.store)
+        self.team = team_name()
+        self.key = "k-" + secrets.token_hex(4)
+        self.name = TeamKeys(self.team).idempotency(store_hash(self.key))
+
+    async def create(self) -> Any:
+        return await self.svc.create(
+            who(self.team),
+            FIELDS,
+            upload=None,
+            request_id="r",
+            base_url=BASE,
+            idempotency_key=self.key,
+        )
+
+    async def refused(self, status: int, code: str) -> None:
+        with pytest.raises(GatewayError) as err:
+            await self.create()
+        assert (err.value.status, err.value.code) == (status, code)
+
+    async def flight_ends(self) -> None:
+        """Redis's own clock passes the time a sent create may take (its mark expires)."""
+        assert await self.redis.delete(self.name + ":flight") == 1
 
 
 @pytest.mark.parametrize("answer", ["job", "unknown"])
@@ -546,54 +581,44 @@ async def test_a_sent_create_whose_end_redis_lost_is_never_sent_again(
     answer: str,
 ) -> None:
     """Redis fails to take how an idempotent create ended (the job made, or an unknown
-    outcome): the key was kept from the moment the create left, so a retry with it after the
-    pending window gets the job, or the unknown outcome, and never a second upstream job."""
-    store = IdempotencyStore(redis, ttl_seconds=86_400, pending_seconds=PENDING_S)
-    svc, quota = service(client, redis, clock, idempotency=store)
-    team, vid = team_name(), new_video_id()
+    outcome): the key was kept from the moment the create left, so a retry with it gets the
+    job, or waits and then learns the outcome is unknown, and never makes a second job."""
+    k = Keyed(client, redis, clock)
+    vid = new_video_id()
     monkeypatch.setattr("gateway.videos.service.new_video_id", lambda: vid)
-    monkeypatch.setattr(store, "finish", _lose_the_end)
+    monkeypatch.setattr(k.store, "finish", _lose)
     upstream.handler = (
         create_then_poll({**TASK, "status": "in_progress", "progress": 10})
         if answer == "job"
         else lambda req: FakeResponse(500, json={"error": {"message": "boom"}})
     )
-    key = "retry-" + secrets.token_hex(4)
-
-    async def create() -> Any:
-        return await svc.create(
-            who(team), FIELDS, upload=None, request_id="r", base_url=BASE, idempotency_key=key
-        )
-
     if answer == "job":
-        first = await create()
-        assert first.body["id"] == vid
+        assert (await k.create()).body["id"] == vid
     else:
         with pytest.raises(GatewayError) as err:
-            await create()
+            await k.create()
         assert err.value.maybe_processed
-    stored = await redis.hgetall(TeamKeys(team).idempotency(store_hash(key)))
+    stored = await redis.hgetall(k.name)
     assert (stored[b"state"], stored[b"video_id"]) == (b"sent", vid.encode())
     # Kept for the window, not for the pending time after which it used to free itself.
-    assert await redis.pttl(TeamKeys(team).idempotency(store_hash(key))) > PENDING_S * 1000 * 10
+    assert await redis.pttl(k.name) > PENDING_S * 1000 * 10
     if answer == "job":
-        clock.advance(PENDING_S + 1)
-        again = await create()
-        assert again.body["id"] == vid
+        assert (await k.create()).body["id"] == vid
+        await k.flight_ends()
+        assert (await k.create()).body["id"] == vid
     else:
-        # While the create could still be finishing, a retry waits...
-        clock.advance(1)
-        with pytest.raises(GatewayError) as busy:
-            await create()
-        assert (busy.value.status, busy.value.code) == (409, "idempotency_key_in_use")
+        # While the create could still be finishing, a retry waits, whatever this replica's
+        # clock says (the time is Redis's)...
+        clock.advance(10 * PENDING_S)
+        await k.refused(409, "idempotency_key_in_use")
         # ...and after that the outcome is unknown: never sent again.
-        clock.advance(PENDING_S)
+        await k.flight_ends()
         with pytest.raises(GatewayError) as lost:
-            await create()
+            await k.create()
         assert lost.value.status == 502
         assert lost.value.headers["x-should-retry"] == "false"
     assert [r.method for r in upstream.requests].count("POST") == 1
-    assert await used(quota, team, "video_seconds_per_day") == 4
+    assert await used(k.quota, k.team, "video_seconds_per_day") == 4
 
 
 async def test_a_create_refused_before_it_left_leaves_the_key_pending(
@@ -605,23 +630,84 @@ async def test_a_create_refused_before_it_left_leaves_the_key_pending(
 ) -> None:
     """Redis failing as the key is marked sent stops the create before it leaves: refunded,
     nothing upstream, and the key no more than pending (it frees itself)."""
-    store = IdempotencyStore(redis, ttl_seconds=86_400, pending_seconds=PENDING_S)
-    svc, quota = service(client, redis, clock, idempotency=store)
-    team = team_name()
-    monkeypatch.setattr(store, "sent", _lose_the_end)
-    monkeypatch.setattr(store, "release", _lose_the_end)
+    k = Keyed(client, redis, clock)
+    monkeypatch.setattr(k.store, "sent", _lose)
+    monkeypatch.setattr(k.store, "release", _lose)
     upstream.handler = create_then_poll(TASK)
-    key = "early-" + secrets.token_hex(4)
     with pytest.raises(StoreUnavailable):
-        await svc.create(
-            who(team), FIELDS, upload=None, request_id="r", base_url=BASE, idempotency_key=key
-        )
+        await k.create()
     assert upstream.requests == []
-    assert await used(quota, team, "video_seconds_per_day") == 0
+    assert await used(k.quota, k.team, "video_seconds_per_day") == 0
+    assert (await redis.hgetall(k.name))[b"state"] == b"pending"
+    assert 0 < await redis.pttl(k.name) <= PENDING_S * 1000
+
+
+@pytest.mark.parametrize("how", ["refused-upstream", "sent-reply-lost"])
+async def test_a_sent_create_that_certainly_did_nothing_frees_its_key(
+    client: UpstreamClient,
+    upstream: FakeUpstream,
+    redis: Redis,
+    clock: Clock,
+    monkeypatch: pytest.MonkeyPatch,
+    how: str,
+) -> None:
+    """A create marked sent that then certainly did nothing (the upstream refused it, or the
+    mark's reply was lost and it never left), and whose release Redis lost: refunded, so once
+    it can no longer be under way its key is free again, not an unknown outcome for a day."""
+    k = Keyed(client, redis, clock)
+    monkeypatch.setattr(k.store, "release", _lose)
+    if how == "refused-upstream":
+        upstream.handler = lambda req: FakeResponse(
+            400, json={"error": {"message": "no", "code": "invalid_prompt"}}
+        )
+        await k.refused(400, "invalid_prompt")
+        assert [r.method for r in upstream.requests].count("POST") == 1
+    else:
+        real_sent = k.store.sent
+
+        async def reply_lost(*args: Any) -> bool:
+            await real_sent(*args)
+            raise StoreUnavailable()
+
+        monkeypatch.setattr(k.store, "sent", reply_lost)
+        upstream.handler = create_then_poll(TASK)
+        with pytest.raises(StoreUnavailable):
+            await k.create()
+        assert upstream.requests == []
+    assert (await redis.hgetall(k.name))[b"state"] == b"sent"
+    assert await used(k.quota, k.team, "video_seconds_per_day") == 0
+    monkeypatch.undo()
+    upstream.handler = create_then_poll(TASK)
+    await k.refused(409, "idempotency_key_in_use")  # it could still be under way
+    await k.flight_ends()
+    made = await k.create()
+    assert made.body["id"].startswith("video_")
+    assert (await k.create()).body["id"] == made.body["id"]  # the key holds the new job
+    assert [r.method for r in upstream.requests].count("POST") == (
+        2 if how == "refused-upstream" else 1
+    )
+    assert await used(k.quota, k.team, "video_seconds_per_day") == 4
+
+
+async def test_only_the_request_that_claimed_a_key_moves_it_on(redis: Redis) -> None:
+    """A request whose claim expired while it stalled (and another request claimed the key)
+    may not mark it sent (so its create does not leave), record an end, or free it."""
+    store = IdempotencyStore(redis, ttl_seconds=86_400, pending_seconds=PENDING_S)
+    team, key = team_name(), "own-" + secrets.token_hex(4)
     name = TeamKeys(team).idempotency(store_hash(key))
-    assert (await redis.hgetall(name))[b"state"] == b"pending"
-    assert 0 < await redis.pttl(name) <= PENDING_S * 1000
-
-
-def store_hash(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
+    stalled = await store.begin(team, key, "fp")
+    assert stalled.state == "new"
+    await redis.delete(name)  # its claim expired
+    holder = await store.begin(team, key, "fp")
+    assert holder.state == "new"
+    assert holder.token != stalled.token
+    assert not await store.sent(team, key, stalled.token, "video_stalled")
+    await store.finish(team, key, stalled.token, "done", "video_stalled")
+    await store.release(team, key, stalled.token)
+    assert await redis.hget(name, "state") == b"pending"  # still the holder's claim
+    assert await store.sent(team, key, holder.token, "video_holder")
+    await store.finish(team, key, holder.token, "done", "video_holder")
+    again = await store.begin(team, key, "fp")
+    assert (again.state, again.video_id, again.in_flight) == ("done", "video_holder", False)
+    # A key holding something else is not freed as a refunded send.
+    assert not await store.forget(team, key, "video_holder")

@@ -11,7 +11,16 @@ from gateway.store.lua import script
 SCRIPTS = [
     ("gateway.quota", name)
     for name in ("rate", "reserve", "settle", "renew", "mark", "meter_reserve", "meter_settle")
-] + [("gateway.videos", name) for name in ("idempotency_begin", "reconciler_lead", "job_update")]
+] + [
+    ("gateway.videos", name)
+    for name in (
+        "idempotency_begin",
+        "idempotency_sent",
+        "idempotency_end",
+        "reconciler_lead",
+        "job_update",
+    )
+]
 
 
 @pytest.mark.parametrize(("package", "name"), SCRIPTS)

@@ -432,7 +432,7 @@ def test_digits_inside_a_string_are_read_by_orjson(monkeypatch: pytest.MonkeyPat
     def slow(data: Any) -> Any:
         raise AssertionError("read by the standard parser")
 
-    monkeypatch.setattr(answers.json, "loads", slow)
+    monkeypatch.setattr(json, "loads", slow)
     body = b'{"id":"chatcmpl-bench0000000000000000000000","usage":{"prompt_tokens":9}}'
     assert answers.loads(body) == {
         "id": "chatcmpl-bench0000000000000000000000",
