@@ -239,6 +239,7 @@ def video_routes(
                 fields,
                 request_id=_rid(request),
                 base_url=base,
+                idempotency_key=request.headers.get("idempotency-key"),
             )
         )
 

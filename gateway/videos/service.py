@@ -557,6 +557,7 @@ class VideoService:
         *,
         request_id: str,
         base_url: str,
+        idempotency_key: str | None = None,
     ) -> Answer:
         source = await self._owned(who, video_id)
         source = await self.refresh(source, request_id=request_id)
@@ -577,6 +578,7 @@ class VideoService:
             request_id=request_id,
             base_url=base_url,
             source=source,
+            idempotency_key=idempotency_key,
         )
 
     async def open_content(

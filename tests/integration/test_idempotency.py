@@ -158,6 +158,24 @@ def test_a_job_whose_end_redis_lost_is_still_the_keys_answer(
         assert r.pttl(name) > store.pending_ms * 10  # the window, not the pending time
 
 
+def test_a_remix_with_a_key_is_made_once(stack: Stack, team: str) -> None:
+    """The key works on remixes too: the same key and remix return the same job, the same
+    key on another remix (or a create) is a 422."""
+    h = key_header()
+    with sdk(stack, team, max_retries=0) as c:
+        source = c.videos.create_and_poll(prompt="a lake", poll_interval_ms=50)
+        first = c.videos.remix(source.id, prompt="at dusk", extra_headers=h)
+        again = c.videos.remix(source.id, prompt="at dusk", extra_headers=h)
+        assert (again.id, again.remixed_from_video_id) == (first.id, source.id)
+        with pytest.raises(openai.UnprocessableEntityError) as err:
+            c.videos.remix(source.id, prompt="at dawn", extra_headers=h)
+        assert err.value.code == "idempotency_key_reused"
+        with pytest.raises(openai.UnprocessableEntityError):
+            c.videos.create(prompt="at dusk", extra_headers=h)
+    remixes = [r for r in stack.sim_requests("/v1/videos/") if r["path"].endswith("/remix")]
+    assert len(remixes) == 1
+
+
 @pytest.mark.parametrize("bad", ["x" * 256, "has space", "tab\tinside"])
 def test_bad_keys_are_400(stack: Stack, team: str, bad: str) -> None:
     with sdk(stack, team, max_retries=0) as c:
