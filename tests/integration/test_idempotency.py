@@ -55,19 +55,26 @@ def used_seconds(s: Stack, team: str) -> int:
     return int(limits["video_seconds_per_day"]["used"])
 
 
+def created_twice(s: Stack, team: str, prompt: str, h: dict[str, str]) -> str:
+    """The same create sent twice with one key: the job's id, asserted to be the same one,
+    made upstream once and charged once."""
+    with sdk(s, team, max_retries=0) as c:
+        first = c.videos.create(prompt=prompt, seconds="4", extra_headers=h)
+        again = c.videos.create(prompt=prompt, seconds="4", extra_headers=h)
+    assert again.id == first.id
+    assert creates(s) == 1
+    assert used_seconds(s, team) == 4
+    return first.id
+
+
 def test_same_key_and_request_return_the_same_job_once(stack: Stack, team: str) -> None:
     h = key_header()
-    with sdk(stack, team, max_retries=0) as c:
-        first = c.videos.create(prompt="a fox", seconds="4", extra_headers=h)
-        again = c.videos.create(prompt="a fox", seconds="4", extra_headers=h)
-        assert again.id == first.id
-        assert creates(stack) == 1
-        assert used_seconds(stack, team) == 4
-        # Another team's identical key is another key.
-        other = "i-" + secrets.token_hex(4)
-        with sdk(stack, other, max_retries=0) as o:
-            assert o.videos.create(prompt="a fox", seconds="4", extra_headers=h).id != first.id
-        assert creates(stack) == 2
+    first = created_twice(stack, team, "a fox", h)
+    # Another team's identical key is another key.
+    other = "i-" + secrets.token_hex(4)
+    with sdk(stack, other, max_retries=0) as o:
+        assert o.videos.create(prompt="a fox", seconds="4", extra_headers=h).id != first
+    assert creates(stack) == 2
 
 
 def test_same_key_with_another_request_is_422(stack: Stack, team: str) -> None:
@@ -146,12 +153,7 @@ def test_a_job_whose_end_redis_lost_is_still_the_keys_answer(
 
     monkeypatch.setattr(store, "finish", lose_the_end)
     h = key_header()
-    with sdk(stack, team, max_retries=0) as c:
-        first = c.videos.create(prompt="a heron", seconds="4", extra_headers=h)
-        again = c.videos.create(prompt="a heron", seconds="4", extra_headers=h)
-    assert again.id == first.id
-    assert creates(stack) == 1
-    assert used_seconds(stack, team) == 4
+    created_twice(stack, team, "a heron", h)
     name = TeamKeys(team).idempotency(hashlib.sha256(h["Idempotency-Key"].encode()).hexdigest())
     with redis.Redis.from_url(redis_url) as r:
         assert r.hget(name, "state") == b"sent"
