@@ -448,8 +448,14 @@ class VideoService:
             # Never re-sent and never refunded here: the reconciler settles it (charge kept).
             await self.quota.mark_unknown(team, video_id)
             log.warning("create %s: upstream outcome unknown, reservation kept", video_id)
-        else:
+            return
+        try:
             await self.quota.settle(team, video_id, "refunded")
+        except StoreUnavailable:
+            # The caller is told what the upstream said (a refusal is not a reason to retry);
+            # the reservation, marked sent, stays charged: nothing can tell it from a create
+            # that ran once Redis is back, so the reconciler keeps it (the safe side).
+            log.warning("create %s: refused upstream, its refund could not be written", video_id)
 
     async def _settle_if_finished(self, job: Job) -> None:
         if job.finished and await self.registry.first_to_see_the_end(job.id):

@@ -711,3 +711,28 @@ async def test_only_the_request_that_claimed_a_key_moves_it_on(redis: Redis) -> 
     assert (again.state, again.video_id, again.in_flight) == ("done", "video_holder", False)
     # A key holding something else is not freed as a refunded send.
     assert not await store.forget(team, key, "video_holder")
+
+
+async def test_a_refused_create_whose_refund_redis_lost_still_answers_the_refusal(
+    client: UpstreamClient,
+    upstream: FakeUpstream,
+    redis: Redis,
+    clock: Clock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The upstream refused the create (400), then Redis failed the refund: the caller gets the
+    400 it would have got (a 503 told it to retry a request that will be refused again), and
+    the reservation stays charged for the reconciler (nothing can tell it from a job that ran)."""
+    svc, quota = service(client, redis, clock)
+    team, vid = team_name(), new_video_id()
+    monkeypatch.setattr("gateway.videos.service.new_video_id", lambda: vid)
+    upstream.handler = lambda req: FakeResponse(
+        400, json={"error": {"message": "no", "code": "invalid_prompt"}}
+    )
+    monkeypatch.setattr(quota, "settle", _lose)
+    with pytest.raises(GatewayError) as err:
+        await svc.create(who(team), FIELDS, upload=None, request_id="r", base_url=BASE)
+    assert (err.value.status, err.value.code) == (400, "invalid_prompt")
+    assert [r.method for r in upstream.requests].count("POST") == 1
+    res = await reservation(quota, team, vid)
+    assert (res["state"], res["outcome"]) == ("reserved", "sent")
