@@ -24,7 +24,7 @@ from gateway.upstream.client import UpstreamClient
 from gateway.videos.idempotency import IdempotencyStore
 from gateway.videos.reconciler import Reconciler
 from gateway.videos.registry import JobRegistry, new_video_id
-from gateway.videos.service import VideoService
+from gateway.videos.service import Answer, VideoService
 from tests.clock import Clock
 from tests.fakes import FakeResponse, FakeUpstream, SeenRequest
 from tests.servers import wait_for_async
@@ -82,6 +82,11 @@ async def reservation(quota: QuotaService, team: str, video_id: str) -> dict[str
 
 async def used(quota: QuotaService, team: str, kind: str) -> Any:
     return (await quota.usage(team))["limits"][kind]["used"]
+
+
+async def create(svc: VideoService, team: str) -> Answer:
+    """The usual create (FIELDS) by ``team``."""
+    return await svc.create(who(team), FIELDS, upload=None, request_id="r", base_url=BASE)
 
 
 def team_name() -> str:
@@ -259,7 +264,7 @@ async def test_refresh_polls_the_upstream_at_most_once_per_interval(
     svc, quota = service(client, redis, clock, poll_interval_seconds=0.2)
     upstream.handler = create_then_poll({**TASK, "status": "in_progress", "progress": 40})
     team = team_name()
-    made = await svc.create(who(team), FIELDS, upload=None, request_id="r", base_url=BASE)
+    made = await create(svc, team)
     job = await svc.registry.get(str(made.body["id"]))
     assert job is not None
     polls = await asyncio.gather(*(svc.refresh(job, request_id="r") for _ in range(5)))
@@ -296,7 +301,7 @@ async def test_a_job_past_the_deadline_fails_without_asking_the_upstream(
     svc, quota = service(client, redis, clock, deadline_seconds=60)
     upstream.handler = create_then_poll(TASK)
     team = team_name()
-    made = await svc.create(who(team), FIELDS, upload=None, request_id="r", base_url=BASE)
+    made = await create(svc, team)
     job = await svc.registry.get(str(made.body["id"]))
     assert job is not None
     clock.advance(60)
@@ -334,7 +339,7 @@ async def test_an_upstream_error_on_content_gives_back_the_teams_connection(
 
     upstream.handler = handler
     team = team_name()
-    made = await svc.create(who(team), FIELDS, upload=None, request_id="r", base_url=BASE)
+    made = await create(svc, team)
     video_id = str(made.body["id"])
     try:
         for _ in range(4):  # twice the team's share
@@ -374,7 +379,7 @@ async def test_a_create_longer_than_its_deadline_is_an_unknown_outcome_kept_char
     upstream.handler = slow
     try:
         with pytest.raises(GatewayError) as err:
-            await svc.create(who(team), FIELDS, upload=None, request_id="r", base_url=BASE)
+            await create(svc, team)
         assert started.is_set()
         assert (err.value.status, err.value.code) == (504, "upstream_timeout")
         assert err.value.maybe_processed
@@ -406,7 +411,7 @@ async def test_redis_failing_after_the_upstream_accepted_never_invites_a_second_
 
     monkeypatch.setattr(svc.registry, "add", down)
     with pytest.raises(GatewayError) as err:
-        await svc.create(who(team), FIELDS, upload=None, request_id="r", base_url=BASE)
+        await create(svc, team)
     assert (err.value.status, err.value.code) == (502, "upstream_unavailable")
     assert err.value.maybe_processed
     assert err.value.headers["x-should-retry"] == "false"
@@ -434,7 +439,7 @@ async def test_a_poll_in_flight_at_the_deadline_cannot_revive_the_refunded_job(
 
     upstream.handler = handler
     team = team_name()
-    made = await svc.create(who(team), FIELDS, upload=None, request_id="r", base_url=BASE)
+    made = await create(svc, team)
     vid = str(made.body["id"])
     clock.advance(59.9)
     job = await svc.registry.get(vid)
@@ -465,7 +470,7 @@ async def test_a_stale_copy_past_the_deadline_cannot_fail_a_completed_charged_jo
     svc, quota = service(client, redis, clock, deadline_seconds=60)
     upstream.handler = create_then_poll({**TASK, "status": "completed", "progress": 100})
     team = team_name()
-    made = await svc.create(who(team), FIELDS, upload=None, request_id="r", base_url=BASE)
+    made = await create(svc, team)
     vid = str(made.body["id"])
     clock.advance(59.9)
     stale = await svc.registry.get(vid)  # one request read the job while it ran...
@@ -504,7 +509,7 @@ async def test_a_job_redis_could_not_record_stays_charged_even_with_the_breaker_
     monkeypatch.setattr(svc.registry, "add", down)
     monkeypatch.setattr(quota.store, "mark_unknown", down)  # the breaker is open by now
     with pytest.raises(GatewayError) as err:
-        await svc.create(who(team), FIELDS, upload=None, request_id="r", base_url=BASE)
+        await create(svc, team)
     assert err.value.maybe_processed
     res = await reservation(quota, team, vid)
     assert (res["state"], res["outcome"]) == ("reserved", "sent")
@@ -731,7 +736,7 @@ async def test_a_refused_create_whose_refund_redis_lost_still_answers_the_refusa
     )
     monkeypatch.setattr(quota, "settle", _lose)
     with pytest.raises(GatewayError) as err:
-        await svc.create(who(team), FIELDS, upload=None, request_id="r", base_url=BASE)
+        await create(svc, team)
     assert (err.value.status, err.value.code) == (400, "invalid_prompt")
     assert [r.method for r in upstream.requests].count("POST") == 1
     res = await reservation(quota, team, vid)
