@@ -26,7 +26,7 @@ from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, TypeVar
 
 import gateway as gateway_pkg
 from bench import gateway_proc, nginx, procs, report, streams, videos, wrk
@@ -207,7 +207,10 @@ def side_by_side(
     return mine, theirs
 
 
-def run_async(coro: Coroutine[Any, Any, streams.StreamStats]) -> streams.StreamStats:
+T = TypeVar("T")
+
+
+def run_async(coro: Coroutine[Any, Any, T]) -> T:
     import uvloop
 
     # The client shares core 1 with the upstream: uvloop keeps its own cost out of the gaps.
@@ -215,12 +218,6 @@ def run_async(coro: Coroutine[Any, Any, streams.StreamStats]) -> streams.StreamS
 
 
 FIRST_EVENT_TURNS = 40
-
-
-def run_turns(coro: Coroutine[Any, Any, dict[str, list[float]]]) -> dict[str, list[float]]:
-    import uvloop
-
-    return uvloop.run(coro)
 
 
 def run(args: argparse.Namespace, out: list[str]) -> None:
@@ -410,7 +407,7 @@ def run(args: argparse.Namespace, out: list[str]) -> None:
                 f"{no_quota.gap_p99_ms:.1f} ms, {no_quota.completed}/{n} complete"
             )
             turns = FIRST_EVENT_TURNS // (2 if args.quick else 1)
-            firsts = run_turns(
+            firsts = run_async(
                 streams.first_events(
                     {
                         "direct": (direct_url, None),

@@ -6,7 +6,7 @@ import math
 import statistics
 from dataclasses import dataclass
 
-from bench.streams import StreamStats
+from bench.streams import StreamStats, percentile
 from bench.wrk import WrkResult
 
 TARGETS = ("direct", "nginx", "gateway", "gateway-key", "key-limits", "no-metering", "no-quota")
@@ -311,15 +311,10 @@ def first_events_table(firsts: dict[str, list[float]]) -> list[str]:
     base = statistics.median(firsts["direct"]) if "direct" in firsts else None
     for name, values in firsts.items():
         mid = statistics.median(values)
-        lo, hi = percentile_of(values, 0.10), percentile_of(values, 0.90)
+        lo, hi = percentile(values, 0.10), percentile(values, 0.90)
         versus = "-" if base is None or name == "direct" else f"{mid - base:+.2f}"
         out.append(f"| {name} | {mid:.2f} | {lo:.2f}..{hi:.2f} | {versus} |")
     return out
-
-
-def percentile_of(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
 
 
 def stream_goals(
