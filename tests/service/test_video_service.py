@@ -741,3 +741,31 @@ async def test_a_refused_create_whose_refund_redis_lost_still_answers_the_refusa
     assert [r.method for r in upstream.requests].count("POST") == 1
     res = await reservation(quota, team, vid)
     assert (res["state"], res["outcome"]) == ("reserved", "sent")
+
+
+async def test_a_create_whose_claim_was_lost_never_leaves(
+    client: UpstreamClient,
+    upstream: FakeUpstream,
+    redis: Redis,
+    clock: Clock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The request stalled past its claim's life and another request claimed the key: its
+    create is refused with the 409 (the SDK retries and finds the other's job), nothing
+    reaches the upstream, its reservation is refunded, and the other's claim is untouched."""
+    k = Keyed(client, redis, clock)
+    upstream.handler = create_then_poll(TASK)
+    real_sent = k.store.sent
+
+    async def claimed_by_another(team: str, key: str, token: str, video_id: str) -> bool:
+        await redis.delete(k.name)  # the claim expired...
+        other = await k.store.begin(team, key, "another request")  # ...and was taken
+        assert other.state == "new"
+        return await real_sent(team, key, token, video_id)
+
+    monkeypatch.setattr(k.store, "sent", claimed_by_another)
+    await k.refused(409, "idempotency_key_in_use")
+    assert upstream.requests == []
+    assert await used(k.quota, k.team, "video_seconds_per_day") == 0
+    stored = await redis.hgetall(k.name)
+    assert (stored[b"state"], stored[b"fp"]) == (b"pending", b"another request")
