@@ -120,10 +120,4 @@ class KeyVerifier:
         if not record.matches(candidate, started):
             return _Entry(until, None, "key_unknown", None, False)
         previous = not api_keys.same_digest(candidate, record.digest)
-        principal = Principal(
-            team=record.team,
-            user=record.user,
-            roles=frozenset(record.roles),
-            key=record.scope,
-        )
-        return _Entry(until, record, "", principal, previous)
+        return _Entry(until, record, "", Principal.of_key(record), previous)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gateway.auth.api_keys import KeyScope
+from gateway.auth.api_keys import KeyRecord, KeyScope
 
 
 @dataclass(frozen=True, slots=True)
@@ -16,6 +16,14 @@ class Principal:
     user: str
     roles: frozenset[str]
     key: KeyScope | None = None
+
+    @classmethod
+    def of_key(cls, record: KeyRecord) -> Principal:
+        """Who a gateway key authenticates as, wherever it is used (the API, or a console
+        session made with it): its team, its holder, its roles and its own scope."""
+        return cls(
+            team=record.team, user=record.user, roles=frozenset(record.roles), key=record.scope
+        )
 
     def has_role(self, role: str) -> bool:
         """Whether the token granted ``role`` (exact, case-sensitive match)."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlencode
 
@@ -190,6 +190,9 @@ class ConsoleRoutes:
             if record is None:
                 await self.sessions.delete(session_id)
                 return None
+            # The session acts as the key does on the API: with its scope (a key that may
+            # not manage keys may not here either) and its roles as they are now.
+            session = replace(session, principal=Principal.of_key(record))
         # The access log and the request metrics name the signed-in team.
         request.scope["principal"] = session.principal
         return session
