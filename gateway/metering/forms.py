@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 
 from python_multipart.exceptions import MultipartParseError
-from python_multipart.multipart import MultipartParser, parse_options_header
+from python_multipart.multipart import MultipartParser
 
 from gateway.errors import InvalidRequest
 
@@ -31,6 +31,11 @@ _TOKEN = rb"[!#$%&'+\-.0-9A-Z^_`a-z|~]++"
 _VALUE = rb"(?:" + _TOKEN + rb'|"(?:[^"\\\r\n]|\\[^\r\n])*+")'
 _PARAM = rb";[ \t]*+(" + _TOKEN + rb")[ \t]*+=[ \t]*+(" + _VALUE + rb")[ \t]*+"
 _DISPOSITION = re.compile(rb"[ \t]*+(" + _TOKEN + rb")[ \t]*+(?:" + _PARAM + rb")*+;?[ \t]*+")
+# The request's own Content-Type, in the same grammar: a "type/subtype" and its parameters (so
+# no "boundary*=", which Go lets replace the boundary python-multipart would read).
+_MEDIA_TYPE = re.compile(
+    rb"[ \t]*+(" + _TOKEN + rb"/" + _TOKEN + rb")[ \t]*+(?:" + _PARAM + rb")*+;?[ \t]*+"
+)
 _PARAMS = re.compile(_PARAM)
 # Go unquotes a backslash before a special character only; before any other it is kept.
 _ESCAPED = re.compile(rb'\\([()<>@,;:\\"/\[\]?=])')
@@ -42,13 +47,17 @@ def _disposition(raw: bytes) -> tuple[bytes, dict[bytes, bytes]]:
     found = _DISPOSITION.fullmatch(raw)
     if found is None:
         raise _bad("A part's Content-Disposition is not a type and name=value parameters.")
+    return found[1].lower(), _parameters(raw, "A part's Content-Disposition")
+
+
+def _parameters(raw: bytes, what: str) -> dict[bytes, bytes]:
     params: dict[bytes, bytes] = {}
     for key, value in _PARAMS.findall(raw):
         key = key.lower()
         if key in params:
-            raise _bad("A part's Content-Disposition names a parameter twice.")
+            raise _bad(f"{what} names a parameter twice.")
         params[key] = _ESCAPED.sub(rb"\1", value[1:-1]) if value[:1] == b'"' else value
-    return found[1].lower(), params
+    return params
 
 
 def _bad(message: str, param: str | None = None) -> InvalidRequest:
@@ -57,12 +66,16 @@ def _bad(message: str, param: str | None = None) -> InvalidRequest:
 
 def form_fields(body: bytes, content_type: str) -> dict[str, str]:
     """The fields in ``READ`` of a multipart/form-data body, or 400 ``invalid_form``."""
-    ctype, params = parse_options_header(content_type)
-    if ctype != b"multipart/form-data":
+    raw = content_type.encode("latin-1")
+    found = _MEDIA_TYPE.fullmatch(raw)
+    if found is None or found[1].lower() != b"multipart/form-data":
+        if raw.lstrip(b" \t").lower().startswith(b"multipart/form-data"):
+            # The boundary the upstream would read could differ from ours: never guessed at.
+            raise _bad("The request's Content-Type is not a type and name=value parameters.")
         raise InvalidRequest(
             "Send this request as multipart/form-data.", code="unsupported_media_type"
         )
-    boundary = params.get(b"boundary")
+    boundary = _parameters(raw, "The request's Content-Type").get(b"boundary")
     if not boundary:
         raise _bad("The multipart body names no boundary.")
     out: dict[str, str] = {}

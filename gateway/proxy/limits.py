@@ -4,7 +4,8 @@ A path with encoded slashes, dot segments or control characters answers 400 ``in
 before routing, for every route. Headers over the limit answer 431, a body over the limit 413
 (up front from Content-Length, or as soon as a chunked body crosses it), and a request carrying
 both Content-Length and Transfer-Encoding 400: that ambiguity is how request smuggling starts.
-So is a request with two Host headers (400).
+So is a request with two Host headers (400), and one with two Content-Type headers (400): the
+gateway reads a body by the first, and the upstream would be sent the last.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ class RequestLimitsMiddleware:
         size = 0
         length: bytes | None = None
         chunked = False
-        hosts = 0
+        hosts = types = 0
         for k, v in scope["headers"]:
             size += len(k) + len(v) + 4
             if k == b"content-length":
@@ -65,11 +66,15 @@ class RequestLimitsMiddleware:
                 chunked = True
             elif k == b"host":
                 hosts += 1
+            elif k == b"content-type":
+                types += 1
         if size > self.max_headers:
             raise HeadersTooLarge()
         if hosts > 1:
             # A proxy in front may have routed on the other one (RFC 9112 section 3.2: 400).
             raise InvalidRequest("Duplicate Host headers.", code="invalid_request")
+        if types > 1:
+            raise InvalidRequest("Duplicate Content-Type headers.", code="invalid_request")
         if length is not None and chunked:
             raise InvalidRequest(
                 "Content-Length and Transfer-Encoding must not be combined.",

@@ -33,7 +33,7 @@ from gateway.metering.forms import form_fields
 from gateway.metering.prices import Usage
 from gateway.metering.service import Admission, Meter
 from gateway.metering.streams import UsageTap
-from gateway.proxy import body_policy
+from gateway.proxy import body_policy, media
 from gateway.quota.model import SPEND_UNITS
 from gateway.upstream import rewrite
 from gateway.upstream.client import UpstreamResponse
@@ -93,6 +93,7 @@ class MeteredCall:
     admission: Admission
     body: bytes | None  # what goes upstream
     hide_usage: bool  # the caller did not ask for a stream's usage: drop it on the way
+    json: bool = False  # the body was read as JSON: it must leave declared as JSON
 
     async def settle(self, usage: Usage | None, *, failed: bool = False) -> int:
         """Settle once; a settlement Redis cannot take leaves the estimate charged."""
@@ -254,14 +255,15 @@ async def open_call(meter: Meter, scope: Scope, rule: RouteRule, body: bytes | N
     kind = rule.meter
     team, user, key = _principal(scope)
     try:
-        tag, doc, out, hide, rebuild = _read_call(meter, scope, rule, body)
+        tag, doc, out, hide, how = _read_call(meter, scope, rule, body)
     except GatewayError:
         # Refused before its reservation, which would have counted its request: count it here
         # (over the request rate, that 429 is the answer, as for any other request).
         await meter.count_request(team, key)
         raise
     adm = await meter.admit(team, user, kind, doc, body or b"", tag, key=key)
-    if rebuild:  # sent as the gateway serialises it, with the estimate's caps
+    if how == media.JSON and kind != kinds.REQUEST:
+        # Sent as the gateway serialises it, with the estimate's caps.
         try:
             doc.update(adm.estimate.inject)
             out = body_policy.serialise(doc)
@@ -269,50 +271,45 @@ async def open_call(meter: Meter, scope: Scope, rule: RouteRule, body: bytes | N
             with contextlib.suppress(GatewayError):
                 await meter.settle(adm, None, failed=True)
             raise
-    return MeteredCall(meter, adm, out, hide)
+    return MeteredCall(meter, adm, out, hide, json=how == media.JSON)
 
 
 def _read_call(
     meter: Meter, scope: Scope, rule: RouteRule, body: bytes | None
-) -> tuple[str, dict[str, Any], bytes | None, bool, bool]:
+) -> tuple[str, dict[str, Any], bytes | None, bool, media.Format | None]:
     """The call's tag, the document its estimate reads, the body to send, whether a stream's
-    usage must be hidden from the caller, and whether the body is rebuilt from the document
-    once reserved."""
+    usage must be hidden from the caller, and how the body was read (a JSON body of a
+    route the gateway knows is rebuilt from the document once reserved)."""
     kind = rule.meter
     tag = meter.tag_of(header(scope, b"x-gateway-tag"))
     raw = body or b""
-    ctype = (header(scope, b"content-type") or b"").decode("latin-1")
-    if kind in kinds.JSON_KINDS or (kind in kinds.FORM_KINDS and "json" in ctype.lower()):
-        if rule.body != PLAIN:
-            doc = _lowered(body_policy.checked(rule.body, body))
-        else:
-            doc = _lowered(body_policy.scanned(raw))
-        # Everything that can refuse the body runs before the reservation, so that a refusal
-        # never leaves an estimate charged.
-        hide = False
-        if kind in (kinds.CHAT, kinds.COMPLETIONS) and doc.get("stream") is True:
-            hide = _ask_for_usage(doc)
-        if b"\\u" in raw:  # an escape may be a lone surrogate, which cannot be sent
-            body_policy.serialise(doc)
-        return tag, doc, body, hide, True
-    if kind in kinds.FORM_KINDS:
+    how = media.body_format(scope, kind, has_body=bool(raw))
+    if how is None:  # a route added in config, called without a body
+        return tag, {}, body, False, None
+    if how == media.FORM:
+        ctype = (header(scope, b"content-type") or b"").decode("latin-1")
         fields: dict[str, Any] = dict(form_fields(raw, ctype))
         n = fields.get("n")
-        if isinstance(n, str) and n.isascii() and n.isdigit():  # form fields are text
-            fields["n"] = int(n)
-        return tag, fields, body, False, False
-    # A route added in config: the model its body names, read as the upstream reads it (a
-    # body whose model could not be read would be priced as "-" while the upstream runs it).
-    if not raw:
-        return tag, {}, body, False, False
-    media = ctype.split(";", 1)[0].strip().lower()
-    if "json" in media:
-        return tag, _lowered(body_policy.scanned(raw)), body, False, False
-    if media == "multipart/form-data":
-        return tag, dict(form_fields(raw, ctype)), body, False, False
-    raise InvalidRequest(
-        "Send this request's body as JSON or multipart/form-data.", code="unsupported_media_type"
-    )
+        if kind in kinds.FORM_KINDS and isinstance(n, str) and n.isascii() and n.isdigit():
+            fields["n"] = int(n)  # form fields are text
+        return tag, fields, body, False, how
+    if kind == kinds.REQUEST:
+        # A route added in config: the model its body names, read as the upstream reads it
+        # (a body whose model could not be read would be priced as "-" while the upstream
+        # runs it). Sent as it came.
+        return tag, _lowered(body_policy.scanned(raw)), body, False, how
+    if rule.body != PLAIN:
+        doc = _lowered(body_policy.checked(rule.body, body))
+    else:
+        doc = _lowered(body_policy.scanned(raw))
+    # Everything that can refuse the body runs before the reservation, so that a refusal
+    # never leaves an estimate charged.
+    hide = False
+    if kind in (kinds.CHAT, kinds.COMPLETIONS) and doc.get("stream") is True:
+        hide = _ask_for_usage(doc)
+    if b"\\u" in raw:  # an escape may be a lone surrogate, which cannot be sent
+        body_policy.serialise(doc)
+    return tag, doc, body, hide, how
 
 
 def _ask_for_usage(doc: dict[str, Any]) -> bool:

@@ -19,7 +19,7 @@ from gateway.errors import GatewayError
 from gateway.metering import kinds
 from gateway.metering.service import Meter
 from gateway.observability.routes import route_label
-from gateway.proxy import body_policy
+from gateway.proxy import body_policy, media
 from gateway.proxy.metered import open_call
 from gateway.quota.middleware import admitted
 from gateway.upstream import rewrite
@@ -30,7 +30,7 @@ from gateway.upstream.client import (
     UpstreamResponse,
     caller_error,
 )
-from gateway.upstream.routes import PLAIN, RouteRule, RouteTable
+from gateway.upstream.routes import PLAIN, RouteTable
 from gateway.web.asgi import Receive, Scope, Send, header
 
 log = logging.getLogger("gateway.proxy")
@@ -101,8 +101,13 @@ class PassThrough:
         decoded, path = rewrite.upstream_path(raw_path.split(b"?", 1)[0])
         rule = self.routes.match(scope["method"], decoded)
         metered = self.meter is not None and rule.meter != kinds.FREE
+        # How the gateway reads the body, which is how it leaves. A metered call finds out in
+        # its own checks (which count it); an unmetered route added in config is not read.
+        how = (
+            None if metered or rule.meter == kinds.REQUEST else media.body_format(scope, rule.meter)
+        )
         # A body without a policy of its own, unmetered, that the upstream reads as JSON.
-        scan = rule.body == PLAIN and not metered and _json_body(scope, rule)
+        scan = rule.body == PLAIN and not metered and how == media.JSON
         try:
             body, body_done = await _request_body(
                 scope, receive, whole=rule.body != PLAIN or metered or scan
@@ -124,6 +129,8 @@ class PassThrough:
         elif scan:
             assert not isinstance(body, AsyncIterator)
             body_policy.scanned(body)  # sent as it came: the check parsed it as the upstream will
+        if how == media.JSON or (call is not None and call.json):
+            headers = media.as_json(headers)
         req = UpstreamRequest(
             method=scope["method"],
             path=path,
@@ -184,15 +191,6 @@ def _team(scope: Scope) -> str:
     # Every forwarded route is authenticated; a caller nobody knows still has a budget.
     principal = scope.get("principal")
     return str(principal.team) if principal is not None else "-"
-
-
-def _json_body(scope: Scope, rule: RouteRule) -> bool:
-    """Whether the upstream reads this body as JSON: a JSON route's whatever its content type
-    (new-api binds it as JSON regardless), a form route's when it is sent as JSON."""
-    if rule.meter in kinds.JSON_KINDS:
-        return True
-    ctype = header(scope, b"content-type") or b""
-    return rule.meter in kinds.FORM_KINDS and b"json" in ctype.lower()
 
 
 async def _request_body(

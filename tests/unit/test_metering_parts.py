@@ -905,6 +905,15 @@ def test_forms_the_two_parsers_could_read_differently_are_refused(part: bytes) -
         (_form(("model", None, b"a"))[:-8], FORM, "invalid_form"),
         (b"x", "multipart/form-data", "invalid_form"),
         (b"x", "text/plain", "unsupported_media_type"),
+        (
+            b"x",
+            "application/x-www-form-urlencoded; x=multipart/form-data",
+            "unsupported_media_type",
+        ),
+        (_form(("model", None, b"a")), FORM + "; boundary*=utf-8''cc", "invalid_form"),
+        (_form(("model", None, b"a")), FORM + "; Boundary=cc", "invalid_form"),
+        (_form(("model", None, b"a")), FORM + "; x", "invalid_form"),
+        (_form(("model", None, b"a")), "multipart/form-data; boundary=b b", "invalid_form"),
         (_form(("model", None, b"m" * 2000)), FORM, "invalid_form"),
     ],
 )
@@ -994,3 +1003,10 @@ def test_spend_per_key_that_cannot_be_flushed_is_kept_for_the_next_flush() -> No
     with pytest.raises(ConnectionError):
         asyncio.run(spend.flush())
     assert spend._pending == {"a": 12}
+
+
+@pytest.mark.parametrize(
+    "ctype", [FORM, 'multipart/form-data; boundary="bb"', "multipart/form-data ;boundary=bb ;"]
+)
+def test_a_forms_boundary_is_read_as_go_reads_it(ctype: str) -> None:
+    assert form_fields(_form(("model", None, b"dall-e-2")), ctype) == {"model": "dall-e-2"}
