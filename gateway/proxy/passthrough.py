@@ -15,7 +15,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Protocol
 
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, UpstreamError
 from gateway.metering import kinds
 from gateway.metering.service import Meter
 from gateway.observability.routes import route_label
@@ -159,6 +159,14 @@ class PassThrough:
             call.admission.upstream_key = resp.key_id
         watch = receive if body_done() else None
         try:
+            if _not_an_answer(resp.status, req.method):
+                if call is not None:  # nothing the caller can use ran: nothing to pay
+                    await call.settle_shielded(None, failed=True)
+                resp.close()
+                raise UpstreamError(
+                    f"The upstream gave an answer the gateway does not forward (HTTP "
+                    f"{resp.status})."
+                )
             if resp.status >= 400:
                 if call is not None:  # new-api bills no failed call, whatever its body
                     await call.settle_shielded(None, failed=True)
@@ -185,6 +193,15 @@ class PassThrough:
         if rid and rewrite.valid_request_id(rid.encode()):
             exc.headers["x-upstream-request-id"] = rid
         return exc
+
+
+def _not_an_answer(status: int, method: str) -> bool:
+    """A status the caller cannot take as its call's answer: an interim one (101 would hand
+    the caller's connection to another protocol) or a redirect, which no forwarded route
+    follows (and whose Location is the upstream's own). 304 answers a conditional GET."""
+    if status < 200:
+        return True
+    return 300 <= status < 400 and not (status == 304 and method in ("GET", "HEAD"))
 
 
 def _team(scope: Scope) -> str:

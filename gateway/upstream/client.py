@@ -59,8 +59,11 @@ class UpstreamRequest:
 class UpstreamResponse:
     """A response whose body is still on the wire; ``close`` exactly once (idempotent)."""
 
-    def __init__(self, resp: aiohttp.ClientResponse, lease: Lease) -> None:
+    def __init__(self, resp: aiohttp.ClientResponse, lease: Lease, *, unsafe: bool = False) -> None:
         self._resp = resp
+        # Answering a request that is not idempotent: a body that breaks off means the call
+        # ran (and was billed) upstream, so the caller must not send it again.
+        self._unsafe = unsafe
         self._lease = lease
         self._done = False
         self.after: Callable[[], None] | None = None  # once, when closed or finished
@@ -126,7 +129,15 @@ class UpstreamResponse:
                     return
                 yield chunk
         except (TimeoutError, aiohttp.ClientError) as exc:
-            raise UpstreamError("The upstream connection broke mid-answer.") from exc
+            # An error answer's body breaking off changes nothing: the call failed upstream.
+            unsafe = self._unsafe and self.status < 400
+            raise _unknown(
+                UpstreamError(
+                    "The upstream connection broke mid-answer.",
+                    headers={"x-should-retry": "false"} if unsafe else None,
+                ),
+                unsafe,
+            ) from exc
 
     def close(self) -> None:
         """Close (not release) the connection: an unread body must not be drained."""
@@ -363,7 +374,7 @@ class UpstreamClient:
                 lease.release()
                 raise
             self._on_response(lease.key_id, req.route, resp.status, time.perf_counter() - started)
-            out = UpstreamResponse(resp, lease)
+            out = UpstreamResponse(resp, lease, unsafe=unsafe)
             try:
                 retry = await self._judge(out, lease, touched=touched, team=req.team)
             except BaseException:
