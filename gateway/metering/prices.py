@@ -80,6 +80,10 @@ class ModelPrice:
     def prices_images(self) -> bool:
         return bool(self.per_image)
 
+    @property
+    def prices_tokens(self) -> bool:
+        return bool(self.input_per_million or self.cached_price or self.output_per_million)
+
     @cached_property
     def _weights(self) -> tuple[int, int, int, int, int, int]:
         """The integer prices behind ``cost_units``: stored units per token, request and

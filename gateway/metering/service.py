@@ -226,6 +226,9 @@ class Meter:
                 max_tags=self.pricing.max_tags_per_day,
                 key=counted,
                 rate=rate,
+                # A route added in config is charged the tokens its answer reports too,
+                # which no estimate bounds.
+                open_ended=kind == kinds.REQUEST and price is not None and price.prices_tokens,
             )
         except StoreUnavailable:
             if self.rate is not None and not self.rate.failed_open(team):
@@ -294,6 +297,7 @@ class Meter:
             month=adm.month,
             ledger=entries,
             ledger_ttl=self.pricing.ledger_retention_days * 86_400,
+            ttls=(model.DAY_TTL_S, model.MONTH_TTL_S),
             key_id=adm.key_id,
         )
         if not failed:

@@ -122,8 +122,12 @@ class MeterStore:
         max_tags: int,
         key: KeyScope | None = None,
         rate: RateCall | None = None,
+        open_ended: bool = False,
     ) -> Verdict:
+        """Reserve one call's estimate (``open_ended``: its answer may cost more, so a spend
+        window already at its limit refuses it even when the estimate is nothing)."""
         flags = ("r" if rate else "") + ("q" if rate and rate.key else "") + ("k" if key else "")
+        flags += "x" if open_ended else ""
         fixed: tuple[str | int, ...] = (
             *defaults,
             day,
@@ -185,17 +189,20 @@ class MeterStore:
         month: str,
         ledger: Mapping[str, int],
         ledger_ttl: int,
+        ttls: tuple[int, int],
         key_id: str | None = None,
     ) -> bool:
+        """``ttls``: a day's and a month's bucket, for one the settlement starts (a charge
+        above an estimate of nothing)."""
         keys = (*self._settle_head(k, day, month, key_id), k.metered_call(call_id))
-        args: list[str | int] = [tokens, spend, day, month, ledger_ttl]
+        args: list[str | int] = [tokens, spend, day, month, ledger_ttl, *ttls]
         for name, amount in ledger.items():
             if amount:
                 args += [name, amount]
         runs = self._runs
         if runs is None:
             return int(await self._settle(keys=keys, args=args)) == 1
-        encoded = encode_args((tokens, spend)) + runs((day, month, ledger_ttl))
+        encoded = encode_args((tokens, spend)) + runs((day, month, ledger_ttl, *ttls))
         for name, amount in ledger.items():
             if amount:
                 encoded += runs((name,)) + encode_args((amount,))

@@ -17,10 +17,11 @@ on a pinned clock), and interleaves:
 The model keeps no counters: after every step it derives what Redis must hold from the list of
 calls and the resets alone, and the machine compares the team's *whole* keyspace with it:
 
-* a day or month bucket holds, of the calls charged to it (a non-zero estimate) since its last
-  reset, the estimate of each unsettled one and the real usage of each settled one (a refunded
-  call: nothing), and exists iff such a call exists; the minute hash the same per second, for
-  the seconds no reservation has pruned yet (and a second is absent when it holds nothing);
+* a day or month bucket holds, of the calls charged to it (a non-zero estimate, or a zero one
+  settled above it) since its last reset, the estimate of each unsettled one and the real usage
+  of each settled one (a refunded call: nothing), and exists iff such a call exists; the minute
+  hash the same per second, for the seconds no reservation has pruned yet (and a second is
+  absent when it holds nothing);
 * so each call is charged exactly once, refunded at most once, and its correction goes only to
   the buckets (and the minute second) it was charged to, whatever the clock says when it
   settles; a reset bucket is never corrected by a call charged before the reset;
@@ -206,7 +207,7 @@ class MeteringScripts(RuleBasedStateMachine):
         """What ``call`` contributes to its ``which`` bucket now (0 if it never charged it)."""
         token = which in TOKEN_KINDS
         reserved = call.tokens if token else call.spend
-        if not call.admitted or reserved == 0:
+        if not call.admitted:
             return 0
         if not call.settled:
             return reserved
@@ -215,7 +216,10 @@ class MeteringScripts(RuleBasedStateMachine):
     def charged_to(self, call: Call, which: str) -> str | None:
         """The bucket key ``call`` still counts in (None: never charged, or reset since)."""
         token = which in TOKEN_KINDS
-        if not call.admitted or (call.tokens if token else call.spend) == 0:
+        reserved = call.tokens if token else call.spend
+        # A call that reserved nothing counts in a bucket once it settles above nothing (a
+        # route added in config whose answer reports more than its estimate).
+        if not call.admitted or (self.charge(call, which) == 0 and reserved == 0):
             return None
         key = self.bucket(which, call.day, call.month)
         if call.gens[key] != self.gens.get(key, 0):
@@ -236,7 +240,11 @@ class MeteringScripts(RuleBasedStateMachine):
         """The minute hash: tokens per second, for the seconds not pruned, non-zero only."""
         out: dict[int, int] = {}
         for call in self.calls:
-            if call.at > self.horizon and self.charged_to(call, "tokens_per_minute"):
+            if (
+                call.at > self.horizon
+                and call.tokens
+                and self.charged_to(call, "tokens_per_minute")
+            ):
                 out[call.at] = out.get(call.at, 0) + self.charge(call, "tokens_per_minute")
         return {s: v for s, v in out.items() if v > 0}
 
@@ -506,6 +514,7 @@ class MeteringScripts(RuleBasedStateMachine):
                 month=call.month,
                 ledger=entries,
                 ledger_ttl=LEDGER_TTL_S,
+                ttls=(DAY_TTL_S, MONTH_TTL_S),
             )
         )
 
@@ -577,6 +586,7 @@ class MeteringScripts(RuleBasedStateMachine):
                             month=call.month,
                             ledger={} if f else ledger_entries(call.tag, t, s),
                             ledger_ttl=LEDGER_TTL_S,
+                            ttls=(DAY_TTL_S, MONTH_TTL_S),
                         )
                         for (t, s), f in zip(usages, failed, strict=True)
                     )
@@ -620,6 +630,7 @@ class MeteringScripts(RuleBasedStateMachine):
                     month=month,
                     ledger=ledger_entries(call.tag, 1, 1),
                     ledger_ttl=LEDGER_TTL_S,
+                    ttls=(DAY_TTL_S, MONTH_TTL_S),
                 )
             )
         assert self.dump()[0] == before[0]

@@ -10,7 +10,8 @@
 -- ARGV: now (epoch s), tokens, spend units, default tokens/minute, default tokens/day,
 --       default spend/day, default spend/month, day id, month id, day ttl s, month ttl s,
 --       reservation ttl s, tag ('' for none), max tags per day, window s, flags (any of 'r',
---       'q', 'k'); with 'r': now_ms, default rpm, default video day, default video month,
+--       'q', 'k', 'x': the call may settle above its estimate, so a spend bucket already at
+--       its limit refuses it even when its estimate is nothing); with 'r': now_ms, default rpm, default video day, default video month,
 --       unique member, rate window ms (and with 'q', the key's rpm); with 'k': the key's
 --       tokens/minute, spend/day and spend/month limits (-1 unlimited)
 -- -> "1,<tpm limit>,<tpm used after>,<oldest second counted, -1 none>" (with a key, then
@@ -26,7 +27,7 @@ local now, tokens, spend = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3
 local window = tonumber(ARGV[15])
 local flags = ARGV[16] or ''
 local function flag(f) return string.find(flags, f, 1, true) ~= nil end
-local keyed, rated, key_rated = flag('k'), flag('r'), flag('q')
+local keyed, rated, key_rated, open_ended = flag('k'), flag('r'), flag('q'), flag('x')
 local ki, ai = 11, 17  -- the next optional KEYS and ARGV
 local call = KEYS[#KEYS]
 local rate_reply = nil
@@ -72,10 +73,10 @@ local function over_minute(kind, used, live, tpm)
   end
   return table.concat({0, kind, used, tpm, wait}, ',')
 end
-local function over_bucket(kind, lim, key, amount)
-  if lim < 0 or amount <= 0 then return nil end
+local function over_bucket(kind, lim, key, amount, open)
+  if lim < 0 or (amount <= 0 and not open) then return nil end
   local have = counter(key)
-  if have + amount > lim then
+  if have + amount > lim or (open and have >= lim) then
     return table.concat({0, kind, have, lim, amount > lim and -1 or 0}, ',')
   end
   return nil
@@ -91,16 +92,18 @@ local used, live = minute(KEYS[2])
 local tpm = limit('tokens_per_minute', ARGV[4])
 local refused = over_minute('tokens_per_minute', used, live, tpm)
   or over_bucket('tokens_per_day', limit('tokens_per_day', ARGV[5]), KEYS[3], tokens)
-  or over_bucket('spend_per_day', limit('spend_per_day', ARGV[6]), KEYS[4], spend)
-  or over_bucket('spend_per_month', limit('spend_per_month', ARGV[7]), KEYS[5], spend)
+  or over_bucket('spend_per_day', limit('spend_per_day', ARGV[6]), KEYS[4], spend, open_ended)
+  or over_bucket('spend_per_month', limit('spend_per_month', ARGV[7]), KEYS[5], spend,
+                 open_ended)
 if refused then return answer(refused) end
 local kused, klive, ktpm = 0, {}, -1
 if keyed then
   kused, klive = minute(KEYS[ki])
   ktpm = tonumber(ARGV[ai])
   refused = over_minute('key:tokens_per_minute', kused, klive, ktpm)
-    or over_bucket('key:spend_per_day', tonumber(ARGV[ai + 1]), KEYS[ki + 1], spend)
-    or over_bucket('key:spend_per_month', tonumber(ARGV[ai + 2]), KEYS[ki + 2], spend)
+    or over_bucket('key:spend_per_day', tonumber(ARGV[ai + 1]), KEYS[ki + 1], spend, open_ended)
+    or over_bucket('key:spend_per_month', tonumber(ARGV[ai + 2]), KEYS[ki + 2], spend,
+                   open_ended)
   if refused then return answer(refused) end
 end
 local tag = ARGV[13]
