@@ -373,6 +373,7 @@ def create_app(
             if oidc_http is not None:
                 await oidc_http.close()
             await quota.store.aclose()
+            await meter.aclose()
             await meter.store.aclose()
             if owns_redis:
                 await close_redis(redis)

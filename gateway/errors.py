@@ -140,6 +140,10 @@ class StoreUnavailable(ServiceUnavailable):
         super().__init__(message, headers={"retry-after": "1", "retry-after-ms": "1000"})
 
 
+class StoreKnownDown(StoreUnavailable):
+    """Refused at once by the circuit breaker: nothing was sent to Redis."""
+
+
 class UpstreamError(GatewayError):
     status = 502
     code = "upstream_unavailable"

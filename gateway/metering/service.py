@@ -9,7 +9,11 @@ ledger in the same script.
 
 from __future__ import annotations
 
+import asyncio
+import collections
+import contextlib
 import itertools
+import logging
 import math
 import os
 import re
@@ -24,6 +28,7 @@ from gateway.errors import (
     InvalidRequest,
     PermissionDenied,
     QuotaExceeded,
+    StoreKnownDown,
     StoreUnavailable,
 )
 from gateway.metering import kinds, ledger
@@ -36,11 +41,16 @@ from gateway.quota.rate import RateLimiter
 from gateway.settings import PricingSettings
 from gateway.store.keys import TeamKeys
 
+log = logging.getLogger("gateway.metering")
+
 TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,63}$")
 CALL_TTL_S = 6 * 3600  # longer than any answer streams; an unsettled estimate stays charged
 _KINDS = ("tokens_per_minute", "tokens_per_day", "spend_per_day", "spend_per_month")
 # Kinds whose estimate is their exact cost: nothing in the answer can change it.
 _EXACT = frozenset({kinds.SPEECH, kinds.REQUEST})
+# Reservations whose reply was lost, held until Redis is seen again (then each is settled or
+# forbidden): a bound on what a long outage can make one replica hold.
+UNSURE_MAX = 10_000
 
 
 class MeterEvents(Protocol):
@@ -86,6 +96,9 @@ class Admission:
     offline: bool = False
     upstream_key: str | None = None  # the pooled key that served it, once known
     key_id: str | None = None  # the gateway API key it was made with, charged alongside
+    # Offline because the reservation's reply was lost (Redis froze after it was sent): it
+    # may still run, so the settlement is kept for when Redis is back.
+    unsure: bool = False
 
     @property
     def model(self) -> str:
@@ -95,6 +108,20 @@ class Admission:
         if self.price is None:
             return 0
         return self.price.cost_units(usage, size=self.estimate.size, quality=self.estimate.quality)
+
+
+@dataclass(frozen=True)
+class _Unsure:
+    """A reservation whose reply was lost, and what its call came to (nothing: refunded)."""
+
+    team: str
+    call_id: str
+    day: str
+    month: str
+    key_id: str | None
+    tokens: int = 0
+    spend: int = 0
+    ledger: Mapping[str, int] = field(default_factory=dict)
 
 
 class Meter:
@@ -122,6 +149,8 @@ class Meter:
         self.on_key_charged = on_key_charged  # for the reconciliation with the upstream's bill
         self._ids = itertools.count()
         self._prefix = f"{os.getpid()}.{secrets.token_hex(4)}."
+        self._unsure: collections.deque[_Unsure] = collections.deque()
+        self._draining: asyncio.Task[None] | None = None
 
     def tag_of(self, raw: bytes | None) -> str:
         if raw is None:
@@ -230,16 +259,22 @@ class Meter:
                 # which no estimate bounds.
                 open_ended=kind == kinds.REQUEST and price is not None and price.prices_tokens,
             )
-        except StoreUnavailable:
-            if self.rate is not None and not self.rate.failed_open(team):
-                raise
-            if self.pricing.store_down != "allow":
+        except StoreUnavailable as exc:
+            # Sent, and then Redis went quiet: the script may run yet, once Redis thaws.
+            unsure = not isinstance(exc, StoreKnownDown)
+            key_id = None if counted is None else counted.id
+            refused = self.rate is not None and not self.rate.failed_open(team)
+            if refused or self.pricing.store_down != "allow":
+                if unsure:  # nothing is sent upstream: whatever it reserved goes back
+                    self._defer(_Unsure(team, call_id, w.day, w.month, key_id))
                 raise
             self.events.decision(team, "metered", "fail_open")
             verdict = Verdict(True, "", 0, -1, -1, -1)
             offline = True
         else:
-            offline = False
+            offline = unsure = False
+            if self._unsure:
+                self._drain_soon()
         headers = _token_headers(verdict, now) if verdict.admitted else []
         if rate is not None and verdict.rate:
             assert self.rate is not None
@@ -263,6 +298,7 @@ class Meter:
             headers=headers,
             offline=offline,
             key_id=None if counted is None else counted.id,
+            unsure=unsure,
         )
 
     async def settle(self, adm: Admission, usage: Usage | None, *, failed: bool = False) -> int:
@@ -287,6 +323,13 @@ class Meter:
         if adm.offline:  # nothing was reserved: the metrics still count what it cost
             if not failed:
                 self.events.charged(adm.team, adm.model, adm.kind, used, cost)
+            if adm.unsure:  # if the reservation runs after all, it settles to this
+                tokens = used.tokens if adm.kind in kinds.TOKEN_KINDS else 0
+                self._defer(
+                    _Unsure(
+                        adm.team, adm.call_id, adm.day, adm.month, adm.key_id, tokens, cost, entries
+                    )
+                )
             return cost
         await self.store.settle(
             TeamKeys(adm.team),
@@ -303,6 +346,51 @@ class Meter:
         if not failed:
             self.events.charged(adm.team, adm.model, adm.kind, used, cost)
         return cost
+
+    def _defer(self, item: _Unsure) -> None:
+        if len(self._unsure) >= UNSURE_MAX:
+            # Kept charged, as any reservation nobody settles: the safe side of a budget.
+            log.warning("too many reservations with a lost reply; the oldest stays charged")
+            self._unsure.popleft()
+        self._unsure.append(item)
+
+    def _drain_soon(self) -> None:
+        if self._draining is None or self._draining.done():
+            self._draining = asyncio.get_running_loop().create_task(self._drain())
+
+    async def _drain(self) -> None:
+        """Settle (or forbid) each reservation whose reply was lost, now that Redis answers
+        again; a new outage stops it, and the next reservation Redis takes starts it over."""
+        ledger_ttl = self.pricing.ledger_retention_days * 86_400
+        while self._unsure:
+            item = self._unsure[0]
+            k = TeamKeys(item.team)
+            try:
+                if await self.store.cancel(k, item.call_id, ttl=CALL_TTL_S):
+                    await self.store.settle(
+                        k,
+                        item.call_id,
+                        tokens=item.tokens,
+                        spend=item.spend,
+                        day=item.day,
+                        month=item.month,
+                        ledger=item.ledger,
+                        ledger_ttl=ledger_ttl,
+                        ttls=(model.DAY_TTL_S, model.MONTH_TTL_S),
+                        key_id=item.key_id,
+                    )
+            except StoreUnavailable:
+                return
+            except Exception:
+                log.exception("settling a reservation whose reply was lost failed")
+            if self._unsure and self._unsure[0] is item:
+                self._unsure.popleft()
+
+    async def aclose(self) -> None:
+        if self._draining is not None and not self._draining.done():
+            self._draining.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._draining
 
     def _rejection(
         self, team: str, key: KeyScope | None, v: Verdict, tokens: int, units: int, now: float

@@ -15,6 +15,7 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
 from gateway.auth.api_keys import KeyScope
+from gateway.errors import StoreUnavailable
 from gateway.quota.model import TOKEN_WINDOW_S
 from gateway.quota.rate import RateCall
 from gateway.store.batcher import ScriptBatcher
@@ -90,6 +91,7 @@ class MeterStore:
 
         self._reserve = load("meter_reserve")
         self._settle = load("meter_settle")
+        self._cancel = load("meter_cancel")
         # With batchers, the arguments that repeat between calls are encoded once.
         self._runs = None if cluster else Runs()
         self._known: set[str] = set()
@@ -101,7 +103,7 @@ class MeterStore:
         self._settle_keys: dict[tuple[str, str, str, str | None], tuple[str, ...]] = {}
 
     async def aclose(self) -> None:
-        for batcher in (self._reserve, self._settle):
+        for batcher in (self._reserve, self._settle, self._cancel):
             wire = getattr(batcher, "wire", None)
             if wire is not None:
                 await wire.aclose()
@@ -159,6 +161,8 @@ class MeterStore:
                 encoded += runs(limits)
             reply = await self._reserve(keys=keys, args=args, encoded=encoded)
         text, _, rated = _text(reply).partition("|")
+        if text == "C":  # given up on before it ran (``cancel``); its caller is long gone
+            raise StoreUnavailable()
         reply = text.split(",")
         folded = tuple(map(int, rated.split(","))) if rated else ()
         if k.team not in self._known:
@@ -207,6 +211,11 @@ class MeterStore:
             if amount:
                 encoded += runs((name,)) + encode_args((amount,))
         return int(await self._settle(keys=keys, args=args, encoded=encoded)) == 1
+
+    async def cancel(self, k: TeamKeys, call_id: str, *, ttl: int) -> bool:
+        """For a reservation whose reply was lost: True when it ran (settle it), False when it
+        had not, and now never will."""
+        return int(await self._cancel(keys=(k.metered_call(call_id),), args=(ttl,))) == 1
 
     def _reserve_head(
         self, k: TeamKeys, day: str, month: str, rate: RateCall | None, key: KeyScope | None

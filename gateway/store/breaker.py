@@ -14,7 +14,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
-from gateway.errors import StoreUnavailable
+from gateway.errors import StoreKnownDown
 
 log = logging.getLogger("gateway.store")
 
@@ -38,7 +38,7 @@ class Breaker:
     def check(self) -> None:
         """Raise StoreUnavailable at once while Redis is known to be down."""
         if self.is_open:
-            raise StoreUnavailable()
+            raise StoreKnownDown()
 
     def failed(self, op: str) -> None:
         """A call could not reach Redis: open, and start probing for its return."""

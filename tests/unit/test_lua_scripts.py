@@ -10,7 +10,16 @@ from gateway.store.lua import script
 
 SCRIPTS = [
     ("gateway.quota", name)
-    for name in ("rate", "reserve", "settle", "renew", "mark", "meter_reserve", "meter_settle")
+    for name in (
+        "rate",
+        "reserve",
+        "settle",
+        "renew",
+        "mark",
+        "meter_reserve",
+        "meter_settle",
+        "meter_cancel",
+    )
 ] + [
     ("gateway.videos", name)
     for name in (

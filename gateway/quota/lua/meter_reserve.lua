@@ -18,7 +18,8 @@
 --    ",<key tpm limit>,<key tpm used after>,<key oldest second>") |
 --    "0,<kind>,<used>,<limit>,<wait s or -1 (never fits)>" (a key's kinds start with 'key:');
 --    with 'r', followed by "|" and the rate reply (rate_decide in the prelude), or "R|" and
---    the rate reply when the request rate refused the call (then nothing else was checked)
+--    the rate reply when the request rate refused the call (then nothing else was checked);
+--    "C" when the call was given up on before this ran (meter_cancel.lua): nothing is done
 -- Admit one metered call: reserve its estimate against every window it touches (the team's
 -- and its key's), or none; with 'r', first count it against the request rate, as the rate
 -- script would have (counted even when a budget then refuses it, like any request).
@@ -30,6 +31,8 @@ local function flag(f) return string.find(flags, f, 1, true) ~= nil end
 local keyed, rated, key_rated, open_ended = flag('k'), flag('r'), flag('q'), flag('x')
 local ki, ai = 11, 17  -- the next optional KEYS and ARGV
 local call = KEYS[#KEYS]
+-- Given up on before it ran (its reply lost to a frozen Redis): nothing, not even the rate.
+if redis.call('EXISTS', call) == 1 then return 'C' end
 local rate_reply = nil
 if rated then
   local key_log = nil
