@@ -161,6 +161,48 @@ def _check_tools(doc: Mapping[str, Any]) -> None:
             )
 
 
+def _audio_part(part: Any) -> bool:
+    if not isinstance(part, dict):
+        return False
+    kind = next((v for k, v in part.items() if fold(k) == "type"), None)
+    return (isinstance(kind, str) and kind.lower() == "input_audio") or any(
+        fold(k) == "input_audio" for k in part
+    )
+
+
+def _check_audio(doc: Mapping[str, Any], body: bytes) -> None:
+    """new-api bills a chat's audio tokens, in and out, at audio ratios of their own, apart
+    from the list prices the gateway charges: a call that asks for or sends audio is refused
+    rather than charged as text."""
+    modalities = doc.get("modalities")
+    if doc.get("audio") is not None or (
+        isinstance(modalities, list) and any(m == "audio" for m in modalities)
+    ):
+        param = "audio" if doc.get("audio") is not None else "modalities"
+        raise _bad(
+            param,
+            "Audio output is billed at audio rates apart from the list prices the gateway "
+            "charges; ask for text.",
+            "unsupported_parameter",
+        )
+    if not may_spell(body, (b"input_audio",)):
+        return
+    messages = doc.get("messages")
+    for message in messages if isinstance(messages, list) else ():
+        content = (
+            next((v for k, v in message.items() if fold(k) == "content"), None)
+            if isinstance(message, dict)
+            else None
+        )
+        if isinstance(content, list) and any(_audio_part(p) for p in content):
+            raise _bad(
+                "messages",
+                "Audio input is billed at audio rates apart from the list prices the gateway "
+                "charges; send a transcription instead.",
+                "unsupported_parameter",
+            )
+
+
 def _upstream_cap(model: str | None, cap: int) -> int:
     """The output cap the upstream will really apply to a call that sends ``cap``."""
     if model is not None and model.endswith("-thinking"):
@@ -192,6 +234,7 @@ def estimate(
     if kind in (kinds.CHAT, kinds.RESPONSES):
         _check_tools(doc)
     if kind == kinds.CHAT:
+        _check_audio(doc, body)
         n = _int_field(doc, "n", low=1, high=MAX_N) or 1
         given = _int_field(doc, "max_completion_tokens", low=1, high=MAX_CAP)
         legacy = _int_field(doc, "max_tokens", low=1, high=MAX_CAP)

@@ -378,6 +378,24 @@ def test_spend_budget_refuses_what_would_pass_it(redis_url: str, team: str) -> N
             400,
             "unsupported_parameter",
         ),
+        (
+            {"model": "gpt-4o-mini", "messages": [], "modalities": ["text", "audio"]},
+            400,
+            "unsupported_parameter",
+        ),
+        (
+            {
+                "model": "gpt-4o-mini",
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [{"type": "input_audio", "input_audio": {"data": "AAAA"}}],
+                    }
+                ],
+            },
+            400,
+            "unsupported_parameter",
+        ),
     ],
 )
 def test_bad_fields_the_estimate_reads_are_refused(

@@ -210,8 +210,9 @@ def test_chat_with_both_caps_is_bounded_by_the_larger() -> None:
     ],
 )
 def test_each_media_part_adds_its_tokens_however_it_is_written(part: dict[str, Any]) -> None:
-    doc = {"model": "m", "messages": [{"role": "user", "content": [part, part]}]}
-    est, body = _est(kinds.CHAT, doc)
+    # Read on a Responses input (a chat's audio input is refused: priced at audio rates).
+    doc = {"model": "m", "input": [{"role": "user", "content": [part, part]}]}
+    est, body = _est(kinds.RESPONSES, doc)
     assert est.bound.input_tokens == len(body) + 2 * 2000
 
 
@@ -1010,3 +1011,33 @@ def test_spend_per_key_that_cannot_be_flushed_is_kept_for_the_next_flush() -> No
 )
 def test_a_forms_boundary_is_read_as_go_reads_it(ctype: str) -> None:
     assert form_fields(_form(("model", None, b"dall-e-2")), ctype) == {"model": "dall-e-2"}
+
+
+_AUDIO_PART = {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}}
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"modalities": ["text", "audio"]}, "modalities"),
+        ({"audio": {"voice": "alloy", "format": "wav"}}, "audio"),
+        ({"messages": [{"role": "user", "content": [_AUDIO_PART]}]}, "messages"),
+        ({"messages": [{"role": "user", "Content": [{"Type": "INPUT_AUDIO"}]}]}, "messages"),
+        ({"messages": [{"role": "user", "content": [{"Input_Audio": {}}]}]}, "messages"),
+    ],
+)
+def test_chat_audio_billed_at_audio_rates_is_refused(fields: dict[str, Any], param: str) -> None:
+    with pytest.raises(InvalidRequest) as err:
+        _est(kinds.CHAT, {"model": "m", "messages": [], **fields})
+    assert (err.value.code, err.value.param) == ("unsupported_parameter", param)
+
+
+def test_chat_text_that_mentions_audio_passes() -> None:
+    doc = {
+        "model": "m",
+        "modalities": ["text"],
+        "audio": None,
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "input_audio"}]}],
+    }
+    est, _ = _est(kinds.CHAT, doc)
+    assert est.model == "m"
