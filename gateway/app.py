@@ -365,6 +365,7 @@ def create_app(
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await reconciler.resign()
+            await videos.aclose()
             with contextlib.suppress(Exception):  # what is not flushed shows as drift
                 await spend_by_key.flush()
             await client.close()

@@ -50,6 +50,12 @@ VARIANTS = ("video", "thumbnail", "spritesheet")
 UNSUPPORTED = ("edits", "extensions", "characters")
 
 
+# A refund Redis could not take (its breaker open) is tried again, first after this, then
+# twice as long each time up to REFUND_RETRY_MAX_S, for REFUND_RETRY_FOR_S at most.
+REFUND_RETRY_S = 0.5
+REFUND_RETRY_MAX_S = 30.0
+REFUND_RETRY_FOR_S = 3600.0
+REFUNDS_OWED_MAX = 1000  # refunds one replica keeps trying at once
 _UPSTREAM_ID = re.compile(r"[A-Za-z0-9_.:-]{1,200}")
 
 
@@ -117,6 +123,15 @@ class VideoService:
         # The longest a create may take upstream, retries and answer included: the reconciler
         # takes a reservation with no job for a dead replica's only after longer than this.
         self.create_timeout = create_timeout
+        self._owed: set[asyncio.Task[None]] = set()  # refunds waiting for Redis to return
+
+    async def aclose(self) -> None:
+        """Stop retrying refunds (their reservations then wait for the reconciler)."""
+        for task in list(self._owed):
+            task.cancel()
+        for task in list(self._owed):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -452,10 +467,37 @@ class VideoService:
         try:
             await self.quota.settle(team, video_id, "refunded")
         except StoreUnavailable:
-            # The caller is told what the upstream said (a refusal is not a reason to retry);
-            # the reservation, marked sent, stays charged: nothing can tell it from a create
-            # that ran once Redis is back, so the reconciler keeps it (the safe side).
-            log.warning("create %s: refused upstream, its refund could not be written", video_id)
+            # The caller is told what the upstream said (a refusal is not a reason to retry).
+            # The create certainly did not run, but its reservation may be marked sent (a mark
+            # whose reply was lost lands when Redis thaws), which the reconciler would keep as
+            # a create that ran: the refund is tried again until Redis takes it.
+            log.warning("create %s: its refund could not be written yet; retrying", video_id)
+            self._refund_later(team, video_id)
+
+    def _refund_later(self, team: str, video_id: str) -> None:
+        if len(self._owed) >= REFUNDS_OWED_MAX:
+            log.warning("create %s: too many refunds owed; the reconciler settles it", video_id)
+            return
+        task = asyncio.get_running_loop().create_task(self._refund_when_back(team, video_id))
+        self._owed.add(task)
+        task.add_done_callback(self._owed.discard)
+
+    async def _refund_when_back(self, team: str, video_id: str) -> None:
+        assert self.quota is not None
+        delay, waited = REFUND_RETRY_S, 0.0
+        while waited < REFUND_RETRY_FOR_S:
+            await asyncio.sleep(delay)
+            waited += delay
+            try:
+                await self.quota.settle(team, video_id, "refunded")
+                log.warning("create %s: refunded once Redis was back", video_id)
+                return
+            except StoreUnavailable:
+                delay = min(delay * 2, REFUND_RETRY_MAX_S)
+            except Exception:
+                log.exception("create %s: its refund failed; the reconciler settles it", video_id)
+                return
+        log.warning("create %s: Redis stayed away; the reconciler settles it", video_id)
 
     async def _settle_if_finished(self, job: Job) -> None:
         if job.finished and await self.registry.first_to_see_the_end(job.id):

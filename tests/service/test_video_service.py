@@ -727,7 +727,8 @@ async def test_a_refused_create_whose_refund_redis_lost_still_answers_the_refusa
 ) -> None:
     """The upstream refused the create (400), then Redis failed the refund: the caller gets the
     400 it would have got (a 503 told it to retry a request that will be refused again), and
-    the reservation stays charged for the reconciler (nothing can tell it from a job that ran)."""
+    the refund is tried again until Redis takes it (the reconciler would keep a reservation
+    marked sent: nothing there tells it from a job that ran)."""
     svc, quota = service(client, redis, clock)
     team, vid = team_name(), new_video_id()
     monkeypatch.setattr("gateway.videos.service.new_video_id", lambda: vid)
@@ -735,12 +736,61 @@ async def test_a_refused_create_whose_refund_redis_lost_still_answers_the_refusa
         400, json={"error": {"message": "no", "code": "invalid_prompt"}}
     )
     monkeypatch.setattr(quota, "settle", _lose)
-    with pytest.raises(GatewayError) as err:
-        await create(svc, team)
-    assert (err.value.status, err.value.code) == (400, "invalid_prompt")
-    assert [r.method for r in upstream.requests].count("POST") == 1
-    res = await reservation(quota, team, vid)
-    assert (res["state"], res["outcome"]) == ("reserved", "sent")
+    try:
+        with pytest.raises(GatewayError) as err:
+            await create(svc, team)
+        assert (err.value.status, err.value.code) == (400, "invalid_prompt")
+        assert [r.method for r in upstream.requests].count("POST") == 1
+        res = await reservation(quota, team, vid)
+        assert (res["state"], res["outcome"]) == ("reserved", "sent")
+        monkeypatch.undo()  # Redis takes writes again
+        await wait_for_async(
+            lambda: _state(quota, team, vid), timeout=10, message="the refund to be written"
+        )
+        assert await used(quota, team, "video_seconds_per_day") == 0
+    finally:
+        await svc.aclose()
+
+
+async def _state(quota: QuotaService, team: str, vid: str) -> bool:
+    return (await reservation(quota, team, vid)).get("state") == "refunded"
+
+
+async def test_a_create_whose_mark_redis_lost_is_refunded_once_redis_is_back(
+    client: UpstreamClient,
+    upstream: FakeUpstream,
+    redis: Redis,
+    clock: Clock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Redis froze after it took the mark that the create is about to leave: the reply was
+    lost, so the create never left (503), and the refund fails too while Redis is away. Once it
+    is back, the refund lands: the reconciler would have kept a reservation marked sent."""
+    svc, quota = service(client, redis, clock)
+    team, vid = team_name(), new_video_id()
+    monkeypatch.setattr("gateway.videos.service.new_video_id", lambda: vid)
+    upstream.handler = create_then_poll(TASK)
+    real_mark = quota.mark_sent
+
+    async def reply_lost(team: str, job_id: str) -> None:
+        await real_mark(team, job_id)
+        raise StoreUnavailable()
+
+    monkeypatch.setattr(quota, "mark_sent", reply_lost)
+    monkeypatch.setattr(quota, "settle", _lose)
+    try:
+        with pytest.raises(StoreUnavailable):
+            await create(svc, team)
+        assert upstream.requests == []
+        assert (await reservation(quota, team, vid))["outcome"] == "sent"
+        monkeypatch.undo()
+        await wait_for_async(
+            lambda: _state(quota, team, vid), timeout=10, message="the refund to be written"
+        )
+        assert await used(quota, team, "video_seconds_per_day") == 0
+        assert await used(quota, team, "concurrent_jobs") == 0
+    finally:
+        await svc.aclose()
 
 
 async def test_a_create_whose_claim_was_lost_never_leaves(
