@@ -66,7 +66,15 @@ async def test_each_call_sends_its_own_reservation_key_last_after_the_cached_one
     for call in ("c1", "c2"):
         await _reserve(store, "t", call, "20261207", rate=_rate("t", "20261207", "202612"))
         await store.settle(
-            k, call, tokens=1, spend=1, day="20261207", month="202612", ledger={}, ledger_ttl=9
+            k,
+            call,
+            tokens=1,
+            spend=1,
+            day="20261207",
+            month="202612",
+            ledger={},
+            ledger_ttl=9,
+            ttls=(8, 7),
         )
     (keys1, _), (keys2, _) = reserve.calls
     assert keys1[-1] == k.metered_call("c1")
@@ -128,6 +136,7 @@ async def test_a_gateway_keys_counters_follow_the_cached_team_keys() -> None:
         month="202612",
         ledger={},
         ledger_ttl=9,
+        ttls=(8, 7),
         key_id="kid1",
     )
     assert settle.calls[0][0][-4:-1] == keyed[-4:-1]

@@ -111,11 +111,12 @@ def test_a_settlement_leaves_as_encode_args_of_its_arguments(
                 month="202612",
                 ledger=ledger,
                 ledger_ttl=86_400,
+                ttls=(172_800, 3_000_000),
             )
         )
     for _, args_sent, encoded in settle.calls:
         assert encoded == encode_args(args_sent)
-    names = list(settle.calls[0][1][5::2])
+    names = list(settle.calls[0][1][7::2])
     assert names == [name for name, amount in ledger.items() if amount]
 
 
