@@ -15,10 +15,14 @@ def fold(key: str) -> str:
     case-insensitively by Unicode simple folding, so ``"\\u017ftore"`` (a long s) and
     ``"qual\\u0131ty"`` (a dotless i) are ``store`` and ``quality`` to it.
     Folding each letter to lower, then upper, then lower case puts every such spelling on
-    the one ASCII name."""
+    the one ASCII name. Go maps a letter by its *simple* case mapping, Python by the full
+    one. To lower case they differ on one letter only: a dotted capital I (U+0130) is "i" to
+    Go, "i" and a combining dot to Python (so ``"f\\u0130le_id"`` is ``file_id`` here too).
+    To upper case Python's mapping can give more letters (``ß`` to ``SS``): such a key folds
+    to more names than Go matches, which can refuse a body Go would read, never pass one."""
     if key.isascii():
         return key.lower()
-    return "".join(c.lower().upper() for c in key).lower()
+    return "".join(("i" if c == "\u0130" else c.lower()).upper() for c in key).lower()
 
 
 def may_spell(body: bytes, words: tuple[bytes, ...]) -> bool:

@@ -242,6 +242,13 @@ def test_chat_is_never_stored_and_file_ids_are_refused(stack: Stack) -> None:
             "unsupported_parameter",
             "item_reference",
         ),
+        # A dotted capital I is an i to Go (its simple lower-case mapping), nested or not.
+        (
+            b'{"model":"m","input":[{"role":"user","content":[{"type":"input_file",'
+            b'"f\\u0130le_id":"file-other"}]}]}',
+            "unsupported_parameter",
+            "f\u0130le_id",
+        ),
         (
             b'{"model":"m","input":[{"TYP\\u0045":"item_reference","id":"i"}]}',
             "unsupported_parameter",
