@@ -110,9 +110,10 @@ class Admission:
         return self.price.cost_units(usage, size=self.estimate.size, quality=self.estimate.quality)
 
 
-@dataclass(frozen=True)
-class _Unsure:
-    """A reservation whose reply was lost, and what its call came to (nothing: refunded)."""
+@dataclass(frozen=True, slots=True)
+class _Settlement:
+    """What one call came to, for its reservation (nothing: refunded); also kept for a
+    reservation whose reply was lost, until Redis is back."""
 
     team: str
     call_id: str
@@ -149,7 +150,7 @@ class Meter:
         self.on_key_charged = on_key_charged  # for the reconciliation with the upstream's bill
         self._ids = itertools.count()
         self._prefix = f"{os.getpid()}.{secrets.token_hex(4)}."
-        self._unsure: collections.deque[_Unsure] = collections.deque()
+        self._unsure: collections.deque[_Settlement] = collections.deque()
         self._draining: asyncio.Task[None] | None = None
 
     def tag_of(self, raw: bytes | None) -> str:
@@ -266,7 +267,7 @@ class Meter:
             refused = self.rate is not None and not self.rate.failed_open(team)
             if refused or self.pricing.store_down != "allow":
                 if unsure:  # nothing is sent upstream: whatever it reserved goes back
-                    self._defer(_Unsure(team, call_id, w.day, w.month, key_id))
+                    self._defer(_Settlement(team, call_id, w.day, w.month, key_id))
                 raise
             self.events.decision(team, "metered", "fail_open")
             verdict = Verdict(True, "", 0, -1, -1, -1)
@@ -320,34 +321,36 @@ class Meter:
         adm.cost_units = cost
         if not failed:
             self.on_key_charged(adm.upstream_key, cost)
+        tokens = used.tokens if adm.kind in kinds.TOKEN_KINDS else 0
+        done = _Settlement(
+            adm.team, adm.call_id, adm.day, adm.month, adm.key_id, tokens, cost, entries
+        )
         if adm.offline:  # nothing was reserved: the metrics still count what it cost
             if not failed:
                 self.events.charged(adm.team, adm.model, adm.kind, used, cost)
             if adm.unsure:  # if the reservation runs after all, it settles to this
-                tokens = used.tokens if adm.kind in kinds.TOKEN_KINDS else 0
-                self._defer(
-                    _Unsure(
-                        adm.team, adm.call_id, adm.day, adm.month, adm.key_id, tokens, cost, entries
-                    )
-                )
+                self._defer(done)
             return cost
-        await self.store.settle(
-            TeamKeys(adm.team),
-            adm.call_id,
-            tokens=used.tokens if adm.kind in kinds.TOKEN_KINDS else 0,
-            spend=cost,
-            day=adm.day,
-            month=adm.month,
-            ledger=entries,
-            ledger_ttl=self.pricing.ledger_retention_days * 86_400,
-            ttls=(model.DAY_TTL_S, model.MONTH_TTL_S),
-            key_id=adm.key_id,
-        )
+        await self._write(done)
         if not failed:
             self.events.charged(adm.team, adm.model, adm.kind, used, cost)
         return cost
 
-    def _defer(self, item: _Unsure) -> None:
+    async def _write(self, s: _Settlement) -> None:
+        await self.store.settle(
+            TeamKeys(s.team),
+            s.call_id,
+            tokens=s.tokens,
+            spend=s.spend,
+            day=s.day,
+            month=s.month,
+            ledger=s.ledger,
+            ledger_ttl=self.pricing.ledger_retention_days * 86_400,
+            ttls=(model.DAY_TTL_S, model.MONTH_TTL_S),
+            key_id=s.key_id,
+        )
+
+    def _defer(self, item: _Settlement) -> None:
         if len(self._unsure) >= UNSURE_MAX:
             # Kept charged, as any reservation nobody settles: the safe side of a budget.
             log.warning("too many reservations with a lost reply; the oldest stays charged")
@@ -361,24 +364,11 @@ class Meter:
     async def _drain(self) -> None:
         """Settle (or forbid) each reservation whose reply was lost, now that Redis answers
         again; a new outage stops it, and the next reservation Redis takes starts it over."""
-        ledger_ttl = self.pricing.ledger_retention_days * 86_400
         while self._unsure:
             item = self._unsure[0]
-            k = TeamKeys(item.team)
             try:
-                if await self.store.cancel(k, item.call_id, ttl=CALL_TTL_S):
-                    await self.store.settle(
-                        k,
-                        item.call_id,
-                        tokens=item.tokens,
-                        spend=item.spend,
-                        day=item.day,
-                        month=item.month,
-                        ledger=item.ledger,
-                        ledger_ttl=ledger_ttl,
-                        ttls=(model.DAY_TTL_S, model.MONTH_TTL_S),
-                        key_id=item.key_id,
-                    )
+                if await self.store.cancel(TeamKeys(item.team), item.call_id, ttl=CALL_TTL_S):
+                    await self._write(item)
             except StoreUnavailable:
                 return
             except Exception:
