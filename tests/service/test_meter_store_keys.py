@@ -60,22 +60,27 @@ async def _reserve(store: MeterStore, team: str, call: str, day: str, **kw: Any)
     )
 
 
+async def _settle(store: MeterStore, k: TeamKeys, call: str, key_id: str | None = None) -> None:
+    await store.settle(
+        k,
+        call,
+        tokens=1,
+        spend=1,
+        day="20261207",
+        month="202612",
+        ledger={},
+        ledger_ttl=9,
+        ttls=(8, 7),
+        key_id=key_id,
+    )
+
+
 async def test_each_call_sends_its_own_reservation_key_last_after_the_cached_ones() -> None:
     store, reserve, settle = _store()
     k = TeamKeys("t")
     for call in ("c1", "c2"):
         await _reserve(store, "t", call, "20261207", rate=_rate("t", "20261207", "202612"))
-        await store.settle(
-            k,
-            call,
-            tokens=1,
-            spend=1,
-            day="20261207",
-            month="202612",
-            ledger={},
-            ledger_ttl=9,
-            ttls=(8, 7),
-        )
+        await _settle(store, k, call)
     (keys1, _), (keys2, _) = reserve.calls
     assert keys1[-1] == k.metered_call("c1")
     assert keys2[-1] == k.metered_call("c2")
@@ -127,16 +132,5 @@ async def test_a_gateway_keys_counters_follow_the_cached_team_keys() -> None:
     counters = (k.key("kid1").tokens_minute, k.key("kid1").spend_day("20261207"))
     assert not set(counters) & set(plain)
     assert keyed[-4:-1] == (*counters, k.key("kid1").spend_month("202612"))
-    await store.settle(
-        k,
-        "c2",
-        tokens=1,
-        spend=1,
-        day="20261207",
-        month="202612",
-        ledger={},
-        ledger_ttl=9,
-        ttls=(8, 7),
-        key_id="kid1",
-    )
+    await _settle(store, k, "c2", key_id="kid1")
     assert settle.calls[0][0][-4:-1] == keyed[-4:-1]
