@@ -14,6 +14,7 @@ for a non-idempotent method the caller is told ``x-should-retry: false``.
 from __future__ import annotations
 
 import asyncio
+import io
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from gateway.upstream.redirect_policy import (
 )
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "DELETE", "PUT"})
+CHUNKED_BODY_BYTES = 1024 * 1024  # a larger body read whole is written upstream in chunks
 PROBE_PATH = "/v1/models"  # cheap, free, and readable with any valid key
 PROBE_TIMEOUT = 5.0
 COOLDOWN_CAP_FACTOR = 10  # an upstream Retry-After cools a key for at most this many cooldowns
@@ -333,10 +335,16 @@ class UpstreamClient:
             headers = rewrite.request_headers(
                 req.headers, secret=lease.secret, request_id=req.request_id, user_agent=USER_AGENT
             )
+            data: bytes | io.BytesIO | AsyncIterator[bytes] | None = body
+            if isinstance(body, bytes) and len(body) > CHUNKED_BODY_BYTES:
+                # aiohttp writes a bytes body in one call (and warns past 1 MiB that it may
+                # hold the loop): a file object goes out in chunks. A fresh one each try, so
+                # a retry on another key sends it whole.
+                data = io.BytesIO(body)
             started = time.perf_counter()
             try:
                 resp = await session.request(
-                    req.method, url, headers=headers, data=body, allow_redirects=False
+                    req.method, url, headers=headers, data=data, allow_redirects=False
                 )
             except aiohttp.ConnectionTimeoutError as exc:
                 # No connection in time (the pool is full, or connecting is slow): certainly

@@ -156,3 +156,19 @@ def test_a_form_whose_boundary_the_upstream_could_read_otherwise_is_refused(
         r = _post(stack, team, "/images/edits", body, ctype)
         assert (r.status_code, r.json()["error"]["code"]) == (400, "invalid_form"), r.text
         assert stack.sim_requests() == []
+
+
+def test_an_upload_over_a_mebibyte_reaches_the_upstream_whole(stack: Stack, team: str) -> None:
+    """A body read whole (to meter it) and larger than aiohttp writes in one piece leaves in
+    chunks: whole, and without the warning (an error in tests) a bytes body that size raises."""
+    image = b"\x89PNG\r\n" + bytes(3 * 1024 * 1024)
+    body = (
+        b'--bb\r\nContent-Disposition: form-data; name="model"\r\n\r\ndall-e-2\r\n'
+        b'--bb\r\nContent-Disposition: form-data; name="prompt"\r\n\r\na cat\r\n'
+        b'--bb\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n'
+        b"Content-Type: image/png\r\n\r\n" + image + b"\r\n--bb--\r\n"
+    )
+    r = _post(stack, team, "/images/edits", body, "multipart/form-data; boundary=bb")
+    assert r.status_code == 200, r.text
+    [sent] = stack.sim_requests("/v1/images/edits")
+    assert sent["files"]["image"]["size"] == len(image)
