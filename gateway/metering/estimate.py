@@ -14,6 +14,7 @@ sent upstream with the model's cap added, so that the bound holds.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -49,6 +50,7 @@ _LIST_TIERS = frozenset({"auto", "default"})
 _OWN_TOOLS = frozenset({"function", "custom"})
 MAX_N = 128  # answers per call the upstream accepts at most (chat's n)
 MAX_CAP = 10_000_000  # a max_tokens beyond this is not a cap anyone means
+MIN_SPEED, MAX_SPEED = 0.25, 4.0  # what the speech API accepts
 LEGACY_DEFAULT_CAP = 16  # the completions API's max_tokens when a call names none
 
 
@@ -203,6 +205,35 @@ def _check_audio(doc: Mapping[str, Any], body: bytes) -> None:
             )
 
 
+def _speech_characters(doc: Mapping[str, Any]) -> int:
+    """What a speech call is charged: the characters of ``input`` and of ``instructions`` (the
+    model reads both), stretched by a ``speed`` below 1 (slower speech is more audio, which
+    new-api bills by its length). A stream of events is billed by the tokens it reports,
+    which no character price covers: refused."""
+    text = doc.get("input")
+    if not isinstance(text, str):
+        raise _bad("input", "'input' must be a string.", "invalid_type")
+    told = doc.get("instructions")
+    if told is not None and not isinstance(told, str):
+        raise _bad("instructions", "'instructions' must be a string.", "invalid_type")
+    if doc.get("stream_format") not in (None, "audio"):
+        raise _bad(
+            "stream_format",
+            "Speech as a stream of events is billed by the tokens it reports, apart from the "
+            "characters the gateway charges; ask for audio.",
+            "unsupported_parameter",
+        )
+    speed = doc.get("speed")
+    if speed is None:
+        speed = 1
+    elif isinstance(speed, bool) or not isinstance(speed, int | float):
+        raise _bad("speed", "'speed' must be a number.", "invalid_type")
+    elif not MIN_SPEED <= speed <= MAX_SPEED:
+        raise _bad("speed", f"'speed' must be between {MIN_SPEED} and {MAX_SPEED}.")
+    stretch = Fraction(1) / min(Fraction(speed), Fraction(1))
+    return math.ceil(len(text) * stretch) + len(told or "")
+
+
 def _upstream_cap(model: str | None, cap: int) -> int:
     """The output cap the upstream will really apply to a call that sends ``cap``."""
     if model is not None and model.endswith("-thinking"):
@@ -292,10 +323,7 @@ def estimate(
             quality=quality if isinstance(quality, str) else None,
         )
     if kind == kinds.SPEECH:
-        text = doc.get("input")
-        if not isinstance(text, str):
-            raise _bad("input", "'input' must be a string.", "invalid_type")
-        return Estimate(model, Usage(characters=len(text)))
+        return Estimate(model, Usage(characters=_speech_characters(doc)))
     if kind == kinds.TRANSCRIPTION:
         # The duration is known only once the upstream has decoded the audio.
         seconds = Fraction(max_audio_seconds)

@@ -237,20 +237,33 @@ def test_embeddings_images_speech_and_transcription(stack: Stack, team: str) -> 
     assert float(tr.headers["x-gateway-cost"]) > 0
 
 
-def test_streamed_images_and_speech_are_charged_what_they_made(stack: Stack, team: str) -> None:
+def test_streamed_images_are_charged_what_they_made(stack: Stack, team: str) -> None:
     c = sdk(stack, team)
     events = list(c.images.generate(model="gpt-image-1", prompt="a fox", n=2, stream=True))
     done = [e for e in events if e.type == "image_generation.completed"]
     assert len(done) == 2
     assert quota(stack, team)["spend_per_day"]["used"] == pytest.approx(0.10)
-    text = "Hello, fox; hello, badger."
-    with c.audio.speech.with_streaming_response.create(
-        model="gpt-4o-mini-tts", voice="alloy", input=text, stream_format="sse"
-    ) as speech:
-        assert speech.headers["content-type"].startswith("text/event-stream")
-        assert b"speech.audio.done" in speech.read()
-    speech_cost = units(Fraction("0.00002") * len(text))
-    assert quota(stack, team)["spend_per_day"]["used"] == pytest.approx(0.10 + speech_cost / M)
+
+
+def test_speech_is_charged_what_the_model_reads_and_how_long_it_speaks(
+    stack: Stack, team: str
+) -> None:
+    """``instructions`` are read too, and a ``speed`` below 1 makes more audio (new-api bills
+    the audio's length); speech as events is billed by tokens no character price covers."""
+    c = sdk(stack, team)
+    text, told = "Hello, fox; hello, badger.", "Whisper, slowly."
+    raw = c.audio.speech.with_raw_response.create(
+        model="gpt-4o-mini-tts", voice="alloy", input=text, instructions=told, speed=0.5
+    )
+    charged = units(Fraction("0.00002") * (2 * len(text) + len(told)))
+    assert raw.headers["x-gateway-cost"] == shown(charged)
+    with pytest.raises(openai.BadRequestError) as err:
+        c.audio.speech.create(
+            model="gpt-4o-mini-tts", voice="alloy", input=text, stream_format="sse"
+        )
+    assert (err.value.code, err.value.param) == ("unsupported_parameter", "stream_format")
+    assert len(stack.sim_requests("/v1/audio/speech")) == 1
+    assert quota(stack, team)["spend_per_day"]["used"] == pytest.approx(charged / M)
 
 
 def test_a_transcription_that_gives_no_duration_is_charged_its_estimate(

@@ -1042,3 +1042,38 @@ def test_chat_text_that_mentions_audio_passes() -> None:
     }
     est, _ = _est(kinds.CHAT, doc)
     assert est.model == "m"
+
+
+@pytest.mark.parametrize(
+    ("fields", "characters"),
+    [
+        ({}, 10),
+        ({"instructions": "calm"}, 14),
+        ({"speed": 4}, 10),
+        ({"speed": 0.25}, 40),
+        ({"speed": 0.3, "instructions": ""}, 34),  # ceil(10 / 0.3), never rounded down
+        ({"stream_format": "audio", "speed": None}, 10),
+    ],
+)
+def test_speech_is_charged_its_characters_and_instructions_stretched_by_speed(
+    fields: dict[str, Any], characters: int
+) -> None:
+    est, _ = _est(kinds.SPEECH, {"model": "tts-1", "input": "0123456789", **fields})
+    assert est.bound.characters == characters
+
+
+@pytest.mark.parametrize(
+    ("fields", "code", "param"),
+    [
+        ({"speed": "1"}, "invalid_type", "speed"),
+        ({"speed": True}, "invalid_type", "speed"),
+        ({"speed": 0.2}, "invalid_value", "speed"),
+        ({"speed": 4.5}, "invalid_value", "speed"),
+        ({"instructions": ["x"]}, "invalid_type", "instructions"),
+        ({"stream_format": "sse"}, "unsupported_parameter", "stream_format"),
+    ],
+)
+def test_bad_speech_fields_are_refused(fields: dict[str, Any], code: str, param: str) -> None:
+    with pytest.raises(InvalidRequest) as err:
+        _est(kinds.SPEECH, {"model": "tts-1", "input": "hi", **fields})
+    assert (err.value.code, err.value.param) == (code, param)
