@@ -81,8 +81,15 @@ class ModelPrice:
         return bool(self.per_image)
 
     @property
-    def prices_tokens(self) -> bool:
-        return bool(self.input_per_million or self.cached_price or self.output_per_million)
+    def prices_usage(self) -> bool:
+        """Whether an answer's ``usage`` can add to what a call costs: a token price, or one
+        per second of audio (whisper's ``{"type": "duration"}``)."""
+        return bool(
+            self.input_per_million
+            or self.cached_price
+            or self.output_per_million
+            or self.per_audio_second
+        )
 
     @cached_property
     def _weights(self) -> tuple[int, int, int, int, int, int]:

@@ -256,9 +256,9 @@ class Meter:
                 max_tags=self.pricing.max_tags_per_day,
                 key=counted,
                 rate=rate,
-                # A route added in config is charged the tokens its answer reports too,
-                # which no estimate bounds.
-                open_ended=kind == kinds.REQUEST and price is not None and price.prices_tokens,
+                # A route added in config is charged the usage its answer reports too
+                # (tokens, audio seconds), which no estimate bounds.
+                open_ended=kind == kinds.REQUEST and price is not None and price.prices_usage,
             )
         except StoreUnavailable as exc:
             # Sent, and then Redis went quiet: the script may run yet, once Redis thaws.

@@ -25,12 +25,16 @@ CALLS: list[str] = []
 
 async def rerank(request: Request) -> Response:
     CALLS.append(request.url.path)
+    if (await request.json())["model"] == "listen-x":  # whisper's shape: 0.2 at 0.0002 a second
+        return JSONResponse({"text": "", "usage": {"type": "duration", "seconds": 1000}})
     usage = {"prompt_tokens": 100_000, "total_tokens": 100_000}  # 0.2 at 2 per million
     return JSONResponse({"object": "list", "results": [], "usage": usage})
 
 
 @pytest.fixture(params=["team", "key"])
 def setup(request: pytest.FixtureRequest, redis_url: str) -> Iterator[tuple[Stack, str, str]]:
+    # rerank-x is priced by its tokens, listen-x by its audio seconds: neither has a price an
+    # estimate could know.
     """The budget of 0.5 a day is the team's, or its gateway key's own."""
     team = "open-" + secrets.token_hex(4)
     limit: dict[str, Any] = {"spend_per_day": 0.5} if request.param == "team" else {}
@@ -43,7 +47,12 @@ def setup(request: pytest.FixtureRequest, redis_url: str) -> Iterator[tuple[Stac
             sim_url=upstream,
             server={"extra_routes": ["POST /v1/rerank"]},
             teams={"default": {}, team: limit},
-            pricing={"models": {"rerank-x": {"input_per_million": 2}}},
+            pricing={
+                "models": {
+                    "rerank-x": {"input_per_million": 2},
+                    "listen-x": {"per_audio_second": 0.0002},
+                }
+            },
         ) as s,
     ):
         token = s.token(team=team)
@@ -59,14 +68,15 @@ def setup(request: pytest.FixtureRequest, redis_url: str) -> Iterator[tuple[Stac
         yield s, team, token
 
 
+@pytest.mark.parametrize("model", ["rerank-x", "listen-x"])
 def test_an_answer_charged_above_a_zero_estimate_counts_and_a_spent_budget_refuses(
-    setup: tuple[Stack, str, str],
+    setup: tuple[Stack, str, str], model: str
 ) -> None:
     s, _, token = setup
     auth = {"Authorization": f"Bearer {token}"}
     costs = []
     for _ in range(3):  # 0.2 each: 0, 0.2, 0.4 used before each, all under 0.5
-        r = httpx2.post(s.v1 + "/rerank", headers=auth, json={"model": "rerank-x", "query": "q"})
+        r = httpx2.post(s.v1 + "/rerank", headers=auth, json={"model": model, "query": "q"})
         assert r.status_code == 200, r.text
         costs.append(r.headers["x-gateway-cost"])
     assert costs == ["0.200000"] * 3
@@ -74,6 +84,6 @@ def test_an_answer_charged_above_a_zero_estimate_counts_and_a_spent_budget_refus
     team_used = own["limits"]["spend_per_day"]["used"]
     assert float(team_used) == pytest.approx(0.6)
     # 0.6 used of 0.5: the next call, whose estimate is nothing, is refused before it leaves.
-    r = httpx2.post(s.v1 + "/rerank", headers=auth, json={"model": "rerank-x", "query": "q"})
+    r = httpx2.post(s.v1 + "/rerank", headers=auth, json={"model": model, "query": "q"})
     assert (r.status_code, r.json()["error"]["code"]) == (429, "spend_quota_exceeded"), r.text
     assert len(CALLS) == 3
