@@ -59,7 +59,7 @@ from gateway.quota.service import QuotaService
 from gateway.quota.snapshot import UsageSnapshot
 from gateway.quota.store import QuotaStore
 from gateway.settings import Settings, team_connections
-from gateway.store.client import close_redis, make_redis, warm_up
+from gateway.store.client import breaker_of, close_redis, make_redis, warm_up
 from gateway.upstream.client import UpstreamClient
 from gateway.upstream.health_store import RedisKeyHealthStore
 from gateway.upstream.keypool import KEY_STATES, KeyPool
@@ -283,6 +283,9 @@ def create_app(
         on_key_charged=spend_by_key.add,
         rate=quota.rate,
     )
+    breaker = breaker_of(redis)
+    if breaker is not None:
+        breaker.when_back(meter.redis_back)
     usage = UsageEndpoint(
         UsageReport(
             meter.store,

@@ -357,13 +357,19 @@ class Meter:
             self._unsure.popleft()
         self._unsure.append(item)
 
+    def redis_back(self) -> None:
+        """Redis answers again (its breaker closed): settle what its outage left unsure."""
+        if self._unsure:
+            self._drain_soon()
+
     def _drain_soon(self) -> None:
         if self._draining is None or self._draining.done():
             self._draining = asyncio.get_running_loop().create_task(self._drain())
 
     async def _drain(self) -> None:
         """Settle (or forbid) each reservation whose reply was lost, now that Redis answers
-        again; a new outage stops it, and the next reservation Redis takes starts it over."""
+        again; a new outage stops it, and Redis's return (or the next reservation it takes)
+        starts it over."""
         while self._unsure:
             item = self._unsure[0]
             try:

@@ -34,6 +34,11 @@ class Breaker:
         self._on_error = on_error
         self.is_open = False
         self._probing: asyncio.Task[None] | None = None
+        self._on_back: list[Callable[[], None]] = []
+
+    def when_back(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` each time a probe finds Redis back (on the event loop)."""
+        self._on_back.append(callback)
 
     def check(self) -> None:
         """Raise StoreUnavailable at once while Redis is known to be down."""
@@ -62,6 +67,11 @@ class Breaker:
             self.is_open = False
             log.warning("Redis is reachable again")
             self._on_change(False)
+            for callback in self._on_back:
+                try:
+                    callback()
+                except Exception:
+                    log.exception("a callback for Redis's return failed")
 
     async def close(self) -> None:
         if self._probing is not None and not self._probing.done():
