@@ -241,6 +241,7 @@ class Meter:
         rate = self.rate.prepare(team, key) if self.rate is not None else None
         # A key without token or spend limits of its own keeps no counters for them.
         counted = key if key is not None and key.limits_any(KEY_KINDS) else None
+        key_id = None if counted is None else counted.id
         try:
             verdict = await self.store.reserve(
                 TeamKeys(team),
@@ -263,7 +264,6 @@ class Meter:
         except StoreUnavailable as exc:
             # Sent, and then Redis went quiet: the script may run yet, once Redis thaws.
             unsure = not isinstance(exc, StoreKnownDown)
-            key_id = None if counted is None else counted.id
             refused = self.rate is not None and not self.rate.failed_open(team)
             if refused or self.pricing.store_down != "allow":
                 if unsure:  # nothing is sent upstream: whatever it reserved goes back
@@ -298,7 +298,7 @@ class Meter:
             reserved_units=units,
             headers=headers,
             offline=offline,
-            key_id=None if counted is None else counted.id,
+            key_id=key_id,
             unsure=unsure,
         )
 

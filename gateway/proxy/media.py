@@ -6,8 +6,9 @@ type starts with ``application/json``, a form when it contains
 (``common.UnmarshalBodyReusable``). A JSON body declared as a form would be checked, priced and
 charged by the gateway as one document and run upstream as another (``{"input":
 "x&model=big&z="}`` is the model ``big`` to a form parser). So each route accepts the types the
-gateway can read it as, a body read as JSON leaves as ``application/json`` whatever it was
-declared as, and a form leaves with the very header its fields were read by.
+gateway can read it as, a body read as JSON leaves declared exactly ``application/json`` (a
+missing type filled in, parameters dropped), and a form leaves with the very header its fields
+were read by.
 """
 
 from __future__ import annotations
