@@ -544,3 +544,26 @@ def test_an_extra_routes_body_whose_model_cannot_be_read_is_refused(
         assert (r.status_code, r.json()["error"]["code"]) == (code, want), r.text
         assert s.sim_requests() == []
         assert quota(s, team)["spend_per_day"]["used"] == 0
+
+
+@pytest.mark.parametrize(
+    ("fields", "code", "param"),
+    [
+        ({"speed": "1"}, "invalid_type", "speed"),
+        ({"speed": 0.2}, "invalid_value", "speed"),
+        ({"instructions": ["slowly"]}, "invalid_type", "instructions"),
+        ({"stream_format": "sse"}, "unsupported_parameter", "stream_format"),
+    ],
+)
+def test_bad_speech_fields_are_refused_before_anything_is_sent(
+    stack: Stack, team: str, fields: dict[str, Any], code: str, param: str
+) -> None:
+    r = httpx2.post(
+        stack.v1 + "/audio/speech",
+        headers={"Authorization": f"Bearer {stack.token(team=team)}"},
+        json={"model": "tts-1", "voice": "alloy", "input": "Hello, fox.", **fields},
+    )
+    assert (r.status_code, r.json()["error"]["code"]) == (400, code), r.text
+    assert r.json()["error"]["param"] == param
+    assert stack.sim_requests("/v1/audio") == []
+    assert quota(stack, team)["spend_per_day"]["used"] == 0
