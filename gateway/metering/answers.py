@@ -50,17 +50,28 @@ def from_usage(kind: str, usage: Any) -> Usage | None:
         out = max(_count(usage.get("completion_tokens")), _count(usage.get("output_tokens")))
         if kind == kinds.EMBEDDINGS:
             out = 0
+        if inp == 0 and out == 0:
+            # No call reads nothing: new-api, given zeros by its channel, bills a count of
+            # its own, which the gateway does not make. The estimate bounds it.
+            return None
         return Usage(input_tokens=inp, cached_tokens=min(cached, inp), output_tokens=out)
     if usage.get("type") == "duration":  # whisper bills seconds
-        return Usage(audio_seconds=_seconds(usage.get("seconds")))
+        seconds = _seconds(usage.get("seconds"))
+        return None if seconds is None else Usage(audio_seconds=seconds)
     return None
 
 
 _TOKEN_NAMES = frozenset({"prompt_tokens", "completion_tokens", "input_tokens", "output_tokens"})
+# More than any call consumes: a count past it is a broken answer, charged the estimate (at
+# 2**63 it broke the settlement, and the per-key spend counters with it).
+MAX_COUNT = 10**12
+# Seconds of audio in a transcription, likewise (a 25 MB upload at 600 bytes a second is
+# under 12 hours).
+MAX_SECONDS = 10**6
 
 
 def _readable(value: Any) -> bool:
-    return value is None or (type(value) is int and value >= 0)
+    return value is None or (type(value) is int and 0 <= value <= MAX_COUNT)
 
 
 def most(seen: Usage | None, found: Usage) -> Usage:
@@ -81,10 +92,14 @@ def most(seen: Usage | None, found: Usage) -> Usage:
     )
 
 
-def _seconds(value: Any) -> Fraction:
+def _seconds(value: Any) -> Fraction | None:
+    """A duration the answer reports; None when it is no number of seconds a call could
+    take (text, below 0, not finite, absurdly long): the call is charged its estimate."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        return Fraction(0)
-    return max(Fraction(0), Fraction(str(value)))
+        return None
+    if not 0 <= value <= MAX_SECONDS:
+        return None
+    return Fraction(str(value))
 
 
 # Digits as zeros, to find runs of them with a plain search: a regular expression scanned a
@@ -143,8 +158,9 @@ def from_json(kind: str, body: bytes | bytearray) -> Usage | None:
         return None
     if kind == kinds.TRANSCRIPTION:
         found = from_usage(kind, doc.get("usage"))
-        if found is None and isinstance(doc.get("duration"), int | float):
-            found = Usage(audio_seconds=_seconds(doc.get("duration")))
+        if found is None and "duration" in doc:
+            seconds = _seconds(doc.get("duration"))
+            found = None if seconds is None else Usage(audio_seconds=seconds)
         return found
     if kind == kinds.MODERATIONS:
         return from_usage(kind, doc.get("usage")) or Usage()

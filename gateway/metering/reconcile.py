@@ -51,13 +51,24 @@ class SpendByKey:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for key_id, units in pending.items():
                     pipe.incrby(upstream_key_charged(key_id), units)
-                await pipe.execute()
+                replies = await pipe.execute(raise_on_error=False)
         except Exception:
             # Kept for the next flush: an INCRBY that failed did not count (one that succeeded
             # before a lost reply would count twice, which only overstates our side).
             for key_id, units in pending.items():
                 self.add(key_id, units)
             raise
+        # Redis refused some (a counter past 64 bits): only those are kept, never counting
+        # the others again at every flush.
+        failed = [
+            (k, u)
+            for (k, u), r in zip(pending.items(), replies, strict=True)
+            if isinstance(r, Exception)
+        ]
+        for key_id, units in failed:
+            self.add(key_id, units)
+        if failed:
+            raise RuntimeError(f"Redis refused the spend of {len(failed)} upstream key(s)")
 
     async def run_forever(self, every: float = FLUSH_SECONDS) -> None:
         while True:

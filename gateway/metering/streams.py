@@ -178,15 +178,18 @@ class UsageTap:
                 doc = _data(event)
                 response = doc.get("response") if doc else None
                 if isinstance(response, dict):
-                    self.usage = from_usage(self.kind, response.get("usage")) or self.usage
+                    found = from_usage(self.kind, response.get("usage"))
+                    if found is not None:  # a second end never lowers what the first said
+                        self.usage = most(self.usage, found)
 
     def _transcription(self, whole: bytes) -> None:
         # A streamed transcription's usage rides on its transcript.text.done event.
         for event in _events(whole):
             if b'"transcript.text.done"' in event:
                 doc = _data(event)
-                if doc is not None:
-                    self.usage = from_usage(self.kind, doc.get("usage")) or self.usage
+                found = from_usage(self.kind, doc.get("usage")) if doc is not None else None
+                if found is not None:
+                    self.usage = most(self.usage, found)
 
 
 def _events(whole: bytes) -> list[bytes]:

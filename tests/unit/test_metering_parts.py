@@ -444,7 +444,41 @@ def test_digits_inside_a_string_are_read_by_orjson(monkeypatch: pytest.MonkeyPat
 def test_a_huge_usage_count_is_read_as_the_integer_it_is() -> None:
     big = 10**25
     body = json.dumps({"usage": {"prompt_tokens": big, "completion_tokens": 1}}).encode()
-    assert answers.from_json(kinds.CHAT, body) == Usage(input_tokens=big, output_tokens=1)
+    assert answers.loads(body) == {"usage": {"prompt_tokens": big, "completion_tokens": 1}}
+
+
+@pytest.mark.parametrize("count", [answers.MAX_COUNT + 1, 2**63, 10**25])
+def test_a_count_no_call_reaches_is_charged_the_estimate(count: int) -> None:
+    body = json.dumps({"usage": {"prompt_tokens": count, "completion_tokens": 1}}).encode()
+    assert answers.from_json(kinds.CHAT, body) is None
+    at_most = json.dumps({"usage": {"prompt_tokens": answers.MAX_COUNT}}).encode()
+    assert answers.from_json(kinds.CHAT, at_most) == Usage(input_tokens=answers.MAX_COUNT)
+
+
+@pytest.mark.parametrize("kind", [kinds.CHAT, kinds.COMPLETIONS, kinds.RESPONSES, kinds.EMBEDDINGS])
+@pytest.mark.parametrize(
+    "usage",
+    [
+        {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+        {"input_tokens": 0, "output_tokens": 0},
+        {"prompt_tokens": 0},
+    ],
+)
+def test_usage_of_nothing_at_all_is_charged_the_estimate(kind: str, usage: dict[str, int]) -> None:
+    """new-api bills a count of its own when its channel reports zeros: never nothing."""
+    assert answers.from_usage(kind, usage) is None
+    assert answers.from_usage(kind, {**usage, "prompt_tokens": 1}) == Usage(input_tokens=1)
+
+
+@pytest.mark.parametrize("seconds", ["600", -600, True, float("nan"), float("inf"), 10**7])
+def test_a_duration_that_is_no_duration_is_charged_the_estimate(seconds: Any) -> None:
+    as_usage = {"text": "hi", "usage": {"type": "duration", "seconds": seconds}}
+    as_field = {"text": "hi", "duration": seconds}
+    for doc in (as_usage, as_field):
+        assert answers.from_json(kinds.TRANSCRIPTION, json.dumps(doc).encode()) is None
+    ok = {"text": "hi", "duration": 12.5}
+    got = answers.from_json(kinds.TRANSCRIPTION, json.dumps(ok).encode())
+    assert got == Usage(audio_seconds=Fraction(25, 2))
 
 
 @pytest.mark.parametrize("kind", [kinds.CHAT, kinds.COMPLETIONS, kinds.RESPONSES])
@@ -480,6 +514,9 @@ def test_usage_in_both_namings_counts_the_larger_of_each(kind: str) -> None:
 )
 def test_no_naming_reports_less_than_either_says(counts: dict[str, int]) -> None:
     got = answers.from_usage(kinds.CHAT, counts)
+    if not any(counts.values()):  # zeros say nothing: the estimate (see the test above)
+        assert got is None
+        return
     assert got is not None
     assert got.input_tokens == max(counts.get("prompt_tokens", 0), counts.get("input_tokens", 0))
     assert got.output_tokens == max(
@@ -987,7 +1024,7 @@ class _FailingPipeline:
     def incrby(self, key: str, n: int) -> None:
         self.sent.append((key, n))
 
-    async def execute(self) -> None:
+    async def execute(self, raise_on_error: bool = True) -> None:
         raise ConnectionError("Redis is down")
 
 
