@@ -52,6 +52,8 @@ MAX_N = 128  # answers per call the upstream accepts at most (chat's n)
 MAX_CAP = 10_000_000  # a max_tokens beyond this is not a cap anyone means
 MIN_SPEED, MAX_SPEED = 0.25, 4.0  # what the speech API accepts
 LEGACY_DEFAULT_CAP = 16  # the completions API's max_tokens when a call names none
+# Opus speech at 4.8 kbit/s: below what any format the transcription API takes is made of.
+AUDIO_BYTES_PER_SECOND = 600
 
 
 @dataclass(frozen=True)
@@ -95,8 +97,8 @@ def model_of(kind: str, doc: Mapping[str, Any]) -> str:
     if kind == kinds.MODERATIONS:
         return _model(doc, "omni-moderation-latest")
     if kind == kinds.REQUEST:
-        value = doc.get("model")
-        return value if isinstance(value, str) and value else "-"
+        # A route added in config may have no model: '-' is what its price entry is named.
+        return "-" if doc.get("model") in (None, "") else _model(doc, None)
     return _model(doc, None)
 
 
@@ -325,8 +327,10 @@ def estimate(
     if kind == kinds.SPEECH:
         return Estimate(model, Usage(characters=_speech_characters(doc)))
     if kind == kinds.TRANSCRIPTION:
-        # The duration is known only once the upstream has decoded the audio.
-        seconds = Fraction(max_audio_seconds)
+        # The duration is known only once the upstream has decoded the audio; no accepted
+        # format holds audio in fewer bytes a second than the floor, so the upload's size
+        # bounds it (a 25 MB file of low-bitrate speech can be hours long).
+        seconds = Fraction(max(max_audio_seconds, -(-len(body) // AUDIO_BYTES_PER_SECOND)))
         return Estimate(
             model,
             Usage(input_tokens=len(body), output_tokens=cap, audio_seconds=seconds),

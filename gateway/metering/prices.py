@@ -14,9 +14,13 @@ from fnmatch import fnmatchcase
 from fractions import Fraction
 from functools import cached_property
 
+from gateway.metering import kinds
 from gateway.quota.model import SPEND_UNITS
 
 MILLION = 1_000_000
+# Routes whose calls any price covers: moderations are free at OpenAI, and a route added in
+# config is charged whatever its entry says.
+_ANY_UNIT = frozenset({kinds.MODERATIONS, kinds.REQUEST})
 _NO_SECONDS = Fraction(0)  # every Usage's default: a call that names no audio shares it
 
 
@@ -79,6 +83,27 @@ class ModelPrice:
     @property
     def prices_images(self) -> bool:
         return bool(self.per_image)
+
+    def measures(self, kind: str) -> bool:
+        """Whether this price charges a call of ``kind`` by what such a call consumes (or
+        by the call). A price of another unit would charge it nothing: a token-priced image
+        model from Crazyrouter's list, whisper priced by a token ratio. Such a call is
+        refused as unpriced, never forwarded for free (a transcription priced by tokens
+        whose answer gives seconds is charged its estimate: see ``Meter.settle``)."""
+        if self.per_request or kind in _ANY_UNIT:
+            return True
+        parts = (self.input_per_million, self.cached_price, self.output_per_million)
+        if not any((*parts, self.per_audio_second, self.per_character, *self.per_image.values())):
+            # Free: an entry of the config says so on purpose; a ratio of 0 in a fetched
+            # list is far likelier a broken list than a gift.
+            return self.source == "config"
+        if kind in (kinds.IMAGES, kinds.IMAGE_UPLOAD):
+            return bool(self.per_image)
+        if kind == kinds.TRANSCRIPTION and self.per_audio_second:
+            return True  # else by tokens (gpt-4o-transcribe), as below
+        if kind == kinds.SPEECH:
+            return bool(self.per_character)
+        return bool(self.input_per_million or self.cached_price or self.output_per_million)
 
     @property
     def prices_usage(self) -> bool:

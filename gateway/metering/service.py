@@ -48,6 +48,13 @@ CALL_TTL_S = 6 * 3600  # longer than any answer streams; an unsettled estimate s
 _KINDS = ("tokens_per_minute", "tokens_per_day", "spend_per_day", "spend_per_month")
 # Kinds whose estimate is their exact cost: nothing in the answer can change it.
 _EXACT = frozenset({kinds.SPEECH, kinds.REQUEST})
+# The price a route's calls need (or per_request), as a refusal names it.
+_UNITS = {
+    kinds.IMAGES: "per_image",
+    kinds.IMAGE_UPLOAD: "per_image",
+    kinds.TRANSCRIPTION: "per_audio_second",
+    kinds.SPEECH: "per_character",
+}
 # Reservations whose reply was lost, held until Redis is seen again (then each is settled or
 # forbidden): a bound on what a long outage can make one replica hold.
 UNSURE_MAX = 10_000
@@ -183,12 +190,18 @@ class Meter:
                 param="model",
             )
         price = self.prices().lookup(name)
+        unit = price is None or price.measures(kind)
+        if not unit:
+            price = None
         if price is None and kind != kinds.MODERATIONS:
             if self.pricing.unpriced != "allow":
                 what = (
                     "A call to this route names no model and the route has no price ('-')"
                     if name == "-"
                     else f"The model '{name}' has no price configured"
+                    if unit
+                    else f"The model '{name}' has no price for what this route consumes "
+                    f"({_UNITS.get(kind, 'tokens')})"
                 )
                 raise PermissionDenied(
                     f"{what}, so the gateway cannot meter it; ask the gateway's operators to "
@@ -230,11 +243,14 @@ class Meter:
                 media_tokens=self.pricing.image_input_tokens,
                 max_audio_seconds=self.pricing.transcription_max_seconds,
             )
+            units = (
+                price.estimate_units(est.bound, size=est.size, quality=est.quality) if price else 0
+            )
+            tokens = est.bound.tokens if kind in kinds.TOKEN_KINDS else 0
+            _meterable(tokens, units)
         except GatewayError:
             await self.count_request(team, key)
             raise
-        units = price.estimate_units(est.bound, size=est.size, quality=est.quality) if price else 0
-        tokens = est.bound.tokens if kind in kinds.TOKEN_KINDS else 0
         now = self.policy.clock()
         w = self.policy.windows(now)
         call_id = f"{self._prefix}{next(self._ids)}"
@@ -315,6 +331,8 @@ class Meter:
                 usage = _unmeasured(adm)
                 if usage is adm.estimate.bound and adm.kind not in _EXACT:
                     self.events.estimated(adm.kind)
+            if adm.kind == kinds.TRANSCRIPTION:
+                usage = _heard(adm, usage)
             used = usage
             cost = adm.cost(usage) if adm.price is not None else 0
             entries = ledger.entries(adm.user, adm.model, adm.tag, usage, cost)
@@ -455,6 +473,37 @@ def _unmeasured(adm: Admission) -> Usage:
     ):
         return Usage()
     return adm.estimate.bound
+
+
+# What one call may reserve: Redis's scripts count in doubles, exact to 2**53 and printed
+# whole below 1e14; past these a reservation broke mid-script (a 500, with a charge left).
+MAX_CALL_TOKENS = 10**12
+MAX_CALL_UNITS = 10**13
+
+
+def _meterable(tokens: int, units: int) -> None:
+    if tokens > MAX_CALL_TOKENS or units > MAX_CALL_UNITS:
+        raise InvalidRequest(
+            f"This call could use up to {tokens} tokens and cost up to "
+            f"{units // model.SPEND_UNITS} in the gateway's currency, more than one call may "
+            "reserve; lower max_tokens, n or best_of, or split the input.",
+            code="estimate_too_large",
+        )
+
+
+def _heard(adm: Admission, usage: Usage) -> Usage:
+    """What a transcription is charged for the audio its answer says it heard."""
+    bound = adm.estimate.bound
+    if usage.audio_seconds > bound.audio_seconds:
+        # More audio than the upload can hold (see the estimate): charged the bound, so
+        # that no answer takes a team past a budget its reservation fitted in.
+        usage = replace(usage, audio_seconds=bound.audio_seconds)
+    price = adm.price
+    if usage.audio_seconds and not usage.tokens and price and not price.per_audio_second:
+        # Seconds (whisper's answer) for a price in tokens (Crazyrouter's list prices whisper
+        # by a token ratio): nothing to price them by, so the estimate.
+        return _unmeasured(adm)
+    return usage
 
 
 def _family(kind: str) -> str:

@@ -87,3 +87,22 @@ def test_an_answer_charged_above_a_zero_estimate_counts_and_a_spent_budget_refus
     r = httpx2.post(s.v1 + "/rerank", headers=auth, json={"model": model, "query": "q"})
     assert (r.status_code, r.json()["error"]["code"]) == (429, "spend_quota_exceeded"), r.text
     assert len(CALLS) == 3
+
+
+@pytest.mark.parametrize(
+    ("model", "code"), [("m" * 257, "invalid_type"), (7, "invalid_type"), ([], "invalid_type")]
+)
+def test_an_added_routes_model_is_checked_like_any_other(
+    setup: tuple[Stack, str, str], model: Any, code: str
+) -> None:
+    """A model name of any length or type once went on to the price table's memory of names
+    seen (kept, whether priced or not): 24 calls of 8 MiB names held 200 MiB."""
+    s, _, token = setup
+    got = httpx2.post(
+        f"{s.url}/v1/rerank",
+        json={"model": model, "query": "q", "documents": ["d"]},
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    assert got.status_code == 400, got.text
+    assert (got.json()["error"]["code"], got.json()["error"]["param"]) == (code, "model")
+    assert CALLS == []
