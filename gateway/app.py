@@ -87,7 +87,8 @@ log = logging.getLogger("gateway")
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics", *docs_files.PATHS})
 PRICING_PATH = "/api/pricing"  # new-api's public price list
 PRICING_TIMEOUT_S = 15.0  # one fetch of it, start-up included (a failed one delays no more)
-PRICING_MAX_BYTES = 32 * 1024 * 1024
+# A real list is a few hundred kilobytes; reading and pricing one runs beside every request.
+PRICING_MAX_BYTES = 8 * 1024 * 1024
 USAGE_PATH = "/api/usage/token"  # new-api: what the calling key has been billed
 
 

@@ -48,7 +48,10 @@ class PriceRefresher:
     async def refresh(self) -> bool:
         """Fetch and load the list once; False (the table unchanged) when that failed."""
         try:
-            catalog = parse_catalog(await self._fetch(), group=self._group)
+            body = await self._fetch()
+            # Off the event loop: a large list (hostile or not) took seconds to read and price,
+            # and every request would have waited for it.
+            catalog = await asyncio.to_thread(parse_catalog, body, group=self._group)
         except TimeoutError:
             self._failed("the upstream did not answer in time")
             return False
