@@ -8,8 +8,11 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+# Field names are short; a longer key is no name the upstream reads, and caching it would keep
+# whatever a caller chose (24 keys of 8 MiB each stayed resident as ~400 MiB).
+_CACHED_KEY_CHARS = 64
 
-@lru_cache(maxsize=8192)  # called for every key of every checked body: the same few keys
+
 def fold(key: str) -> str:
     """A key as the upstream's parser matches it. Go's encoding/json matches a field
     case-insensitively by Unicode simple folding, so ``"\\u017ftore"`` (a long s) and
@@ -20,6 +23,17 @@ def fold(key: str) -> str:
     Go, "i" and a combining dot to Python (so ``"f\\u0130le_id"`` is ``file_id`` here too).
     To upper case Python's mapping can give more letters (``ß`` to ``SS``): such a key folds
     to more names than Go matches, which can refuse a body Go would read, never pass one."""
+    if len(key) <= _CACHED_KEY_CHARS:
+        return _fold_short(key)
+    return _fold(key)
+
+
+@lru_cache(maxsize=8192)  # called for every key of every checked body: the same few keys
+def _fold_short(key: str) -> str:
+    return _fold(key)
+
+
+def _fold(key: str) -> str:
     if key.isascii():
         return key.lower()
     return "".join(("i" if c == "\u0130" else c.lower()).upper() for c in key).lower()

@@ -20,6 +20,7 @@ from gateway.metering.forms import form_fields
 from gateway.metering.prices import ModelPrice, PriceTable, Usage, allowed, exact
 from gateway.metering.reconcile import KeyBill, SpendByKey, billed_quota
 from gateway.metering.streams import UsageTap
+from gateway.upstream import json_keys
 from gateway.upstream.json_keys import fold, may_spell
 
 prices = st.decimals(min_value=0, max_value=1000, places=4).map(lambda d: Fraction(str(d)))
@@ -979,6 +980,15 @@ def test_a_body_skips_the_walk_only_when_it_cannot_spell_the_words(
 def test_folded_keys_are_the_ascii_names_the_upstream_reads() -> None:
     keys = ("Store", "\u017ftore", "qual\u0131ty", "\u212aey", "f\u0130le_id", "名前")
     assert [fold(k) for k in keys] == ["store", "store", "quality", "key", "file_id", "名前"]
+
+
+def test_long_keys_are_folded_but_not_kept() -> None:
+    """The fold cache keeps the keys it has seen: field names, not what a caller chose."""
+    misses = json_keys._fold_short.cache_info().misses
+    long_key = "K" * 64 + "\u017f"
+    assert fold(long_key) == "k" * 64 + "s"
+    assert fold("Store") == "store"
+    assert json_keys._fold_short.cache_info().misses - misses <= 1  # "Store" at most
 
 
 def test_only_the_dotted_capital_i_lowers_to_more_than_one_letter() -> None:
