@@ -13,6 +13,7 @@ from typing import Any
 
 from gateway.errors import InvalidRequest
 from gateway.quota.model import KINDS, Limit, LimitError, parse_limit
+from gateway.web.json_values import check_value_count
 
 # The settings' and the token verifier's rule: the name becomes part of Redis key names
 # (inside a hash tag), so it must never carry a brace, a colon or a newline.
@@ -45,8 +46,14 @@ def check_team(team: str) -> str:
     return team
 
 
+# An admin body is a handful of fields (a key's 64 models at most); counted before parsing,
+# since a team admin's body is parsed on the event loop every team shares.
+MAX_BODY_VALUES = 1_000
+
+
 def json_object(raw: bytes) -> dict[str, Any]:
-    """A request body that must be a JSON object."""
+    """A request body that must be a JSON object of at most MAX_BODY_VALUES values."""
+    check_value_count(raw, MAX_BODY_VALUES)
     try:
         doc = json.loads(raw) if raw.strip() else None
     except (ValueError, RecursionError):  # RecursionError: nesting deeper than the stack

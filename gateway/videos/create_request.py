@@ -17,6 +17,7 @@ from typing import Any
 
 from gateway.errors import InvalidRequest
 from gateway.settings import VideoModel, VideoSettings
+from gateway.web.json_values import check_value_count
 
 _SIZE = re.compile(r"^[1-9][0-9]{1,4}x[1-9][0-9]{1,4}$")
 _DIGITS = re.compile(r"[0-9]{1,18}")
@@ -81,6 +82,7 @@ def _bool_field(value: Any, param: str) -> bool:
 
 def _storyboard(value: Any, limits: VideoModel) -> list[dict[str, Any]]:
     if isinstance(value, str):
+        check_value_count(value, param="storyboard")  # a form field of up to 32 MiB
         try:
             value = json.loads(value)
         except (ValueError, RecursionError):  # RecursionError: nesting deeper than the stack

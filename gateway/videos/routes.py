@@ -22,6 +22,7 @@ from gateway.videos.create_request import Upload
 from gateway.videos.registry import Job
 from gateway.videos.service import UNSUPPORTED, Answer, VideoService
 from gateway.web.asgi import Receive, Scope, Send
+from gateway.web.json_values import check_value_count
 
 _CONTENT_HEADERS = (
     b"content-type",
@@ -57,8 +58,10 @@ async def read_fields(request: Request) -> tuple[dict[str, Any], Upload | None]:
     """A JSON object or a multipart/urlencoded form, as plain fields plus an optional file."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype == "application/json":
+        body = await request.body()
+        check_value_count(body)  # before parsing, as on every pass-through route
         try:
-            doc = json.loads(await request.body())
+            doc = json.loads(body)
         except (ValueError, RecursionError):  # RecursionError: nesting deeper than the stack
             raise InvalidRequest("The body is not valid JSON.", code="invalid_json") from None
         if not isinstance(doc, dict):

@@ -273,6 +273,22 @@ def test_a_keys_counters_settle_to_what_its_calls_really_cost(stack: Stack, team
     assert key_tpm == team_tpm == sum(tokens)
 
 
+def test_a_key_body_of_many_tiny_values_is_refused_before_it_is_parsed(
+    stack: Stack, team: str
+) -> None:
+    """A team admin's body is parsed on the event loop every team shares: one of more values
+    than any key needs is a 400 before it is, on the team's route and the admin API alike."""
+    body = b'{"name": "ci", "models": [' + b"{}," * 100_000 + b"{}]}"
+    lead = bearer(stack.token(team=team, user="lead", roles=(TEAM_ADMIN,)))
+    for url, who in (
+        (stack.v1 + "/gateway/api-keys", lead),
+        (f"{stack.url}/admin/v1/teams/{team}/api-keys", admin_headers(stack)),
+    ):
+        r = httpx2.post(url, content=body, headers={**who, "content-type": "application/json"})
+        assert (r.status_code, r.json()["error"]["code"]) == (400, "request_too_complex"), r.text
+    assert httpx2.get(stack.v1 + "/gateway/api-keys", headers=lead).json()["data"] == []
+
+
 def test_a_team_admin_manages_only_its_own_teams_keys(stack: Stack, team: str) -> None:
     lead = bearer(stack.token(team=team, user="lead", roles=(TEAM_ADMIN,)))
     r = httpx2.post(stack.v1 + "/gateway/api-keys", json={"name": "ci"}, headers=lead)

@@ -124,3 +124,23 @@ def test_distinct_large_json_keys_are_not_kept(gateway: Gateway) -> None:
         wait_for(settled, timeout=10, interval=0.1)
     except TimeoutError:
         pytest.fail(f"gateway RSS grew {grown[-1]:.0f} MiB and stayed")
+
+
+@pytest.mark.parametrize("path", ["/v1/videos", "/v1/videos/video_0/remix"])
+def test_a_video_create_of_many_tiny_values_is_refused_before_it_is_parsed(
+    gateway: Gateway, path: str
+) -> None:
+    """The pass-through refuses a body of more than MAX_JSON_VALUES values before parsing it;
+    so must a video create or remix. 28 MiB of ``{}`` parsed are ten million dicts: most of a
+    gigabyte, in a pod limited to 512 MiB (deploy/kubernetes/deployment.yaml)."""
+    headers = {"Authorization": f"Bearer {gateway.attacker}", "content-type": "application/json"}
+    body = b'{"prompt": "p", "x": [' + b"{}," * 10_000_000 + b"{}]}"
+    # Reset the process's peak to its present size (proc(5), clear_refs): the tests before
+    # this one may have raised it already.
+    Path(f"/proc/{gateway.pid}/clear_refs").write_text("5")
+    before = memory_mib(gateway.pid)["VmRSS"]
+    with httpx2.Client(timeout=120) as http:
+        r = http.post(gateway.url + path, content=body, headers=headers)
+    assert (r.status_code, r.json()["error"]["code"]) == (400, "request_too_complex"), r.text
+    grown = memory_mib(gateway.pid)["VmHWM"] - before
+    assert grown < 128, f"one request raised the gateway's peak RSS by {grown:.0f} MiB"

@@ -3,11 +3,13 @@ documents, reset windows and page sizes, each rejection naming its code and para
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 
 from gateway.admin.inputs import (
+    MAX_BODY_VALUES,
     RESET_WINDOWS,
     check_team,
     json_object,
@@ -49,6 +51,16 @@ def test_json_object_takes_objects_only() -> None:
     assert json_object(b' {"a": 1} ') == {"a": 1}
     for raw in [b"", b"  ", b"null", b"[]", b'"x"', b"1", b"{", b"\xff", b"{'a': 1}"]:
         assert rejected(json_object, raw) == (400, "invalid_json", None), raw
+
+
+def test_json_object_refuses_more_values_than_an_admin_body_has_before_parsing() -> None:
+    models = [f"m-{i}" for i in range(MAX_BODY_VALUES - 2)]
+    assert json_object(json.dumps({"models": models}).encode()) == {"models": models}
+    assert rejected(json_object, b"[" + b"{}," * MAX_BODY_VALUES + b"{}]") == (
+        400,
+        "request_too_complex",
+        None,
+    )
 
 
 def test_limits_in_readable_units_with_null_for_unlimited() -> None:

@@ -104,6 +104,7 @@ def test_reference_url_forms() -> None:
         ({"prompt": "p", "private": "maybe"}, "private", "invalid_value"),
         ({"storyboard": []}, "storyboard", "invalid_value"),
         ({"storyboard": "not json"}, "storyboard", "invalid_value"),
+        ({"storyboard": "[" + "{}," * 200_000 + "{}]"}, "storyboard", "request_too_complex"),
         ({"storyboard": [{"prompt": "", "duration": 4}]}, "storyboard[0].prompt", "invalid_value"),
         (
             {"storyboard": [{"prompt": "a", "duration": 0}]},
