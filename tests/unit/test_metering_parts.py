@@ -21,6 +21,7 @@ from gateway.metering.forms import form_fields
 from gateway.metering.prices import ModelPrice, PriceTable, Usage, allowed, exact
 from gateway.metering.reconcile import KeyBill, SpendByKey, billed_quota
 from gateway.metering.streams import UsageTap
+from gateway.proxy import body_policy
 from gateway.upstream import json_keys
 from gateway.upstream.json_keys import fold, may_spell
 
@@ -1008,7 +1009,7 @@ def test_only_the_dotted_capital_i_lowers_to_more_than_one_letter() -> None:
     does the string of them all (lowering a whole string applies context rules)."""
     assert [c for c in EVERY_CODE_POINT if len(c.lower()) != 1] == ["\u0130"]
     assert [c for c in EVERY_CODE_POINT if fold(c) != fold_by_letter(c)] == []
-    assert fold(EVERY_CODE_POINT) == fold_by_letter(EVERY_CODE_POINT)
+    assert json_keys._fold(EVERY_CODE_POINT) == fold_by_letter(EVERY_CODE_POINT)
 
 
 # Letters whose case mappings are not one-to-one (sigma and final sigma, dotted and dotless i,
@@ -1019,7 +1020,7 @@ AWKWARD_KEYS = st.text(alphabet="\u03a3\u03c3\u03c2\u0130\u0131\u00df\u01c5\u017
 
 @given(AWKWARD_KEYS)
 def test_a_whole_key_folds_as_its_letters_do(key: str) -> None:
-    assert fold(key) == fold_by_letter(key)
+    assert json_keys._fold(key) == fold_by_letter(key)
 
 
 def test_a_long_non_ascii_key_is_folded_in_a_few_calls() -> None:
@@ -1030,11 +1031,24 @@ def test_a_long_non_ascii_key_is_folded_in_a_few_calls() -> None:
     previous = sys.getprofile()
     sys.setprofile(lambda frame, event, arg: calls.append(event))
     try:
-        folded = fold(key)
+        folded = json_keys._fold(key)
     finally:
         sys.setprofile(previous)
     assert folded == "\u00e9\u03c3" * 499_999 + "\u00e9\u03c2"
     assert len(calls) < 30, f"{len(calls)} calls to fold one key"
+
+
+def test_a_key_longer_than_any_field_name_is_left_as_it_is() -> None:
+    """Go folds letter for letter: a key of 257 letters matches no field name, so it is not
+    folded at all (a 30 MB key was folded four times a request); two copies of it are still
+    one key given twice."""
+    assert fold("\u017f" * 256) == "s" * 256
+    long_key = "\u017fTORE" + "x" * 252
+    assert fold(long_key) is long_key
+    twice = b'{"' + b"a" * 300 + b'": 1, "' + b"a" * 300 + b'": 2}'
+    with pytest.raises(InvalidRequest) as refused:
+        body_policy.parse_json_object(twice)
+    assert refused.value.code == "invalid_json"
 
 
 def test_the_upstream_bill_is_read_from_new_apis_token_usage_only() -> None:
