@@ -48,6 +48,7 @@ CALL_TTL_S = 6 * 3600  # longer than any answer streams; an unsettled estimate s
 _KINDS = ("tokens_per_minute", "tokens_per_day", "spend_per_day", "spend_per_month")
 # Kinds whose estimate is their exact cost: nothing in the answer can change it.
 _EXACT = frozenset({kinds.SPEECH, kinds.REQUEST})
+_IMAGE_KINDS = frozenset({kinds.IMAGES, kinds.IMAGE_UPLOAD})
 # The price a route's calls need (or per_request), as a refusal names it.
 _UNITS = {
     kinds.IMAGES: "per_image",
@@ -333,6 +334,9 @@ class Meter:
                     self.events.estimated(adm.kind)
             if adm.kind == kinds.TRANSCRIPTION:
                 usage = _heard(adm, usage)
+            elif adm.kind in _IMAGE_KINDS and usage.images < adm.estimate.bound.images:
+                # new-api bills the images asked for (n), whether or not each came back.
+                usage = replace(usage, images=adm.estimate.bound.images)
             used = usage
             cost = adm.cost(usage) if adm.price is not None else 0
             entries = ledger.entries(adm.user, adm.model, adm.tag, usage, cost)

@@ -645,3 +645,23 @@ def test_a_huge_estimate_is_an_answer_not_a_500(
         assert state.seen == []
         quota = httpx2.get(s.v1 + "/gateway/quota", headers=auth(s, team)).json()["limits"]
         assert all(not v.get("used") for v in quota.values() if isinstance(v, dict)), quota
+
+
+@pytest.mark.parametrize(("asked", "came", "charged"), [(3, 1, "0.060000"), (1, 2, "0.040000")])
+def test_images_are_charged_as_many_as_were_asked_for(
+    redis_url: str, team: str, asked: int, came: int, charged: str
+) -> None:
+    """new-api bills an image call its price times the ``n`` asked for, whatever came back."""
+    state = Upstream()
+    state.images = images_answer(came)
+    with stack_on(
+        redis_url,
+        state,
+        team=team,
+        limits={"spend_per_day": 100},
+        pricing={"models": {"img": {"per_image": 0.02}}},
+    ) as s:
+        got = post(s, team, "/images/generations", {"model": "img", "prompt": "a fox", "n": asked})
+        assert got.status_code == 200, got.text
+        assert got.headers["x-gateway-cost"] == charged
+        assert used(s, team) == float(charged)
