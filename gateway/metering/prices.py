@@ -21,6 +21,9 @@ MILLION = 1_000_000
 # Routes whose calls any price covers: moderations are free at OpenAI, and a route added in
 # config is charged whatever its entry says.
 _ANY_UNIT = frozenset({kinds.MODERATIONS, kinds.REQUEST})
+_EVERY_KIND = frozenset(
+    {*kinds.TOKEN_KINDS, *_ANY_UNIT, *kinds.FORM_KINDS, kinds.IMAGES, kinds.SPEECH}
+)
 _NO_SECONDS = Fraction(0)  # every Usage's default: a call that names no audio shares it
 
 
@@ -90,20 +93,29 @@ class ModelPrice:
         model from Crazyrouter's list, whisper priced by a token ratio. Such a call is
         refused as unpriced, never forwarded for free (a transcription priced by tokens
         whose answer gives seconds is charged its estimate: see ``Meter.settle``)."""
-        if self.per_request or kind in _ANY_UNIT:
-            return True
-        parts = (self.input_per_million, self.cached_price, self.output_per_million)
-        if not any((*parts, self.per_audio_second, self.per_character, *self.per_image.values())):
+        return kind in self._measured
+
+    @cached_property
+    def _measured(self) -> frozenset[str]:
+        # Worked out once per price: it is asked on every call.
+        by_tokens = bool(self.input_per_million or self.cached_price or self.output_per_million)
+        units = (self.per_audio_second, self.per_character, *self.per_image.values())
+        if self.per_request:
+            return _EVERY_KIND
+        if not by_tokens and not any(units):
             # Free: an entry of the config says so on purpose; a ratio of 0 in a fetched
             # list is far likelier a broken list than a gift.
-            return self.source == "config"
-        if kind in (kinds.IMAGES, kinds.IMAGE_UPLOAD):
-            return bool(self.per_image)
-        if kind == kinds.TRANSCRIPTION and self.per_audio_second:
-            return True  # else by tokens (gpt-4o-transcribe), as below
-        if kind == kinds.SPEECH:
-            return bool(self.per_character)
-        return bool(self.input_per_million or self.cached_price or self.output_per_million)
+            return _EVERY_KIND if self.source == "config" else _ANY_UNIT
+        measured = set(_ANY_UNIT)
+        if by_tokens:
+            measured |= kinds.TOKEN_KINDS | {kinds.TRANSCRIPTION}  # gpt-4o-transcribe: tokens
+        if self.per_image:
+            measured |= {kinds.IMAGES, kinds.IMAGE_UPLOAD}
+        if self.per_audio_second:
+            measured.add(kinds.TRANSCRIPTION)
+        if self.per_character:
+            measured.add(kinds.SPEECH)
+        return frozenset(measured)
 
     @property
     def prices_usage(self) -> bool:

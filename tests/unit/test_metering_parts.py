@@ -1178,3 +1178,28 @@ def test_bad_speech_fields_are_refused(fields: dict[str, Any], code: str, param:
     with pytest.raises(InvalidRequest) as err:
         _est(kinds.SPEECH, {"model": "tts-1", "input": "hi", **fields})
     assert (err.value.code, err.value.param) == (code, param)
+
+
+_TOKENS = {"input_per_million": Fraction(1)}
+_ROUTES = (kinds.CHAT, kinds.EMBEDDINGS, kinds.IMAGES, kinds.SPEECH, kinds.TRANSCRIPTION)
+
+
+@pytest.mark.parametrize(
+    ("fields", "source", "measured"),
+    [
+        (_TOKENS, "config", {kinds.CHAT, kinds.EMBEDDINGS, kinds.TRANSCRIPTION}),
+        ({"per_image": {"*": Fraction(1)}}, "crazyrouter", {kinds.IMAGES}),
+        ({"per_audio_second": Fraction(1)}, "config", {kinds.TRANSCRIPTION}),
+        ({"per_character": Fraction(1)}, "config", {kinds.SPEECH}),
+        ({"per_request": Fraction(1)}, "crazyrouter", set(_ROUTES)),
+        ({}, "config", set(_ROUTES)),  # free on purpose
+        ({}, "crazyrouter", set()),  # a ratio of 0 in a fetched list
+    ],
+)
+def test_a_price_measures_the_routes_its_units_charge(
+    fields: dict[str, Any], source: str, measured: set[str]
+) -> None:
+    price = ModelPrice(**fields, source=source)
+    assert {k for k in _ROUTES if price.measures(k)} == measured
+    assert price.measures(kinds.MODERATIONS)
+    assert price.measures(kinds.REQUEST)
