@@ -12,7 +12,8 @@ leeway; team, roles and user from ``auth.*_claim``), narrowed for ID tokens: ``i
 the issuer, ``aud`` the client id, the signature must come from a key in the IdP's JWKS
 (``jwks_uri``, through ``JWKSCache``), and HS* is never accepted (that would trust anyone
 holding an API secret, or a token "signed" with the IdP's public key). The ``nonce`` sent
-must come back, and ``azp``, when present, must be the client id.
+must come back, and ``azp``, when present (required when ``aud`` lists several), must be
+the client id.
 
 Failures raise ``AuthenticationFailed`` with a reason from the verifier's set or one of
 ``oidc_unavailable`` (discovery failed), ``oidc_exchange`` (the token endpoint refused the
@@ -239,7 +240,11 @@ class OidcProvider:
         if claims.get("nonce") != nonce:
             raise AuthenticationFailed("bad_nonce")
         azp = claims.get("azp")
-        if azp is not None and azp != self._s.client_id:
+        aud = claims.get("aud")
+        # A token for several audiences was issued to whichever party azp names (OIDC Core
+        # 3.1.3.7): without azp, it may be another app's token that merely lists this one.
+        several = isinstance(aud, list) and len(aud) > 1
+        if (azp is not None or several) and azp != self._s.client_id:
             raise AuthenticationFailed("bad_audience")
         return principal, float(claims["exp"])
 

@@ -310,6 +310,9 @@ BAD_PATHS = {
     "another party authorized": BadPath(
         "bad_audience", "not accepted", _set(extra_claims={"aud": [CLIENT_ID, "x"], "azp": "x"})
     ),
+    "several audiences, no azp": BadPath(
+        "bad_audience", "not accepted", _set(extra_claims={"aud": [CLIENT_ID, "x"]})
+    ),
     "wrong issuer in the token": BadPath(
         "bad_issuer", "not accepted", _set(extra_claims={"iss": "https://idp.example"})
     ),
