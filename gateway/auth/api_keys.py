@@ -23,6 +23,8 @@ PREFIX = "gwk_"
 PATTERN = re.compile(r"gwk_([0-9a-f]{16})_([0-9a-f]{48})")
 ID_PATTERN = re.compile(r"[0-9a-f]{16}")
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+# How a key's calls are attributed: no person's JWT subject may start so (auth/verifier.py).
+KEY_USER_PREFIX = "key:"
 # The per-key limits; tokens and spend per day/month beyond these are the team's alone.
 KEY_LIMITS = (
     "requests_per_minute",
@@ -108,7 +110,7 @@ class KeyRecord:
     @property
     def user(self) -> str:
         """How the key's calls are attributed in logs, metrics and the usage ledger."""
-        return f"key:{self.name}"
+        return f"{KEY_USER_PREFIX}{self.name}"
 
     def matches(self, candidate: str, now: float) -> bool:
         """Whether ``candidate`` (a digest) is this key's secret, or its previous one within

@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from jwt.types import Options
 
+from gateway.auth.api_keys import KEY_USER_PREFIX
 from gateway.auth.jwks import MIN_RSA_BITS, JWKSCache
 from gateway.auth.principal import Principal
 from gateway.errors import AuthenticationFailed
@@ -143,6 +144,10 @@ class TokenVerifier:
         user = claims.get(s.user_claim)
         # Refused rather than truncated: two long subjects must never become one user.
         if not isinstance(user, str) or not user or len(user) > _MAX_SUBJECT_CHARS:
+            raise AuthenticationFailed("no_subject")
+        if user.startswith(KEY_USER_PREFIX):
+            # How a gateway key's calls are attributed (ApiKey.user): a person named so would
+            # share that key's lines in the usage ledger and the audit log.
             raise AuthenticationFailed("no_subject")
         principal = Principal(team=team, user=user, roles=_roles(claims.get(s.roles_claim)))
         return principal, min(exp + s.leeway, now + _MAX_CACHE_SECONDS)

@@ -149,6 +149,7 @@ async def test_wrong_secret_and_tampered_payload(hs: TokenVerifier, secret: str)
         ({"sub": ""}, "no_subject"),
         ({"sub": 42}, "no_subject"),
         ({"sub": "u" * 257}, "no_subject"),
+        ({"sub": "key:svc"}, "no_subject"),  # a gateway key's name in the ledger
     ],
 )
 async def test_bad_claims(
