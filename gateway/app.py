@@ -319,7 +319,7 @@ def create_app(
         report=usage.report,
         videos=videos,
         sign_in=TokenSignIn(token_verifier, key_verifier),
-        key_check=KeyRecheck(key_store, clock=clock),
+        key_check=KeyRecheck(key_store, key_verifier, clock=clock),
         clock=clock,
         on_sign_in_failure=obs.auth_failure,
         oidc_http=oidc_http,

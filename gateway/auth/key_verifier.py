@@ -25,6 +25,7 @@ from gateway.auth.principal import Principal
 from gateway.errors import AuthenticationFailed
 
 TOUCH_EVERY_S = 60.0  # how stale a key's last_used may be in the listing
+PEPPER_MARK = "pepper-mark"  # not a key (no gwk_ prefix), so its digest is no key's digest
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +64,14 @@ class KeyVerifier:
         if self._pepper is None:
             raise RuntimeError("gateway API keys need auth.api_key_pepper")
         return api_keys.digest(self._pepper, token)
+
+    def pepper_mark(self) -> str:
+        """Which pepper digests are made with now ("" when keys are off), never the pepper
+        itself: a digest kept elsewhere (a console session's) was made under the pepper of
+        its day, and still matches the key's record after the pepper changed."""
+        if self._pepper is None:
+            return ""
+        return api_keys.digest(self._pepper, PEPPER_MARK)
 
     async def verify(self, token: str) -> Principal:
         key_id = api_keys.parse(token)

@@ -9,7 +9,10 @@ which one made it.
 A session made with a gateway key ends when the key does: ``KeyRecheck`` reads the key's
 record on each request and applies the verifier's own rules (``KeyRecord.matches`` and
 ``refusal``) to the digest kept with the session, so revoking, expiring or rotating the key
-(past its grace) ends the session on every replica at the next request.
+(past its grace) ends the session on every replica at the next request. The session also
+keeps a mark of the pepper its digest was made under: the digest and the key's record were
+both made under that pepper and match whatever the pepper is now, so a changed or removed
+pepper (every key refused by the API) must end the session by the mark.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ class Identity:
     valid_until: float | None = None  # a JWT's exp; None: no limit of its own
     key_id: str | None = None  # signed in with this gateway key
     key_digest: str = field(default="", repr=False)
+    pepper_mark: str = field(default="", repr=False)  # KeyVerifier.pepper_mark at sign-in
 
 
 class TokenSignIn:
@@ -59,7 +63,9 @@ class TokenSignIn:
                 raise AuthenticationFailed("key_disabled")
             principal = await self._keys.verify(token)
             key_id = principal.key.id if principal.key is not None else None
-            return Identity(principal, None, key_id, self._keys.digest(token))
+            return Identity(
+                principal, None, key_id, self._keys.digest(token), self._keys.pepper_mark()
+            )
         principal = await self._verifier.verify(token)
         return Identity(principal, _expiry(token))
 
@@ -79,13 +85,19 @@ def _expiry(token: str) -> float | None:
 class KeyRecheck:
     """Whether the gateway key a session was made with still authenticates."""
 
-    def __init__(self, store: KeyStore, *, clock: Callable[[], float]) -> None:
+    def __init__(self, store: KeyStore, keys: KeyVerifier, *, clock: Callable[[], float]) -> None:
         self._store = store
+        self._keys = keys
         self._clock = clock
 
-    async def current(self, key_id: str, digest: str) -> KeyRecord | None:
-        """The key's record if ``digest`` still authenticates as it, else None."""
+    async def current(self, key_id: str, digest: str, pepper_mark: str) -> KeyRecord | None:
+        """The key's record if ``digest``, made under the pepper ``pepper_mark`` names, still
+        authenticates as it, else None."""
         if not api_keys.ID_PATTERN.fullmatch(key_id) or not digest:
+            return None
+        if not self._keys.enabled:
+            return None  # keys are off: the API refuses every one
+        if not pepper_mark or not api_keys.same_digest(pepper_mark, self._keys.pepper_mark()):
             return None
         record = await self._store.get(key_id)
         now = self._clock()

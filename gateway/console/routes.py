@@ -186,7 +186,9 @@ class ConsoleRoutes:
         if session is None:
             return None
         if session.key_id is not None:
-            record = await self.key_check.current(session.key_id, session.key_digest)
+            record = await self.key_check.current(
+                session.key_id, session.key_digest, session.pepper_mark
+            )
             if record is None:
                 await self.sessions.delete(session_id)
                 return None
@@ -324,6 +326,7 @@ class ConsoleRoutes:
             lifetime_s=lifetime,
             key_id=identity.key_id,
             key_digest=identity.key_digest,
+            pepper_mark=identity.pepper_mark,
         )
         return cookies.set_header(
             cookies.SESSION,

@@ -1,12 +1,13 @@
 """Console sessions in Redis, shared by every replica: who signed in, the session's CSRF
 token, a one-time notice for the next page, and when it ends.
 
-    gw:console:session:{<id>}  hash: team, user, roles, key_id, key_digest, csrf, expires,
-                               flash; its TTL is the session's remaining life
+    gw:console:session:{<id>}  hash: team, user, roles, key_id, key_digest, pepper_mark,
+                               csrf, expires, flash; its TTL is the session's remaining life
 
 Signing out deletes the hash, so the cookie is dead everywhere at once. ``key_digest`` is the
 keyed hash of the gateway key a session was made with (what Redis already keeps for the key,
-never the key), so each request can check that the key still stands.
+never the key), and ``pepper_mark`` names the pepper it was made under (never the pepper), so
+each request can check that the key still stands.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class Session:
     expires: float
     key_id: str | None = None
     key_digest: str = field(default="", repr=False)
+    pepper_mark: str = field(default="", repr=False)
     flash: str | None = None  # "ok:..." or "error:...", shown once
 
 
@@ -51,6 +53,7 @@ class SessionStore:
         lifetime_s: float,
         key_id: str | None = None,
         key_digest: str = "",
+        pepper_mark: str = "",
     ) -> Session:
         session = Session(
             id=cookies.new_id(),
@@ -59,6 +62,7 @@ class SessionStore:
             expires=self._clock() + lifetime_s,
             key_id=key_id,
             key_digest=key_digest,
+            pepper_mark=pepper_mark,
         )
         fields: dict[Any, Any] = {
             "team": principal.team,
@@ -66,6 +70,7 @@ class SessionStore:
             "roles": json.dumps(sorted(principal.roles)),
             "key_id": key_id or "",
             "key_digest": key_digest,
+            "pepper_mark": pepper_mark,
             "csrf": session.csrf,
             "expires": repr(session.expires),
         }
@@ -101,6 +106,7 @@ class SessionStore:
             expires=expires,
             key_id=f.get("key_id") or None,
             key_digest=f.get("key_digest", ""),
+            pepper_mark=f.get("pepper_mark", ""),
             flash=f.get("flash") or None,
         )
 
