@@ -31,7 +31,8 @@ from gateway.console.pages import Console, Viewer
 from gateway.console.render import STATIC, Renderer
 from gateway.console.sessions import Session, SessionStore
 from gateway.errors import AuthenticationFailed, GatewayError, NotFound
-from gateway.videos.routes import content_headers, inline_media, send_content
+from gateway.videos import content_type
+from gateway.videos.routes import content_headers, send_content
 from gateway.web.asgi import Receive, Scope, Send
 
 log = logging.getLogger("gateway.console")
@@ -78,6 +79,9 @@ SECURITY_HEADERS = {
     "cache-control": "no-store",
     "x-content-type-options": "nosniff",
 }
+# A job's content opened as a document: nothing loads and nothing runs, but the browser's own
+# player page for a video opened in a tab of its own may load it. No allow-scripts: inert.
+CONTENT_CSP = "default-src 'none'; img-src 'self'; media-src 'self'; sandbox allow-same-origin"
 _STATIC_TYPES = {".css": "text/css; charset=utf-8", ".js": "text/javascript; charset=utf-8"}
 
 
@@ -630,16 +634,21 @@ class ConsoleRoutes:
         except GatewayError as exc:
             await self.error_page(exc, session, viewer)(scope, receive, send)
             return
-        # Shown in the page only as the media it says it is: anything else (an upstream or a
-        # CDN answering text/html or SVG) stays an attachment, never a page on our origin.
-        ctype = (resp.header("content-type") or "").split(";")[0].strip().lower()
-        inline = inline_media(ctype)
-        headers = [
-            (k, v)
-            for k, v in content_headers(resp, job, None)
-            if not (inline and k == b"content-disposition")
+        # Shown in the page only as one allowed media type, sent as our own header: anything
+        # else (an upstream or a CDN answering text/html, SVG or a list of types) stays opaque
+        # bytes in an attachment, never a page on our origin. The policy and the sandbox hold
+        # even if a browser renders it anyway; a <video> loading it is not bound by them.
+        inline = content_type.inline_type(resp.raw_headers)
+        replaced = {b"content-type", b"x-content-type-options"}
+        if inline is not None:
+            replaced.add(b"content-disposition")
+        headers = [(k, v) for k, v in content_headers(resp, job, None) if k not in replaced]
+        headers += [
+            (b"content-type", (inline or content_type.OPAQUE).encode()),
+            (b"content-security-policy", CONTENT_CSP.encode()),
+            (b"x-frame-options", b"DENY"),
+            (b"x-content-type-options", b"nosniff"),
         ]
-        headers.append((b"x-content-type-options", b"nosniff"))
         await send_content(resp, scope, receive, send, headers)
 
     # -- the table ---------------------------------------------------------------------------

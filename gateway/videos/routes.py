@@ -18,14 +18,15 @@ from gateway.auth.principal import Principal
 from gateway.errors import InvalidRequest, NotFound
 from gateway.proxy.passthrough import StreamObserver, relay
 from gateway.upstream.client import UpstreamResponse
+from gateway.videos import content_type
 from gateway.videos.create_request import Upload
 from gateway.videos.registry import Job
 from gateway.videos.service import UNSUPPORTED, Answer, VideoService
 from gateway.web.asgi import Receive, Scope, Send
 from gateway.web.json_values import check_value_count
 
+# Content-Type is not among them: it is rebuilt (videos/content_type.py says why).
 _CONTENT_HEADERS = (
-    b"content-type",
     b"content-length",
     b"content-range",
     b"accept-ranges",
@@ -33,12 +34,13 @@ _CONTENT_HEADERS = (
     b"last-modified",
 )
 MAX_FIELD_BYTES = 32 * 1024 * 1024
-_EXTENSIONS = {"video/mp4": "mp4", "image/webp": "webp", "image/jpeg": "jpg", "image/png": "png"}
-
-
-def inline_media(ctype: str) -> bool:
-    """Whether a browser may show content of this type in place: no script runs in any."""
-    return ctype.startswith("video/") or ctype in ("image/png", "image/jpeg", "image/webp")
+_EXTENSIONS = {
+    "video/mp4": "mp4",
+    "video/webm": "webm",
+    "image/webp": "webp",
+    "image/jpeg": "jpg",
+    "image/png": "png",
+}
 
 
 def _who(request: Request) -> Principal:
@@ -154,13 +156,17 @@ def _zip_columns(fields: dict[str, Any], columns: dict[str, dict[str, list[str]]
 def content_headers(
     resp: UpstreamResponse, job: Job, variant: str | None
 ) -> list[tuple[bytes, bytes]]:
+    """A download's headers: the upstream's type when it names exactly one (an SDK saves
+    what it gets), else opaque bytes; always an attachment, never sniffed."""
     out = [(k.lower(), v) for k, v in resp.raw_headers if k.lower() in _CONTENT_HEADERS]
-    ctype = (resp.header("content-type") or "").split(";")[0].strip().lower()
+    ctype = content_type.declared(resp.raw_headers) or content_type.OPAQUE
     name = job.id + ("" if variant in (None, "video") else f"-{variant}")
-    ext = _EXTENSIONS.get(ctype, "bin")
+    ext = _EXTENSIONS.get(content_type.essence(ctype), "bin")
+    out.append((b"content-type", ctype.encode()))
     # Our own file name: the upstream's would reveal its job id.
     out.append((b"content-disposition", f'attachment; filename="{name}.{ext}"'.encode()))
     out.append((b"cache-control", b"private, no-store"))
+    out.append((b"x-content-type-options", b"nosniff"))
     return out
 
 

@@ -71,6 +71,7 @@ class PlayableUpstream:
         self.clip = CLIP.read_bytes()
         self.served: list[tuple[str, str]] = []  # (upstream job id, authorization)
         self.content_type = b"video/webm"  # a test may make it another upstream's, then back
+        self.more_headers: list[tuple[bytes, bytes]] = []  # after content-type, say a second one
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         m = _CONTENT.match(scope.get("path", "")) if scope["type"] == "http" else None
@@ -86,6 +87,7 @@ class PlayableUpstream:
                 "headers": [
                     (b"content-type", self.content_type),
                     (b"content-length", str(len(self.clip)).encode()),
+                    *self.more_headers,
                 ],
             }
         )

@@ -6,6 +6,7 @@ session (403). Each main page is screenshotted."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -15,6 +16,7 @@ import openai
 import pytest
 from selenium import webdriver
 from selenium.webdriver.common.by import By
+from selenium.webdriver.support.wait import WebDriverWait
 
 from tests.browser.conftest import ADMIN, TEAM_ADMIN, Console, ConsoleStack
 from tests.servers import wait_for
@@ -290,6 +292,98 @@ def test_content_that_is_not_media_is_never_shown_as_a_console_page(console: Con
     assert status == 200
     assert disposition == f'attachment; filename="{video.id}.bin"'
     assert console.driver.execute_async_script(fetch, url) == [200, None]  # media: in place
+
+
+# A page that renames itself when its script runs: on the console's origin, with the session.
+INERT = "default-src 'none'; img-src 'self'; media-src 'self'; sandbox allow-same-origin"
+PAGE = b"<!doctype html><title>inert</title><script>document.title = 'ran'</script>"
+
+
+@contextlib.contextmanager
+def upstream_content(cs: ConsoleStack, body: bytes, *content_types: bytes) -> Iterator[None]:
+    """The upstream answers content with ``body`` and these Content-Type headers, in order."""
+    up = cs.upstream
+    old = (up.clip, up.content_type, up.more_headers)
+    up.clip, up.content_type = body, content_types[0]
+    up.more_headers = [(b"content-type", t) for t in content_types[1:]]
+    try:
+        yield
+    finally:
+        up.clip, up.content_type, up.more_headers = old
+
+
+def finished_video(cs: ConsoleStack) -> str:
+    with sdk(cs, cs.stack.token(team="team-a", user="alice")) as client:
+        video = client.videos.create_and_poll(
+            model="sora-2", prompt="p", seconds="4", size="1280x720", poll_interval_ms=100
+        )
+    assert video.status == "completed"
+    return video.id
+
+
+@pytest.mark.parametrize(
+    "content_types",
+    [
+        (b"video/webm, text/html",),
+        (b"video/webm,text/html;charset=utf-8",),
+        (b"video/webm", b"text/html"),  # Chromium joins the two and reads the last
+    ],
+    ids=["list", "list-no-space", "two-headers"],
+)
+def test_content_naming_html_anywhere_is_an_inert_attachment(
+    console: Console, content_types: tuple[bytes, ...]
+) -> None:
+    """A first-type check would take these for video and show them in place; the browser
+    renders the last type, HTML, on the console's origin."""
+    cs = console.cs
+    video_id = finished_video(cs)
+    console.sign_in(cs.stack.token(team="team-a", user="alice"))
+    url = f"/console/jobs/{video_id}/content"
+    with upstream_content(cs, PAGE, *content_types):
+        console.open(url)
+        title = console.driver.title
+        cookie = console.driver.get_cookie("gw_console")
+        assert cookie is not None
+        r = httpx2.get(cs.url + url, cookies={"gw_console": cookie["value"]})
+    assert title != "ran"
+    assert r.status_code == 200
+    assert r.headers.get_list("content-type") == ["application/octet-stream"]
+    assert r.headers["content-disposition"] == f'attachment; filename="{video_id}.bin"'
+    assert r.headers["content-security-policy"] == INERT
+    assert r.headers["x-frame-options"] == "DENY"
+    assert r.headers["x-content-type-options"] == "nosniff"
+
+
+def test_media_is_sent_in_place_as_the_gateways_own_type(console: Console) -> None:
+    """The upstream's parameters never reach the browser, and the answer stays inert should a
+    browser open it as a document; the job page's player is not bound by that policy (the
+    playing test above), nor is the video opened on its own."""
+    cs = console.cs
+    video_id = finished_video(cs)
+    console.sign_in(cs.stack.token(team="team-a", user="alice"))
+    url = f"/console/jobs/{video_id}/content"
+    cookie = console.driver.get_cookie("gw_console")
+    assert cookie is not None
+    with upstream_content(cs, cs.upstream.clip, b"Video/WebM; codecs=vp8"):
+        r = httpx2.get(cs.url + url, cookies={"gw_console": cookie["value"]})
+    assert r.status_code == 200
+    assert r.headers.get_list("content-type") == ["video/webm"]
+    assert "content-disposition" not in r.headers
+    assert r.headers["content-security-policy"] == INERT
+    console.open(url)
+    player = console.driver.find_element(By.TAG_NAME, "video")  # the browser's own player page
+
+    def settled() -> dict[str, Any] | None:
+        # NETWORK_NO_SOURCE (3): nothing will load; a policy that blocks it fires no event.
+        state: dict[str, Any] = {
+            k: player.get_property(k) for k in ("readyState", "networkState", "error")
+        }
+        return state if state["readyState"] >= 2 or state["networkState"] == 3 else None
+
+    state = WebDriverWait(console.driver, 10).until(lambda d: settled())
+    assert state is not None
+    assert state["error"] is None, state
+    assert state["readyState"] >= 2, state  # HAVE_CURRENT_DATA: a frame is decoded
 
 
 def test_a_member_sees_only_their_team(console: Console) -> None:

@@ -61,6 +61,7 @@ async def test_range_and_headers(stack: Stack) -> None:
             assert r.headers["content-length"] == str(SIZE)
             assert r.headers["cache-control"] == "private, no-store"
             assert r.headers["content-disposition"] == f'attachment; filename="{vid}.mp4"'
+            assert r.headers["x-content-type-options"] == "nosniff"
             assert r.headers["last-modified"]
             assert upstream_id not in str(r.headers)
             assert "set-cookie" not in r.headers
