@@ -10,7 +10,7 @@
     gateway admin keys [enable|disable ID]
     gateway admin usage [--from D] [--to D] [--group-by F] [--team T] [--csv]
     gateway admin reconcile                     the upstream's bill per key against our charges
-    gateway admin audit [--limit N]
+    gateway admin audit [--limit N] [--before ID] [--actor A] [--team T] [--action A]
     gateway admin api-keys list|create|revoke|rotate ...   (gateway admin api-keys --help)
 
 The gateway comes from --url or GATEWAY_URL, the admin's JWT from --token or
@@ -272,9 +272,11 @@ def audit_table(doc: dict[str, Any]) -> str:
         ]
         for e in doc["data"]
     ]
+    more = doc.get("next_before")
+    tail = f"\nolder entries: --before {more}" if more else ""
     if not rows:
-        return "no audit entries"
-    return render(["TIME", "WHO", "ACTION", "TARGET", "BEFORE", "AFTER"], rows)
+        return "no audit entries" + tail
+    return render(["TIME", "WHO", "ACTION", "TARGET", "BEFORE", "AFTER"], rows) + tail
 
 
 # -- commands ---------------------------------------------------------------------------------
@@ -436,7 +438,8 @@ def _reconcile(c: AdminClient, a: argparse.Namespace) -> tuple[Any, Callable[[An
 
 
 def _audit(c: AdminClient, a: argparse.Namespace) -> tuple[Any, Callable[[Any], str]]:
-    return c.call("GET", "/admin/v1/audit" + _query(limit=a.limit)), audit_table
+    query = _query(limit=a.limit, before=a.before, actor=a.actor, team=a.team, action=a.action)
+    return c.call("GET", "/admin/v1/audit" + query), audit_table
 
 
 def run(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
@@ -591,6 +594,10 @@ def add_admin_parser(sub: Any) -> None:
     p.add_argument(
         "--limit", type=int, help="at most this many entries (default: the gateway's page size)"
     )
+    p.add_argument("--before", help="older than this entry id (the last page's next_before)")
+    p.add_argument("--actor", help='only entries whose "team/user" contains this')
+    p.add_argument("--team", help="only entries acting on this team or made by its members")
+    p.add_argument("--action", help='only actions starting with this, like "limits"')
     admin.set_defaults(func=run)
 
 

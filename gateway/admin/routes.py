@@ -15,6 +15,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from gateway.admin.api_keys import KeyAdmin
+from gateway.admin.audit_query import AuditFilter
 from gateway.admin.inputs import json_object
 from gateway.admin.service import AdminService
 from gateway.auth.principal import Principal
@@ -80,7 +81,10 @@ def admin_routes(
         return await admin.set_key_enabled(who, str(r.path_params["id"]), enabled=False)
 
     async def audit(r: Request, who: Principal) -> dict[str, Any]:
-        return await admin.audit_log(limit=r.query_params.get("limit"))
+        q = r.query_params
+        return await admin.audit_log(
+            limit=q.get("limit"), before=q.get("before"), keep=AuditFilter.of(q)
+        )
 
     table: list[tuple[str, Handler, str]] = [
         ("/teams", teams, "GET"),

@@ -16,7 +16,8 @@ from typing import Any
 from redis.asyncio import Redis
 
 from gateway.admin import inputs
-from gateway.admin.audit import AuditLog
+from gateway.admin.audit import EVERYTHING, AuditLog
+from gateway.admin.audit_query import AuditFilter, parse_before
 from gateway.admin.views import job_view, key_view, team_view
 from gateway.auth.principal import Principal
 from gateway.errors import NotFound, ServiceUnavailable, StoreUnavailable
@@ -170,10 +171,17 @@ class AdminService:
 
     # -- audit ----------------------------------------------------------------------------------
 
-    async def audit_log(self, *, limit: str | None) -> dict[str, Any]:
+    async def audit_log(
+        self, *, limit: str | None, before: str | None = None, keep: AuditFilter = EVERYTHING
+    ) -> dict[str, Any]:
         n = inputs.page_size(limit, default=AUDIT_PAGE[0], maximum=AUDIT_PAGE[1])
-        entries, more = await self.audit.recent(n)
-        return {"object": "list", "data": entries, "has_more": more}
+        page = await self.audit.page(n, before=parse_before(before), keep=keep)
+        return {
+            "object": "list",
+            "data": page.entries,
+            "has_more": page.more,
+            "next_before": page.next_before,
+        }
 
     async def audited(
         self,

@@ -21,6 +21,7 @@ from typing import Any
 
 from gateway.admin import inputs
 from gateway.admin.api_keys import KeyAdmin
+from gateway.admin.audit_query import AuditFilter
 from gateway.admin.service import AdminService
 from gateway.auth.principal import Principal
 from gateway.console import format
@@ -38,7 +39,18 @@ JOB_STATUSES = ("queued", "in_progress", "completed", "failed")
 JOBS_PER_TEAM = 50  # the newest jobs read per team for the jobs page
 JOBS_SHOWN = 100
 READS_IN_PARALLEL = 8  # the Redis pool is shared with live traffic
-AUDIT_READ = "1000"  # the newest entries the audit page filters
+AUDIT_SHOWN = "200"  # entries on one audit page; older ones a link away
+AUDIT_ACTIONS = (  # what the audit page's action filter offers
+    "api_key.create",
+    "api_key.revoke",
+    "api_key.rotate",
+    "limits.clear",
+    "limits.merge",
+    "limits.replace",
+    "upstream_key.disable",
+    "upstream_key.enable",
+    "usage.reset",
+)
 TOP_MODELS = 5
 OVERVIEW_KINDS = ("spend_per_day", "spend_per_month", "tokens_per_day")
 UNLIMITED_WORDS = frozenset({"unlimited", "none", "null", "-", "∞"})
@@ -375,20 +387,19 @@ class Console:
 
     async def audit(self, viewer: Viewer, params: Mapping[str, str]) -> dict[str, Any]:
         self._admin_only(viewer)
-        actor = (params.get("actor") or "").strip()
-        team = (params.get("team") or "").strip()
-        action = (params.get("action") or "").strip()
-        doc = await self.admin_service.audit_log(limit=AUDIT_READ)
-        entries = doc["data"]
-        actions = sorted({e["action"] for e in entries if e.get("action")})
-        shown = [e for e in entries if _audit_match(e, actor=actor, team=team, action=action)]
+        keep = AuditFilter.of(params)
+        doc = await self.admin_service.audit_log(
+            limit=AUDIT_SHOWN, before=params.get("before") or None, keep=keep
+        )
+        shown = doc["data"]
         for e in shown:
             e["epoch"] = _epoch(e.get("time"))
         return {
             "entries": shown,
-            "filters": {"actor": actor, "team": team, "action": action},
-            "actions": actions,
-            "more": doc["has_more"],
+            "filters": {"actor": keep.actor, "team": keep.team, "action": keep.action},
+            "actions": AUDIT_ACTIONS,
+            "next_before": doc["next_before"],  # older entries, filtered alike, from here
+            "paged": bool(params.get("before")),
         }
 
     # -- changing ----------------------------------------------------------------------------
@@ -501,20 +512,6 @@ def _limit_field(raw: str) -> Any:
     except ValueError:
         return text
     return int(value) if value.is_integer() and "." not in cleaned else value
-
-
-def _audit_match(entry: Mapping[str, Any], *, actor: str, team: str, action: str) -> bool:
-    who = entry.get("actor") or {}
-    if actor and actor.lower() not in f"{who.get('team')}/{who.get('user')}".lower():
-        return False
-    if action and not str(entry.get("action") or "").startswith(action):
-        return False
-    if team:
-        sides = [entry.get("before"), entry.get("after")]
-        teams = {who.get("team")} | {s.get("team") for s in sides if isinstance(s, dict)}
-        if entry.get("target") != f"team:{team}" and team not in teams:
-            return False
-    return True
 
 
 def _epoch(iso: Any) -> float | None:

@@ -596,7 +596,11 @@ class ConsoleRoutes:
 
     async def audit(self, ctx: Ctx) -> Response:
         data = await self.console.audit(ctx.viewer, ctx.request.query_params)
-        return self.render(ctx, "audit.html", {"nav": "audit", **data})
+        older = None
+        if data["next_before"] is not None:
+            query = {k: v for k, v in data["filters"].items() if v}
+            older = f"{BASE}/audit?" + urlencode({**query, "before": data["next_before"]})
+        return self.render(ctx, "audit.html", {"nav": "audit", "older": older, **data})
 
     async def to_overview(self, request: Request) -> Response:
         return self.redirect(BASE)

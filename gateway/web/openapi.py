@@ -32,6 +32,7 @@ ERRORS: dict[str, tuple[int, str]] = {
     "invalid_json": (400, "The body must be a JSON object."),
     "invalid_value": (400, "limit must be a whole number between 1 and 100."),
     "unknown_parameter": (400, "Unknown parameter 'foo'."),
+    "invalid_cursor": (400, "before must be an audit entry id (like 1765000000000-0)."),
     "missing_required_parameter": (400, "window is required."),
     "too_many_keys": (400, "Team 'search' has 1000 keys, the most a team may have."),
     "model_not_found": (400, "The model 'sora-9' is not available."),
@@ -420,14 +421,28 @@ def _admin_paths(b: _Builder, admin_role: str) -> dict[str, Schema]:
         "/admin/v1/audit": {
             "get": admin(
                 "The audit log of admin changes, newest first",
+                description="Filtered as the streams are read, so an older entry is found "
+                "however many newer ones there are; `next_before` continues the same query.",
                 ok={"200": _json("Entries.", "AuditLog", **_NO_STORE)},
-                errors=("invalid_value",),
+                errors=("invalid_value", "invalid_cursor"),
                 params=[
                     _query(
                         "limit",
                         {"type": "integer", "minimum": 1, "maximum": AUDIT_PAGE[1]},
                         f"How many entries, default {AUDIT_PAGE[0]}.",
-                    )
+                    ),
+                    _query(
+                        "before",
+                        {"type": "string", "pattern": "^[0-9]{1,20}-[0-9]{1,20}$"},
+                        "Only entries older than this entry id: the previous page's `next_before`.",
+                    ),
+                    _query("actor", {"type": "string"}, 'Part of the actor\'s "team/user".'),
+                    _query(
+                        "team",
+                        {"type": "string"},
+                        "Only entries acting on this team, or made by one of its members.",
+                    ),
+                    _query("action", {"type": "string"}, 'An action prefix, like "limits".'),
                 ],
             )
         },

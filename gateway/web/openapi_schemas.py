@@ -375,6 +375,7 @@ def schemas(*, video_extra_fields: Sequence[str] = ()) -> dict[str, Schema]:
                 "object": _const("list"),
                 "data": {"type": "array", "items": ref("AuditEntry")},
                 "has_more": {"type": "boolean"},
+                "next_before": nullable({"type": "string"}),
             }
         ),
         "UsageTotals": _object(measures),

@@ -19,8 +19,10 @@ from zoneinfo import ZoneInfo
 import pytest
 import redis as redis_sync
 
+from gateway.admin import audit
 from gateway.admin.api_keys import KeyAdmin
 from gateway.admin.audit import AUDIT_MAXLEN, TEAM_AUDIT_MAXLEN, AuditLog
+from gateway.admin.audit_query import AuditFilter
 from gateway.admin.service import AdminService
 from gateway.auth.key_store import KeyStore
 from gateway.auth.principal import Principal
@@ -38,7 +40,7 @@ from gateway.settings import (
 )
 from gateway.sim.config import SimConfig
 from gateway.store.client import close_redis, make_redis
-from gateway.store.keys import AUDIT_STREAM, TEAMS, TeamKeys
+from gateway.store.keys import AUDIT_STREAM, AUDIT_TEAMS, TEAMS, TeamKeys
 from gateway.upstream.keypool import KeyPool
 from gateway.videos.registry import JobRegistry, new_video_id
 from tests.conftest import Stack, make_stack
@@ -798,11 +800,69 @@ async def test_the_audit_stream_is_capped(redis_url: str) -> None:
             await log.record(ROOT, "limits.merge", f"team:t{i}", before={}, after={})
         # approximate trimming drops whole stream nodes (100 entries each by default)
         assert 50 <= await r.xlen(stream) <= 150
-        entries, more = await log.recent(3)
-        assert [e["target"] for e in entries] == ["team:t399", "team:t398", "team:t397"]
-        assert more is True
+        page = await log.page(3)
+        assert [e["target"] for e in page.entries] == ["team:t399", "team:t398", "team:t397"]
+        assert page.more is True
     finally:
         await r.delete(stream)
+        await _close([r])
+
+
+async def test_audit_pages_filter_before_the_cut_and_go_on_from_a_cursor(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Paging by ``before`` walks the merged streams without a gap or a repeat, entries of two
+    streams that share an id stay on one page, and a filter that matches little stops its scan
+    early, saying where to go on."""
+    r = make_redis(RedisSettings(url=redis_url))
+    log = AuditLog(r, clock=time.time)
+    churn = TeamKeys("churn").audit
+    await r.sadd(AUDIT_TEAMS, "churn")
+
+    async def add(stream: str, entry_id: str, user: str) -> None:
+        team = "ops" if stream == AUDIT_STREAM else "churn"
+        fields: dict[Any, Any] = {"team": team, "user": user, "action": "a", "target": "t"}
+        await r.xadd(stream, fields, id=entry_id)
+
+    try:
+        await add(AUDIT_STREAM, "1-0", "root")  # the oldest: under everything else
+        for ms in range(2, 40):
+            await add(churn, f"{ms}-0", "lead")
+        await add(AUDIT_STREAM, "20-0", "root")  # one id in two streams
+        every: list[str] = []
+        before = None
+        while True:
+            page = await log.page(3, before=before)
+            every += [e["id"] for e in page.entries]
+            if not page.more:
+                break
+            before = page.next_before
+            assert before == page.entries[-1]["id"]
+        assert len(every) == 40
+        assert every.count("20-0") == 2
+        times = [int(i.split("-")[0]) for i in every]
+        assert times == sorted(times, reverse=True)
+
+        admins = AuditFilter(actor="ops/root")
+        page = await log.page(1, keep=admins)
+        assert [e["id"] for e in page.entries] == ["20-0"]
+        assert (page.more, page.next_before) == (True, "20-0")
+        page = await log.page(1, before="20-0", keep=admins)
+        assert [(e["id"], e["actor"]["user"]) for e in page.entries] == [("1-0", "root")]
+        assert page.more is False
+
+        monkeypatch.setattr(audit, "SCAN_MAX", 10)
+        found, before, pages = [], None, 0
+        while True:
+            page = await log.page(5, before=before, keep=admins)
+            found += [e["id"] for e in page.entries]
+            pages += 1
+            if not page.more:
+                break
+            before = page.next_before
+        assert found == ["20-0", "1-0"]
+        assert pages >= 4  # 40 entries read at most 10 (and an id's ties) a page
+    finally:
         await _close([r])
 
 

@@ -188,6 +188,11 @@ def test_jobs_keys_and_audit_tables(cli: Cli) -> None:
         ],
     ]
     assert audit[1][1].startswith("root@c-")
+    newest = cli.ok("audit", "--limit", "1").strip().splitlines()
+    assert newest[-1].startswith("older entries: --before ")
+    older = rows(cli.ok("audit", "--limit", "1", "--before", newest[-1].split()[-1]))
+    assert older[1][2] == "upstream_key.disable"
+    assert cli.ok("audit", "--actor", "nobody/at-all").strip() == "no audit entries"
     for text in (cli.ok("audit"), cli.ok("--json", "audit"), cli.ok("--json", "keys")):
         assert cli.token not in text
         assert not any(secret in text for secret in cli.stack.keys.values())

@@ -10,12 +10,13 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from gateway.admin.audit_query import AuditFilter, parse_before
 from gateway.auth.middleware import AuthMiddleware
 from gateway.auth.verifier import TokenVerifier
 from gateway.console import cookies, csrf, format
 from gateway.console.chart import MAX_SERIES, nice_top, stacked_by_day
-from gateway.console.pages import _audit_match, _limit_field
-from gateway.errors import AuthenticationFailed
+from gateway.console.pages import _limit_field
+from gateway.errors import AuthenticationFailed, InvalidRequest
 from gateway.settings import AuthSettings
 from gateway.web.asgi import Message
 
@@ -201,12 +202,29 @@ def test_audit_filters() -> None:
         "before": {},
         "after": {},
     }
-    assert _audit_match(entry, actor="ops/ro", team="", action="")
-    assert not _audit_match(entry, actor="alice", team="", action="")
-    assert _audit_match(entry, actor="", team="search", action="limits")
-    assert not _audit_match(entry, actor="", team="other", action="")
+    assert AuditFilter(actor="ops/ro").matches(entry)
+    assert not AuditFilter(actor="alice").matches(entry)
+    assert AuditFilter(team="search", action="limits").matches(entry)
+    assert not AuditFilter(team="other").matches(entry)
     key = {**entry, "target": "api_key:abc", "after": {"team": "search"}}
-    assert _audit_match(key, actor="", team="search", action="")
+    assert AuditFilter(team="search").matches(key)
+    assert AuditFilter.of({"actor": " ops/root "}) == AuditFilter(actor="ops/root")
+    with pytest.raises(InvalidRequest) as info:
+        AuditFilter.of({"team": "t" * 201})
+    assert info.value.param == "team"
+
+
+@pytest.mark.parametrize("bad", ["", "abc", "1-", "-1", "1-0 ", "+", "(1-0", "1" * 21 + "-0"])
+def test_a_bad_audit_cursor_is_refused_by_name(bad: str) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        parse_before(bad)
+    assert (info.value.status, info.value.code, info.value.param) == (
+        400,
+        "invalid_cursor",
+        "before",
+    )
+    assert parse_before("1765000000000-3") == "1765000000000-3"
+    assert parse_before(None) is None
 
 
 # -- the bearer-token middleware's one exception -----------------------------------------------
