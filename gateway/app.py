@@ -54,6 +54,7 @@ from gateway.observability.request_id import RequestIdMiddleware
 from gateway.proxy.limits import RequestLimitsMiddleware
 from gateway.proxy.passthrough import PassThrough
 from gateway.quota.middleware import RateLimitMiddleware
+from gateway.quota.rate import RateLimiter
 from gateway.quota.routes import QuotaEndpoint
 from gateway.quota.service import QuotaService
 from gateway.quota.snapshot import UsageSnapshot
@@ -323,6 +324,7 @@ def create_app(
         clock=clock,
         on_sign_in_failure=obs.auth_failure,
         oidc_http=oidc_http,
+        rate=quota.rate if q.enabled else None,
     )
     snapshot = UsageSnapshot(quota, settings.teams, settings.server.quota_metrics_seconds)
     if q.enabled:
@@ -478,6 +480,7 @@ def _console(
     clock: Callable[[], float],
     on_sign_in_failure: Callable[[str], None],
     oidc_http: IdpClient | None,
+    rate: RateLimiter | None,
 ) -> list[PrefixGroup]:
     """The web console's routes (none when it is switched off)."""
     conf = settings.console
@@ -525,6 +528,7 @@ def _console(
         clock=clock,
         on_sign_in=lambda outcome: None if outcome == "ok" else on_sign_in_failure(outcome),
         oidc=oidc,
+        rate=(lambda who: rate.check(who.team, who.key)) if rate is not None else None,
     )
     return [PrefixGroup(CONSOLE_BASE, routes.routes())]
 

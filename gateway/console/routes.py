@@ -30,7 +30,7 @@ from gateway.console.oidc_sign_in import PENDING_S, OidcSignIn
 from gateway.console.pages import Console, Viewer
 from gateway.console.render import STATIC, Renderer
 from gateway.console.sessions import Session, SessionStore
-from gateway.errors import AuthenticationFailed, GatewayError, NotFound
+from gateway.errors import AuthenticationFailed, GatewayError, NotFound, QuotaExceeded
 from gateway.videos import content_type
 from gateway.videos.routes import content_headers, send_content
 from gateway.web.asgi import Receive, Scope, Send
@@ -55,6 +55,8 @@ OIDC_PROBLEMS = {
     "tell what to show you; ask an admin to give your account a team.",
     "expires_soon": "The identity provider's sign-in expires within a minute; please sign in "
     "again.",
+    "busy": "Your team has reached its request rate (the console counts like the API); "
+    "try again in a minute.",
     "refused": "The identity provider's answer was not accepted; please sign in again. If "
     "this keeps happening, tell an admin (the gateway logs why).",
 }
@@ -65,6 +67,7 @@ _OIDC_PROBLEM_BY_REASON = {
     "no_team": "no_team",
     "bad_team": "no_team",
     "expires_soon": "expires_soon",
+    "rate_limited": "busy",
 }
 MAX_FORM_FIELDS = 40
 CSP = (
@@ -116,6 +119,7 @@ class ConsoleRoutes:
         clock: Callable[[], float],
         on_sign_in: Callable[[str], None] = lambda outcome: None,
         oidc: OidcSignIn | None = None,
+        rate: Callable[[Principal], Awaitable[object]] | None = None,
     ) -> None:
         self.console = console
         self.sessions = sessions
@@ -128,6 +132,7 @@ class ConsoleRoutes:
         self.clock = clock
         self.on_sign_in = on_sign_in
         self.oidc = oidc
+        self.rate = rate
         self.static = {
             p.name: (p.read_bytes(), _STATIC_TYPES[p.suffix])
             for p in STATIC.iterdir()
@@ -166,8 +171,13 @@ class ConsoleRoutes:
     def error_page(
         self, exc: GatewayError, session: Session | None = None, viewer: Viewer | None = None
     ) -> Response:
-        titles = {403: "Not allowed", 404: "Not found", 503: "Unavailable"}
-        return self.html(
+        titles = {
+            403: "Not allowed",
+            404: "Not found",
+            429: "Too many requests",
+            503: "Unavailable",
+        }
+        response = self.html(
             "error.html",
             {
                 "status": exc.status,
@@ -178,6 +188,18 @@ class ConsoleRoutes:
             session=session,
             viewer=viewer,
         )
+        for name in ("retry-after", "retry-after-ms"):
+            if name in exc.headers:
+                response.headers[name] = exc.headers[name]
+        return response
+
+    async def admit(self, principal: Principal) -> None:
+        """Count one console request (a sign-in, a page, a form, a video) against the team's
+        request rate, and a gateway key's, exactly as an API call is counted: the console is
+        no way around the rate. Raises ``QuotaExceeded`` past it (``StoreUnavailable`` when
+        Redis cannot say and rate checks fail closed)."""
+        if self.rate is not None:
+            await self.rate(principal)
 
     async def current(self, request: Request) -> Session | None:
         """The request's live session, or None. A session made with a gateway key that no
@@ -223,6 +245,10 @@ class ConsoleRoutes:
             if session is None:
                 return self.redirect(SIGN_IN_PATH)
             viewer = self.console.viewer(session.principal)
+            try:
+                await self.admit(session.principal)
+            except GatewayError as exc:
+                return self.error_page(exc, session, viewer)
             form: dict[str, str] = {}
             if request.method == "POST":
                 form = await self.read_form(request)
@@ -295,7 +321,13 @@ class ConsoleRoutes:
                 problem="That token was not accepted: it is not a valid company JWT or "
                 "gateway API key, or it has expired or been revoked.",
             )
-        cookie = await self._new_session(request, identity)
+        try:
+            cookie = await self._new_session(request, identity)
+        except GatewayError as exc:  # the team's request rate, or Redis failing closed
+            self.on_sign_in(
+                "rate_limited" if isinstance(exc, QuotaExceeded) else "store_unavailable"
+            )
+            return self._sign_in_form(status=exc.status, problem=exc.message)
         if cookie is None:
             self.on_sign_in("expires_soon")
             return self._sign_in_form(
@@ -325,6 +357,7 @@ class ConsoleRoutes:
             lifetime = min(lifetime, identity.valid_until - now)
         if lifetime < 60:
             return None
+        await self.admit(identity.principal)  # each sign-in is a request of its team
         session = await self.sessions.create(
             identity.principal,
             lifetime_s=lifetime,
@@ -388,6 +421,8 @@ class ConsoleRoutes:
             cookie = await self._new_session(request, identity)
         except AuthenticationFailed as exc:
             return self._oidc_refused(exc.reason)
+        except QuotaExceeded:
+            return self._oidc_refused("rate_limited")
         except GatewayError:
             return self._oidc_refused("oidc_unavailable")
         if cookie is None:
@@ -627,6 +662,7 @@ class ConsoleRoutes:
         viewer = self.console.viewer(session.principal)
         video_id = str(request.path_params["id"])
         try:
+            await self.admit(session.principal)
             who: Principal = await self.console.content_principal(viewer, video_id)
             job, resp = await self.console.videos.open_content(
                 who,

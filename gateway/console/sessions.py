@@ -4,7 +4,11 @@ token, a one-time notice for the next page, and when it ends.
     gw:console:session:{<id>}  hash: team, user, roles, key_id, key_digest, pepper_mark,
                                csrf, expires, flash; its TTL is the session's remaining life
 
-Signing out deletes the hash, so the cookie is dead everywhere at once. ``key_digest`` is the
+    gw:{team:<t>}:console:<user-hash>  sorted set: the person's session ids, by expiry
+
+Signing out deletes the hash, so the cookie is dead everywhere at once. A person holds at most
+``MAX_SESSIONS`` live sessions: a new one past that ends the ones that expire soonest, so one
+token signing in again and again cannot fill Redis with sessions. ``key_digest`` is the
 keyed hash of the gateway key a session was made with (what Redis already keeps for the key,
 never the key), and ``pepper_mark`` names the pepper it was made under (never the pepper), so
 each request can check that the key still stands.
@@ -23,6 +27,9 @@ from redis.asyncio import Redis
 from gateway.auth.principal import Principal
 from gateway.console import cookies, csrf
 from gateway.store import keys
+from gateway.store.keys import TeamKeys
+
+MAX_SESSIONS = 20  # per team and user: browsers and devices of one person, with room to spare
 
 
 def _text(v: Any) -> str:
@@ -79,7 +86,29 @@ class SessionStore:
             pipe.hset(name, mapping=fields)
             pipe.expireat(name, math.ceil(session.expires))
             await pipe.execute()
+        await self._cap(principal, session)
         return session
+
+    async def _cap(self, principal: Principal, session: Session) -> None:
+        """Index the new session under its person and end the ones past ``MAX_SESSIONS``.
+        Two steps, not one script: the index and the sessions live on different Cluster
+        slots; two sign-ins racing may both end the same sessions, which is harmless."""
+        index = TeamKeys(principal.team).console_sessions(principal.user)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.zadd(index, {session.id: session.expires})
+            pipe.zremrangebyscore(index, "-inf", self._clock())
+            # As long as its longest session: the index never outlives what it lists.
+            pipe.expireat(index, math.ceil(session.expires), gt=True)
+            pipe.expireat(index, math.ceil(session.expires), nx=True)
+            pipe.zrange(index, 0, -(MAX_SESSIONS + 1))
+            ended = [_text(v) for v in (await pipe.execute())[-1]]
+        if not ended:
+            return
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for old in ended:
+                pipe.delete(keys.console_session(old))
+            pipe.zrem(index, *ended)
+            await pipe.execute()
 
     async def get(self, session_id: str, *, take_flash: bool = False) -> Session | None:
         """The live session, or None; ``take_flash`` also removes its notice (shown once)."""
@@ -120,7 +149,12 @@ class SessionStore:
             await pipe.execute()
 
     async def delete(self, session_id: str) -> None:
-        await self._redis.delete(keys.console_session(session_id))
+        name = keys.console_session(session_id)
+        team, user = await self._redis.hmget(name, ["team", "user"])
+        await self._redis.delete(name)
+        if team is not None and user is not None:
+            index = TeamKeys(_text(team)).console_sessions(_text(user))
+            await self._redis.zrem(index, session_id)
 
 
 def _roles(stored: str) -> frozenset[str]:

@@ -14,6 +14,7 @@
     gw:audit                 the audit log of gateway admins' changes (a stream)
     gw:audit:teams           the teams whose own audit stream (``gw:{team:<t>}:audit``) exists
     gw:console:session:{<id>}  a console sign-in: who, its CSRF token (expires with it)
+    gw:{team:<t>}:console:<user-hash>  one person's live console sessions (a sorted set)
     gw:console:oidc:{<state>}  an OpenID Connect sign-in's state, once used (minutes)
 
 Team names are restricted by the verifier (letters, digits, ``._-``), so they cannot break
@@ -21,6 +22,7 @@ out of the tag; video ids are checked for shape before any look-up."""
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 TEAMS = "gw:teams"  # every team that ever reserved, for the reconciler and the admin API
@@ -113,6 +115,12 @@ class TeamKeys:
     def spend_day(self, day: str) -> str:
         return f"{self.prefix}:spend:d:{day}"
 
+    def console_sessions(self, user: str) -> str:
+        """One person's live console sessions, by expiry. The user is hashed: user names are
+        the IdP's, any characters, and must not break out of the tag."""
+        digest = hashlib.sha256(user.encode()).hexdigest()[:32]
+        return f"{self.prefix}:console:{digest}"
+
     @property
     def tokens_minute(self) -> str:
         """Tokens per second of the last minute: a hash of epoch second -> tokens."""
@@ -167,6 +175,12 @@ class KeyCounters:
     @property
     def rate(self) -> str:
         return f"{self.prefix}:rate"
+
+    def console_sessions(self, user: str) -> str:
+        """One person's live console sessions, by expiry. The user is hashed: user names are
+        the IdP's, any characters, and must not break out of the tag."""
+        digest = hashlib.sha256(user.encode()).hexdigest()[:32]
+        return f"{self.prefix}:console:{digest}"
 
     @property
     def tokens_minute(self) -> str:
