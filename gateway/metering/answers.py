@@ -56,8 +56,7 @@ def from_usage(kind: str, usage: Any) -> Usage | None:
             return None
         return Usage(input_tokens=inp, cached_tokens=min(cached, inp), output_tokens=out)
     if usage.get("type") == "duration":  # whisper bills seconds
-        seconds = _seconds(usage.get("seconds"))
-        return None if seconds is None else Usage(audio_seconds=seconds)
+        return _heard(usage.get("seconds"))
     return None
 
 
@@ -92,14 +91,14 @@ def most(seen: Usage | None, found: Usage) -> Usage:
     )
 
 
-def _seconds(value: Any) -> Fraction | None:
-    """A duration the answer reports; None when it is no number of seconds a call could
-    take (text, below 0, not finite, absurdly long): the call is charged its estimate."""
+def _heard(value: Any) -> Usage | None:
+    """The audio a duration the answer reports; None when it is no number of seconds a call
+    could take (text, below 0, not finite, absurdly long): the call is charged its estimate."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         return None
     if not 0 <= value <= MAX_SECONDS:
         return None
-    return Fraction(str(value))
+    return Usage(audio_seconds=Fraction(str(value)))
 
 
 # Digits as zeros, to find runs of them with a plain search: a regular expression scanned a
@@ -159,8 +158,7 @@ def from_json(kind: str, body: bytes | bytearray) -> Usage | None:
     if kind == kinds.TRANSCRIPTION:
         found = from_usage(kind, doc.get("usage"))
         if found is None and "duration" in doc:
-            seconds = _seconds(doc.get("duration"))
-            found = None if seconds is None else Usage(audio_seconds=seconds)
+            found = _heard(doc.get("duration"))
         return found
     if kind == kinds.MODERATIONS:
         return from_usage(kind, doc.get("usage")) or Usage()

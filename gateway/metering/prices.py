@@ -24,6 +24,14 @@ _ANY_UNIT = frozenset({kinds.MODERATIONS, kinds.REQUEST})
 _EVERY_KIND = frozenset(
     {*kinds.TOKEN_KINDS, *_ANY_UNIT, *kinds.FORM_KINDS, kinds.IMAGES, kinds.SPEECH}
 )
+# The price each of these routes' calls are charged by, besides per_request; the token routes
+# (and transcriptions, gpt-4o-transcribe) by token prices.
+UNIT_OF = {
+    kinds.IMAGES: "per_image",
+    kinds.IMAGE_UPLOAD: "per_image",
+    kinds.TRANSCRIPTION: "per_audio_second",
+    kinds.SPEECH: "per_character",
+}
 _NO_SECONDS = Fraction(0)  # every Usage's default: a call that names no audio shares it
 
 
@@ -106,16 +114,10 @@ class ModelPrice:
             # Free: an entry of the config says so on purpose; a ratio of 0 in a fetched
             # list is far likelier a broken list than a gift.
             return _EVERY_KIND if self.source == "config" else _ANY_UNIT
-        measured = set(_ANY_UNIT)
+        measured = {kind for kind, unit in UNIT_OF.items() if getattr(self, unit)}
         if by_tokens:
-            measured |= kinds.TOKEN_KINDS | {kinds.TRANSCRIPTION}  # gpt-4o-transcribe: tokens
-        if self.per_image:
-            measured |= {kinds.IMAGES, kinds.IMAGE_UPLOAD}
-        if self.per_audio_second:
-            measured.add(kinds.TRANSCRIPTION)
-        if self.per_character:
-            measured.add(kinds.SPEECH)
-        return frozenset(measured)
+            measured |= kinds.TOKEN_KINDS | {kinds.TRANSCRIPTION}
+        return _ANY_UNIT | measured
 
     @property
     def prices_usage(self) -> bool:

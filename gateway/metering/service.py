@@ -33,7 +33,7 @@ from gateway.errors import (
 )
 from gateway.metering import kinds, ledger
 from gateway.metering.estimate import Estimate, estimate, model_of
-from gateway.metering.prices import ModelPrice, PriceTable, Usage, allowed
+from gateway.metering.prices import UNIT_OF, ModelPrice, PriceTable, Usage, allowed
 from gateway.metering.store import KEY_KINDS, MeterStore, Verdict
 from gateway.quota import model
 from gateway.quota.policy import QuotaPolicy, iso, wait_headers
@@ -49,13 +49,6 @@ _KINDS = ("tokens_per_minute", "tokens_per_day", "spend_per_day", "spend_per_mon
 # Kinds whose estimate is their exact cost: nothing in the answer can change it.
 _EXACT = frozenset({kinds.SPEECH, kinds.REQUEST})
 _IMAGE_KINDS = frozenset({kinds.IMAGES, kinds.IMAGE_UPLOAD})
-# The price a route's calls need (or per_request), as a refusal names it.
-_UNITS = {
-    kinds.IMAGES: "per_image",
-    kinds.IMAGE_UPLOAD: "per_image",
-    kinds.TRANSCRIPTION: "per_audio_second",
-    kinds.SPEECH: "per_character",
-}
 # Reservations whose reply was lost, held until Redis is seen again (then each is settled or
 # forbidden): a bound on what a long outage can make one replica hold.
 UNSURE_MAX = 10_000
@@ -191,18 +184,17 @@ class Meter:
                 param="model",
             )
         price = self.prices().lookup(name)
-        unit = price is None or price.measures(kind)
-        if not unit:
-            price = None
+        missing = ""  # the unit a price it has lacks: it would charge this call nothing
+        if price is not None and not price.measures(kind):
+            missing, price = UNIT_OF.get(kind, "tokens"), None
         if price is None and kind != kinds.MODERATIONS:
             if self.pricing.unpriced != "allow":
                 what = (
                     "A call to this route names no model and the route has no price ('-')"
                     if name == "-"
+                    else f"The model '{name}' has no price for what this route consumes ({missing})"
+                    if missing
                     else f"The model '{name}' has no price configured"
-                    if unit
-                    else f"The model '{name}' has no price for what this route consumes "
-                    f"({_UNITS.get(kind, 'tokens')})"
                 )
                 raise PermissionDenied(
                     f"{what}, so the gateway cannot meter it; ask the gateway's operators to "
@@ -332,11 +324,7 @@ class Meter:
                 usage = _unmeasured(adm)
                 if usage is adm.estimate.bound and adm.kind not in _EXACT:
                     self.events.estimated(adm.kind)
-            if adm.kind == kinds.TRANSCRIPTION:
-                usage = _heard(adm, usage)
-            elif adm.kind in _IMAGE_KINDS and usage.images < adm.estimate.bound.images:
-                # new-api bills the images asked for (n), whether or not each came back.
-                usage = replace(usage, images=adm.estimate.bound.images)
+            usage = _billed(adm, usage)
             used = usage
             cost = adm.cost(usage) if adm.price is not None else 0
             entries = ledger.entries(adm.user, adm.model, adm.tag, usage, cost)
@@ -495,9 +483,15 @@ def _meterable(tokens: int, units: int) -> None:
         )
 
 
-def _heard(adm: Admission, usage: Usage) -> Usage:
-    """What a transcription is charged for the audio its answer says it heard."""
+def _billed(adm: Admission, usage: Usage) -> Usage:
+    """The usage a call is charged for, from what its answer reports: as new-api bills it,
+    and within what the upload could hold."""
     bound = adm.estimate.bound
+    if adm.kind in _IMAGE_KINDS and usage.images < bound.images:
+        # new-api bills the images asked for (n), whether or not each came back.
+        return replace(usage, images=bound.images)
+    if adm.kind != kinds.TRANSCRIPTION:
+        return usage
     if usage.audio_seconds > bound.audio_seconds:
         # More audio than the upload can hold (see the estimate): charged the bound, so
         # that no answer takes a team past a budget its reservation fitted in.
