@@ -4,9 +4,11 @@ failures) or leaves out only the broken entry, and no model is ever priced at ze
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 import time
+from collections.abc import Iterator
 from fractions import Fraction
 from typing import Any
 
@@ -14,11 +16,28 @@ import httpx2
 import pytest
 
 from gateway import app as gateway_app
+from tests.conftest import Stack
 from tests.integration.test_metering_what_is_charged import GPT, Upstream, list_of, stack_on
 from tests.servers import wait_for
 
 GOOD = list_of(**{"gpt-4o-mini": GPT, "other": GPT})
 GOOD_INPUT = Fraction("0.15")
+
+
+@contextlib.contextmanager
+def listed(redis_url: str, state: Upstream, team: str) -> Iterator[Stack]:
+    """A gateway pricing from the good list, the upstream answering chats of 1M tokens each
+    way (0.75 at the good list's prices), the team's budget far above that."""
+    state.pricing = GOOD
+    state.chat = chat_answer(1_000_000, 1_000_000)
+    with stack_on(
+        redis_url,
+        state,
+        team=team,
+        limits={"spend_per_day": 100},
+        pricing={"source": "crazyrouter", "unpriced": "refuse"},
+    ) as s:
+        yield s
 
 
 def refreshes(app: Any, result: str) -> float:
@@ -113,17 +132,8 @@ def call(s: Any, team: str) -> httpx2.Response:
 
 @pytest.mark.parametrize("name", sorted(DOCUMENT_FAILURES))
 def test_a_broken_list_keeps_the_last_good_one(redis_url: str, name: str) -> None:
-    team = "pl-" + secrets.token_hex(4)
-    state = Upstream()
-    state.pricing = GOOD
-    state.chat = chat_answer(1_000_000, 1_000_000)
-    with stack_on(
-        redis_url,
-        state,
-        team=team,
-        limits={"spend_per_day": 100},
-        pricing={"source": "crazyrouter", "unpriced": "refuse"},
-    ) as s:
+    team, state = "pl-" + secrets.token_hex(4), Upstream()
+    with listed(redis_url, state, team) as s:
         assert s.app.prices().lookup("gpt-4o-mini").input_per_million == GOOD_INPUT
         state.pricing = bad_doc(DOCUMENT_FAILURES[name])
         errors = refreshes(s.app, "error")
@@ -138,17 +148,8 @@ def test_a_broken_list_keeps_the_last_good_one(redis_url: str, name: str) -> Non
 
 @pytest.mark.parametrize("name", sorted(ENTRY_FAILURES))
 def test_a_broken_entry_is_left_out_never_priced_at_zero(redis_url: str, name: str) -> None:
-    team = "pl-" + secrets.token_hex(4)
-    state = Upstream()
-    state.pricing = GOOD
-    state.chat = chat_answer(1_000_000, 1_000_000)
-    with stack_on(
-        redis_url,
-        state,
-        team=team,
-        limits={"spend_per_day": 100},
-        pricing={"source": "crazyrouter", "unpriced": "refuse"},
-    ) as s:
+    team, state = "pl-" + secrets.token_hex(4), Upstream()
+    with listed(redis_url, state, team) as s:
         state.pricing = bad_doc(ENTRY_FAILURES[name])
         ok = refreshes(s.app, "ok") + refreshes(s.app, "error")
         wait_for(lambda: refreshes(s.app, "ok") + refreshes(s.app, "error") >= ok + 2, timeout=60)
@@ -166,17 +167,8 @@ def test_a_slow_list_is_given_up_and_the_last_good_one_kept(
     redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(gateway_app, "PRICING_TIMEOUT_S", 1.0)
-    team = "pl-" + secrets.token_hex(4)
-    state = Upstream()
-    state.pricing = GOOD
-    state.chat = chat_answer(1_000_000, 1_000_000)
-    with stack_on(
-        redis_url,
-        state,
-        team=team,
-        limits={"spend_per_day": 100},
-        pricing={"source": "crazyrouter", "unpriced": "refuse"},
-    ) as s:
+    team, state = "pl-" + secrets.token_hex(4), Upstream()
+    with listed(redis_url, state, team) as s:
         state.pricing = "slow"  # a body that trickles for a minute
         errors = refreshes(s.app, "error")
         wait_for(lambda: refreshes(s.app, "error") >= errors + 1, timeout=30)
@@ -188,16 +180,8 @@ def test_a_large_hostile_list_does_not_stall_the_gateway(redis_url: str) -> None
     """A list within the size limit whose every entry is refused is read at every retry: off
     the event loop, so that everything else is served meanwhile (on the loop, a 32 MiB one
     held every request for 6 s)."""
-    team = "pl-" + secrets.token_hex(4)
-    state = Upstream()
-    state.pricing = GOOD
-    with stack_on(
-        redis_url,
-        state,
-        team=team,
-        limits={"spend_per_day": 100},
-        pricing={"source": "crazyrouter", "unpriced": "refuse"},
-    ) as s:
+    team, state = "pl-" + secrets.token_hex(4), Upstream()
+    with listed(redis_url, state, team) as s:
         bad = {**GPT, "cache_ratio": "x"}
         big = {
             "success": True,
