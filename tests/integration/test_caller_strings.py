@@ -36,6 +36,7 @@ class Gateway:
     pid: int
     attacker: str
     victim: str
+    sim: str  # the simulator's base URL: /_sim/requests lists what reached the upstream
 
 
 def _up(url: str) -> bool:
@@ -70,6 +71,7 @@ def gateway(
             served.proc.pid,
             mint_token(jwt, team="t", user="u", ttl_seconds=600),
             mint_token(jwt, team="v", user="v", ttl_seconds=600),
+            f"http://127.0.0.1:{sim_port}",
         )
     finally:
         served.stop()
@@ -140,7 +142,10 @@ def test_a_video_create_of_many_tiny_values_is_refused_before_it_is_parsed(
     Path(f"/proc/{gateway.pid}/clear_refs").write_text("5")
     before = memory_mib(gateway.pid)["VmRSS"]
     with httpx2.Client(timeout=120) as http:
+        http.delete(gateway.sim + "/_sim/requests")
         r = http.post(gateway.url + path, content=body, headers=headers)
+        reached = http.get(gateway.sim + "/_sim/requests").json()
     assert (r.status_code, r.json()["error"]["code"]) == (400, "request_too_complex"), r.text
+    assert reached == []
     grown = memory_mib(gateway.pid)["VmHWM"] - before
     assert grown < 128, f"one request raised the gateway's peak RSS by {grown:.0f} MiB"
