@@ -22,7 +22,7 @@ from gateway.errors import QuotaExceeded, StoreUnavailable
 from gateway.quota import model
 from gateway.quota.model import Windows
 from gateway.quota.policy import Decision, QuotaPolicy, iso, num, wait_headers
-from gateway.quota.store import QuotaStore, rate_reply
+from gateway.quota.store import QuotaStore, RateCommand, rate_reply
 from gateway.store.keys import TeamKeys
 
 
@@ -56,6 +56,9 @@ class RateLimiter:
         # Rate-log members must be unique across replicas and requests, and cheap.
         self._member_prefix = f"{os.getpid()}.{secrets.token_hex(4)}."
         self._seq = itertools.count()
+        # A team's check without a gateway key of its own, ready but for the time and the
+        # member: its decision (shared: judge only reads who and the windows) and command.
+        self._plans: dict[str, tuple[RateCall, RateCommand | None]] = {}
 
     def prepare(self, team: str, key: KeyScope | None = None) -> RateCall:
         """One request's rate decision, ready for the rate script or for a metered call's
@@ -85,12 +88,41 @@ class RateLimiter:
 
     def start(self, team: str, key: KeyScope | None = None) -> RateCheck:
         """``check``, sent now and judged when awaited (``RateCheck.admitted``)."""
+        if key is None or not key.limits_any(_RATE_KINDS):
+            now = self.policy.clock()
+            w = self.policy.windows(now)
+            plan = self._plans.get(team)
+            if plan is None or plan[0].windows is not w:
+                plan = self._plan(team, w)
+            call, command = plan
+            if command is not None:
+                try:
+                    reply = self.store.send_rate(
+                        command(int(now * 1000), f"{self._member_prefix}{next(self._seq)}")
+                    )
+                except StoreUnavailable as exc:
+                    return RateCheck(self, call, exc)
+                return RateCheck(self, call, reply)
         call = self.prepare(team, key)
         try:
             reply = self.store.start_rate(TeamKeys(team), call.keys, call.args)
         except StoreUnavailable as exc:
             return RateCheck(self, call, exc)
         return RateCheck(self, call, reply)
+
+    def _plan(self, team: str, w: Windows) -> tuple[RateCall, RateCommand | None]:
+        keys = self.store.rate_keys(TeamKeys(team), w.day, w.month, None)
+        defaults = self.policy.defaults(
+            team, "requests_per_minute", "video_seconds_per_day", "video_seconds_per_month"
+        )
+        plan = (
+            RateCall(team, None, w, keys, ()),
+            self.store.rate_command(TeamKeys(team), keys, defaults, model.RATE_WINDOW_MS),
+        )
+        if len(self._plans) >= 4096:  # team names come from credentials: bounded
+            self._plans.clear()
+        self._plans[team] = plan
+        return plan
 
     def failed_open(self, team: str) -> bool:
         """Redis could not decide: whether to let the request through (counted) by config."""
@@ -140,13 +172,19 @@ class RateLimiter:
         out: list[tuple[bytes, bytes]] = []
         if rpm >= 0:
             out += [
-                (b"x-ratelimit-limit-requests", str(rpm).encode()),
-                (b"x-ratelimit-remaining-requests", str(max(0, rpm - used)).encode()),
-                (b"x-ratelimit-reset-requests", model.duration_text(reset_ms / 1000).encode()),
+                (b"x-ratelimit-limit-requests", b"%d" % rpm),
+                (b"x-ratelimit-remaining-requests", b"%d" % max(0, rpm - used)),
+                (b"x-ratelimit-reset-requests", _reset_text(-(-reset_ms // 1000))),
             ]
         if d_lim >= 0 or m_lim >= 0:
             out += _video_headers(d_lim, d_used, m_lim, m_used, w.day_reset, w.month_reset)
         return out
+
+
+@functools.lru_cache(maxsize=4096)
+def _reset_text(seconds: int) -> bytes:
+    # Within a one-minute window there are sixty of them.
+    return model.duration_text(seconds).encode()
 
 
 @functools.lru_cache(maxsize=256)

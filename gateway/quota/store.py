@@ -16,6 +16,7 @@ from gateway.quota.model import MONTH_TTL_S, TOKEN_WINDOW_S
 from gateway.store.batcher import ScriptBatcher
 from gateway.store.keys import TEAMS, TeamKeys, reset_mark
 from gateway.store.lua import script
+from gateway.store.wire import encode_args
 
 
 def _int(v: Any) -> int:
@@ -28,7 +29,31 @@ def _text(v: Any) -> str:
 
 def rate_reply(reply: Any) -> list[int]:
     """The rate script's reply as its numbers."""
-    return list(map(int, _text(reply).split(",")))
+    # int() reads ASCII digits from bytes as well: the wire's reply needs no decoding.
+    return list(map(int, reply.split(b"," if isinstance(reply, bytes) else ",")))
+
+
+class RateCommand:
+    """One team's rate-check command, encoded but for the two arguments that differ from
+    request to request (the time and the log member): building and encoding the whole of it
+    was a third of what a check costs the gateway."""
+
+    __slots__ = ("_head", "_mid", "_tail")
+
+    def __init__(self, head: bytes, mid: str, tail: str) -> None:
+        self._head = head
+        self._mid = mid
+        self._tail = tail
+
+    def __call__(self, now_ms: int, member: str) -> bytes:
+        ms = str(now_ms)
+        # The member is ASCII (pid, hex, counter): a length in characters is one in bytes.
+        return (
+            self._head
+            + (
+                f"${len(ms)}\r\n{ms}\r\n{self._mid}${len(member)}\r\n{member}\r\n{self._tail}"
+            ).encode()
+        )
 
 
 # A gateway key's video limits, in the order the reserve script takes them.
@@ -75,6 +100,27 @@ class QuotaStore:
             keys = (k.rate, k.video_day(day), k.video_month(month))
             self._rate_keys[(k.team, day, month)] = keys
         return keys if key_id is None else (*keys, k.key(key_id).rate)
+
+    def rate_command(
+        self, k: TeamKeys, keys: Sequence[str], defaults: Sequence[int], window_ms: int
+    ) -> RateCommand | None:
+        """The rate script's call for ``rate_keys`` (no gateway key), counting one request,
+        with the time and member left to fill in (``send_rate``): None when the check cannot
+        go on the dedicated connection (TLS, a cluster), and ``start_rate`` takes it."""
+        batcher = self._rate_batcher
+        if batcher is None or batcher.wire is None:
+            return None
+        d_rpm, d_day, d_month = defaults
+        return RateCommand(
+            batcher.head((k.limits, *keys), 7),
+            encode_args((d_rpm, d_day, d_month)).decode(),
+            encode_args((window_ms, "1")).decode(),  # 1: count this request
+        )
+
+    def send_rate(self, command: bytes) -> asyncio.Future[Any]:
+        """Send a ``rate_command``'s filled-in command, as ``start_rate`` sends its call."""
+        assert self._rate_batcher is not None
+        return self._rate_batcher.submit_command(command)
 
     def start_rate(
         self, k: TeamKeys, keys: Sequence[str], args: Sequence[str | int]

@@ -20,8 +20,9 @@ from gateway.store.breaker import Breaker
 from gateway.store.client import UNREACHABLE, store_down, unreachable
 from gateway.store.wire import Wire, encode, encode_args, wire_for
 
-# keys, args, the reply's future, and the args already encoded (None: encode them here)
-Call = tuple[Sequence[str], Sequence[str | int], asyncio.Future[Any], bytes | None]
+# keys, args, the reply's future, and the args already encoded (None: encode them here); or
+# None, (), the future and the whole command, encoded by its caller (``submit_command``)
+Call = tuple[Sequence[str] | None, Sequence[str | int], asyncio.Future[Any], bytes | None]
 
 
 class ScriptBatcher:
@@ -54,6 +55,26 @@ class ScriptBatcher:
         ``encoded``, when given, is ``encode_args(args)`` built by a caller that keeps the
         parts that repeat (``Runs``). Raises StoreUnavailable at once while the breaker is
         open."""
+        return self._queue(keys, args, encoded)
+
+    def head(self, keys: Sequence[str], nargs: int, *, more_keys: int = 0) -> bytes:
+        """The start of an EVALSHA of this script with ``keys`` (and ``more_keys`` after them)
+        and ``nargs`` arguments, up to the first key it leaves out: what a caller of
+        ``submit_command`` puts before its arguments."""
+        numkeys = len(keys) + more_keys
+        head = encode(("EVALSHA", self.sha, numkeys, *keys))
+        return b"*%d" % (3 + numkeys + nargs) + head[head.index(b"\r\n") :]
+
+    def submit_command(self, command: bytes) -> asyncio.Future[Any]:
+        """``submit`` for a whole EVALSHA its caller encoded (``head`` and its arguments): a
+        rate check differs from its team's previous one only in the time and its member, so
+        it keeps the rest encoded. Only with a wire (``wire`` is not None)."""
+        assert self.wire is not None
+        return self._queue(None, (), command)
+
+    def _queue(
+        self, keys: Sequence[str] | None, args: Sequence[str | int], encoded: bytes | None
+    ) -> asyncio.Future[Any]:
         if self.breaker is not None:
             self.breaker.check()
         loop = asyncio.get_running_loop()
@@ -161,8 +182,11 @@ class ScriptBatcher:
         )
 
     def _encode(
-        self, keys: Sequence[str], args: Sequence[str | int], encoded: bytes | None = None
+        self, keys: Sequence[str] | None, args: Sequence[str | int], encoded: bytes | None = None
     ) -> bytes:
+        if keys is None:  # encoded whole by its caller (submit_command)
+            assert encoded is not None
+            return encoded
         # The command's head (EVALSHA, the sha, the keys but the varying ones) is the same
         # for every call of one team on one day: encoded once, it saves most of the encoding
         # of a rate check, and half of a metered reservation's.
@@ -171,8 +195,7 @@ class ScriptBatcher:
         head_key = (fixed, len(keys), len(args))
         head = self._heads.get(head_key)
         if head is None:
-            head = encode(("EVALSHA", self.sha, len(keys), *fixed))
-            head = b"*%d" % (3 + len(keys) + len(args)) + head[head.index(b"\r\n") :]
+            head = self.head(fixed, len(args), more_keys=len(keys) - n)
             if len(self._heads) >= 4096:
                 self._heads.clear()
             self._heads[head_key] = head
@@ -208,9 +231,11 @@ class ScriptBatcher:
             self._write(self.wire, live, loaded=loaded)
             return
         try:
-            results = await self._send(
-                [("EVALSHA", self.sha, len(k), *k, *a) for k, a, _, _ in live]
-            )
+            commands = []
+            for k, a, _, _ in live:
+                assert k is not None  # only a wire takes whole commands
+                commands.append(("EVALSHA", self.sha, len(k), *k, *a))
+            results = await self._send(commands)
         except UNREACHABLE as exc:
             failure = self._failure(exc)
             for _, _, fut, _ in live:
