@@ -21,7 +21,7 @@ from gateway.metering.service import Meter
 from gateway.observability.routes import route_label
 from gateway.proxy import body_policy, media
 from gateway.proxy.metered import open_call
-from gateway.quota.middleware import admitted
+from gateway.quota.middleware import admitted, ended
 from gateway.upstream import rewrite
 from gateway.upstream.client import (
     IDEMPOTENT,
@@ -97,94 +97,108 @@ class PassThrough:
         return length is None or (length.isdigit() and int(length) <= OVERLAP_BODY_LIMIT)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        raw_path = scope.get("raw_path") or scope["path"].encode()
-        decoded, path = rewrite.upstream_path(raw_path.split(b"?", 1)[0])
-        rule = self.routes.match(scope["method"], decoded)
-        metered = self.meter is not None and rule.meter != kinds.FREE
-        # How the gateway reads the body, which is how it leaves. A metered call finds out in
-        # its own checks (which count it); an unmetered route added in config is not read.
-        how = (
-            None if metered or rule.meter == kinds.REQUEST else media.body_format(scope, rule.meter)
-        )
-        # A body without a policy of its own, unmetered, that the upstream reads as JSON.
-        scan = rule.body == PLAIN and not metered and how == media.JSON
+        # The rate decision (RateLimitMiddleware) left before this began and is this
+        # route's to await before anything goes upstream (``admitted``) and to close.
         try:
-            body, body_done = await _request_body(
-                scope, receive, whole=rule.body != PLAIN or metered or scan
+            raw_path = scope.get("raw_path") or scope["path"].encode()
+            decoded, path = rewrite.upstream_path(raw_path.split(b"?", 1)[0])
+            rule = self.routes.match(scope["method"], decoded)
+            metered = self.meter is not None and rule.meter != kinds.FREE
+            # How the gateway reads the body, which is how it leaves. A metered call finds out in
+            # its own checks (which count it); an unmetered route added in config is not read.
+            how = (
+                None
+                if metered or rule.meter == kinds.REQUEST
+                else media.body_format(scope, rule.meter)
             )
-        except _ClientGone:
-            return  # nobody to answer; not an error worth a traceback in the server log
-        call = None
-        headers = tuple(scope["headers"])
-        if metered:
-            assert self.meter is not None
-            assert not isinstance(body, AsyncIterator)
-            call = await open_call(self.meter, scope, rule, body)
-            body = call.body
-            # The answer is read for its usage: it must come uncompressed.
-            headers = tuple([h for h in headers if h[0] != b"accept-encoding"])
-        elif rule.body != PLAIN:
-            assert not isinstance(body, AsyncIterator)
-            body = body_policy.apply(rule.body, body)
-        elif scan:
-            assert not isinstance(body, AsyncIterator)
-            body_policy.scanned(body)  # sent as it came: the check parsed it as the upstream will
-        if how == media.JSON or (call is not None and call.json):
-            headers = media.as_json(headers)
-        req = UpstreamRequest(
-            method=scope["method"],
-            path=path,
-            # No route in the table takes a query, and new-api reads some (e.g. a key) from
-            # it: the caller's query string stays here.
-            query="",
-            headers=headers,
-            body=body,
-            route=route_label(scope["path"]),
-            request_id=scope.get("request_id", ""),
-            team=_team(scope),
-        )
-        # The rate decision left before the body was read: it is usually back by now.
-        rate_headers = await admitted(scope)
-        try:
-            resp = await self.client.send(req)
-        except GatewayError as exc:
-            if call is not None:
-                await call.upstream_failed(exc)
-            raise
-        except BaseException:
-            if call is not None:
-                await call.settle_shielded(None)
-            raise
-        if call is not None:
-            call.admission.upstream_key = resp.key_id
-        watch = receive if body_done() else None
-        try:
-            if _not_an_answer(resp.status, req.method):
-                if call is not None:  # nothing the caller can use ran: nothing to pay
-                    await call.settle_shielded(None, failed=True)
-                resp.close()
-                raise UpstreamError(
-                    f"The upstream gave an answer the gateway does not forward (HTTP "
-                    f"{resp.status})."
+            # A body without a policy of its own, unmetered, that the upstream reads as JSON.
+            scan = rule.body == PLAIN and not metered and how == media.JSON
+            try:
+                body, body_done = await _request_body(
+                    scope, receive, whole=rule.body != PLAIN or metered or scan
                 )
-            if resp.status >= 400:
-                if call is not None:  # new-api bills no failed call, whatever its body
-                    await call.settle_shielded(None, failed=True)
-                try:
-                    raw = await resp.read(BUFFER_LIMIT)
-                except GatewayError:
-                    resp.close()  # never reused with part of a body in it
-                    raw = b""  # too large to judge, or cut: an error all the same
-                raise self._upstream_error(resp, raw, unsafe=req.method not in IDEMPOTENT)
+            except _ClientGone:
+                return  # nobody to answer; not an error worth a traceback in the server log
+            call = None
+            headers = tuple(scope["headers"])
+            if metered:
+                assert self.meter is not None
+                assert not isinstance(body, AsyncIterator)
+                call = await open_call(self.meter, scope, rule, body)
+                body = call.body
+                # The answer is read for its usage: it must come uncompressed.
+                headers = tuple([h for h in headers if h[0] != b"accept-encoding"])
+            elif rule.body != PLAIN:
+                assert not isinstance(body, AsyncIterator)
+                body = body_policy.apply(rule.body, body)
+            elif scan:
+                assert not isinstance(body, AsyncIterator)
+                body_policy.scanned(
+                    body
+                )  # sent as it came: the check parsed it as the upstream will
+            if how == media.JSON or (call is not None and call.json):
+                headers = media.as_json(headers)
+            req = UpstreamRequest(
+                method=scope["method"],
+                path=path,
+                # No route in the table takes a query, and new-api reads some (e.g. a key) from
+                # it: the caller's query string stays here.
+                query="",
+                headers=headers,
+                body=body,
+                route=route_label(scope["path"]),
+                request_id=scope.get("request_id", ""),
+                team=_team(scope),
+            )
+            # The rate decision left before the body was read: it is usually back by now.
+            rate_headers = await admitted(scope)
+            try:
+                resp = await self.client.send(req)
+            except GatewayError as exc:
+                if call is not None:
+                    await call.upstream_failed(exc)
+                raise
+            except BaseException:
+                if call is not None:
+                    await call.settle_shielded(None)
+                raise
             if call is not None:
-                await call.answer(resp, watch, send, relay, self.observer(scope))
-            else:
-                headers_out = rewrite.response_headers(resp.raw_headers)
-                await relay(resp, watch, send, headers_out + rate_headers, self.observer(scope))
+                call.admission.upstream_key = resp.key_id
+            watch = receive if body_done() else None
+            try:
+                if _not_an_answer(resp.status, req.method):
+                    if call is not None:  # nothing the caller can use ran: nothing to pay
+                        await call.settle_shielded(None, failed=True)
+                    resp.close()
+                    raise UpstreamError(
+                        f"The upstream gave an answer the gateway does not forward (HTTP "
+                        f"{resp.status})."
+                    )
+                if resp.status >= 400:
+                    if call is not None:  # new-api bills no failed call, whatever its body
+                        await call.settle_shielded(None, failed=True)
+                    try:
+                        raw = await resp.read(BUFFER_LIMIT)
+                    except GatewayError:
+                        resp.close()  # never reused with part of a body in it
+                        raw = b""  # too large to judge, or cut: an error all the same
+                    raise self._upstream_error(resp, raw, unsafe=req.method not in IDEMPOTENT)
+                if call is not None:
+                    await call.answer(resp, watch, send, relay, self.observer(scope))
+                else:
+                    headers_out = rewrite.response_headers(resp.raw_headers)
+                    await relay(resp, watch, send, headers_out + rate_headers, self.observer(scope))
+            finally:
+                resp.close()
+                if call is not None and not call.admission.settled:
+                    await call.settle_shielded(None)
+        except Exception:
+            # A refusal outranks whatever this found wrong after it, exactly as when the
+            # check ran first: the caller is told 429, not 400.
+            await admitted(scope)
+            raise
         finally:
-            resp.close()
-            if call is not None and not call.admission.settled:
-                await call.settle_shielded(None)
+            ended(scope)
 
     def _upstream_error(self, resp: UpstreamResponse, raw: bytes, *, unsafe: bool) -> GatewayError:
         resp.finish()

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Collection
 from typing import Protocol
 
+from gateway.auth.api_keys import KeyScope
 from gateway.quota.service import QuotaService
 from gateway.web.asgi import ASGIApp, Message, Receive, Scope, Send
 
@@ -15,6 +16,7 @@ RATE_DECISION = "rate_decision"
 
 class _Pending(Protocol):
     def admitted(self) -> Awaitable[list[tuple[bytes, bytes]]]: ...
+    def forget(self) -> None: ...
 
 
 async def admitted(scope: Scope) -> list[tuple[bytes, bytes]]:
@@ -23,6 +25,14 @@ async def admitted(scope: Scope) -> list[tuple[bytes, bytes]]:
     it refuses. Called before anything leaves for the upstream."""
     pending: _Pending | None = scope.get(RATE_DECISION)
     return [] if pending is None else await pending.admitted()
+
+
+def ended(scope: Scope) -> None:
+    """The request is over: a decision it never awaited (its caller left first) is still
+    counted in the metrics once Redis answers."""
+    pending: _Pending | None = scope.get(RATE_DECISION)
+    if pending is not None:
+        pending.forget()
 
 
 class RateLimitMiddleware:
@@ -40,35 +50,34 @@ class RateLimitMiddleware:
         self.public_paths = public_paths
         # Metered calls count their request in their own reservation (one round trip fewer).
         self.deferred = deferred
-        # Requests whose app awaits the decision (``admitted``) before its first side effect
-        # and puts its headers on the answer (the forwarded routes): the check leaves now,
-        # and the app reads and checks the body during the round trip.
+        # Requests served by an app that awaits the decision (``admitted``) before its first
+        # side effect, puts its headers on the answer, lets a refusal outrank any error of
+        # its own and calls ``ended`` when it is done (the forwarded routes): the check leaves
+        # now, and the app reads and checks the body during the round trip.
         self.overlapped = overlapped
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        # Not a coroutine itself on the ways most requests take: the app's coroutine is
+        # returned, and every resumption of it passes through one frame fewer.
         principal = scope.get("principal") if scope["type"] == "http" else None
         if principal is None or scope["path"] in self.public_paths or self.deferred(scope):
-            await self.app(scope, receive, send)
-            return
+            return self.app(scope, receive, send)
         if self.overlapped(scope):
-            # Inline rather than a helper coroutine: every resumption of the app passes
-            # through each coroutine frame above it.
             check = self.quota.rate.start(principal.team, principal.key)
-            if check.decided:  # e.g. Redis known down: answer before the body is read
-                await check.admitted()
             scope[RATE_DECISION] = check
-            try:
-                # No wrapped send: the app answers only after ``admitted``, with its headers.
-                await self.app(scope, receive, send)
-            except Exception:
-                # A refusal outranks whatever the app found wrong after it, exactly as when
-                # the check ran first: the caller is told 429, not 400.
-                await check.admitted()
-                raise
-            finally:
-                check.forget()
-            return
-        headers = await self.quota.rate.check(principal.team, principal.key)
+            if check.decided:  # e.g. Redis known down: answer before the body is read
+                return self._decided(check, scope, receive, send)
+            return self.app(scope, receive, send)
+        return self._checked(principal.team, principal.key, scope, receive, send)
+
+    async def _decided(self, check: _Pending, scope: Scope, receive: Receive, send: Send) -> None:
+        await check.admitted()
+        await self.app(scope, receive, send)
+
+    async def _checked(
+        self, team: str, key: KeyScope | None, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        headers = await self.quota.rate.check(team, key)
         if not headers:
             await self.app(scope, receive, send)
             return
