@@ -21,7 +21,7 @@ from gateway.quota.rate import RateCall
 from gateway.store.batcher import ScriptBatcher
 from gateway.store.keys import TEAMS, TeamKeys, reset_mark
 from gateway.store.lua import script
-from gateway.store.wire import Runs, encode_args
+from gateway.store.wire import Runs, bulk, encode_args
 
 
 def _text(v: Any) -> str:
@@ -152,13 +152,14 @@ class MeterStore:
         if runs is None:
             reply = await self._reserve(keys=keys, args=args)
         else:
-            encoded = encode_args((now_s, tokens, spend)) + runs(fixed)
+            parts = [bulk(now_s), bulk(tokens), bulk(spend), runs(fixed)]
             if rate_args:
                 now_ms, *defaults_rate, member = rate_args[:5]
-                encoded += encode_args((now_ms,)) + runs((*defaults_rate,))
-                encoded += encode_args((member,)) + runs((*rate_args[5:], *limits))
+                parts += [bulk(int(now_ms)), runs((*defaults_rate,))]
+                parts += [encode_args((member,)), runs((*rate_args[5:], *limits))]
             elif limits:
-                encoded += runs(limits)
+                parts.append(runs(limits))
+            encoded = b"".join(parts)
             reply = await self._reserve(keys=keys, args=args, encoded=encoded)
         text, _, rated = _text(reply).partition("|")
         if text == "C":  # given up on before it ran (``cancel``); its caller is long gone
@@ -206,10 +207,11 @@ class MeterStore:
         runs = self._runs
         if runs is None:
             return int(await self._settle(keys=keys, args=args)) == 1
-        encoded = encode_args((tokens, spend)) + runs((day, month, ledger_ttl, *ttls))
+        parts = [bulk(tokens), bulk(spend), runs((day, month, ledger_ttl, *ttls))]
         for name, amount in ledger.items():
             if amount:
-                encoded += runs((name,)) + encode_args((amount,))
+                parts += [runs((name,)), bulk(amount)]
+        encoded = b"".join(parts)
         return int(await self._settle(keys=keys, args=args, encoded=encoded)) == 1
 
     async def cancel(self, k: TeamKeys, call_id: str, *, ttl: int) -> bool:

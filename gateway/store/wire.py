@@ -52,6 +52,13 @@ def encode_args(args: Sequence[Any]) -> bytes:
     return b"".join(parts)
 
 
+def bulk(value: int) -> bytes:
+    """One integer argument as a bulk string: ``encode_args((value,))`` without its checks,
+    for the amounts a metered call sends one by one."""
+    text = str(value)
+    return f"${len(text)}\r\n{text}\r\n".encode()
+
+
 class Runs:
     """Runs of script arguments that repeat from call to call (a team's configured limits,
     the day, the tag), each encoded once and found again by its values: encoding costs a
