@@ -20,6 +20,7 @@ import re
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from fractions import Fraction
 from typing import Any, Protocol
 
 from gateway.auth.api_keys import KeyScope
@@ -498,9 +499,14 @@ def _billed(adm: Admission, usage: Usage) -> Usage:
         usage = replace(usage, audio_seconds=bound.audio_seconds)
     price = adm.price
     if usage.audio_seconds and not usage.tokens and price and not price.per_audio_second:
+        if not (price.input_per_million or price.cached_price or price.output_per_million):
+            return _unmeasured(adm)
         # Seconds (whisper's answer) for a price in tokens (Crazyrouter's list prices whisper
-        # by a token ratio): nothing to price them by, so the estimate.
-        return _unmeasured(adm)
+        # by a token ratio): new-api bills them as prompt tokens, a thousand a minute of the
+        # audio's whole seconds (its countAudioTokens), rounded half up.
+        tokens = math.floor(math.ceil(usage.audio_seconds) * Fraction(1000, 60) + Fraction(1, 2))
+        billed = replace(usage, input_tokens=tokens)
+        return billed if adm.cost(billed) <= adm.cost(bound) else bound
     return usage
 
 

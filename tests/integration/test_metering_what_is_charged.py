@@ -77,7 +77,7 @@ def upstream_app(state: Upstream) -> Starlette:
         return answer(state.images)
 
     async def transcription(request: Request) -> Response:
-        await request.body()
+        state.seen.append({"bytes": len(await request.body())})
         return answer(state.transcription)
 
     return Starlette(
@@ -388,14 +388,27 @@ def test_a_config_price_in_another_unit_is_refused_not_free(redis_url: str, team
         assert got.headers["x-gateway-cost"] == "0.000000"
 
 
-def test_a_list_priced_whisper_is_charged_its_estimate_not_nothing(
-    redis_url: str, team: str
+@pytest.mark.parametrize(
+    ("duration", "charged"),
+    [
+        # new-api's countAudioTokens: a minute of audio is 1,000 prompt tokens, from whole
+        # seconds, rounded; ratio 15 is 30 per million input tokens.
+        (60.0, "0.030000"),
+        (59.2, "0.030000"),
+        (0.4, "0.000510"),  # 1 second: 16.67, 17 tokens
+        # More tokens than the upload's bound holds (the form's bytes as tokens, the output cap):
+        # charged that bound, which the reservation fitted in.
+        (600.0, "estimate"),
+    ],
+)
+def test_a_list_priced_whisper_is_charged_its_seconds_as_new_api_counts_them(
+    redis_url: str, team: str, duration: float, charged: str
 ) -> None:
-    """new-api prices whisper-1 by a token ratio (15); its answer gives seconds, which a token
-    price cannot charge: the call is charged its estimate (the upload's bytes as tokens)."""
+    """new-api prices whisper-1 by a token ratio (15) and bills its audio as prompt tokens,
+    a thousand a minute: the gateway charges the same, never nothing."""
     state = Upstream()
     state.pricing = list_of(**{"whisper-1": {**GPT, "model_ratio": 15, "completion_ratio": 1}})
-    state.transcription = {"text": "hi", "duration": 600.0}
+    state.transcription = {"text": "hi", "duration": duration}
     with stack_on(
         redis_url,
         state,
@@ -403,11 +416,20 @@ def test_a_list_priced_whisper_is_charged_its_estimate_not_nothing(
         limits={"spend_per_day": 100},
         pricing={"source": "crazyrouter", "unpriced": "refuse"},
     ) as s:
-        assert s.app.prices().lookup("whisper-1") is not None
+        price = s.app.prices().lookup("whisper-1")
+        assert price is not None
         got = transcribe(s, team)
         assert got.status_code == 200, got.text
-        assert float(got.headers["x-gateway-cost"]) > 0, "10 minutes of audio charged nothing"
-        assert float(got.headers["x-gateway-cost"]) == pytest.approx(used(s, team), abs=1e-6)
+        cost = got.headers["x-gateway-cost"]
+        if charged == "estimate":
+            # The form's bytes as input tokens and the output cap, at 30 per million each.
+            (sent,) = state.seen
+            cap = s.app.settings.pricing.default_max_output_tokens
+            bound = (sent["bytes"] + cap) * 30 / 1_000_000
+            assert float(cost) == pytest.approx(bound, abs=1e-6)
+        else:
+            assert cost == charged
+        assert float(cost) == pytest.approx(used(s, team), abs=1e-6)
 
 
 @pytest.mark.parametrize("where", ["group_ratio", "model_ratio"])
