@@ -97,9 +97,7 @@ class RateLimiter:
             call, command = plan
             if command is not None:
                 try:
-                    reply = self.store.send_rate(
-                        command(int(now * 1000), f"{self._member_prefix}{next(self._seq)}")
-                    )
+                    reply = command.send(int(now * 1000), f"{self._member_prefix}{next(self._seq)}")
                 except StoreUnavailable as exc:
                     return RateCheck(self, call, exc)
                 return RateCheck(self, call, reply)
@@ -134,6 +132,10 @@ class RateLimiter:
     def judge(self, call: RateCall, r: Sequence[int]) -> list[tuple[bytes, bytes]]:
         """The x-ratelimit headers of an allowed request; raises QuotaExceeded for a refused
         one (the binding limit: the key's when it leaves less room than the team's)."""
+        if r[0] == 1 and call.key is None:
+            # Allowed, for the team alone: most requests, without a refusal's bookkeeping.
+            self._on_decision(call.team, "requests_per_minute", "allowed")
+            return self._rate_headers(r[1], r[2], r[4], call.windows, r[5], r[6], r[7], r[8])
         team, key, w = call.team, call.key, call.windows
         allowed, rpm, used, retry_ms, reset_ms, d_lim, d_used, m_lim, m_used = r[:9]
         by_key = False

@@ -38,22 +38,24 @@ class RateCommand:
     request to request (the time and the log member): building and encoding the whole of it
     was a third of what a check costs the gateway."""
 
-    __slots__ = ("_head", "_mid", "_tail")
+    __slots__ = ("_head", "_mid", "_submit", "_tail")
 
-    def __init__(self, head: bytes, mid: str, tail: str) -> None:
+    def __init__(
+        self, head: bytes, mid: str, tail: str, submit: Callable[[bytes], asyncio.Future[Any]]
+    ) -> None:
         self._head = head
         self._mid = mid
         self._tail = tail
+        self._submit = submit
 
-    def __call__(self, now_ms: int, member: str) -> bytes:
+    def send(self, now_ms: int, member: str) -> asyncio.Future[Any]:
+        """Send this check for ``now_ms`` and ``member`` as ``QuotaStore.start_rate`` sends
+        its call (the future holds the raw reply); raises StoreUnavailable at once while
+        Redis is known down."""
         ms = str(now_ms)
         # The member is ASCII (pid, hex, counter): a length in characters is one in bytes.
-        return (
-            self._head
-            + (
-                f"${len(ms)}\r\n{ms}\r\n{self._mid}${len(member)}\r\n{member}\r\n{self._tail}"
-            ).encode()
-        )
+        text = f"${len(ms)}\r\n{ms}\r\n{self._mid}${len(member)}\r\n{member}\r\n{self._tail}"
+        return self._submit(self._head + text.encode())
 
 
 # A gateway key's video limits, in the order the reserve script takes them.
@@ -105,7 +107,7 @@ class QuotaStore:
         self, k: TeamKeys, keys: Sequence[str], defaults: Sequence[int], window_ms: int
     ) -> RateCommand | None:
         """The rate script's call for ``rate_keys`` (no gateway key), counting one request,
-        with the time and member left to fill in (``send_rate``): None when the check cannot
+        with the time and member left to fill in (``RateCommand.send``): None when the check cannot
         go on the dedicated connection (TLS, a cluster), and ``start_rate`` takes it."""
         batcher = self._rate_batcher
         if batcher is None or batcher.wire is None:
@@ -115,12 +117,8 @@ class QuotaStore:
             batcher.head((k.limits, *keys), 7),
             encode_args((d_rpm, d_day, d_month)).decode(),
             encode_args((window_ms, "1")).decode(),  # 1: count this request
+            batcher.submit_command,
         )
-
-    def send_rate(self, command: bytes) -> asyncio.Future[Any]:
-        """Send a ``rate_command``'s filled-in command, as ``start_rate`` sends its call."""
-        assert self._rate_batcher is not None
-        return self._rate_batcher.submit_command(command)
 
     def start_rate(
         self, k: TeamKeys, keys: Sequence[str], args: Sequence[str | int]
