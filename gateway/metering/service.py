@@ -53,6 +53,9 @@ _IMAGE_KINDS = frozenset({kinds.IMAGES, kinds.IMAGE_UPLOAD})
 # Reservations whose reply was lost, held until Redis is seen again (then each is settled or
 # forbidden): a bound on what a long outage can make one replica hold.
 UNSURE_MAX = 10_000
+# A drain that Redis interrupted tries again after this, doubling up to the most.
+DRAIN_RETRY_MIN_S = 0.5
+DRAIN_RETRY_MAX_S = 30.0
 
 
 class MeterEvents(Protocol):
@@ -114,8 +117,9 @@ class Admission:
 
 @dataclass(frozen=True, slots=True)
 class _Settlement:
-    """What one call came to, for its reservation (nothing: refunded); also kept for a
-    reservation whose reply was lost, until Redis is back."""
+    """What one call came to, for its reservation (nothing: refunded); also kept, until
+    Redis takes it, for a reservation whose reply was lost and for a settlement Redis did not
+    confirm (its reply lost, or never sent while Redis was known down)."""
 
     team: str
     call_id: str
@@ -125,6 +129,9 @@ class _Settlement:
     tokens: int = 0
     spend: int = 0
     ledger: Mapping[str, int] = field(default_factory=dict)
+    # Whether the reservation is known to have run (only its settlement is unconfirmed):
+    # then it is written again as it is, with no mark forbidding a late reservation.
+    reserved: bool = False
 
 
 class Meter:
@@ -154,6 +161,8 @@ class Meter:
         self._prefix = f"{os.getpid()}.{secrets.token_hex(4)}."
         self._unsure: collections.deque[_Settlement] = collections.deque()
         self._draining: asyncio.Task[None] | None = None
+        self._retry = DRAIN_RETRY_MIN_S / 2  # the wait before the next retry, halved
+        self._retrying: asyncio.TimerHandle | None = None
 
     def tag_of(self, raw: bytes | None) -> str:
         if raw is None:
@@ -341,8 +350,16 @@ class Meter:
                 self.events.charged(adm.team, adm.model, adm.kind, used, cost)
             if adm.unsure:  # if the reservation runs after all, it settles to this
                 self._defer(done)
+                self._drain_soon()  # Redis may be back already: nothing else may come to drain
             return cost
-        await self._write(done)
+        try:
+            await self._write(done)
+        except StoreUnavailable:
+            # Sent and unanswered (Redis may run it yet, once it thaws) or never sent (known
+            # down): written again once Redis answers. Settling is idempotent (the first one
+            # deletes the reservation), so the call comes to this charge exactly once.
+            self._defer(replace(done, reserved=True))
+            self._drain_soon()
         if not failed:
             self.events.charged(adm.team, adm.model, adm.kind, used, cost)
         return cost
@@ -377,23 +394,39 @@ class Meter:
         if self._draining is None or self._draining.done():
             self._draining = asyncio.get_running_loop().create_task(self._drain())
 
+    def _retry_drain(self) -> None:
+        self._retrying = None
+        self._drain_soon()
+
     async def _drain(self) -> None:
-        """Settle (or forbid) each reservation whose reply was lost, now that Redis answers
-        again; a new outage stops it, and Redis's return (or the next reservation it takes)
-        starts it over."""
+        """Settle (or forbid) each reservation whose reply was lost, and write each settlement
+        Redis did not confirm, now that Redis answers again. A new outage stops it; Redis's
+        return, the next reservation it takes, or a retry after a wait (doubling, up to
+        DRAIN_RETRY_MAX_S) starts it over, so a quiet replica settles its calls too."""
         while self._unsure:
             item = self._unsure[0]
             try:
-                if await self.store.cancel(TeamKeys(item.team), item.call_id, ttl=CALL_TTL_S):
+                if item.reserved or await self.store.cancel(
+                    TeamKeys(item.team), item.call_id, ttl=CALL_TTL_S
+                ):
                     await self._write(item)
             except StoreUnavailable:
+                if self._retrying is None:
+                    self._retry = min(DRAIN_RETRY_MAX_S, self._retry * 2)
+                    self._retrying = asyncio.get_running_loop().call_later(
+                        self._retry, self._retry_drain
+                    )
                 return
             except Exception:
                 log.exception("settling a reservation whose reply was lost failed")
             if self._unsure and self._unsure[0] is item:
                 self._unsure.popleft()
+        self._retry = DRAIN_RETRY_MIN_S / 2
 
     async def aclose(self) -> None:
+        if self._retrying is not None:
+            self._retrying.cancel()
+            self._retrying = None
         if self._draining is not None and not self._draining.done():
             self._draining.cancel()
             with contextlib.suppress(asyncio.CancelledError):
