@@ -57,12 +57,22 @@ class UsageTap:
         self.kind = kind
         self.hide = hide_usage and kind in (kinds.CHAT, kinds.COMPLETIONS)
         self.usage: Usage | None = None
+        # Of a chat stream, the usage of its end only (a chunk with no choices left running):
+        # vLLM's continuous_usage_stats puts the usage so far on every chunk, which a stream
+        # cut midway must not be charged as if it were its whole.
+        self._final: Usage | None = None
         self._images = 0
         self._tail = b""
         self._last = _LAST.get(kind, frozenset())
         self._marks = tuple(t.encode() for t in self._last)  # a cheap test before any parsing
         self._held: bytes | None = None  # from the stream's last event on, once seen
         self._unread = False  # an event too long to read was passed on: counts are a floor
+
+    @property
+    def final_usage(self) -> Usage | None:
+        """What a stream that was cut or abandoned is charged by (None: its estimate): the
+        usage its end reported, never a count of a part of it."""
+        return self._final if self.kind in (kinds.CHAT, kinds.COMPLETIONS) else self.usage
 
     @property
     def ended(self) -> bool:
@@ -159,6 +169,8 @@ class UsageTap:
                 found = from_usage(self.kind, doc.get("usage")) if doc is not None else None
                 if found is not None:
                     self.usage = most(self.usage, found)
+                    if doc is not None and _finished(doc.get("choices")):
+                        self._final = most(self._final, found)
                 if self.hide and doc is not None and isinstance(doc.get("usage"), dict):
                     # Whatever it holds (one without token names too): not asked for.
                     if not doc.get("choices"):
@@ -190,6 +202,16 @@ class UsageTap:
                 found = from_usage(self.kind, doc.get("usage")) if doc is not None else None
                 if found is not None:
                     self.usage = most(self.usage, found)
+
+
+def _finished(choices: Any) -> bool:
+    """Whether a chunk's usage is the stream's end's: no choices (OpenAI's last chunk), or
+    every choice it carries finished (the last chunk of some providers)."""
+    if not choices:
+        return True
+    return isinstance(choices, list) and all(
+        isinstance(c, dict) and bool(c.get("finish_reason")) for c in choices
+    )
 
 
 def _events(whole: bytes) -> list[bytes]:

@@ -157,8 +157,8 @@ class MeteredCall:
                     before_end=before_end,
                     ended=lambda: tap.ended,
                 )
-                if not adm.settled:  # cut or abandoned: what the tap saw, else the estimate
-                    await self.settle_shielded(tap.usage)
+                if not adm.settled:  # cut or abandoned: what its end said, else the estimate
+                    await self.settle_shielded(tap.final_usage)
                 return
             await self._buffered(resp, receive, send, relay, observer, headers)
         finally:

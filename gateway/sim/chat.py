@@ -2,6 +2,8 @@
 
 A stream carries ``usage`` only when the caller asked with ``stream_options.include_usage``:
 then every chunk has ``"usage": null`` and one last chunk, with no choices, has the totals.
+With ``continuous_usage_stats`` too (vLLM's extension, which new-api passes on), every chunk
+carries the usage so far instead of null.
 """
 
 from __future__ import annotations
@@ -69,6 +71,9 @@ async def chat_completions(state: SimState, call: Call) -> Response:
         )
     options = doc.get("stream_options")
     with_usage = isinstance(options, dict) and bool(options.get("include_usage"))
+    continuous = (
+        isinstance(options, dict) and with_usage and bool(options.get("continuous_usage_stats"))
+    )
     extra: dict[str, Any] = {"usage": None} if with_usage else {}
 
     def event(choices: list[dict[str, Any]], **more: Any) -> bytes:
@@ -76,13 +81,17 @@ async def chat_completions(state: SimState, call: Call) -> Response:
             {**head, "object": "chat.completion.chunk", "choices": choices, **extra, **more}
         )
 
+    def so_far(written: int) -> dict[str, Any]:
+        return {"usage": usage.chat(prompt, written)} if continuous else {}
+
     async def events() -> AsyncIterator[bytes]:
         for i, piece in enumerate(pieces):
             await sse.pace(state, i)
             delta = {"role": "assistant", "content": piece} if i == 0 else {"content": piece}
             done = finish if i == len(pieces) - 1 else None
             for index in range(n):
-                yield event([{"index": index, "delta": delta, "finish_reason": done}])
+                choice = {"index": index, "delta": delta, "finish_reason": done}
+                yield event([choice], **so_far(i * n + index + 1))
         if not pieces:
             for index in range(n):
                 choice = {"index": index, "delta": {"role": "assistant"}, "finish_reason": finish}

@@ -236,6 +236,65 @@ def test_a_stream_the_upstream_cuts_is_charged_its_estimate(
     )
 
 
+def test_a_stream_with_usage_on_every_chunk_cut_midway_is_charged_its_estimate(
+    caller_of: Callable[..., Caller],
+) -> None:
+    """vLLM's continuous_usage_stats (passed on by new-api) puts the usage so far on every
+    chunk: a stream cut after two of them has not reported its whole, and is charged its
+    estimate, not the two chunks' count."""
+    caller = caller_of()
+    caller.stack.sim_app.state.sim.add_fault(kind="drop", path_prefix="/v1/chat/completions")
+    before = metric(caller.stack, ESTIMATED, kind="chat")
+    stream = caller.sdk.chat.completions.create(
+        model=CHAT,
+        messages=MESSAGES,
+        stream=True,
+        # vLLM's extension, which the SDK does not type.
+        extra_body={"stream_options": {"include_usage": True, "continuous_usage_stats": True}},
+        max_tokens=40,
+    )
+    received: list[Any] = []
+
+    def drain() -> None:
+        received.extend(stream)
+
+    with pytest.raises(openai.APIConnectionError):
+        drain()
+    assert len(received) == 2
+    assert [c.usage.completion_tokens for c in received if c.usage] == [1, 2]
+    inp, out, cost = chat_estimate(caller.bodies.last, 40)
+    assert_charged_estimate(
+        caller, model=CHAT, kind="chat", inp=inp, out=out, cost=cost, before=before
+    )
+
+
+def test_a_whole_stream_with_usage_on_every_chunk_is_charged_its_end(
+    caller_of: Callable[..., Caller],
+) -> None:
+    caller = caller_of()
+    stream = caller.sdk.chat.completions.create(
+        model=CHAT,
+        messages=MESSAGES,
+        stream=True,
+        # vLLM's extension, which the SDK does not type.
+        extra_body={"stream_options": {"include_usage": True, "continuous_usage_stats": True}},
+    )
+    chunks = list(stream)
+    last = chunks[-1].usage
+    assert last is not None
+    assert not chunks[-1].choices
+    assert [c.usage is not None for c in chunks] == [True] * len(chunks)
+    wait_for(caller.settled, timeout=10, message="the call was not settled")
+    (row,) = caller.ledger()
+    assert (row["input_tokens"], row["output_tokens"]) == (
+        last.prompt_tokens,
+        last.completion_tokens,
+    )
+    assert stored(row["spend"]) == token_cost(
+        PRICES[CHAT], last.prompt_tokens, last.completion_tokens
+    )
+
+
 class NoUsageUpstream:
     """An upstream that answers every chat call in full, but never with ``usage``: JSON
     without it, or a stream that ignores ``stream_options.include_usage``."""
