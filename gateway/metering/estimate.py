@@ -21,7 +21,7 @@ from fractions import Fraction
 from typing import Any
 
 from gateway.errors import InvalidRequest
-from gateway.metering import audio_length, kinds
+from gateway.metering import kinds
 from gateway.metering.prices import ModelPrice, Usage
 from gateway.upstream.json_keys import fold, may_spell
 
@@ -64,9 +64,6 @@ class Estimate:
     quality: str | None = None
     # Fields the forwarded body gains so that the bound holds (an output cap).
     inject: Mapping[str, Any] = field(default_factory=dict)
-    # A transcription's duration as its upload's headers give it (audio_length): what it is
-    # charged when the answer does not say (whisper's text, srt and vtt).
-    heard: Fraction | None = None
 
 
 def _bad(param: str, message: str, code: str = "invalid_value") -> InvalidRequest:
@@ -334,10 +331,8 @@ def estimate(
         # format holds audio in fewer bytes a second than the floor, so the upload's size
         # bounds it (a 25 MB file of low-bitrate speech can be hours long).
         seconds = Fraction(max(max_audio_seconds, -(-len(body) // AUDIO_BYTES_PER_SECOND)))
-        upload = doc.get("file")
         return Estimate(
             model,
             Usage(input_tokens=len(body), output_tokens=cap, audio_seconds=seconds),
-            heard=audio_length.seconds(upload) if isinstance(upload, memoryview) else None,
         )
     return Estimate(model, Usage())

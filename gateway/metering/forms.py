@@ -15,7 +15,6 @@ Content-Transfer-Encoding (Go decodes quoted-printable, we would not).
 from __future__ import annotations
 
 import re
-from typing import NamedTuple
 
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser
@@ -65,19 +64,8 @@ def _bad(message: str, param: str | None = None) -> InvalidRequest:
     return InvalidRequest(message, code="invalid_form", param=param)
 
 
-class Form(NamedTuple):
-    fields: dict[str, str]
-    file: memoryview | None  # the part read_form was asked to keep, as a view of the body
-
-
 def form_fields(body: bytes, content_type: str) -> dict[str, str]:
     """The fields in ``READ`` of a multipart/form-data body, or 400 ``invalid_form``."""
-    return read_form(body, content_type).fields
-
-
-def read_form(body: bytes, content_type: str, *, file_field: str | None = None) -> Form:
-    """``form_fields``, and the bytes of the file part named ``file_field`` (a view of the
-    body, not a copy), when the form has one file part of that name."""
     raw = content_type.encode("latin-1")
     found = _MEDIA_TYPE.fullmatch(raw)
     if found is None or found[1].lower() != b"multipart/form-data":
@@ -96,12 +84,6 @@ def read_form(body: bytes, content_type: str, *, file_field: str | None = None) 
     value = bytearray()
     current: list[str | None] = [None]
     ended = [False]
-    # The kept file part: [start, end] in the body, and whether it is still being read. Its
-    # pieces normally come as slices of the body itself; a piece from the parser's own
-    # lookbehind buffer, or a second part of the name, and the span is not trusted.
-    span: list[int] = []
-    keeping = [False]
-    trusted = [True]
 
     def on_header_field(data: bytes, start: int, end: int) -> None:
         state["field"] += data[start:end]
@@ -132,9 +114,6 @@ def read_form(body: bytes, content_type: str, *, file_field: str | None = None) 
         is_file = bool(disp.get(b"filename"))  # filename="" is a value, as Go reads it
         wanted = kind == b"form-data" and name in READ and not is_file
         current[0] = name if wanted else None
-        keeping[0] = file_field is not None and name == file_field and kind == b"form-data"
-        if keeping[0] and span:
-            trusted[0] = False
         if current[0] is not None and encoded:
             raise _bad(f"The form field '{name}' has a Content-Transfer-Encoding.", name)
         if current[0] is not None and current[0] in out:
@@ -142,20 +121,12 @@ def read_form(body: bytes, content_type: str, *, file_field: str | None = None) 
         value.clear()
 
     def on_part_data(data: bytes, start: int, end: int) -> None:
-        if keeping[0]:
-            if data is not body or (len(span) == 2 and span[1] != start):
-                trusted[0] = False
-            elif not span:
-                span.extend((start, end))
-            else:
-                span[1] = end
         if current[0] is not None:
             value.extend(data[start:end])
             if len(value) > MAX_VALUE:
                 raise _bad(f"The form field '{current[0]}' is too long.", current[0])
 
     def on_part_end() -> None:
-        keeping[0] = False
         if current[0] is not None:
             out[current[0]] = value.decode("utf-8", "replace")
             current[0] = None
@@ -183,5 +154,4 @@ def read_form(body: bytes, content_type: str, *, file_field: str | None = None) 
     if not ended[0]:
         # A body cut inside a part would otherwise read as a form without that part.
         raise _bad("The multipart body ends before its closing boundary.")
-    kept = memoryview(body)[span[0] : span[1]] if span and trusted[0] else None
-    return Form(out, kept)
+    return out

@@ -488,12 +488,9 @@ class Meter:
 
 def _unmeasured(adm: Admission) -> Usage:
     """What a call is charged when its answer did not say what it consumed: the estimate,
-    except for a transcription (whisper's text, srt and vtt answers give no duration) whose
-    upload says how long it plays, which new-api bills, or that is priced by the request
-    alone, whose price needs no measure."""
+    except for a transcription priced by the request alone (whisper's text, srt and vtt
+    answers give no duration), whose price needs no measure."""
     p = adm.price
-    if adm.kind == kinds.TRANSCRIPTION and adm.estimate.heard is not None:
-        return Usage(audio_seconds=adm.estimate.heard)
     if (
         adm.kind == kinds.TRANSCRIPTION
         and p is not None
@@ -529,11 +526,6 @@ def _billed(adm: Admission, usage: Usage) -> Usage:
         return replace(usage, images=bound.images)
     if adm.kind != kinds.TRANSCRIPTION:
         return usage
-    heard = adm.estimate.heard
-    if heard is not None and not usage.tokens:
-        # new-api bills the duration it reads from the upload (ffprobe), whatever the answer
-        # claims: so does the gateway, when the upload's headers give it.
-        usage = replace(usage, audio_seconds=heard)
     if usage.audio_seconds > bound.audio_seconds:
         # More audio than the upload can hold (see the estimate): charged the bound, so
         # that no answer takes a team past a budget its reservation fitted in.

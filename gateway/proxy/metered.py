@@ -29,7 +29,7 @@ from typing import Any
 from gateway.auth.api_keys import KeyScope
 from gateway.errors import GatewayError, InvalidRequest
 from gateway.metering import answers, kinds
-from gateway.metering.forms import read_form
+from gateway.metering.forms import form_fields
 from gateway.metering.prices import Usage
 from gateway.metering.service import Admission, Meter
 from gateway.metering.streams import UsageTap
@@ -288,12 +288,7 @@ def _read_call(
         return tag, {}, body, False, None
     if how == media.FORM:
         ctype = (header(scope, b"content-type") or b"").decode("latin-1")
-        # A transcription's upload is kept (a view, not a copy): its duration is what
-        # new-api bills when the answer does not say it (see the estimate).
-        form = read_form(raw, ctype, file_field="file" if kind == kinds.TRANSCRIPTION else None)
-        fields: dict[str, Any] = dict(form.fields)
-        if form.file is not None:
-            fields["file"] = form.file
+        fields: dict[str, Any] = dict(form_fields(raw, ctype))
         n = fields.get("n")
         if kind in kinds.FORM_KINDS and isinstance(n, str) and n.isascii() and n.isdigit():
             fields["n"] = int(n)  # form fields are text
