@@ -57,7 +57,7 @@ class UsageTap:
         self.kind = kind
         self.hide = hide_usage and kind in (kinds.CHAT, kinds.COMPLETIONS)
         self.usage: Usage | None = None
-        # Of a chat stream, the usage of its end only (a chunk with no choices left running):
+        # Of a chat stream, the usage of its end only (its last chunk, which has no choices):
         # vLLM's continuous_usage_stats puts the usage so far on every chunk, which a stream
         # cut midway must not be charged as if it were its whole.
         self._final: Usage | None = None
@@ -169,7 +169,9 @@ class UsageTap:
                 found = from_usage(self.kind, doc.get("usage")) if doc is not None else None
                 if found is not None:
                     self.usage = most(self.usage, found)
-                    if doc is not None and _finished(doc.get("choices")):
+                    if doc is not None and not doc.get("choices"):
+                        # OpenAI's last chunk: no choices. A chunk that finishes one choice
+                        # ends nothing while another choice may still be running (n > 1).
                         self._final = most(self._final, found)
                 if self.hide and doc is not None and isinstance(doc.get("usage"), dict):
                     # Whatever it holds (one without token names too): not asked for.
@@ -202,16 +204,6 @@ class UsageTap:
                 found = from_usage(self.kind, doc.get("usage")) if doc is not None else None
                 if found is not None:
                     self.usage = most(self.usage, found)
-
-
-def _finished(choices: Any) -> bool:
-    """Whether a chunk's usage is the stream's end's: no choices (OpenAI's last chunk), or
-    every choice it carries finished (the last chunk of some providers)."""
-    if not choices:
-        return True
-    return isinstance(choices, list) and all(
-        isinstance(c, dict) and bool(c.get("finish_reason")) for c in choices
-    )
 
 
 def _events(whole: bytes) -> list[bytes]:
