@@ -56,6 +56,7 @@ UNSURE_MAX = 10_000
 # A drain that Redis interrupted tries again after this, doubling up to the most.
 DRAIN_RETRY_MIN_S = 0.5
 DRAIN_RETRY_MAX_S = 30.0
+SHUTDOWN_DRAIN_S = 2.0  # what shutting down waits for the last try
 
 
 class MeterEvents(Protocol):
@@ -163,6 +164,7 @@ class Meter:
         self._draining: asyncio.Task[None] | None = None
         self._retry = DRAIN_RETRY_MIN_S / 2  # the wait before the next retry, halved
         self._retrying: asyncio.TimerHandle | None = None
+        self._closed = False
 
     def tag_of(self, raw: bytes | None) -> str:
         if raw is None:
@@ -391,6 +393,8 @@ class Meter:
             self._drain_soon()
 
     def _drain_soon(self) -> None:
+        if self._closed:  # a call that outlived shutdown: its estimate stays charged
+            return
         if self._draining is None or self._draining.done():
             self._draining = asyncio.get_running_loop().create_task(self._drain())
 
@@ -411,7 +415,7 @@ class Meter:
                 ):
                     await self._write(item)
             except StoreUnavailable:
-                if self._retrying is None:
+                if self._retrying is None and not self._closed:
                     self._retry = min(DRAIN_RETRY_MAX_S, self._retry * 2)
                     self._retrying = asyncio.get_running_loop().call_later(
                         self._retry, self._retry_drain
@@ -424,13 +428,17 @@ class Meter:
         self._retry = DRAIN_RETRY_MIN_S / 2
 
     async def aclose(self) -> None:
+        """Shutting down: what is still unsure gets one last try (bounded), then nothing
+        more starts; what Redis did not take keeps its estimate charged."""
         if self._retrying is not None:
             self._retrying.cancel()
             self._retrying = None
+        if self._unsure:
+            self._drain_soon()
+        self._closed = True
         if self._draining is not None and not self._draining.done():
-            self._draining.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._draining
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(self._draining, SHUTDOWN_DRAIN_S)
 
     def _rejection(
         self, team: str, key: KeyScope | None, v: Verdict, tokens: int, units: int, now: float
