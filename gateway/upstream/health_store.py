@@ -34,6 +34,7 @@ class RedisKeyHealthStore:
                 cooling_until=float(row.get(b"cooling_until", 0) or 0),
                 quarantined_until=float(row.get(b"quarantined_until", 0) or 0),
                 disabled=row.get(b"disabled") == b"1",
+                lifted_at=float(row.get(b"lifted_at", 0) or 0),
             )
         return out
 
@@ -44,15 +45,22 @@ class RedisKeyHealthStore:
                 "cooling_until": repr(health.cooling_until),
                 "quarantined_until": repr(health.quarantined_until),
                 "disabled": "1" if health.disabled else "0",
+                "lifted_at": repr(health.lifted_at),
             },
         )
 
     async def claim(self, name: str, value: str, seconds: float) -> str:
         key = keys.upstream_cooler(name)
-        if await self._redis.set(key, value, nx=True, px=max(1, int(seconds * 1000))):
+        ms = max(1, int(seconds * 1000))
+        if await self._redis.set(key, value, nx=True, px=ms):
             return value
-        held = await self._redis.get(key)
-        # Gone in between (expired): nobody holds it, which is as good as taken.
-        if held is None:
+        raw = await self._redis.get(key)
+        if raw is None:  # gone in between (expired): nobody holds it
+            await self._redis.set(key, value, px=ms)
             return value
-        return held.decode("utf-8", "replace") if isinstance(held, bytes) else str(held)
+        held = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+        if held == value and await self._redis.pttl(key) < ms:
+            # Held already for this value (another replica, or a shorter cooldown before):
+            # held on for as long as this cooling lasts.
+            await self._redis.pexpire(key, ms)
+        return held

@@ -32,6 +32,9 @@ class KeyHealth:
     cooling_until: float = 0.0
     quarantined_until: float = 0.0
     disabled: bool = False
+    # When an admin last lifted the key's cooldown and quarantine (enabling it): a replica
+    # that sees a newer lift takes the shared times as they are, its own older ones dropped.
+    lifted_at: float = 0.0
 
     def state(self, now: float) -> str:
         if self.disabled:
@@ -177,24 +180,30 @@ class KeyPool:
         about what one caller asks (a saturated model), and a caller sending one request per
         key would otherwise cool the whole pool for everyone. Answers whether it cooled (a
         team may cool its key again, e.g. from a replica that had not yet heard of it)."""
-        if team and not await self._claim(team, key_id):
+        seconds = self.cooldown_seconds if seconds is None else seconds
+        if team and not await self._claim(team, key_id, seconds):
             return False
         e = self._by_id[key_id]
-        until = self._clock() + (self.cooldown_seconds if seconds is None else seconds)
+        until = self._clock() + seconds
         if until > e.health.cooling_until:
             e.health.cooling_until = until
             log.warning("upstream key %s cooling down for %.0fs", key_id, until - self._clock())
             await self._save(e)
         return True
 
-    async def _claim(self, team: str, key_id: str) -> bool:
+    async def _claim(self, team: str, key_id: str, seconds: float) -> bool:
+        """Whether ``team`` may cool ``key_id`` for ``seconds``: it holds no other key. Its
+        hold lasts as long as the cooldown (at least one period): a hold shorter than the
+        cooling it caused let a team cool a new key each period while the earlier ones still
+        cooled, up to the whole pool."""
         now = self._clock()
+        hold = max(seconds, self.cooldown_seconds)
         until, held = self._cooled_by.get(team, (0.0, ""))
-        if until > now:  # known here: no round trip
-            return held == key_id
+        if until > now and held != key_id:  # known here: no round trip
+            return False
         if self._store is not None:
             try:
-                held = await self._store.claim(team, key_id, self.cooldown_seconds)
+                held = await self._store.claim(team, key_id, hold)
             except Exception:  # Redis down: this replica's own record still bounds the team
                 self._on_store_error("key_cooler_claim")
                 held = key_id
@@ -202,7 +211,7 @@ class KeyPool:
                 return False
         if len(self._cooled_by) >= 10_000:  # team names come from tokens: bounded
             self._cooled_by = {t: c for t, c in self._cooled_by.items() if c[0] > now}
-        self._cooled_by[team] = (now + self.cooldown_seconds, key_id)
+        self._cooled_by[team] = (max(until, now + hold) if until > now else now + hold, key_id)
         return True
 
     async def quarantine(self, key_id: str) -> None:
@@ -219,6 +228,7 @@ class KeyPool:
         if not disabled:
             e.health.quarantined_until = 0.0
             e.health.cooling_until = 0.0
+            e.health.lifted_at = max(self._clock(), e.health.lifted_at)
         await self._save(e)
 
     async def _save(self, e: _Key) -> None:
@@ -244,8 +254,15 @@ class KeyPool:
             e = self._by_id.get(kid)
             if e is None:
                 continue
-            # Never forget a local verdict the store has not heard of yet.
             e.health.disabled = health.disabled
+            if health.lifted_at > e.health.lifted_at:
+                # An admin lifted the key since this replica last looked: the shared times
+                # are what holds now, whatever this replica had seen before the lift.
+                e.health.lifted_at = health.lifted_at
+                e.health.cooling_until = health.cooling_until
+                e.health.quarantined_until = health.quarantined_until
+                continue
+            # Never forget a local verdict the store has not heard of yet.
             e.health.cooling_until = max(health.cooling_until, e.health.cooling_until)
             if health.disabled or health.quarantined_until == 0.0:
                 e.health.quarantined_until = health.quarantined_until
