@@ -40,6 +40,8 @@ class RateCall:
 
 
 _RATE_KINDS = ("requests_per_minute",)
+# The configured limits the rate script takes as defaults, in its argument order.
+_DEFAULT_KINDS = ("requests_per_minute", "video_seconds_per_day", "video_seconds_per_month")
 
 
 @functools.lru_cache(maxsize=64)
@@ -70,9 +72,7 @@ class RateLimiter:
         w = self.policy.windows(now)
         args: list[str | int] = [
             int(now * 1000),
-            *self.policy.defaults(
-                team, "requests_per_minute", "video_seconds_per_day", "video_seconds_per_month"
-            ),
+            *self.policy.defaults(team, *_DEFAULT_KINDS),
             f"{self._member_prefix}{next(self._seq)}",
             model.RATE_WINDOW_MS,
         ]
@@ -110,9 +110,7 @@ class RateLimiter:
 
     def _plan(self, team: str, w: Windows) -> tuple[RateCall, RateCommand | None]:
         keys = self.store.rate_keys(TeamKeys(team), w.day, w.month, None)
-        defaults = self.policy.defaults(
-            team, "requests_per_minute", "video_seconds_per_day", "video_seconds_per_month"
-        )
+        defaults = self.policy.defaults(team, *_DEFAULT_KINDS)
         plan = (
             RateCall(team, None, w, keys, ()),
             self.store.rate_command(TeamKeys(team), keys, defaults, model.RATE_WINDOW_MS),

@@ -211,7 +211,7 @@ class KeyPool:
                 return False
         if len(self._cooled_by) >= 10_000:  # team names come from tokens: bounded
             self._cooled_by = {t: c for t, c in self._cooled_by.items() if c[0] > now}
-        self._cooled_by[team] = (max(until, now + hold) if until > now else now + hold, key_id)
+        self._cooled_by[team] = (max(until, now + hold), key_id)
         return True
 
     async def quarantine(self, key_id: str) -> None:
