@@ -35,10 +35,11 @@ from gateway.errors import (
 from gateway.metering import kinds, ledger
 from gateway.metering.estimate import Estimate, estimate, model_of
 from gateway.metering.prices import UNIT_OF, ModelPrice, PriceTable, Usage, allowed
-from gateway.metering.store import KEY_KINDS, MeterStore, Verdict
+from gateway.metering.store import KEY_KINDS, MeterStore, ReserveCommand, Verdict
 from gateway.quota import model
+from gateway.quota.model import Windows
 from gateway.quota.policy import QuotaPolicy, iso, wait_headers
-from gateway.quota.rate import RateLimiter
+from gateway.quota.rate import RateCall, RateLimiter
 from gateway.settings import PricingSettings
 from gateway.store.keys import TeamKeys
 
@@ -165,6 +166,8 @@ class Meter:
         self._retry = DRAIN_RETRY_MIN_S / 2  # the wait before the next retry, halved
         self._retrying: asyncio.TimerHandle | None = None
         self._closed = False
+        # Each team's reservation kept encoded, for the day it was made for (``_planned``).
+        self._plans: dict[str, tuple[Windows, tuple[RateCall, ReserveCommand] | None]] = {}
 
     def tag_of(self, raw: bytes | None) -> str:
         if raw is None:
@@ -259,29 +262,38 @@ class Meter:
         now = self.policy.clock()
         w = self.policy.windows(now)
         call_id = f"{self._prefix}{next(self._ids)}"
-        rate = self.rate.prepare(team, key) if self.rate is not None else None
         # A key without token or spend limits of its own keeps no counters for them.
         counted = key if key is not None and key.limits_any(KEY_KINDS) else None
         key_id = None if counted is None else counted.id
+        rate: RateCall | None = None
+        planned = None
+        if self.rate is not None:
+            if counted is None and not self.rate.counts_key(key):
+                planned = self._planned(team, w)
+            if planned is None:
+                rate = self.rate.prepare(team, key)
+        # A route added in config is charged the usage its answer reports too (tokens, audio
+        # seconds), which no estimate bounds.
+        open_ended = kind == kinds.REQUEST and price is not None and price.prices_usage
         try:
-            verdict = await self.store.reserve(
-                TeamKeys(team),
-                call_id,
-                now_s=int(now),
-                tokens=tokens,
-                spend=units,
-                defaults=self.policy.defaults(team, *_KINDS),
-                day=w.day,
-                month=w.month,
-                ttls=(model.DAY_TTL_S, model.MONTH_TTL_S, CALL_TTL_S),
-                tag=tag,
-                max_tags=self.pricing.max_tags_per_day,
-                key=counted,
-                rate=rate,
-                # A route added in config is charged the usage its answer reports too
-                # (tokens, audio seconds), which no estimate bounds.
-                open_ended=kind == kinds.REQUEST and price is not None and price.prices_usage,
-            )
+            if planned is not None:
+                assert self.rate is not None
+                rate, command = planned
+                sent = command.send(
+                    call_id,
+                    now_s=int(now),
+                    tokens=tokens,
+                    spend=units,
+                    tag=tag,
+                    open_ended=open_ended,
+                    now_ms=int(now * 1000),
+                    member=self.rate.member(),
+                )
+                verdict = await self.store.reserve_sent(team, sent)
+            else:
+                verdict = await self._reserve(
+                    team, call_id, w, now, tokens, units, tag, counted, rate, open_ended
+                )
         except StoreUnavailable as exc:
             # Sent, and then Redis went quiet: the script may run yet, once Redis thaws.
             unsure = not isinstance(exc, StoreKnownDown)
@@ -322,6 +334,65 @@ class Meter:
             key_id=key_id,
             unsure=unsure,
         )
+
+    async def _reserve(
+        self,
+        team: str,
+        call_id: str,
+        w: Windows,
+        now: float,
+        tokens: int,
+        units: int,
+        tag: str,
+        counted: KeyScope | None,
+        rate: RateCall | None,
+        open_ended: bool,
+    ) -> Verdict:
+        """The reservation built whole: with a gateway key's own limits, or off the dedicated
+        connection."""
+        return await self.store.reserve(
+            TeamKeys(team),
+            call_id,
+            now_s=int(now),
+            tokens=tokens,
+            spend=units,
+            defaults=self.policy.defaults(team, *_KINDS),
+            day=w.day,
+            month=w.month,
+            ttls=(model.DAY_TTL_S, model.MONTH_TTL_S, CALL_TTL_S),
+            tag=tag,
+            max_tags=self.pricing.max_tags_per_day,
+            key=counted,
+            rate=rate,
+            open_ended=open_ended,
+        )
+
+    def _planned(self, team: str, w: Windows) -> tuple[RateCall, ReserveCommand] | None:
+        """The team's reservation kept encoded for today (``MeterStore.reserve_command``), or
+        None: then the call's reservation is built whole."""
+        found = self._plans.get(team)
+        if found is not None and found[0] is w:
+            return found[1]
+        assert self.rate is not None
+        folded = self.rate.folded(team)
+        planned = None
+        if folded is not None and folded[0].windows is w:  # not at midnight between clocks
+            call, rate_defaults = folded
+            command = self.store.reserve_command(
+                TeamKeys(team),
+                call,
+                rate_defaults,
+                defaults=self.policy.defaults(team, *_KINDS),
+                day=w.day,
+                month=w.month,
+                ttls=(model.DAY_TTL_S, model.MONTH_TTL_S, CALL_TTL_S),
+                max_tags=self.pricing.max_tags_per_day,
+            )
+            planned = None if command is None else (call, command)
+        if len(self._plans) >= 4096:  # team names come from credentials: bounded
+            self._plans.clear()
+        self._plans[team] = (w, planned)
+        return planned
 
     async def settle(self, adm: Admission, usage: Usage | None, *, failed: bool = False) -> int:
         """Charge what the call consumed (None: the estimate, counted) exactly once; answers

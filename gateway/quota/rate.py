@@ -81,6 +81,29 @@ class RateLimiter:
         keys = self.store.rate_keys(TeamKeys(team), w.day, w.month, None if key is None else key.id)
         return RateCall(team, key, w, keys, tuple(args))
 
+    def folded(self, team: str) -> tuple[RateCall, list[int]] | None:
+        """For a metered call without a gateway key's own request limit: the team's decision
+        (shared, as ``start``'s) and its configured defaults, for a reservation that folds the
+        check in and keeps it encoded (``MeterStore.reserve_command``); None when the check
+        cannot go on the dedicated connection."""
+        now = self.policy.clock()
+        w = self.policy.windows(now)
+        plan = self._plans.get(team)
+        if plan is None or plan[0].windows is not w:
+            plan = self._plan(team, w)
+        if plan[1] is None:
+            return None
+        return plan[0], self.policy.defaults(team, *_DEFAULT_KINDS)
+
+    def member(self) -> str:
+        """A rate-log member unique across replicas and requests."""
+        return f"{self._member_prefix}{next(self._seq)}"
+
+    @staticmethod
+    def counts_key(key: KeyScope | None) -> bool:
+        """Whether a gateway key takes part in its requests' rate check (a limit of its own)."""
+        return key is not None and key.limits_any(_RATE_KINDS)
+
     async def check(self, team: str, key: KeyScope | None = None) -> list[tuple[bytes, bytes]]:
         """Count one request against the team (and the gateway key it came with, in the same
         decision); raise QuotaExceeded past a limit. Returns x-ratelimit headers."""

@@ -16,9 +16,11 @@ from redis.asyncio import Redis
 
 from gateway.auth.api_keys import KeyScope
 from gateway.metering.store import KEY_KINDS, MeterStore
-from gateway.quota.model import Windows
+from gateway.quota.model import RATE_WINDOW_MS, TOKEN_WINDOW_S, Windows
 from gateway.quota.rate import RateCall
+from gateway.store.batcher import ScriptBatcher
 from gateway.store.keys import TeamKeys
+from gateway.store.lua import script
 from gateway.store.wire import Runs, encode_args
 
 NUM = st.integers(min_value=-1, max_value=10**15)
@@ -129,3 +131,73 @@ def test_runs_keep_only_text_and_integers_and_stay_bounded() -> None:
     runs(("c",))  # past the bound: the runs start over
     assert len(runs._runs) <= 2
     assert runs(("é",)) == encode_args(("é",)) == b"$2\r\n\xc3\xa9\r\n"
+
+
+TAGS = st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9_.:/-]{0,63}\Z") | st.just("")
+
+
+@given(
+    st.text(max_size=12),
+    st.tuples(NUM, NUM, NUM, NUM),
+    st.lists(NUM, min_size=4, max_size=4),
+    st.lists(NUM, min_size=3, max_size=3),
+    TAGS,
+    st.booleans(),
+    st.integers(min_value=0, max_value=10**9),
+)
+def test_a_reservation_kept_encoded_leaves_as_the_one_built_whole(
+    team: str,
+    varying: tuple[int, int, int, int],
+    defaults: list[int],
+    rate_defaults: list[int],
+    tag: str,
+    open_ended: bool,
+    seq: int,
+) -> None:
+    """ReserveCommand fills in only what differs between calls; what leaves must be the
+    command the general way builds from the same arguments (keys, then every argument)."""
+    store = MeterStore(Redis())
+    batcher = ScriptBatcher(Redis(), script("gateway.quota", "meter_reserve"), varying_keys=1)
+    batcher.wire = object()  # type: ignore[assignment]  # a dedicated connection (not used)
+    sent: list[bytes] = []
+
+    def submit(command: bytes) -> Any:
+        sent.append(command)
+
+    batcher.submit_command = submit  # type: ignore[method-assign]
+    store._reserve = batcher
+    now_s, tokens, spend, now_ms = varying
+    k = TeamKeys(team)
+    w = Windows.at(0, ZoneInfo("UTC"))
+    rate = RateCall(team, None, w, (k.rate, k.video_day(w.day), k.video_month(w.month)), ())
+    command = store.reserve_command(
+        k,
+        rate,
+        rate_defaults,
+        defaults=defaults,
+        day=w.day,
+        month=w.month,
+        ttls=(1, 2, 3),
+        max_tags=100,
+    )
+    if not k.metered_call("").isascii():
+        assert command is None  # lengths in characters would not be in bytes
+        return
+    assert command is not None
+    call_id, member = f"1.ab.{seq}", f"2.cd.{seq}"
+    command.send(
+        call_id,
+        now_s=now_s,
+        tokens=tokens,
+        spend=spend,
+        tag=tag,
+        open_ended=open_ended,
+        now_ms=now_ms,
+        member=member,
+    )
+    keys = (*store._reserve_head(k, w.day, w.month, rate, None), k.metered_call(call_id))
+    args = [
+        now_s, tokens, spend, *defaults, w.day, w.month, 1, 2, 3, tag, 100, TOKEN_WINDOW_S,
+        "rx" if open_ended else "r", now_ms, *rate_defaults, member, RATE_WINDOW_MS,
+    ]  # fmt: skip
+    assert sent == [batcher._encode(keys, args)]
