@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping
 from fractions import Fraction
 from typing import Any
 
@@ -24,42 +23,46 @@ def _count(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
-def _details(usage: Mapping[str, Any], name: str) -> Mapping[str, Any]:
-    found = usage.get(name)
-    return found if isinstance(found, dict) else {}
+def _cached(details: Any) -> int:
+    return _count(details.get("cached_tokens")) if isinstance(details, dict) else 0
 
 
 def from_usage(kind: str, usage: Any) -> Usage | None:
     """A ``usage`` object of chat, completions, embeddings or responses (either naming)."""
     if not isinstance(usage, dict):
         return None
-    if not _TOKEN_NAMES.isdisjoint(usage):
-        if not all(_readable(usage.get(name)) for name in _TOKEN_NAMES):
+    get = usage.get
+    counts = (
+        get("prompt_tokens"),
+        get("input_tokens"),
+        get("completion_tokens"),
+        get("output_tokens"),
+    )
+    if counts == _NONE:
+        if _TOKEN_NAMES.isdisjoint(usage) and get("type") == "duration":  # whisper's seconds
+            return _heard(get("seconds"))
+        return None  # named with nulls only: a count of nothing, charged the estimate
+    for value in counts:
+        if value is not None and (type(value) is not int or not 0 <= value <= MAX_COUNT):
             # A count that is not a whole number of tokens (text, a fraction, below 0) says
             # nothing reliable: the call is charged its estimate, never 0 for it.
             return None
-        # Both namings can come in one object: new-api's usage writes all four, 0 where its
-        # channel filled only one (a chat answer converted from Claude carries input_tokens
-        # and output_tokens 0). Each count is the larger of its two names, so no naming's 0
-        # ever hides what the other reports.
-        inp = max(_count(usage.get("prompt_tokens")), _count(usage.get("input_tokens")))
-        cached = max(
-            _count(_details(usage, "prompt_tokens_details").get("cached_tokens")),
-            _count(_details(usage, "input_tokens_details").get("cached_tokens")),
-        )
-        out = max(_count(usage.get("completion_tokens")), _count(usage.get("output_tokens")))
-        if kind == kinds.EMBEDDINGS:
-            out = 0
-        if inp == 0 and out == 0:
-            # No call reads nothing: new-api, given zeros by its channel, bills a count of
-            # its own, which the gateway does not make. The estimate bounds it.
-            return None
-        return Usage(input_tokens=inp, cached_tokens=min(cached, inp), output_tokens=out)
-    if usage.get("type") == "duration":  # whisper bills seconds
-        return _heard(usage.get("seconds"))
-    return None
+    # Both namings can come in one object: new-api's usage writes all four, 0 where its
+    # channel filled only one (a chat answer converted from Claude carries input_tokens and
+    # output_tokens 0). Each count is the larger of its two names, so no naming's 0 ever
+    # hides what the other reports.
+    prompt, given, completion, made = counts
+    inp = max(prompt or 0, given or 0)
+    out = 0 if kind == kinds.EMBEDDINGS else max(completion or 0, made or 0)
+    if inp == 0 and out == 0:
+        # No call reads nothing: new-api, given zeros by its channel, bills a count of its
+        # own, which the gateway does not make. The estimate bounds it.
+        return None
+    cached = max(_cached(get("prompt_tokens_details")), _cached(get("input_tokens_details")))
+    return Usage(input_tokens=inp, cached_tokens=min(cached, inp), output_tokens=out)
 
 
+_NONE = (None, None, None, None)
 _TOKEN_NAMES = frozenset({"prompt_tokens", "completion_tokens", "input_tokens", "output_tokens"})
 # More than any call consumes: a count past it is a broken answer, charged the estimate (at
 # 2**63 it broke the settlement, and the per-key spend counters with it).
@@ -67,10 +70,6 @@ MAX_COUNT = 10**12
 # Seconds of audio in a transcription, likewise (a 25 MB upload at 600 bytes a second is
 # under 12 hours).
 MAX_SECONDS = 10**6
-
-
-def _readable(value: Any) -> bool:
-    return value is None or (type(value) is int and 0 <= value <= MAX_COUNT)
 
 
 def most(seen: Usage | None, found: Usage) -> Usage:

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any
+from types import MappingProxyType
+from typing import Any, NamedTuple
 
 from gateway.errors import InvalidRequest
 from gateway.metering import kinds
@@ -56,14 +56,13 @@ LEGACY_DEFAULT_CAP = 16  # the completions API's max_tokens when a call names no
 AUDIO_BYTES_PER_SECOND = 600
 
 
-@dataclass(frozen=True)
-class Estimate:
+class Estimate(NamedTuple):
     model: str
     bound: Usage
     size: str | None = None
     quality: str | None = None
     # Fields the forwarded body gains so that the bound holds (an output cap).
-    inject: Mapping[str, Any] = field(default_factory=dict)
+    inject: Mapping[str, Any] = MappingProxyType({})
 
 
 def _bad(param: str, message: str, code: str = "invalid_value") -> InvalidRequest:

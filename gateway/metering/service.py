@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import itertools
 import logging
 import math
@@ -602,13 +603,13 @@ def _billed(adm: Admission, usage: Usage) -> Usage:
     bound = adm.estimate.bound
     if adm.kind in _IMAGE_KINDS and usage.images < bound.images:
         # new-api bills the images asked for (n), whether or not each came back.
-        return replace(usage, images=bound.images)
+        return usage._replace(images=bound.images)
     if adm.kind != kinds.TRANSCRIPTION:
         return usage
     if usage.audio_seconds > bound.audio_seconds:
         # More audio than the upload can hold (see the estimate): charged the bound, so
         # that no answer takes a team past a budget its reservation fitted in.
-        usage = replace(usage, audio_seconds=bound.audio_seconds)
+        usage = usage._replace(audio_seconds=bound.audio_seconds)
     price = adm.price
     if usage.audio_seconds and not usage.tokens and price and not price.per_audio_second:
         if not (price.input_per_million or price.cached_price or price.output_per_million):
@@ -617,7 +618,7 @@ def _billed(adm: Admission, usage: Usage) -> Usage:
         # by a token ratio): new-api bills them as prompt tokens, a thousand a minute of the
         # audio's whole seconds (its countAudioTokens), rounded half up.
         tokens = math.floor(math.ceil(usage.audio_seconds) * Fraction(1000, 60) + Fraction(1, 2))
-        billed = replace(usage, input_tokens=tokens)
+        billed = usage._replace(input_tokens=tokens)
         return billed if adm.cost(billed) <= adm.cost(bound) else bound
     return usage
 
@@ -634,7 +635,13 @@ def _token_headers(v: Verdict, now: float) -> list[tuple[bytes, bytes]]:
         return []
     reset = 0 if v.oldest_s < 0 else max(0, v.oldest_s + model.TOKEN_WINDOW_S - math.floor(now))
     return [
-        (b"x-ratelimit-limit-tokens", str(v.limit).encode()),
-        (b"x-ratelimit-remaining-tokens", str(max(0, v.limit - v.used)).encode()),
-        (b"x-ratelimit-reset-tokens", model.duration_text(reset).encode()),
+        (b"x-ratelimit-limit-tokens", b"%d" % v.limit),
+        (b"x-ratelimit-remaining-tokens", b"%d" % max(0, v.limit - v.used)),
+        (b"x-ratelimit-reset-tokens", _reset_text(reset)),
     ]
+
+
+@functools.lru_cache(maxsize=256)
+def _reset_text(seconds: int) -> bytes:
+    # Within a one-minute window there are sixty of them.
+    return model.duration_text(seconds).encode()

@@ -298,16 +298,18 @@ class MeterStore:
         above an estimate of nothing)."""
         keys = (*self._settle_head(k, day, month, key_id), k.metered_call(call_id))
         args: list[str | int] = [tokens, spend, day, month, ledger_ttl, *ttls]
-        for name, amount in ledger.items():
-            if amount:
-                args += [name, amount]
         runs = self._runs
         if runs is None:
+            for name, amount in ledger.items():
+                if amount:
+                    args += [name, amount]
             return int(await self._settle(keys=keys, args=args)) == 1
+        # With a batcher only ``encoded`` is sent: ``args`` names how many there are.
         parts = [bulk(tokens), bulk(spend), runs((day, month, ledger_ttl, *ttls))]
         for name, amount in ledger.items():
             if amount:
                 parts += [runs((name,)), bulk(amount)]
+                args += [name, amount]
         encoded = b"".join(parts)
         return int(await self._settle(keys=keys, args=args, encoded=encoded)) == 1
 

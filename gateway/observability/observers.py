@@ -121,6 +121,9 @@ class Observers:
         self.metrics.reconciler_runs.labels("error").inc()
 
 
+_TOKEN_TYPES = ("input", "cached", "output")
+
+
 class _MeterMetrics:
     """Metering's events as metrics. Model names come from callers (a glob price or
     ``pricing.unpriced: allow`` lets any name through), so a name is a label only if the price
@@ -149,22 +152,28 @@ class _MeterMetrics:
         # Keyed by the label, not the name: a model the loaded price list adds later gets its
         # own series from then on, and made-up names share one cache entry.
         label = self._model(model)
+        key = (team, label, kind)
+        counters: list[Counter | None] = self._children.get(key, lambda: [None] * 4)
         # input counts every input token, as the ledger does; cached is the part of it cached.
-        for kind_of, n in (
-            ("input", usage.input_tokens),
-            ("cached", usage.cached_tokens),
-            ("output", usage.output_tokens),
-        ):
+        for i, n in enumerate((usage.input_tokens, usage.cached_tokens, usage.output_tokens)):
             if n:
-                self._child(self.metrics.tokens, team, label, kind_of).inc(n)
+                (counters[i] or self._counter(counters, i, key)).inc(n)
         if spend_units:
-            self._child(self.metrics.spend, team, label, kind).inc(spend_units / SPEND_UNITS)
+            (counters[3] or self._counter(counters, 3, key)).inc(spend_units / SPEND_UNITS)
 
-    def _child(self, metric: Counter, team: str, label: str, last: str) -> Counter:
-        child: Counter = self._children.get(
-            (metric, team, label, last),
-            lambda: metric.labels(self.metrics.team_label(team), label, last),
-        )
+    def _counter(
+        self, counters: list[Counter | None], i: int, key: tuple[str, str, str]
+    ) -> Counter:
+        """The counter ``i`` (input, cached, output tokens; spend) of one team's calls of one
+        model and kind, made when first used (a series of nothing is none at all: an image
+        model has no token series)."""
+        team, label, kind = key
+        shown = self.metrics.team_label(team)
+        if i < 3:
+            child = self.metrics.tokens.labels(shown, label, _TOKEN_TYPES[i])
+        else:
+            child = self.metrics.spend.labels(shown, label, kind)
+        counters[i] = child
         return child
 
     def estimated(self, kind: str) -> None:
