@@ -1,7 +1,9 @@
 """Upstream key health shared through Redis, so every replica skips a bad key.
 
 One hash per key, ``gw:pool:{<key-id>}``, with fields ``cooling_until``,
-``quarantined_until`` (wall-clock seconds) and ``disabled`` ("1"/"0").
+``quarantined_until`` (wall-clock seconds), ``disabled`` ("1"/"0") and ``lifted_at`` (when an
+admin last lifted a verdict). A replica's verdict raises one time (``raise_time``); only an
+admin's decision writes the whole hash (``save``).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from collections.abc import Sequence
 from redis.asyncio import Redis
 
 from gateway.store import keys
+from gateway.store.lua import script
 from gateway.upstream.keypool import KeyHealth
 
 
@@ -21,6 +24,7 @@ def health_key(key_id: str) -> str:
 class RedisKeyHealthStore:
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
+        self._raise = redis.register_script(script("gateway.upstream", "raise_time"))
 
     async def load(self, key_ids: Sequence[str]) -> dict[str, KeyHealth]:
         # Not a transaction: each hash is independent, and on a cluster they live on many nodes.
@@ -48,6 +52,9 @@ class RedisKeyHealthStore:
                 "lifted_at": repr(health.lifted_at),
             },
         )
+
+    async def raise_time(self, key_id: str, name: str, until: float) -> None:
+        await self._raise(keys=[health_key(key_id)], args=[name, repr(until)])
 
     async def claim(self, name: str, value: str, seconds: float) -> str:
         key = keys.upstream_cooler(name)

@@ -54,7 +54,15 @@ class KeyHealth:
 
 class KeyHealthStore(Protocol):
     async def load(self, key_ids: Sequence[str]) -> dict[str, KeyHealth]: ...
-    async def save(self, key_id: str, health: KeyHealth) -> None: ...
+    async def save(self, key_id: str, health: KeyHealth) -> None:
+        """Write the whole of a key's health: an admin's decision."""
+        ...
+
+    async def raise_time(self, key_id: str, name: str, until: float) -> None:
+        """Set one of a key's times (``cooling_until``, ``quarantined_until``) to ``until``
+        unless it already runs longer, leaving the rest of its health as it is."""
+        ...
+
     async def claim(self, name: str, value: str, seconds: float) -> str:
         """Hold ``name`` with ``value`` for ``seconds`` unless it is held: the value held."""
         ...
@@ -188,7 +196,7 @@ class KeyPool:
         if until > e.health.cooling_until:
             e.health.cooling_until = until
             log.warning("upstream key %s cooling down for %.0fs", key_id, until - self._clock())
-            await self._save(e)
+            await self._raise(e, "cooling_until", until)
         return True
 
     async def _claim(self, team: str, key_id: str, seconds: float) -> bool:
@@ -219,7 +227,7 @@ class KeyPool:
         e = self._by_id[key_id]
         e.health.quarantined_until = self._clock() + self.quarantine_seconds
         log.error("upstream key %s quarantined after an authentication failure", key_id)
-        await self._save(e)
+        await self._raise(e, "quarantined_until", e.health.quarantined_until)
 
     async def set_disabled(self, key_id: str, disabled: bool) -> None:
         """Admin switch; enabling also lifts a quarantine and a cooldown."""
@@ -230,6 +238,18 @@ class KeyPool:
             e.health.cooling_until = 0.0
             e.health.lifted_at = max(self._clock(), e.health.lifted_at)
         await self._save(e)
+
+    async def _raise(self, e: _Key, name: str, until: float) -> None:
+        """Share this replica's verdict on a key: its one time, never the rest of its view
+        (which may predate an admin's decision on another replica: saving it whole undid a
+        disable)."""
+        if self._store is None:
+            return
+        try:
+            await self._store.raise_time(e.key.id, name, until)
+        except Exception:  # the local view still protects this replica
+            log.warning("could not share the health of upstream key %s", e.key.id)
+            self._on_store_error("key_health_save")
 
     async def _save(self, e: _Key) -> None:
         if self._store is None:
@@ -262,14 +282,10 @@ class KeyPool:
                 e.health.cooling_until = health.cooling_until
                 e.health.quarantined_until = health.quarantined_until
                 continue
-            # Never forget a local verdict the store has not heard of yet.
+            # Never forget a local verdict the store has not heard of yet (its save failed):
+            # only an admin's lift, above, ends one early.
             e.health.cooling_until = max(health.cooling_until, e.health.cooling_until)
-            if health.disabled or health.quarantined_until == 0.0:
-                e.health.quarantined_until = health.quarantined_until
-            else:
-                e.health.quarantined_until = max(
-                    health.quarantined_until, e.health.quarantined_until
-                )
+            e.health.quarantined_until = max(health.quarantined_until, e.health.quarantined_until)
 
     def _maybe_refresh(self) -> None:
         if self._store is None or self._clock() - self._loaded_at < self._cache_seconds:

@@ -546,6 +546,9 @@ class VideoService:
                     route="/v1/videos/{id}",
                     request_id=request_id,
                     key_id=job.key_id,
+                    # The team's call, whoever's request drove it: its 429s cool keys as the
+                    # team's other calls do (one per cooldown period), not without bound.
+                    team=job.team,
                 )
             )
             return await self._apply(job, dialect.parse_upstream(doc))

@@ -9,7 +9,9 @@ import httpx2
 import openai
 import pytest
 
+from gateway.sim.config import SimConfig
 from tests.conftest import Stack, make_stack
+from tests.integration.test_videos_sdk import VIDEOS, upstream_job
 from tests.servers import wait_for
 
 
@@ -87,3 +89,86 @@ def test_enabling_a_cooled_key_lifts_the_cooldown_on_every_replica(redis_url: st
             return bool(b.app.pool.state("primary") == "healthy")
 
         wait_for(b_healthy, timeout=5, interval=0.05, message="b still cools the enabled key")
+
+
+def test_one_teams_video_polls_cool_no_more_keys_than_its_other_calls(redis_url: str) -> None:
+    """A job's status poll is its team's call: the upstream's 429s on a team's polls cool one
+    key per cooldown period, as on its other calls. Polls went out as the gateway's own (no
+    team), so a team with a job on every key, its polls refused with a long Retry-After,
+    cooled the whole pool, and every other team got 503 no_upstream_key_available."""
+    keys = ("k1", "k2", "k3")
+    with make_stack(
+        redis_url,
+        key_ids=keys,
+        sim=SimConfig(job_seconds=3600),
+        upstream={"cooldown_seconds": 1, "health_cache_seconds": 0.1},
+        videos={**VIDEOS, "deadline_seconds": 3600},
+    ) as s:
+        noisy = sdk(s, s.token(team="noisy"))
+        on: dict[str, str] = {}  # a job of the team's on each key
+        for _ in range(30):
+            video = noisy.videos.create(prompt="a lighthouse at dusk", seconds="4")
+            on.setdefault(upstream_job(s, video.id)[1].key_id or "", video.id)
+            if set(on) >= set(keys):
+                break
+        assert set(on) >= set(keys), on
+        s.sim_app.state.sim.add_fault(
+            kind="status_429", count=-1, path_prefix="/v1/videos/", retry_after="3600"
+        )
+        for video_id in on.values():
+            # The poll is refused; the caller still gets the job's last known state.
+            assert noisy.videos.retrieve(video_id).status in ("queued", "in_progress")
+        cooling = [k for k in keys if s.app.pool.state(k) == "cooling"]
+        assert len(cooling) == 1, cooling
+        with sdk(s, s.token(team="quiet")) as quiet:
+            assert quiet.models.list().data
+
+
+def test_a_replica_that_has_not_heard_of_a_disable_cannot_undo_it(redis_url: str) -> None:
+    """An admin disables a key on one replica; another, whose view is older (its health
+    cache), gets a 429 on that key and cools it. Saving its whole view of the key's health
+    wrote 'enabled' over the admin's 'disabled', and every replica used the key again. A
+    replica's verdict now changes only its own time (cooling, quarantine); only an admin
+    changes whether a key is disabled."""
+    with (
+        make_stack(
+            redis_url, key_ids=("primary", "secondary"), upstream={"health_cache_seconds": 0.1}
+        ) as a,
+        make_stack(
+            redis_url,
+            keys=a.keys,
+            sim_url=a.sim_url,
+            sim_app=a.sim_app,
+            upstream={"health_cache_seconds": 3600},  # b does not look again in this test
+        ) as b,
+    ):
+        client_a, client_b = sdk(a, a.token()), sdk(b, b.token())
+        assert client_b.models.list().data  # b has loaded the shared health once
+        admin = a.token(team="ops", roles=("gateway-admin",))
+        r = httpx2.post(
+            a.url + "/admin/v1/upstream-keys/primary/disable",
+            headers={"Authorization": f"Bearer {admin}"},
+        )
+        assert r.status_code == 200
+        assert a.app.pool.state("primary") == "disabled"
+        assert b.app.pool.state("primary") == "healthy"  # not heard of it yet
+        a.sim_app.state.sim.add_fault(
+            kind="status_429", count=-1, key=a.keys["primary"], retry_after="1"
+        )
+        for _ in range(4):  # b takes turns between the keys: some calls reach primary
+            client_b.models.list()
+        assert b.app.pool.state("primary") == "cooling"
+
+        def a_refreshed() -> bool:
+            before = a.app.pool._loaded_at
+            client_a.models.list()  # traffic drives a's background refresh
+            return bool(a.app.pool._loaded_at > before)
+
+        wait_for(a_refreshed, timeout=5, interval=0.15, message="a never refreshed")
+        wait_for(a_refreshed, timeout=5, interval=0.15, message="a never refreshed")
+        assert a.app.pool.state("primary") == "disabled"
+        r = httpx2.get(
+            a.url + "/admin/v1/upstream-keys", headers={"Authorization": f"Bearer {admin}"}
+        )
+        assert r.status_code == 200
+        assert {k["id"]: k["state"] for k in r.json()["data"]}["primary"] == "disabled"
