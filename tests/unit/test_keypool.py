@@ -171,3 +171,18 @@ async def test_pinned_lease_uses_that_key_even_while_cooling() -> None:
         pool.lease("k1")
     with pytest.raises(NoUpstreamKey):
         pool.lease("missing")
+
+
+async def test_a_quarantine_the_store_never_heard_of_outlives_a_refresh() -> None:
+    """Redis was down when the replica quarantined a key: its next refresh, Redis back, read
+    no quarantine and erased the replica's own, putting the bad key back in turn."""
+    store = MemoryStore()
+    pool = _pool(2, store)
+    store.fail = True
+    await pool.quarantine("k0")
+    store.fail = False
+    await pool.refresh()
+    assert pool.state("k0") == QUARANTINED
+    await pool.set_disabled("k0", False)  # an admin's lift still ends it
+    await pool.refresh()
+    assert pool.state("k0") == HEALTHY
