@@ -14,6 +14,7 @@ from redis.asyncio import Redis
 
 from gateway.auth.api_keys import REVOKED, KeyRecord
 from gateway.store import keys
+from gateway.store.lua import script
 
 
 def _text(v: Any) -> str:
@@ -33,6 +34,7 @@ class NameTaken(Exception):
 class KeyStore:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
+        self._touch = redis.register_script(script("gateway.auth", "touch"))
 
     async def get(self, key_id: str) -> KeyRecord | None:
         return _record(key_id, await self.redis.hgetall(keys.api_key(key_id)))
@@ -109,4 +111,4 @@ class KeyStore:
         )
 
     async def touch(self, key_id: str, now: float) -> None:
-        await self.redis.hset(keys.api_key(key_id), "last_used", repr(now))
+        await self._touch(keys=[keys.api_key(key_id)], args=[repr(now)])

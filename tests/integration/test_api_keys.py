@@ -17,9 +17,13 @@ import httpx2
 import openai
 import pytest
 import redis as redis_sync
+import redis.asyncio as redis_async
 
 from gateway.admin import api_keys
+from gateway.auth import api_keys as api_keys_model
+from gateway.auth.key_store import KeyStore
 from gateway.sim.config import SimConfig
+from gateway.store import keys
 from tests.conftest import Stack, make_stack
 from tests.servers import wait_for
 
@@ -656,3 +660,31 @@ def test_the_cap_counts_keys_not_revoked_and_revoked_ones_make_room(
     for forgotten in made[:2]:
         assert chat(stack, forgotten["key"]).status_code == 401
     assert all(chat(stack, k["key"]).status_code == 200 for k in [made[2], *more])
+
+
+async def test_noting_a_use_never_brings_a_forgotten_key_back(redis_url: str) -> None:
+    """A replica notes a key's use (``last_used``) while it still has the key cached; the key
+    may have been revoked and forgotten on another replica meanwhile. The note once wrote
+    the record's hash anew, holding only ``last_used``, kept for ever."""
+    r = redis_async.Redis.from_url(redis_url)
+    try:
+        store = KeyStore(r)
+        gone = "k" + secrets.token_hex(8)
+        await store.touch(gone, 1.5)
+        assert await r.exists(keys.api_key(gone)) == 0
+        record = api_keys_model.KeyRecord.from_fields(
+            "k" + secrets.token_hex(8),
+            {
+                "team": fresh_team(),
+                "name": "n",
+                "digest": "d",
+                "created": "1.0",
+                "state": api_keys_model.ACTIVE,
+            },
+        )
+        await store.create(record)
+        await store.touch(record.id, 2.5)
+        assert (await store.get(record.id)) is not None
+        assert await r.hget(keys.api_key(record.id), "last_used") == b"2.5"
+    finally:
+        await r.aclose()
