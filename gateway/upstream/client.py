@@ -55,7 +55,8 @@ class UpstreamRequest:
     route: str  # a bounded label for metrics
     request_id: str
     key_id: str | None = None  # pin a key (video jobs); None lets the pool choose
-    team: str = ""  # whose call it is ("" for the gateway's own, e.g. a job's poll)
+    team: str = ""  # whose call it is ("" for the gateway's own)
+    counted: bool = True  # counts against the team's upstream connections (not a job's poll)
 
 
 class UpstreamResponse:
@@ -226,7 +227,7 @@ class UpstreamClient:
     async def send(
         self, req: UpstreamRequest, *, follow_redirects: bool = False
     ) -> UpstreamResponse:
-        team = req.team
+        team = req.team if req.counted else ""
         if team:
             # A caller that stops reading holds its connection as long as it likes: one team
             # may hold only its share of the pool, and the rest stays for the others.

@@ -209,6 +209,8 @@ class KeyPool:
         until, held = self._cooled_by.get(team, (0.0, ""))
         if until > now and held != key_id:  # known here: no round trip
             return False
+        # Recorded before the round trip: a concurrent claim of this team here sees it.
+        self._cooled_by[team] = (max(until, now + hold), key_id)
         if self._store is not None:
             try:
                 held = await self._store.claim(team, key_id, hold)
@@ -216,6 +218,8 @@ class KeyPool:
                 self._on_store_error("key_cooler_claim")
                 held = key_id
             if held != key_id:
+                if self._cooled_by.get(team, (0.0, ""))[1] == key_id:
+                    self._cooled_by[team] = (until, held)  # not ours: undo the record
                 return False
         if len(self._cooled_by) >= 10_000:  # team names come from tokens: bounded
             self._cooled_by = {t: c for t, c in self._cooled_by.items() if c[0] > now}
@@ -274,6 +278,8 @@ class KeyPool:
             e = self._by_id.get(kid)
             if e is None:
                 continue
+            if health.lifted_at < e.health.lifted_at:
+                continue  # read before a lift this replica has already applied: stale
             e.health.disabled = health.disabled
             if health.lifted_at > e.health.lifted_at:
                 # An admin lifted the key since this replica last looked: the shared times

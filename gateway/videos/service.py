@@ -549,6 +549,7 @@ class VideoService:
                     # The team's call, whoever's request drove it: its 429s cool keys as the
                     # team's other calls do (one per cooldown period), not without bound.
                     team=job.team,
+                    counted=False,  # short and read whole: never refused for held downloads
                 )
             )
             return await self._apply(job, dialect.parse_upstream(doc))

@@ -3,11 +3,17 @@ upstream's Retry-After; and an admin enabling a key lifts its cooldown on every 
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import httpx2
 import openai
 import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from gateway.sim.config import SimConfig
 from tests.conftest import Stack, make_stack
@@ -172,3 +178,118 @@ def test_a_replica_that_has_not_heard_of_a_disable_cannot_undo_it(redis_url: str
         )
         assert r.status_code == 200
         assert {k["id"]: k["state"] for k in r.json()["data"]}["primary"] == "disabled"
+
+
+def test_one_teams_concurrent_429s_cool_one_key_with_redis_unreachable(redis_url: str) -> None:
+    """The pool's Redis calls time out (rate checks fail open, so calls still go out). The
+    claim's fallback, "this replica's own record still bounds the team", wrote the record
+    only after the failed claim returned: one team's concurrent requests, spread over every
+    key and all refused 429 (a saturated model), each passed the local check and cooled its
+    key, and every other team got 503 on this replica. Found by an attack on b52c0cc."""
+    keys = ("k1", "k2", "k3")
+    with make_stack(redis_url, key_ids=keys, upstream={"cooldown_seconds": 30}) as s:
+        store = s.app.pool._store
+
+        async def unreachable(*args: Any, **kwargs: Any) -> Any:
+            await asyncio.sleep(0.2)  # a socket timeout
+            raise RedisConnectionError("Timeout connecting to server")
+
+        store.claim = unreachable
+        store.raise_time = unreachable
+        s.sim_app.state.sim.add_fault(kind="status_429", count=-1, path_prefix="/v1/chat")
+        noisy = sdk(s, s.token(team="noisy"))
+
+        def call(_: int) -> int:
+            try:
+                noisy.chat.completions.create(
+                    model="saturated", messages=[{"role": "user", "content": "x"}]
+                )
+            except openai.APIStatusError as exc:
+                return exc.status_code
+            return 200
+
+        with ThreadPoolExecutor(len(keys)) as ex:
+            assert list(ex.map(call, range(len(keys)))) == [429] * len(keys)
+        cooling = [k for k in keys if s.app.pool.state(k) == "cooling"]
+        assert len(cooling) == 1, cooling
+        with sdk(s, s.token(team="quiet")) as quiet:
+            assert quiet.models.list().data
+
+
+def test_a_lift_holds_on_a_replica_whose_older_refresh_finishes_last(redis_url: str) -> None:
+    """Replica b has a background refresh in flight whose read of Redis predates the admin's
+    enable (made on a); b's admin GET then reads the lift and applies it. When the older
+    refresh finished, its pre-lift quarantine was merged back and, its lift stamp being no
+    newer than b's, no later refresh took the lifted times again: b kept the key out for the
+    whole quarantine_seconds, and its admin API said 'quarantined'. Found by an attack on
+    b52c0cc."""
+    with (
+        make_stack(
+            redis_url, key_ids=("primary", "secondary"), upstream={"health_cache_seconds": 0.1}
+        ) as a,
+        make_stack(
+            redis_url,
+            keys=a.keys,
+            sim_url=a.sim_url,
+            sim_app=a.sim_app,
+            upstream={"health_cache_seconds": 0.1},
+        ) as b,
+    ):
+        sim = a.sim_app.state.sim
+        admin_a = {"Authorization": f"Bearer {a.token(team='ops', roles=('gateway-admin',))}"}
+        admin_b = {"Authorization": f"Bearer {b.token(team='ops', roles=('gateway-admin',))}"}
+
+        def states(stack: Stack, headers: dict[str, str]) -> dict[str, str]:
+            r = httpx2.get(stack.url + "/admin/v1/upstream-keys", headers=headers)
+            assert r.status_code == 200, r.text
+            return {k["id"]: k["state"] for k in r.json()["data"]}
+
+        # primary is refused, and the probe confirms it: quarantined, shared.
+        fault = sim.add_fault(kind="status_401", count=-1, key=a.keys["primary"])
+        client_a, client_b = sdk(a, a.token()), sdk(b, b.token())
+        wait_for(
+            lambda: (client_a.models.list(), a.app.pool.state("primary"))[1] == "quarantined",
+            timeout=5,
+            interval=0.05,
+            message="a never quarantined primary",
+        )
+        sim.faults.remove(fault)  # the operator fixes the key upstream
+        wait_for(
+            lambda: states(b, admin_b)["primary"] == "quarantined",
+            timeout=5,
+            interval=0.05,
+            message="b never saw the quarantine",
+        )
+        # b's next background load reads Redis at once; its answer is handled only once the
+        # admin's enable and b's own refresh after it are done (a slow connection, a busy loop).
+        store = b.app.pool._store
+        real_load = store.load
+        read, go, done = threading.Event(), threading.Event(), threading.Event()
+        slow = {"once": True}
+
+        async def load(key_ids: Sequence[str]) -> Any:
+            rows = await real_load(key_ids)
+            if slow.pop("once", False):
+                read.set()
+                while not go.is_set():
+                    await asyncio.sleep(0.01)
+                done.set()
+            return rows
+
+        store.load = load
+
+        def refresh_started() -> bool:
+            client_b.models.list()  # traffic starts b's background refresh
+            return read.is_set()
+
+        wait_for(refresh_started, timeout=5, interval=0.05, message="b never refreshed")
+        r = httpx2.post(a.url + "/admin/v1/upstream-keys/primary/enable", headers=admin_a)
+        assert r.status_code == 200, r.text
+        assert r.json()["state"] == "healthy"
+        assert states(b, admin_b)["primary"] == "healthy"  # b's own refresh reads the lift
+        go.set()
+        assert done.wait(5)  # the older refresh has finished
+        for _ in range(10):  # refreshes later, the lift still holds on b
+            client_b.models.list()
+            assert states(b, admin_b)["primary"] == "healthy"
+        assert states(a, admin_a)["primary"] == "healthy"

@@ -1,3 +1,4 @@
+import asyncio
 from collections.abc import Sequence
 from dataclasses import replace
 
@@ -186,3 +187,110 @@ async def test_a_quarantine_the_store_never_heard_of_outlives_a_refresh() -> Non
     await pool.set_disabled("k0", False)  # an admin's lift still ends it
     await pool.refresh()
     assert pool.state("k0") == HEALTHY
+
+
+class TimingOutStore(MemoryStore):
+    """Redis unreachable the way a real client sees it: each call waits (a connect or socket
+    timeout) before it fails."""
+
+    async def claim(self, name: str, value: str, seconds: float) -> str:
+        await asyncio.sleep(0.01)
+        raise ConnectionError("timed out")
+
+    async def raise_time(self, key_id: str, name: str, until: float) -> None:
+        await asyncio.sleep(0.01)
+        raise ConnectionError("timed out")
+
+
+async def test_concurrent_429s_of_one_team_cool_one_key_when_redis_is_down() -> None:
+    """Redis down (rate checks fail open, so calls still go out): one team's concurrent
+    requests, spread over every key by least-in-flight selection, all get 429. 'This replica's
+    own record still bounds the team', but the record is written only after the failed claim
+    returns, so every concurrent claim passes the local check and every key cools: the other
+    teams get 503 no_upstream_key_available on this replica."""
+    pool = KeyPool(_keys(3), TimingOutStore(), clock=Clock(), cooldown_seconds=30)
+    cooled = await asyncio.gather(
+        *(pool.cool_down(k, 30, team="noisy") for k in ("k0", "k1", "k2"))
+    )
+    assert cooled.count(True) == 1, cooled
+    pool.acquire().release()  # another team still gets a key
+
+
+class SnapshotThenWaitStore(MemoryStore):
+    """A load reads Redis at once and its reply is processed later (a slow connection, a busy
+    loop): the first load after ``hold()`` waits for ``release()``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._gate: asyncio.Event | None = None
+        self._held: asyncio.Event | None = None
+        self.snapshotted = asyncio.Event()
+
+    def hold(self) -> None:
+        self._gate = self._held = asyncio.Event()
+
+    def release(self) -> None:
+        assert self._held is not None
+        self._held.set()
+
+    async def load(self, key_ids: Sequence[str]) -> dict[str, KeyHealth]:
+        rows = await super().load(key_ids)
+        gate, self._gate = self._gate, None
+        if gate is not None:
+            self.snapshotted.set()
+            await gate.wait()
+        return rows
+
+
+async def test_a_lift_is_not_undone_by_a_refresh_that_read_redis_before_it() -> None:
+    """The admin enables a quarantined key while the replica's background refresh is in flight
+    (its snapshot read before the lift). That stale snapshot, applied after the lift, took the
+    larger quarantine back; and since its lifted_at is no newer than the replica's, no later
+    refresh ever takes the shared (lifted) times again: the key stays quarantined on this
+    replica for the whole quarantine_seconds, and the admin API here says so."""
+    store = SnapshotThenWaitStore()
+    clock = Clock()
+    pool = KeyPool(_keys(2), store, clock=clock, cooldown_seconds=30, quarantine_seconds=600)
+    await pool.quarantine("k0")
+    assert pool.state("k0") == QUARANTINED
+    store.hold()
+    background = asyncio.create_task(pool.refresh())  # _maybe_refresh's task
+    await store.snapshotted.wait()
+    # the admin: AdminService.set_upstream_key refreshes, then enables
+    clock.advance(0.5)
+    await pool.refresh()
+    await pool.set_disabled("k0", False)
+    assert pool.state("k0") == HEALTHY
+    store.release()
+    await background
+    for _ in range(5):  # however many refreshes later
+        clock.advance(1)
+        await pool.refresh()
+    assert pool.state("k0") == HEALTHY, store.rows["k0"]
+
+
+async def test_a_lift_seen_by_a_newer_refresh_is_not_undone_by_an_older_one() -> None:
+    """Another replica's view: b has two refreshes in flight (its background one, and the one
+    an admin's GET /admin/v1/upstream-keys makes), the lift landing between their reads. The
+    newer one applies the lift; the older, finishing after it, put the quarantine back for
+    good."""
+    store = SnapshotThenWaitStore()
+    clock = Clock()
+    a = KeyPool(_keys(2), store, clock=clock, quarantine_seconds=600)
+    b = KeyPool(_keys(2), store, clock=clock, quarantine_seconds=600)
+    await a.quarantine("k0")
+    await b.refresh()
+    assert b.state("k0") == QUARANTINED
+    store.hold()
+    older = asyncio.create_task(b.refresh())
+    await store.snapshotted.wait()
+    clock.advance(0.5)
+    await a.set_disabled("k0", False)  # the admin, on replica a
+    await b.refresh()  # the admin's GET on b
+    assert b.state("k0") == HEALTHY
+    store.release()
+    await older
+    for _ in range(5):
+        clock.advance(1)
+        await b.refresh()
+    assert b.state("k0") == HEALTHY, store.rows["k0"]
