@@ -56,7 +56,7 @@ class UpstreamRequest:
     request_id: str
     key_id: str | None = None  # pin a key (video jobs); None lets the pool choose
     team: str = ""  # whose call it is ("" for the gateway's own)
-    counted: bool = True  # counts against the team's upstream connections (not a job's poll)
+    counted: bool = True  # False for a job's poll: one connection past the team's share
 
 
 class UpstreamResponse:
@@ -227,12 +227,15 @@ class UpstreamClient:
     async def send(
         self, req: UpstreamRequest, *, follow_redirects: bool = False
     ) -> UpstreamResponse:
-        team = req.team if req.counted else ""
+        team = req.team
         if team:
             # A caller that stops reading holds its connection as long as it likes: one team
-            # may hold only its share of the pool, and the rest stays for the others.
+            # may hold only its share of the pool, and the rest stays for the others. A job's
+            # poll (short, read whole) counts too, with one connection more: downloads the
+            # team holds never keep its jobs from being polled, nor can its polls (one per
+            # job) hold the pool.
             held = self._held.get(team, 0)
-            if held >= self._team_connections:
+            if held >= self._team_connections + (0 if req.counted else 1):
                 raise QuotaExceeded(
                     f"Team '{team}' has {held} calls to the upstream open on this replica, its "
                     "most at once; retry when one has ended.",

@@ -25,6 +25,8 @@ class RedisKeyHealthStore:
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
         self._raise = redis.register_script(script("gateway.upstream", "raise_time"))
+        self._decide = redis.register_script(script("gateway.upstream", "decide"))
+        self._claim = redis.register_script(script("gateway.upstream", "claim"))
 
     async def load(self, key_ids: Sequence[str]) -> dict[str, KeyHealth]:
         # Not a transaction: each hash is independent, and on a cluster they live on many nodes.
@@ -42,32 +44,22 @@ class RedisKeyHealthStore:
             )
         return out
 
-    async def save(self, key_id: str, health: KeyHealth) -> None:
-        await self._redis.hset(
-            health_key(key_id),
-            mapping={
-                "cooling_until": repr(health.cooling_until),
-                "quarantined_until": repr(health.quarantined_until),
-                "disabled": "1" if health.disabled else "0",
-                "lifted_at": repr(health.lifted_at),
-            },
+    async def save(self, key_id: str, health: KeyHealth, now: float) -> float:
+        stamp = await self._decide(
+            keys=[health_key(key_id)],
+            args=[
+                repr(health.cooling_until),
+                repr(health.quarantined_until),
+                "1" if health.disabled else "0",
+                repr(now),
+            ],
         )
+        return float(stamp)
 
-    async def raise_time(self, key_id: str, name: str, until: float) -> None:
-        await self._raise(keys=[health_key(key_id)], args=[name, repr(until)])
+    async def raise_time(self, key_id: str, name: str, until: float, seen: float) -> None:
+        await self._raise(keys=[health_key(key_id)], args=[name, repr(until), repr(seen)])
 
     async def claim(self, name: str, value: str, seconds: float) -> str:
-        key = keys.upstream_cooler(name)
         ms = max(1, int(seconds * 1000))
-        if await self._redis.set(key, value, nx=True, px=ms):
-            return value
-        raw = await self._redis.get(key)
-        if raw is None:  # gone in between (expired): nobody holds it
-            await self._redis.set(key, value, px=ms)
-            return value
-        held = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
-        if held == value and await self._redis.pttl(key) < ms:
-            # Held already for this value (another replica, or a shorter cooldown before):
-            # held on for as long as this cooling lasts.
-            await self._redis.pexpire(key, ms)
-        return held
+        raw = await self._claim(keys=[keys.upstream_cooler(name)], args=[value, ms])
+        return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from gateway.errors import NoUpstreamKey
+from gateway.errors import NoUpstreamKey, StoreUnavailable
 from gateway.settings import UpstreamKey
 
 log = logging.getLogger("gateway.upstream")
@@ -54,13 +54,15 @@ class KeyHealth:
 
 class KeyHealthStore(Protocol):
     async def load(self, key_ids: Sequence[str]) -> dict[str, KeyHealth]: ...
-    async def save(self, key_id: str, health: KeyHealth) -> None:
-        """Write the whole of a key's health: an admin's decision."""
+    async def save(self, key_id: str, health: KeyHealth, now: float) -> float:
+        """Write the whole of a key's health: an admin's decision, stamped (``lifted_at``)
+        later than every decision before it and ``now``; answers the stamp."""
         ...
 
-    async def raise_time(self, key_id: str, name: str, until: float) -> None:
+    async def raise_time(self, key_id: str, name: str, until: float, seen: float) -> None:
         """Set one of a key's times (``cooling_until``, ``quarantined_until``) to ``until``
-        unless it already runs longer, leaving the rest of its health as it is."""
+        unless it already runs longer or an admin has decided on the key after the decision
+        stamped ``seen`` (the last the verdict's replica knew of); the rest is left as it is."""
         ...
 
     async def claim(self, name: str, value: str, seconds: float) -> str:
@@ -122,6 +124,10 @@ class KeyPool:
         self._rr = itertools.count()
         self._loaded_at = float("-inf")
         self._refreshing: asyncio.Task[None] | None = None
+        # Refreshes started, and the latest whose reading (or an admin's decision made here
+        # after it) has been applied: an older reading that comes back later is stale.
+        self._started = 0
+        self._applied = 0
         # team -> (until when, the key) its cooldown claim holds
         self._cooled_by: dict[str, tuple[float, str]] = {}
 
@@ -234,32 +240,40 @@ class KeyPool:
         await self._raise(e, "quarantined_until", e.health.quarantined_until)
 
     async def set_disabled(self, key_id: str, disabled: bool) -> None:
-        """Admin switch; enabling also lifts a quarantine and a cooldown."""
+        """Admin switch; enabling also lifts a quarantine and a cooldown. The decision is
+        Redis's to stamp (later than any decision before it, whatever the replicas' clocks)
+        and holds here once Redis has it; raises StoreUnavailable when Redis did not take it
+        (it would hold on this replica alone, and its refreshes would undo it)."""
         e = self._by_id[key_id]
+        decided = KeyHealth(
+            cooling_until=0.0 if not disabled else e.health.cooling_until,
+            quarantined_until=0.0 if not disabled else e.health.quarantined_until,
+            disabled=disabled,
+            lifted_at=e.health.lifted_at,
+        )
+        if self._store is not None:
+            try:
+                decided.lifted_at = await self._store.save(key_id, decided, self._clock())
+            except Exception:
+                log.warning("could not store an admin's decision on upstream key %s", key_id)
+                self._on_store_error("key_health_save")
+                raise StoreUnavailable() from None
+            # A refresh that read Redis before the decision must not apply after it.
+            self._applied = self._started
         e.health.disabled = disabled
         if not disabled:
-            e.health.quarantined_until = 0.0
-            e.health.cooling_until = 0.0
-            e.health.lifted_at = max(self._clock(), e.health.lifted_at)
-        await self._save(e)
+            e.health.cooling_until = e.health.quarantined_until = 0.0
+        e.health.lifted_at = max(e.health.lifted_at, decided.lifted_at)
 
     async def _raise(self, e: _Key, name: str, until: float) -> None:
         """Share this replica's verdict on a key: its one time, never the rest of its view
         (which may predate an admin's decision on another replica: saving it whole undid a
-        disable)."""
+        disable), and only if no admin has decided on the key since the last decision this
+        replica knows of (a slow write must not undo a later lift)."""
         if self._store is None:
             return
         try:
-            await self._store.raise_time(e.key.id, name, until)
-        except Exception:  # the local view still protects this replica
-            log.warning("could not share the health of upstream key %s", e.key.id)
-            self._on_store_error("key_health_save")
-
-    async def _save(self, e: _Key) -> None:
-        if self._store is None:
-            return
-        try:
-            await self._store.save(e.key.id, e.health)
+            await self._store.raise_time(e.key.id, name, until, e.health.lifted_at)
         except Exception:  # the local view still protects this replica
             log.warning("could not share the health of upstream key %s", e.key.id)
             self._on_store_error("key_health_save")
@@ -269,17 +283,23 @@ class KeyPool:
         if self._store is None:
             return
         self._loaded_at = self._clock()
+        self._started += 1
+        ticket = self._started
         try:
             shared = await self._store.load(self.key_ids)
         except Exception:
             self._on_store_error("key_health_load")
             return
+        if ticket <= self._applied:
+            # Read before a later refresh (the background one and an admin route's can both
+            # be in flight) or an admin's decision here had applied: stale, and merging its
+            # times back would undo a lift for good.
+            return
+        self._applied = ticket
         for kid, health in shared.items():
             e = self._by_id.get(kid)
             if e is None:
                 continue
-            if health.lifted_at < e.health.lifted_at:
-                continue  # read before a lift this replica has already applied: stale
             e.health.disabled = health.disabled
             if health.lifted_at > e.health.lifted_at:
                 # An admin lifted the key since this replica last looked: the shared times

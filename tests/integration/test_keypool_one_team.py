@@ -13,9 +13,12 @@ from typing import Any
 import httpx2
 import openai
 import pytest
+from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from gateway.sim.config import SimConfig
+from gateway.store import keys
+from gateway.upstream.health_store import RedisKeyHealthStore
 from tests.conftest import Stack, make_stack
 from tests.integration.test_videos_sdk import VIDEOS, upstream_job
 from tests.servers import wait_for
@@ -293,3 +296,44 @@ def test_a_lift_holds_on_a_replica_whose_older_refresh_finishes_last(redis_url: 
             client_b.models.list()
             assert states(b, admin_b)["primary"] == "healthy"
         assert states(a, admin_a)["primary"] == "healthy"
+
+
+class ExpiresBetween:
+    """Replica a's Redis connection: its GET arrives just after the claim expired, and
+    replica b's claim lands right after that GET."""
+
+    def __init__(self, redis: Redis, then: Any) -> None:
+        self._redis = redis
+        self._then = then
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._redis, name)
+
+    async def get(self, key: str) -> Any:
+        await self._redis.delete(key)  # the old claim's PX ran out just now
+        raw = await self._redis.get(key)
+        then, self._then = self._then, None
+        if then is not None:
+            await then()
+        return raw
+
+
+async def test_two_replicas_never_both_hold_one_teams_claim(redis_url: str) -> None:
+    """The claim was SET NX, then GET, then a plain SET when the GET found it gone (expired in
+    between): another replica's SET NX landing in that gap was overwritten, and both believed
+    the team held their key, so the team cooled two keys in one period. Found by an attack."""
+    redis = Redis.from_url(redis_url)
+    try:
+        b = RedisKeyHealthStore(redis)
+        got_b: list[str] = []
+
+        async def b_claims() -> None:
+            got_b.append(await b.claim("noisy", "k2", 30))
+
+        a = RedisKeyHealthStore(ExpiresBetween(redis, b_claims))  # type: ignore[arg-type]
+        await redis.set(keys.upstream_cooler("noisy"), "k0", px=30_000)  # an earlier claim
+        got_a = await a.claim("noisy", "k1", 30)
+        # Each replica cools the key claim() says the team holds: only one may be its own.
+        assert not (got_a == "k1" and got_b == ["k2"]), (got_a, got_b)
+    finally:
+        await redis.aclose()

@@ -65,3 +65,48 @@ def test_held_downloads_leave_the_teams_polls_their_way(redis_url: str) -> None:
         assert client.videos.retrieve(running.id).status == "completed"
         for t in held:
             t.join()
+
+
+def test_one_teams_polls_hold_no_more_than_its_share_of_upstream_connections(
+    redis_url: str,
+) -> None:
+    """Polls once did not count at all, and a team has as many unfinished jobs as its quota
+    allows: its jobs polled at once against a slow upstream held the whole connection pool,
+    and every other team got 503. A poll has one connection past the team's share."""
+    with make_stack(
+        redis_url,
+        key_ids=("k1", "k2"),
+        sim=SimConfig(job_seconds=3600),
+        upstream={"max_connections": 4, "max_connections_per_team": 2, "connect_timeout": 1},
+        videos={**VIDEOS, "poll_interval_seconds": 5, "deadline_seconds": 3600},
+    ) as s:
+        noisy = sdk(s, s.token(team="noisy"))
+        jobs = [noisy.videos.create(prompt="a lighthouse at dusk", seconds="4") for _ in range(4)]
+        sim = s.sim_app.state.sim
+        sim.add_fault(kind="slow", count=4, delay=6, path_prefix="/v1/videos/")
+        before = len(sim.requests)
+
+        seen: list[str] = []
+
+        def poll(video_id: str) -> None:
+            seen.append(noisy.videos.retrieve(video_id).status)
+
+        threads = [threading.Thread(target=poll, args=(j.id,)) for j in jobs]
+        for t in threads:
+            t.start()
+        wait_for(  # the team's polls, one per job, are all upstream at once
+            lambda: (
+                sum(1 for r in sim.requests[before:] if r["path"].startswith("/v1/videos/")) >= 3
+            ),
+            timeout=5,
+            interval=0.02,
+            message="the polls never reached the upstream",
+        )
+        try:
+            with sdk(s, s.token(team="quiet")) as quiet:
+                assert quiet.models.list().data  # another team still gets a connection
+        finally:
+            for t in threads:
+                t.join()
+        # Each caller got its job's last known state (a refused poll is tried again later).
+        assert sorted(seen) == ["queued"] * len(jobs)

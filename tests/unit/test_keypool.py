@@ -4,7 +4,7 @@ from dataclasses import replace
 
 import pytest
 
-from gateway.errors import NoUpstreamKey
+from gateway.errors import NoUpstreamKey, StoreUnavailable
 from gateway.settings import UpstreamKey
 from gateway.upstream.keypool import COOLING, DISABLED, HEALTHY, QUARANTINED, KeyHealth, KeyPool
 from tests.clock import Clock
@@ -23,15 +23,20 @@ class MemoryStore:
             raise ConnectionError("down")
         return {k: replace(self.rows[k]) if k in self.rows else KeyHealth() for k in key_ids}
 
-    async def save(self, key_id: str, health: KeyHealth) -> None:
+    async def save(self, key_id: str, health: KeyHealth, now: float) -> float:
         if self.fail:
             raise ConnectionError("down")
-        self.rows[key_id] = replace(health)
+        before = self.rows[key_id].lifted_at if key_id in self.rows else 0.0
+        stamp = max(before + 0.001, now)  # as decide.lua stamps it
+        self.rows[key_id] = replace(health, lifted_at=stamp)
+        return stamp
 
-    async def raise_time(self, key_id: str, name: str, until: float) -> None:
+    async def raise_time(self, key_id: str, name: str, until: float, seen: float) -> None:
         if self.fail:
             raise ConnectionError("down")
         row = self.rows.setdefault(key_id, KeyHealth())
+        if row.lifted_at > seen:  # as raise_time.lua: an admin decided since
+            return
         setattr(row, name, max(getattr(row, name), until))
 
     async def claim(self, name: str, value: str, seconds: float) -> str:
@@ -197,7 +202,7 @@ class TimingOutStore(MemoryStore):
         await asyncio.sleep(0.01)
         raise ConnectionError("timed out")
 
-    async def raise_time(self, key_id: str, name: str, until: float) -> None:
+    async def raise_time(self, key_id: str, name: str, until: float, seen: float) -> None:
         await asyncio.sleep(0.01)
         raise ConnectionError("timed out")
 
@@ -294,3 +299,136 @@ async def test_a_lift_seen_by_a_newer_refresh_is_not_undone_by_an_older_one() ->
         clock.advance(1)
         await b.refresh()
     assert b.state("k0") == HEALTHY, store.rows["k0"]
+
+
+class SaveFailsOnce(MemoryStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fail_next_save = False
+
+    async def save(self, key_id: str, health: KeyHealth, now: float) -> float:
+        if self.fail_next_save:
+            self.fail_next_save = False
+            raise ConnectionError("timed out")
+        return await super().save(key_id, health, now)
+
+
+async def test_a_replica_whose_lift_save_failed_still_learns_a_later_disable() -> None:
+    """Admin enables k0 on replica a; that one HSET times out (swallowed by _save). Later an
+    admin disables k0 on replica b (its refresh + save succeed). a's lifted_at is newer than
+    the shared one, so a skips every snapshot of k0 forever: it keeps using the disabled key."""
+    store = SaveFailsOnce()
+    clock = Clock()
+    a = KeyPool(_keys(2), store, clock=clock, quarantine_seconds=600)
+    b = KeyPool(_keys(2), store, clock=clock, quarantine_seconds=600)
+    store.fail_next_save = True
+    clock.advance(1)
+    await a.refresh()
+    with pytest.raises(StoreUnavailable):  # the admin gets a 503, not a 200 held here only
+        await a.set_disabled("k0", False)  # admin enable on a: the save fails
+    assert a.state("k0") == HEALTHY  # as it was: nothing was decided
+    clock.advance(1)
+    await b.refresh()
+    await b.set_disabled("k0", True)  # admin disable on b: reaches Redis
+    assert store.rows["k0"].disabled
+    for _ in range(5):
+        clock.advance(1)
+        await a.refresh()
+    assert a.state("k0") == DISABLED, (a.state("k0"), store.rows["k0"])
+
+
+async def test_a_replica_whose_lift_save_failed_still_learns_other_replicas_quarantine() -> None:
+    store = SaveFailsOnce()
+    clock = Clock()
+    a = KeyPool(_keys(2), store, clock=clock, quarantine_seconds=600)
+    b = KeyPool(_keys(2), store, clock=clock, quarantine_seconds=600)
+    store.fail_next_save = True
+    clock.advance(1)
+    with pytest.raises(StoreUnavailable):
+        await a.set_disabled("k0", False)  # save fails
+    clock.advance(1)
+    await b.quarantine("k0")  # the upstream refused k0 (401 + probe) on b
+    for _ in range(5):
+        clock.advance(1)
+        await a.refresh()
+    assert a.state("k0") == QUARANTINED, (a.state("k0"), store.rows["k0"])
+
+
+async def test_racing_enable_and_disable_the_later_disable_holds_everywhere() -> None:
+    """Admin 1 enables k0 on a while admin 2 disables it on b. b's route refreshes (reads the
+    old lifted_at), a's enable lands, then b's disable lands last: Redis says disabled, with
+    b's older lifted_at. a skips that snapshot forever and serves the disabled key."""
+    store = MemoryStore()
+    clock = Clock()
+    a = KeyPool(_keys(2), store, clock=clock, quarantine_seconds=600)
+    b = KeyPool(_keys(2), store, clock=clock, quarantine_seconds=600)
+    await a.quarantine("k0")
+    await b.refresh()
+    clock.advance(1)
+    await b.refresh()  # admin 2's route on b: refresh ...
+    await a.refresh()  # admin 1's route on a: refresh, enable
+    await a.set_disabled("k0", False)
+    await b.set_disabled("k0", True)  # ... then b's disable lands last
+    assert store.rows["k0"].disabled
+    assert b.state("k0") == DISABLED
+    for _ in range(5):
+        clock.advance(1)
+        await a.refresh()
+    assert a.state("k0") == DISABLED, (a.state("k0"), store.rows["k0"])
+
+
+class SlowRaise(MemoryStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.sent = asyncio.Event()
+
+    async def raise_time(self, key_id: str, name: str, until: float, seen: float) -> None:
+        self.sent.set()
+        await self.gate.wait()
+        await super().raise_time(key_id, name, until, seen)
+
+
+async def test_a_verdict_made_before_a_lift_that_lands_after_it_does_not_undo_it() -> None:
+    """b quarantines k0; its raise_time is slow. The admin enables k0 on a (after b's verdict).
+    b's raise lands after the lift: Redis says quarantined again with the new lift stamp, and
+    every replica, a included, takes the quarantine back: the admin's enable is undone."""
+    store = SlowRaise()
+    clock = Clock()
+    a = KeyPool(_keys(2), store, clock=clock, quarantine_seconds=600)
+    b = KeyPool(_keys(2), store, clock=clock, quarantine_seconds=600)
+    verdict = asyncio.create_task(b.quarantine("k0"))
+    await store.sent.wait()
+    clock.advance(1)
+    await a.refresh()
+    await a.set_disabled("k0", False)  # the admin lifts, after the verdict
+    store.gate.set()
+    await verdict
+    for _ in range(3):
+        clock.advance(1)
+        await a.refresh()
+    assert a.state("k0") == HEALTHY, (a.state("k0"), store.rows["k0"])
+
+
+async def test_an_enable_on_a_replica_with_a_slower_clock_lifts_everywhere() -> None:
+    """Replica clocks differ by 5 s. Admin enables k0 on a (stamp = a's clock). Later k0 is
+    quarantined; the admin enables it on b, whose clock is behind: b's stamp is
+    max(b's clock, the stamp it read) = a's old stamp, equal to a's; a's refresh then takes
+    the max of times and keeps its quarantine for the full period."""
+    store = MemoryStore()
+    ca, cb = Clock(1000.0), Clock(995.0)
+    a = KeyPool(_keys(2), store, clock=ca, quarantine_seconds=600)
+    b = KeyPool(_keys(2), store, clock=cb, quarantine_seconds=600)
+    await a.set_disabled("k0", False)
+    ca.advance(2)
+    cb.advance(2)
+    await a.quarantine("k0")
+    ca.advance(2)
+    cb.advance(2)
+    await b.refresh()
+    await b.set_disabled("k0", False)
+    assert b.state("k0") == HEALTHY
+    for _ in range(3):
+        ca.advance(1)
+        await a.refresh()
+    assert a.state("k0") == HEALTHY, (a.state("k0"), store.rows["k0"])
