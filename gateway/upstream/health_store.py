@@ -44,14 +44,13 @@ class RedisKeyHealthStore:
             )
         return out
 
-    async def save(self, key_id: str, health: KeyHealth, now: float) -> float:
+    async def save(self, key_id: str, health: KeyHealth) -> float:
         stamp = await self._decide(
             keys=[health_key(key_id)],
             args=[
                 repr(health.cooling_until),
                 repr(health.quarantined_until),
                 "1" if health.disabled else "0",
-                repr(now),
             ],
         )
         return float(stamp)

@@ -54,9 +54,9 @@ class KeyHealth:
 
 class KeyHealthStore(Protocol):
     async def load(self, key_ids: Sequence[str]) -> dict[str, KeyHealth]: ...
-    async def save(self, key_id: str, health: KeyHealth, now: float) -> float:
+    async def save(self, key_id: str, health: KeyHealth) -> float:
         """Write the whole of a key's health: an admin's decision, stamped (``lifted_at``)
-        later than every decision before it and ``now``; answers the stamp."""
+        by the store's own clock, later than every decision before it; answers the stamp."""
         ...
 
     async def raise_time(self, key_id: str, name: str, until: float, seen: float) -> None:
@@ -241,9 +241,9 @@ class KeyPool:
 
     async def set_disabled(self, key_id: str, disabled: bool) -> None:
         """Admin switch; enabling also lifts a quarantine and a cooldown. The decision is
-        Redis's to stamp (later than any decision before it, whatever the replicas' clocks)
-        and holds here once Redis has it; raises StoreUnavailable when Redis did not take it
-        (it would hold on this replica alone, and its refreshes would undo it)."""
+        Redis's to stamp (by its clock, later than any decision before it) and holds here
+        once Redis has it; raises StoreUnavailable when Redis did not take it (it would hold
+        on this replica alone, and its refreshes would undo it)."""
         e = self._by_id[key_id]
         decided = KeyHealth(
             cooling_until=0.0 if not disabled else e.health.cooling_until,
@@ -253,7 +253,7 @@ class KeyPool:
         )
         if self._store is not None:
             try:
-                decided.lifted_at = await self._store.save(key_id, decided, self._clock())
+                decided.lifted_at = await self._store.save(key_id, decided)
             except Exception:
                 log.warning("could not store an admin's decision on upstream key %s", key_id)
                 self._on_store_error("key_health_save")
@@ -299,6 +299,15 @@ class KeyPool:
         for kid, health in shared.items():
             e = self._by_id.get(kid)
             if e is None:
+                continue
+            if health.lifted_at < e.health.lifted_at:
+                # Redis has lost a decision this replica knows of (it restarted without its
+                # data, or was flushed): its "not disabled" is no admin's. The decision
+                # stands here; the times still merge.
+                e.health.cooling_until = max(health.cooling_until, e.health.cooling_until)
+                e.health.quarantined_until = max(
+                    health.quarantined_until, e.health.quarantined_until
+                )
                 continue
             e.health.disabled = health.disabled
             if health.lifted_at > e.health.lifted_at:

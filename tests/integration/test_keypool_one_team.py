@@ -4,6 +4,7 @@ upstream's Retry-After; and an admin enabling a key lifts its cooldown on every 
 from __future__ import annotations
 
 import asyncio
+import secrets
 import threading
 import time
 from collections.abc import Sequence
@@ -16,9 +17,12 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from gateway.settings import UpstreamKey
 from gateway.sim.config import SimConfig
 from gateway.store import keys
-from gateway.upstream.health_store import RedisKeyHealthStore
+from gateway.upstream.health_store import RedisKeyHealthStore, health_key
+from gateway.upstream.keypool import KeyPool
+from tests.clock import Clock
 from tests.conftest import Stack, make_stack
 from tests.integration.test_videos_sdk import VIDEOS, upstream_job
 from tests.servers import wait_for
@@ -335,5 +339,96 @@ async def test_two_replicas_never_both_hold_one_teams_claim(redis_url: str) -> N
         got_a = await a.claim("noisy", "k1", 30)
         # Each replica cools the key claim() says the team holds: only one may be its own.
         assert not (got_a == "k1" and got_b == ["k2"]), (got_a, got_b)
+    finally:
+        await redis.aclose()
+
+
+def _pool_pair(redis: Redis, ca: Clock, cb: Clock, ids: tuple[str, str]) -> tuple[KeyPool, KeyPool]:
+    listed = [UpstreamKey(id=k, secret=f"s-{k}") for k in ids]
+    return (
+        KeyPool(listed, RedisKeyHealthStore(redis), clock=ca, quarantine_seconds=600),
+        KeyPool(listed, RedisKeyHealthStore(redis), clock=cb, quarantine_seconds=600),
+    )
+
+
+async def _forget(redis: Redis, *ids: str) -> None:
+    """Redis restarted without its data (or was flushed), for these keys' health."""
+    await redis.delete(*(health_key(k) for k in ids))
+
+
+async def test_after_redis_forgets_an_enable_from_a_slower_replica_lifts_everywhere(
+    redis_url: str,
+) -> None:
+    """Replica clocks 5 s apart. An admin enables a key on the fast replica a, b learns the
+    decision's stamp, then Redis loses its data. The key is quarantined (on b), fixed, and
+    enabled on b: the decision was stamped with b's clock, below the stamp both replicas
+    held, so a kept the quarantine. Decisions are stamped by Redis's own clock now. Found by
+    an attack on 52a2663."""
+    redis = Redis.from_url(redis_url)
+    ids = (f"k0-{secrets.token_hex(3)}", f"k1-{secrets.token_hex(3)}")
+    try:
+        ca, cb = Clock(time.time() + 5), Clock(time.time())
+        a, b = _pool_pair(redis, ca, cb, ids)
+        await a.set_disabled(ids[0], False)
+        await b.refresh()
+        await _forget(redis, *ids)
+        await b.quarantine(ids[0])
+        await a.refresh()
+        assert a.state(ids[0]) == "quarantined"
+        await b.refresh()
+        await b.set_disabled(ids[0], False)  # the admin, on b
+        assert b.state(ids[0]) == "healthy"
+        for _ in range(3):
+            ca.advance(1)
+            await a.refresh()
+        assert a.state(ids[0]) == "healthy", await redis.hgetall(health_key(ids[0]))
+    finally:
+        await redis.aclose()
+
+
+async def test_after_redis_forgets_a_verdict_predating_an_enable_does_not_undo_it(
+    redis_url: str,
+) -> None:
+    """After Redis lost its data the admin enables a key on b (slower clock); a, not yet
+    aware of it, confirms a 401 on the key. Its verdict carried a's old stamp, above the new
+    decision's, so Redis took it and every replica, b included, was quarantined again. Found
+    by an attack on 52a2663."""
+    redis = Redis.from_url(redis_url)
+    ids = (f"k0-{secrets.token_hex(3)}", f"k1-{secrets.token_hex(3)}")
+    try:
+        ca, cb = Clock(time.time() + 5), Clock(time.time())
+        a, b = _pool_pair(redis, ca, cb, ids)
+        await a.set_disabled(ids[0], False)
+        await b.refresh()
+        await _forget(redis, *ids)
+        await b.refresh()
+        await b.set_disabled(ids[0], False)  # the admin, on b (a has not refreshed since)
+        await a.quarantine(ids[0])  # a's verdict, made before it heard of the enable
+        for _ in range(3):
+            cb.advance(1)
+            await b.refresh()
+        assert b.state(ids[0]) == "healthy", await redis.hgetall(health_key(ids[0]))
+    finally:
+        await redis.aclose()
+
+
+async def test_a_disable_outlives_redis_forgetting_it(redis_url: str) -> None:
+    """An admin disables a (leaked) key; Redis then loses its data. Every replica's next
+    refresh read 'not disabled' and took it, though each held the decision's stamp, newer
+    than anything Redis now had: the key was back in rotation, decided by no admin. Found by
+    an attack on 52a2663."""
+    redis = Redis.from_url(redis_url)
+    ids = (f"k0-{secrets.token_hex(3)}", f"k1-{secrets.token_hex(3)}")
+    try:
+        clock = Clock(time.time())
+        a, b = _pool_pair(redis, clock, clock, ids)
+        await a.set_disabled(ids[0], True)
+        await b.refresh()
+        assert (a.state(ids[0]), b.state(ids[0])) == ("disabled", "disabled")
+        await _forget(redis, *ids)
+        clock.advance(1)
+        await a.refresh()
+        await b.refresh()
+        assert (a.state(ids[0]), b.state(ids[0])) == ("disabled", "disabled")
     finally:
         await redis.aclose()

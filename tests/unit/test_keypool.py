@@ -17,17 +17,19 @@ class MemoryStore:
         self.rows: dict[str, KeyHealth] = {}
         self.claims: dict[str, str] = {}  # never expire here: the tests' clock moves the pool's
         self.fail = False
+        self.time = 0.0  # the store's own clock, which stamps admin decisions
 
     async def load(self, key_ids: Sequence[str]) -> dict[str, KeyHealth]:
         if self.fail:
             raise ConnectionError("down")
         return {k: replace(self.rows[k]) if k in self.rows else KeyHealth() for k in key_ids}
 
-    async def save(self, key_id: str, health: KeyHealth, now: float) -> float:
+    async def save(self, key_id: str, health: KeyHealth) -> float:
         if self.fail:
             raise ConnectionError("down")
         before = self.rows[key_id].lifted_at if key_id in self.rows else 0.0
-        stamp = max(before + 0.001, now)  # as decide.lua stamps it
+        self.time += 1
+        stamp = max(before + 0.001, self.time)  # as decide.lua stamps it, by its own clock
         self.rows[key_id] = replace(health, lifted_at=stamp)
         return stamp
 
@@ -306,11 +308,11 @@ class SaveFailsOnce(MemoryStore):
         super().__init__()
         self.fail_next_save = False
 
-    async def save(self, key_id: str, health: KeyHealth, now: float) -> float:
+    async def save(self, key_id: str, health: KeyHealth) -> float:
         if self.fail_next_save:
             self.fail_next_save = False
             raise ConnectionError("timed out")
-        return await super().save(key_id, health, now)
+        return await super().save(key_id, health)
 
 
 async def test_a_replica_whose_lift_save_failed_still_learns_a_later_disable() -> None:
