@@ -4,10 +4,11 @@ upstream's Retry-After; and an admin enabling a key lifts its cooldown on every 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -30,6 +31,25 @@ from tests.servers import wait_for
 
 def sdk(stack: Stack, token: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=stack.v1, api_key=token, max_retries=0)
+
+
+@contextlib.contextmanager
+def replicas(redis_url: str, *, b_cache_seconds: float = 0.1) -> Iterator[tuple[Stack, Stack]]:
+    """Two gateways on one Redis, sharing the simulator and its two keys (primary, secondary):
+    a looks at the keys' shared health every 0.1 s, b every ``b_cache_seconds``."""
+    with (
+        make_stack(
+            redis_url, key_ids=("primary", "secondary"), upstream={"health_cache_seconds": 0.1}
+        ) as a,
+        make_stack(
+            redis_url,
+            keys=a.keys,
+            sim_url=a.sim_url,
+            sim_app=a.sim_app,
+            upstream={"health_cache_seconds": b_cache_seconds},
+        ) as b,
+    ):
+        yield a, b
 
 
 def test_one_team_cannot_keep_every_key_cooling_with_long_retry_afters(redis_url: str) -> None:
@@ -64,18 +84,7 @@ def test_enabling_a_cooled_key_lifts_the_cooldown_on_every_replica(redis_url: st
     """docs/security.md: an admin can re-enable a key, lifting a quarantine or cooldown, on
     every replica at once. A replica that had learnt the cooldown kept it (its refresh took the
     larger of the shared and its own cooling_until), for up to ten cooldowns."""
-    with (
-        make_stack(
-            redis_url, key_ids=("primary", "secondary"), upstream={"health_cache_seconds": 0.1}
-        ) as a,
-        make_stack(
-            redis_url,
-            keys=a.keys,
-            sim_url=a.sim_url,
-            sim_app=a.sim_app,
-            upstream={"health_cache_seconds": 0.1},
-        ) as b,
-    ):
+    with replicas(redis_url) as (a, b):
         primary = a.keys["primary"]
         a.sim_app.state.sim.add_fault(kind="status_429", count=1, key=primary, retry_after="60")
         client_a, client_b = sdk(a, a.token()), sdk(b, b.token())
@@ -143,18 +152,8 @@ def test_a_replica_that_has_not_heard_of_a_disable_cannot_undo_it(redis_url: str
     wrote 'enabled' over the admin's 'disabled', and every replica used the key again. A
     replica's verdict now changes only its own time (cooling, quarantine); only an admin
     changes whether a key is disabled."""
-    with (
-        make_stack(
-            redis_url, key_ids=("primary", "secondary"), upstream={"health_cache_seconds": 0.1}
-        ) as a,
-        make_stack(
-            redis_url,
-            keys=a.keys,
-            sim_url=a.sim_url,
-            sim_app=a.sim_app,
-            upstream={"health_cache_seconds": 3600},  # b does not look again in this test
-        ) as b,
-    ):
+    # b does not look at the shared health again in this test
+    with replicas(redis_url, b_cache_seconds=3600) as (a, b):
         client_a, client_b = sdk(a, a.token()), sdk(b, b.token())
         assert client_b.models.list().data  # b has loaded the shared health once
         admin = a.token(team="ops", roles=("gateway-admin",))
@@ -230,18 +229,7 @@ def test_a_lift_holds_on_a_replica_whose_older_refresh_finishes_last(redis_url: 
     newer than b's, no later refresh took the lifted times again: b kept the key out for the
     whole quarantine_seconds, and its admin API said 'quarantined'. Found by an attack on
     b52c0cc."""
-    with (
-        make_stack(
-            redis_url, key_ids=("primary", "secondary"), upstream={"health_cache_seconds": 0.1}
-        ) as a,
-        make_stack(
-            redis_url,
-            keys=a.keys,
-            sim_url=a.sim_url,
-            sim_app=a.sim_app,
-            upstream={"health_cache_seconds": 0.1},
-        ) as b,
-    ):
+    with replicas(redis_url) as (a, b):
         sim = a.sim_app.state.sim
         admin_a = {"Authorization": f"Bearer {a.token(team='ops', roles=('gateway-admin',))}"}
         admin_b = {"Authorization": f"Bearer {b.token(team='ops', roles=('gateway-admin',))}"}
@@ -356,14 +344,12 @@ async def _forget(redis: Redis, *ids: str) -> None:
     await redis.delete(*(health_key(k) for k in ids))
 
 
-async def test_after_redis_forgets_an_enable_from_a_slower_replica_lifts_everywhere(
+@contextlib.asynccontextmanager
+async def _known_then_forgotten(
     redis_url: str,
-) -> None:
-    """Replica clocks 5 s apart. An admin enables a key on the fast replica a, b learns the
-    decision's stamp, then Redis loses its data. The key is quarantined (on b), fixed, and
-    enabled on b: the decision was stamped with b's clock, below the stamp both replicas
-    held, so a kept the quarantine. Decisions are stamped by Redis's own clock now. Found by
-    an attack on 52a2663."""
+) -> AsyncIterator[tuple[Redis, tuple[str, str], KeyPool, KeyPool, Clock, Clock]]:
+    """Two replicas whose clocks are 5 s apart (a ahead); an admin enabled a key on a, b
+    learnt the decision's stamp, and then Redis lost the keys' health."""
     redis = Redis.from_url(redis_url)
     ids = (f"k0-{secrets.token_hex(3)}", f"k1-{secrets.token_hex(3)}")
     try:
@@ -372,6 +358,20 @@ async def test_after_redis_forgets_an_enable_from_a_slower_replica_lifts_everywh
         await a.set_disabled(ids[0], False)
         await b.refresh()
         await _forget(redis, *ids)
+        yield redis, ids, a, b, ca, cb
+    finally:
+        await redis.aclose()
+
+
+async def test_after_redis_forgets_an_enable_from_a_slower_replica_lifts_everywhere(
+    redis_url: str,
+) -> None:
+    """Replica clocks 5 s apart. An admin enables a key on the fast replica a, b learns the
+    decision's stamp, then Redis loses its data. The key is quarantined (on b), fixed, and
+    enabled on b: the decision was stamped with b's clock, below the stamp both replicas
+    held, so a kept the quarantine. Decisions are stamped by Redis's own clock now. Found by
+    an attack on 52a2663."""
+    async with _known_then_forgotten(redis_url) as (redis, ids, a, b, ca, _cb):
         await b.quarantine(ids[0])
         await a.refresh()
         assert a.state(ids[0]) == "quarantined"
@@ -382,8 +382,6 @@ async def test_after_redis_forgets_an_enable_from_a_slower_replica_lifts_everywh
             ca.advance(1)
             await a.refresh()
         assert a.state(ids[0]) == "healthy", await redis.hgetall(health_key(ids[0]))
-    finally:
-        await redis.aclose()
 
 
 async def test_after_redis_forgets_a_verdict_predating_an_enable_does_not_undo_it(
@@ -393,14 +391,7 @@ async def test_after_redis_forgets_a_verdict_predating_an_enable_does_not_undo_i
     aware of it, confirms a 401 on the key. Its verdict carried a's old stamp, above the new
     decision's, so Redis took it and every replica, b included, was quarantined again. Found
     by an attack on 52a2663."""
-    redis = Redis.from_url(redis_url)
-    ids = (f"k0-{secrets.token_hex(3)}", f"k1-{secrets.token_hex(3)}")
-    try:
-        ca, cb = Clock(time.time() + 5), Clock(time.time())
-        a, b = _pool_pair(redis, ca, cb, ids)
-        await a.set_disabled(ids[0], False)
-        await b.refresh()
-        await _forget(redis, *ids)
+    async with _known_then_forgotten(redis_url) as (redis, ids, a, b, _ca, cb):
         await b.refresh()
         await b.set_disabled(ids[0], False)  # the admin, on b (a has not refreshed since)
         await a.quarantine(ids[0])  # a's verdict, made before it heard of the enable
@@ -408,8 +399,6 @@ async def test_after_redis_forgets_a_verdict_predating_an_enable_does_not_undo_i
             cb.advance(1)
             await b.refresh()
         assert b.state(ids[0]) == "healthy", await redis.hgetall(health_key(ids[0]))
-    finally:
-        await redis.aclose()
 
 
 async def test_a_disable_outlives_redis_forgetting_it(redis_url: str) -> None:

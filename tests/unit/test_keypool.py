@@ -51,6 +51,14 @@ def _keys(n: int) -> list[UpstreamKey]:
     return [UpstreamKey(id=f"k{i}", secret=f"s{i}") for i in range(n)]
 
 
+def _replicas(store: MemoryStore, clock: Clock) -> tuple[KeyPool, KeyPool]:
+    """Two replicas' pools of two keys on one store, with one clock."""
+    return (
+        KeyPool(_keys(2), store, clock=clock, quarantine_seconds=600),
+        KeyPool(_keys(2), store, clock=clock, quarantine_seconds=600),
+    )
+
+
 def _pool(n: int = 3, store: MemoryStore | None = None, clock: Clock | None = None) -> KeyPool:
     return KeyPool(
         _keys(n), store, clock=clock or Clock(), cooldown_seconds=30, quarantine_seconds=600
@@ -283,8 +291,7 @@ async def test_a_lift_seen_by_a_newer_refresh_is_not_undone_by_an_older_one() ->
     good."""
     store = SnapshotThenWaitStore()
     clock = Clock()
-    a = KeyPool(_keys(2), store, clock=clock, quarantine_seconds=600)
-    b = KeyPool(_keys(2), store, clock=clock, quarantine_seconds=600)
+    a, b = _replicas(store, clock)
     await a.quarantine("k0")
     await b.refresh()
     assert b.state("k0") == QUARANTINED
@@ -321,8 +328,7 @@ async def test_a_replica_whose_lift_save_failed_still_learns_a_later_disable() -
     the shared one, so a skips every snapshot of k0 forever: it keeps using the disabled key."""
     store = SaveFailsOnce()
     clock = Clock()
-    a = KeyPool(_keys(2), store, clock=clock, quarantine_seconds=600)
-    b = KeyPool(_keys(2), store, clock=clock, quarantine_seconds=600)
+    a, b = _replicas(store, clock)
     store.fail_next_save = True
     clock.advance(1)
     await a.refresh()
@@ -342,8 +348,7 @@ async def test_a_replica_whose_lift_save_failed_still_learns_a_later_disable() -
 async def test_a_replica_whose_lift_save_failed_still_learns_other_replicas_quarantine() -> None:
     store = SaveFailsOnce()
     clock = Clock()
-    a = KeyPool(_keys(2), store, clock=clock, quarantine_seconds=600)
-    b = KeyPool(_keys(2), store, clock=clock, quarantine_seconds=600)
+    a, b = _replicas(store, clock)
     store.fail_next_save = True
     clock.advance(1)
     with pytest.raises(StoreUnavailable):
@@ -362,8 +367,7 @@ async def test_racing_enable_and_disable_the_later_disable_holds_everywhere() ->
     b's older lifted_at. a skips that snapshot forever and serves the disabled key."""
     store = MemoryStore()
     clock = Clock()
-    a = KeyPool(_keys(2), store, clock=clock, quarantine_seconds=600)
-    b = KeyPool(_keys(2), store, clock=clock, quarantine_seconds=600)
+    a, b = _replicas(store, clock)
     await a.quarantine("k0")
     await b.refresh()
     clock.advance(1)
@@ -397,8 +401,7 @@ async def test_a_verdict_made_before_a_lift_that_lands_after_it_does_not_undo_it
     every replica, a included, takes the quarantine back: the admin's enable is undone."""
     store = SlowRaise()
     clock = Clock()
-    a = KeyPool(_keys(2), store, clock=clock, quarantine_seconds=600)
-    b = KeyPool(_keys(2), store, clock=clock, quarantine_seconds=600)
+    a, b = _replicas(store, clock)
     verdict = asyncio.create_task(b.quarantine("k0"))
     await store.sent.wait()
     clock.advance(1)
