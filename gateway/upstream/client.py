@@ -415,7 +415,10 @@ class UpstreamClient:
             # Capped: a long Retry-After may be about one model, not the whole key.
             wait = rewrite.retry_after_seconds(out.headers, self.pool.cooldown_seconds)
             cooled = await self.pool.cool_down(
-                lease.key_id, min(wait, self.pool.cooldown_seconds * COOLDOWN_CAP_FACTOR), team=team
+                lease.key_id,
+                min(wait, self.pool.cooldown_seconds * COOLDOWN_CAP_FACTOR),
+                team=team,
+                seen=lease.seen,
             )
             # A team that has cooled a key this period gets its 429 as it is: neither another
             # key cooled nor another tried (which would cool it the next time).
@@ -424,7 +427,7 @@ class UpstreamClient:
             # Not processed, so safe to send on another key; but only the probe's verdict
             # takes this key out of the pool.
             if not touched and await self._confirm_bad_key(lease):
-                await self.pool.quarantine(lease.key_id)
+                await self.pool.quarantine(lease.key_id, lease.seen)
                 return True
             return False
         if out.status == 403:
@@ -439,7 +442,7 @@ class UpstreamClient:
                 )
                 and await self._confirm_bad_key(lease)
             ):
-                await self.pool.quarantine(lease.key_id)
+                await self.pool.quarantine(lease.key_id, lease.seen)
         return None
 
     async def _confirm_bad_key(self, lease: Lease) -> bool:

@@ -27,6 +27,7 @@ class RedisKeyHealthStore:
         self._raise = redis.register_script(script("gateway.upstream", "raise_time"))
         self._decide = redis.register_script(script("gateway.upstream", "decide"))
         self._claim = redis.register_script(script("gateway.upstream", "claim"))
+        self._floor = redis.register_script(script("gateway.upstream", "floor"))
 
     async def load(self, key_ids: Sequence[str]) -> dict[str, KeyHealth]:
         # Not a transaction: each hash is independent, and on a cluster they live on many nodes.
@@ -41,6 +42,8 @@ class RedisKeyHealthStore:
                 quarantined_until=float(row.get(b"quarantined_until", 0) or 0),
                 disabled=row.get(b"disabled") == b"1",
                 lifted_at=float(row.get(b"lifted_at", 0) or 0),
+                cooling_seen=float(row.get(b"cooling_until_seen", 0) or 0),
+                quarantined_seen=float(row.get(b"quarantined_until_seen", 0) or 0),
             )
         return out
 
@@ -57,6 +60,9 @@ class RedisKeyHealthStore:
 
     async def raise_time(self, key_id: str, name: str, until: float, seen: float) -> None:
         await self._raise(keys=[health_key(key_id)], args=[name, repr(until), repr(seen)])
+
+    async def raise_floor(self, key_id: str, stamp: float) -> None:
+        await self._floor(keys=[health_key(key_id)], args=[repr(stamp)])
 
     async def claim(self, name: str, value: str, seconds: float) -> str:
         ms = max(1, int(seconds * 1000))

@@ -35,6 +35,10 @@ class KeyHealth:
     # When an admin last lifted the key's cooldown and quarantine (enabling it): a replica
     # that sees a newer lift takes the shared times as they are, its own older ones dropped.
     lifted_at: float = 0.0
+    # The decision stamp the verdict behind each time knew of (raise_time's ``seen``): after
+    # Redis lost a decision, only a time set knowing of it is merged.
+    cooling_seen: float = 0.0
+    quarantined_seen: float = 0.0
 
     def state(self, now: float) -> str:
         if self.disabled:
@@ -65,6 +69,11 @@ class KeyHealthStore(Protocol):
         stamped ``seen`` (the last the verdict's replica knew of); the rest is left as it is."""
         ...
 
+    async def raise_floor(self, key_id: str, stamp: float) -> None:
+        """Redis has lost the decision stamped ``stamp`` (its own is older): the next decision
+        on the key is stamped above it, whatever Redis's clock says."""
+        ...
+
     async def claim(self, name: str, value: str, seconds: float) -> str:
         """Hold ``name`` with ``value`` for ``seconds`` unless it is held: the value held."""
         ...
@@ -80,11 +89,14 @@ class _Key:
 class Lease:
     """One request's use of a key; ``release`` exactly once when the response is done."""
 
-    __slots__ = ("_entry", "_released")
+    __slots__ = ("_entry", "_released", "seen")
 
     def __init__(self, entry: _Key) -> None:
         self._entry = entry
         self._released = False
+        # The last admin decision known when the request went out: a verdict on its answer
+        # predates any decision learnt after.
+        self.seen = entry.health.lifted_at
         entry.in_flight += 1
 
     @property
@@ -187,7 +199,9 @@ class KeyPool:
             headers["x-should-retry"] = "false"
         return NoUpstreamKey(headers=headers)
 
-    async def cool_down(self, key_id: str, seconds: float | None, *, team: str = "") -> bool:
+    async def cool_down(
+        self, key_id: str, seconds: float | None, *, team: str = "", seen: float | None = None
+    ) -> bool:
         """The upstream said 429 for this key: skip it for ``seconds`` (default configured).
 
         A ``team``'s 429s cool one key per cooldown period, on every replica: a 429 can be
@@ -195,14 +209,19 @@ class KeyPool:
         key would otherwise cool the whole pool for everyone. Answers whether it cooled (a
         team may cool its key again, e.g. from a replica that had not yet heard of it)."""
         seconds = self.cooldown_seconds if seconds is None else seconds
+        e = self._by_id[key_id]
+        if seen is not None and seen < e.health.lifted_at:
+            return False  # an admin decided after the request went out
         if team and not await self._claim(team, key_id, seconds):
             return False
-        e = self._by_id[key_id]
+        seen = e.health.lifted_at if seen is None else seen
+        if seen < e.health.lifted_at:
+            return False
         until = self._clock() + seconds
         if until > e.health.cooling_until:
             e.health.cooling_until = until
             log.warning("upstream key %s cooling down for %.0fs", key_id, until - self._clock())
-            await self._raise(e, "cooling_until", until)
+            await self._raise(e, "cooling_until", until, seen)
         return True
 
     async def _claim(self, team: str, key_id: str, seconds: float) -> bool:
@@ -232,12 +251,15 @@ class KeyPool:
         self._cooled_by[team] = (max(until, now + hold), key_id)
         return True
 
-    async def quarantine(self, key_id: str) -> None:
+    async def quarantine(self, key_id: str, seen: float | None = None) -> None:
         """The upstream refused this key (401/403): keep it out until an admin or time frees it."""
         e = self._by_id[key_id]
+        seen = e.health.lifted_at if seen is None else seen
+        if seen < e.health.lifted_at:
+            return  # the refusal (and its probe) predate an admin's decision learnt since
         e.health.quarantined_until = self._clock() + self.quarantine_seconds
         log.error("upstream key %s quarantined after an authentication failure", key_id)
-        await self._raise(e, "quarantined_until", e.health.quarantined_until)
+        await self._raise(e, "quarantined_until", e.health.quarantined_until, seen)
 
     async def set_disabled(self, key_id: str, disabled: bool) -> None:
         """Admin switch; enabling also lifts a quarantine and a cooldown. The decision is
@@ -265,7 +287,7 @@ class KeyPool:
             e.health.cooling_until = e.health.quarantined_until = 0.0
         e.health.lifted_at = max(e.health.lifted_at, decided.lifted_at)
 
-    async def _raise(self, e: _Key, name: str, until: float) -> None:
+    async def _raise(self, e: _Key, name: str, until: float, seen: float) -> None:
         """Share this replica's verdict on a key: its one time, never the rest of its view
         (which may predate an admin's decision on another replica: saving it whole undid a
         disable), and only if no admin has decided on the key since the last decision this
@@ -273,7 +295,7 @@ class KeyPool:
         if self._store is None:
             return
         try:
-            await self._store.raise_time(e.key.id, name, until, e.health.lifted_at)
+            await self._store.raise_time(e.key.id, name, until, seen)
         except Exception:  # the local view still protects this replica
             log.warning("could not share the health of upstream key %s", e.key.id)
             self._on_store_error("key_health_save")
@@ -296,6 +318,7 @@ class KeyPool:
             # times back would undo a lift for good.
             return
         self._applied = ticket
+        lost: list[tuple[str, float]] = []
         for kid, health in shared.items():
             e = self._by_id.get(kid)
             if e is None:
@@ -303,11 +326,15 @@ class KeyPool:
             if health.lifted_at < e.health.lifted_at:
                 # Redis has lost a decision this replica knows of (it restarted without its
                 # data, or was flushed): its "not disabled" is no admin's. The decision
-                # stands here; the times still merge.
-                e.health.cooling_until = max(health.cooling_until, e.health.cooling_until)
-                e.health.quarantined_until = max(
-                    health.quarantined_until, e.health.quarantined_until
-                )
+                # stands here; a time merges only if its verdict knew of that decision (a
+                # snapshot older than it, restored, must not bring back what it lifted).
+                if health.cooling_seen >= e.health.lifted_at:
+                    e.health.cooling_until = max(health.cooling_until, e.health.cooling_until)
+                if health.quarantined_seen >= e.health.lifted_at:
+                    e.health.quarantined_until = max(
+                        health.quarantined_until, e.health.quarantined_until
+                    )
+                lost.append((kid, e.health.lifted_at))
                 continue
             e.health.disabled = health.disabled
             if health.lifted_at > e.health.lifted_at:
@@ -321,6 +348,12 @@ class KeyPool:
             # only an admin's lift, above, ends one early.
             e.health.cooling_until = max(health.cooling_until, e.health.cooling_until)
             e.health.quarantined_until = max(health.quarantined_until, e.health.quarantined_until)
+        for kid, stamp in lost:
+            # The next decision must be stamped above the lost one, whatever Redis's clock.
+            try:
+                await self._store.raise_floor(kid, stamp)
+            except Exception:
+                self._on_store_error("key_health_save")
 
     def _maybe_refresh(self) -> None:
         if self._store is None or self._clock() - self._loaded_at < self._cache_seconds:

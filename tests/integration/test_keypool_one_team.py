@@ -34,13 +34,16 @@ def sdk(stack: Stack, token: str) -> openai.OpenAI:
 
 
 @contextlib.contextmanager
-def replicas(redis_url: str, *, b_cache_seconds: float = 0.1) -> Iterator[tuple[Stack, Stack]]:
-    """Two gateways on one Redis, sharing the simulator and its two keys (primary, secondary):
-    a looks at the keys' shared health every 0.1 s, b every ``b_cache_seconds``."""
+def replicas(
+    redis_url: str,
+    *,
+    b_cache_seconds: float = 0.1,
+    key_ids: tuple[str, ...] = ("primary", "secondary"),
+) -> Iterator[tuple[Stack, Stack]]:
+    """Two gateways on one Redis, sharing the simulator and its keys: a looks at the keys'
+    shared health every 0.1 s, b every ``b_cache_seconds``."""
     with (
-        make_stack(
-            redis_url, key_ids=("primary", "secondary"), upstream={"health_cache_seconds": 0.1}
-        ) as a,
+        make_stack(redis_url, key_ids=key_ids, upstream={"health_cache_seconds": 0.1}) as a,
         make_stack(
             redis_url,
             keys=a.keys,
@@ -421,3 +424,122 @@ async def test_a_disable_outlives_redis_forgetting_it(redis_url: str) -> None:
         assert (a.state(ids[0]), b.state(ids[0])) == ("disabled", "disabled")
     finally:
         await redis.aclose()
+
+
+async def test_an_enable_both_replicas_knew_outlives_redis_restarting_from_an_older_snapshot(
+    redis_url: str,
+) -> None:
+    """Redis restarted from its last snapshot (no append-only file, or a lagging replica
+    promoted): the key's health is back as it was before an admin's enable, quarantined, with
+    the older stamp. Both replicas knew the enable; their refresh kept the decision's flag but
+    merged the snapshot's quarantine back, on every replica for the whole period. A time now
+    merges only if its verdict knew of the decision. Found by an attack on bb560a4."""
+    redis = Redis.from_url(redis_url)
+    ids = (f"k0-{secrets.token_hex(3)}", f"k1-{secrets.token_hex(3)}")
+    try:
+        clock = Clock(time.time())
+        a, b = _pool_pair(redis, clock, clock, ids)
+        await a.set_disabled(ids[0], False)  # an earlier decision: the hash has a stamp
+        await b.refresh()
+        await b.quarantine(ids[0])  # a probe-confirmed 401, on b
+        snapshot = await redis.dump(health_key(ids[0]))  # the snapshot Redis saves
+        assert snapshot is not None
+        await a.refresh()
+        assert a.state(ids[0]) == "quarantined"
+        clock.advance(1)
+        await a.set_disabled(ids[0], False)  # the admin fixed the key and enabled it
+        await b.refresh()
+        assert (a.state(ids[0]), b.state(ids[0])) == ("healthy", "healthy")
+        await redis.restore(health_key(ids[0]), 0, snapshot, replace=True)  # Redis restarts
+        clock.advance(1)
+        await a.refresh()
+        await b.refresh()
+        shared = await redis.hgetall(health_key(ids[0]))
+        assert (a.state(ids[0]), b.state(ids[0])) == ("healthy", "healthy"), shared
+    finally:
+        await redis.aclose()
+
+
+async def test_a_disable_after_redis_lost_its_data_reaches_every_replica(redis_url: str) -> None:
+    """The Redis that stamped the last decision had a clock an hour ahead; it is replaced by
+    one that knows nothing (its clock right). A key leaks and the admin disables it, as
+    docs/operations.md says to re-issue decisions after a loss: stamped by the new Redis's
+    clock, below the stamp replica a held, the disable never took on a, which kept serving
+    the key for an hour. A replica that sees Redis's stamp below its own now leaves it as a
+    floor the next decision is stamped above. Found by an attack on bb560a4."""
+    redis = Redis.from_url(redis_url)
+    ids = (f"k0-{secrets.token_hex(3)}", f"k1-{secrets.token_hex(3)}")
+    try:
+        clock = Clock(time.time())
+        a, b = _pool_pair(redis, clock, clock, ids)
+        await a.set_disabled(ids[0], False)
+        # what the old Redis, its clock an hour ahead, had stamped
+        await redis.hset(health_key(ids[0]), "lifted_at", repr(time.time() + 3600))
+        await a.refresh()
+        await _forget(redis, ids[0])  # the new Redis knows nothing
+        clock.advance(1)
+        await a.refresh()  # every replica has looked since the loss
+        await b.refresh()
+        await b.set_disabled(ids[0], True)  # the admin, on b
+        assert b.state(ids[0]) == "disabled"
+        for _ in range(3):
+            clock.advance(1)
+            await a.refresh()
+        assert a.state(ids[0]) == "disabled", await redis.hgetall(health_key(ids[0]))
+        lease = a.acquire()
+        try:
+            assert lease.key_id != ids[0]
+        finally:
+            lease.release()
+    finally:
+        await redis.aclose()
+
+
+def test_a_probe_sent_before_an_enable_does_not_quarantine_after_it(redis_url: str) -> None:
+    """b gets a 401 on the key and probes it, slowly. Meanwhile the operator fixes the key and
+    enables it on a, and b learns the enable while its probe is still out. The probe, sent
+    before the fix, answered 401, and b quarantined the key under the enable's stamp (read
+    after the probe): Redis took it and every replica dropped the key the admin had just
+    enabled. A verdict now carries the stamp known when its request went out. Found by an
+    attack on bb560a4."""
+    with replicas(redis_url, key_ids=("primary",)) as (a, b):
+        sim = a.sim_app.state.sim
+        secret = a.keys["primary"]
+        auth = {"Authorization": f"Bearer {a.token(team='ops', roles=('gateway-admin',))}"}
+        b_auth = {"Authorization": f"Bearer {b.token(team='ops', roles=('gateway-admin',))}"}
+        client_b = sdk(b, b.token())
+        assert client_b.models.list().data
+        sim.clear()
+        sim.add_fault(kind="status_401", count=1, path_prefix="/v1/chat", key=secret)
+        sim.add_fault(kind="slow", count=1, path_prefix="/v1/models", key=secret, delay=3.0)
+        sim.add_fault(kind="status_401", count=1, path_prefix="/v1/models", key=secret)
+        done = threading.Event()
+        refused: list[int] = []
+
+        def call() -> None:
+            try:
+                client_b.chat.completions.create(
+                    model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}]
+                )
+            except openai.APIStatusError as exc:
+                refused.append(exc.status_code)
+            finally:
+                done.set()
+
+        threading.Thread(target=call, daemon=True).start()
+        wait_for(
+            lambda: bool(sim.requests_for("/v1/models")),
+            timeout=5,
+            interval=0.02,
+            message="b never probed",
+        )
+        # The probe is out; the operator fixes the key upstream and enables it on a.
+        r = httpx2.post(a.url + "/admin/v1/upstream-keys/primary/enable", headers=auth)
+        assert r.status_code == 200, r.text
+        r = httpx2.get(b.url + "/admin/v1/upstream-keys", headers=b_auth)  # b refreshes
+        assert r.status_code == 200
+        assert not done.is_set(), "inconclusive: the probe came back before the enable"
+        assert done.wait(10)
+        assert refused == [502]  # the pooled key refused: never a 401 about the caller
+        r = httpx2.get(a.url + "/admin/v1/upstream-keys", headers=auth)
+        assert {k["id"]: k["state"] for k in r.json()["data"]}["primary"] == "healthy", r.json()

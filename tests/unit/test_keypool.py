@@ -18,6 +18,7 @@ class MemoryStore:
         self.claims: dict[str, str] = {}  # never expire here: the tests' clock moves the pool's
         self.fail = False
         self.time = 0.0  # the store's own clock, which stamps admin decisions
+        self.floors: dict[str, float] = {}  # raise_floor's
 
     async def load(self, key_ids: Sequence[str]) -> dict[str, KeyHealth]:
         if self.fail:
@@ -27,7 +28,10 @@ class MemoryStore:
     async def save(self, key_id: str, health: KeyHealth) -> float:
         if self.fail:
             raise ConnectionError("down")
-        before = self.rows[key_id].lifted_at if key_id in self.rows else 0.0
+        before = max(
+            self.rows[key_id].lifted_at if key_id in self.rows else 0.0,
+            self.floors.get(key_id, 0.0),
+        )
         self.time += 1
         stamp = max(before + 0.001, self.time)  # as decide.lua stamps it, by its own clock
         self.rows[key_id] = replace(health, lifted_at=stamp)
@@ -39,7 +43,12 @@ class MemoryStore:
         row = self.rows.setdefault(key_id, KeyHealth())
         if row.lifted_at > seen:  # as raise_time.lua: an admin decided since
             return
-        setattr(row, name, max(getattr(row, name), until))
+        if until > getattr(row, name):
+            setattr(row, name, until)
+            setattr(row, name.replace("_until", "_seen"), seen)
+
+    async def raise_floor(self, key_id: str, stamp: float) -> None:
+        self.floors[key_id] = max(self.floors.get(key_id, 0.0), stamp)
 
     async def claim(self, name: str, value: str, seconds: float) -> str:
         if self.fail:

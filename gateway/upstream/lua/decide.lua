@@ -6,6 +6,7 @@
 -- everywhere, and still after Redis has lost its data (a stamp from a replica whose clock
 -- ran ahead outranked every decision made after it).
 local prev = tonumber(redis.call('HGET', KEYS[1], 'lifted_at') or '0') or 0
+prev = math.max(prev, tonumber(redis.call('HGET', KEYS[1], 'floor') or '0') or 0)
 local now = redis.call('TIME')
 local stamp = math.max(prev + 0.001, tonumber(now[1]) + tonumber(now[2]) / 1000000)
 local text = string.format('%.17g', stamp)

@@ -10,6 +10,6 @@ if decided > tonumber(ARGV[3]) then
 end
 local current = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0') or 0
 if tonumber(ARGV[2]) > current then
-  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2], ARGV[1] .. '_seen', ARGV[3])
 end
 return 1
