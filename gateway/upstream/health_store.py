@@ -44,6 +44,7 @@ class RedisKeyHealthStore:
                 lifted_at=float(row.get(b"lifted_at", 0) or 0),
                 cooling_seen=float(row.get(b"cooling_until_seen", 0) or 0),
                 quarantined_seen=float(row.get(b"quarantined_until_seen", 0) or 0),
+                floor=float(row.get(b"floor", 0) or 0),
             )
         return out
 

@@ -39,6 +39,8 @@ class KeyHealth:
     # Redis lost a decision, only a time set knowing of it is merged.
     cooling_seen: float = 0.0
     quarantined_seen: float = 0.0
+    # The stamp of a decision Redis lost (floor.lua), as a replica that knew it left it.
+    floor: float = 0.0
 
     def state(self, now: float) -> str:
         if self.disabled:
@@ -323,6 +325,10 @@ class KeyPool:
             e = self._by_id.get(kid)
             if e is None:
                 continue
+            if health.floor > max(health.lifted_at, e.health.lifted_at):
+                # Redis lost a decision this replica never knew of (it started since): its
+                # verdicts must carry that stamp, or the replicas that knew it never merge them.
+                e.health.lifted_at = health.floor
             if health.lifted_at < e.health.lifted_at:
                 # Redis has lost a decision this replica knows of (it restarted without its
                 # data, or was flushed): its "not disabled" is no admin's. The decision

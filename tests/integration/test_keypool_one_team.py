@@ -543,3 +543,37 @@ def test_a_probe_sent_before_an_enable_does_not_quarantine_after_it(redis_url: s
         assert refused == [502]  # the pooled key refused: never a 401 about the caller
         r = httpx2.get(a.url + "/admin/v1/upstream-keys", headers=auth)
         assert {k["id"]: k["state"] for k in r.json()["data"]}["primary"] == "healthy", r.json()
+
+
+async def test_a_replica_started_after_a_loss_is_heard_by_the_others(redis_url: str) -> None:
+    """An admin had decided on two keys; Redis lost their health; replica a keeps the
+    decisions and leaves their floors. Replica c starts after the loss, confirms a 401 on
+    one key and gets a 429 on the other. a merged neither: c's verdicts carried no stamp (c
+    never learnt the floor), and after a loss a merges only times made knowing its decision.
+    A replica now takes a floor newer than anything it knows as its stamp. Found by an attack
+    on d946695."""
+    redis = Redis.from_url(redis_url)
+    ids = (f"k0-{secrets.token_hex(3)}", f"k1-{secrets.token_hex(3)}")
+    try:
+        clock = Clock(time.time())
+        a, _ = _pool_pair(redis, clock, clock, ids)
+        await a.set_disabled(ids[0], False)
+        await a.set_disabled(ids[1], False)
+        await _forget(redis, *ids)  # Redis restarts without its data
+        await a.refresh()  # a keeps the decisions and leaves their floors
+        c, _ = _pool_pair(redis, clock, clock, ids)
+        await c.refresh()  # c's start-up refresh
+        lease = c.lease(ids[0])
+        lease.release()
+        await c.quarantine(ids[0], lease.seen)  # a probe-confirmed 401, on c
+        lease = c.lease(ids[1])
+        lease.release()
+        assert await c.cool_down(ids[1], 30.0, team="t", seen=lease.seen)  # a 429, on c
+        assert (c.state(ids[0]), c.state(ids[1])) == ("quarantined", "cooling")
+        for _ in range(3):
+            clock.advance(1)
+            await a.refresh()
+        shared = [await redis.hgetall(health_key(k)) for k in ids]
+        assert (a.state(ids[0]), a.state(ids[1])) == ("quarantined", "cooling"), shared
+    finally:
+        await redis.aclose()
