@@ -212,13 +212,13 @@ class KeyPool:
         team may cool its key again, e.g. from a replica that had not yet heard of it)."""
         seconds = self.cooldown_seconds if seconds is None else seconds
         e = self._by_id[key_id]
-        if seen is not None and seen < e.health.lifted_at:
+        seen = e.health.lifted_at if seen is None else seen
+        if seen < e.health.lifted_at:
             return False  # an admin decided after the request went out
         if team and not await self._claim(team, key_id, seconds):
             return False
-        seen = e.health.lifted_at if seen is None else seen
         if seen < e.health.lifted_at:
-            return False
+            return False  # ... or while the claim was out
         until = self._clock() + seconds
         if until > e.health.cooling_until:
             e.health.cooling_until = until
