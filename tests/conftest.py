@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import re
 import secrets
+import signal
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -27,6 +28,18 @@ def redis_server() -> Iterator[RedisProcess]:
     proc = RedisProcess().start()
     yield proc
     proc.stop()
+
+
+@pytest.fixture
+def own_redis() -> Iterator[RedisProcess]:
+    """A Redis of the test's own, which it may freeze (SIGSTOP): thawed, then stopped."""
+    proc = RedisProcess().start()
+    try:
+        yield proc
+    finally:
+        assert proc.proc is not None
+        proc.proc.send_signal(signal.SIGCONT)
+        proc.stop()
 
 
 @pytest.fixture

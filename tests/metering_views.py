@@ -10,6 +10,7 @@ the gateway.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import secrets
 from collections.abc import Iterator, Mapping
@@ -20,6 +21,7 @@ from typing import Any
 
 import httpx2
 from prometheus_client.parser import text_string_to_metric_families
+from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from gateway.app import create_app
 from gateway.auth.tokens import mint_token
@@ -131,3 +133,27 @@ def metric(stack: Stack, name: str, **labels: str) -> float:
     """The sum of ``name``'s samples that carry ``labels`` (0 when there is none yet)."""
     want = set(labels.items())
     return sum(v for k, v in samples(stack, name).items() if want <= k)
+
+
+def chat_answer(doc: Mapping[str, Any], usage: Mapping[str, int]) -> Response:
+    """A hand-written upstream's answer to the chat call ``doc``: one JSON completion with
+    ``usage``, or, for ``stream``, one content chunk and the usage-only chunk, then [DONE]."""
+    answer = {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "created": 1,
+        "model": doc["model"],
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}}],
+        "usage": usage,
+    }
+    if not doc.get("stream"):
+        return JSONResponse(answer)
+
+    async def events() -> Any:
+        chunk = {**answer, "object": "chat.completion.chunk", "usage": None}
+        chunk["choices"] = [{"index": 0, "delta": {"content": "hi"}}]
+        yield f"data: {json.dumps(chunk)}\n\n"
+        yield f"data: {json.dumps({**chunk, 'choices': [], 'usage': usage})}\n\n"
+        yield "data: [DONE]\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream")

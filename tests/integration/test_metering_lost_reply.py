@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Iterator
 from decimal import Decimal
 
 import httpx2
@@ -19,17 +18,6 @@ from tests.conftest import Stack, make_stack
 
 PRICES = {"models": {"m": {"input_per_million": 1000, "output_per_million": 1000}}}
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 50}
-
-
-@pytest.fixture
-def redis_proc() -> Iterator[RedisProcess]:
-    proc = RedisProcess().start()
-    try:
-        yield proc
-    finally:
-        assert proc.proc is not None
-        proc.proc.send_signal(signal.SIGCONT)
-        proc.stop()
 
 
 def _spent(stack: Stack) -> Decimal:
@@ -47,12 +35,12 @@ def _call(stack: Stack) -> httpx2.Response:
 @pytest.mark.parametrize("then", ["a call", "nothing"])
 @pytest.mark.parametrize("store_down", ["refuse", "allow"])
 def test_a_reservation_whose_reply_was_lost_is_settled_once_redis_is_back(
-    redis_proc: RedisProcess, store_down: str, then: str
+    own_redis: RedisProcess, store_down: str, then: str
 ) -> None:
     """Settled when the breaker's probe finds Redis back, or at the next reservation."""
     pricing = {**PRICES, "store_down": store_down}
     with make_stack(
-        redis_proc.url,
+        own_redis.url,
         teams={"default": {}, "team-a": {"spend_per_day": 1000}},
         pricing=pricing,
         redis={"socket_timeout": 0.5, "connect_timeout": 0.5},
@@ -61,8 +49,8 @@ def test_a_reservation_whose_reply_was_lost_is_settled_once_redis_is_back(
         assert first.status_code == 200, first.text
         before = _spent(s)
         assert before == Decimal(first.headers["x-gateway-cost"])
-        assert redis_proc.proc is not None
-        redis_proc.proc.send_signal(signal.SIGSTOP)
+        assert own_redis.proc is not None
+        own_redis.proc.send_signal(signal.SIGSTOP)
         lost = _call(s)
         if store_down == "refuse":
             assert (lost.status_code, lost.json()["error"]["code"]) == (503, "service_unavailable")
@@ -71,7 +59,7 @@ def test_a_reservation_whose_reply_was_lost_is_settled_once_redis_is_back(
         else:  # forwarded unmetered: what it cost is known, and owed once Redis is back
             assert lost.status_code == 200, lost.text
             owed = Decimal(lost.headers["x-gateway-cost"])
-        redis_proc.proc.send_signal(signal.SIGCONT)
+        own_redis.proc.send_signal(signal.SIGCONT)
         auth = {"Authorization": f"Bearer {s.token()}"}
         deadline = time.monotonic() + 10
         while httpx2.get(s.v1 + "/gateway/quota", headers=auth).status_code != 200:

@@ -185,6 +185,14 @@ def caller_of(redis_url: str, clock: Clock, team: str) -> Iterator[Callable[...,
         yield make
 
 
+def until_cut(stream: Any) -> list[Any]:
+    """The chunks of a stream the upstream cuts, read until the SDK raises for the cut."""
+    received: list[Any] = []
+    with pytest.raises(openai.APIConnectionError):
+        received.extend(stream)
+    return received
+
+
 def test_a_stream_the_caller_abandons_is_charged_its_estimate(
     caller_of: Callable[..., Caller],
 ) -> None:
@@ -221,13 +229,7 @@ def test_a_stream_the_upstream_cuts_is_charged_its_estimate(
         max_tokens=40,
         n=2,
     )
-    received: list[Any] = []
-
-    def drain() -> None:
-        received.extend(stream)
-
-    with pytest.raises(openai.APIConnectionError):
-        drain()
+    received = until_cut(stream)
     assert len(received) == 2  # the two events the fault lets through, no usage among them
     assert all(c.usage is None for c in received)
     inp, out, cost = chat_estimate(caller.bodies.last, 40, n=2)
@@ -253,13 +255,7 @@ def test_a_stream_with_usage_on_every_chunk_cut_midway_is_charged_its_estimate(
         extra_body={"stream_options": {"include_usage": True, "continuous_usage_stats": True}},
         max_tokens=40,
     )
-    received: list[Any] = []
-
-    def drain() -> None:
-        received.extend(stream)
-
-    with pytest.raises(openai.APIConnectionError):
-        drain()
+    received = until_cut(stream)
     assert len(received) == 2
     assert [c.usage.completion_tokens for c in received if c.usage] == [1, 2]
     inp, out, cost = chat_estimate(caller.bodies.last, 40)

@@ -8,7 +8,7 @@ usage) while it holds the call, then answers it with a known usage."""
 from __future__ import annotations
 
 import asyncio
-import json
+import contextlib
 import os
 import secrets
 import signal
@@ -22,13 +22,14 @@ import pytest
 import redis as redis_sync
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway.dev.embedded_redis import RedisProcess
 from tests.clock import Clock
 from tests.conftest import Stack
 from tests.metering_views import (
+    chat_answer,
     get_json,
     metric,
     pinned_clock,
@@ -61,39 +62,37 @@ class Upstream:
         if doc["messages"][0]["content"] == ACT:
             self.act()
             self.acted += 1
-        answer = {
-            "id": "chatcmpl-1",
-            "object": "chat.completion",
-            "created": 1,
-            "model": doc["model"],
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}}],
-            "usage": USAGE,
-        }
-        if not doc.get("stream"):
-            return JSONResponse(answer)
-
-        async def events() -> Any:
-            chunk = {**answer, "object": "chat.completion.chunk", "usage": None}
-            chunk["choices"] = [{"index": 0, "delta": {"content": "hi"}}]
-            yield f"data: {json.dumps(chunk)}\n\n"
-            yield f"data: {json.dumps({**chunk, 'choices': [], 'usage': USAGE})}\n\n"
-            yield "data: [DONE]\n\n"
-
-        return StreamingResponse(events(), media_type="text/event-stream")
+        return chat_answer(doc, USAGE)
 
     def app(self) -> Starlette:
         return Starlette(routes=[Route("/v1/chat/completions", self.chat, methods=["POST"])])
 
 
-@pytest.fixture
-def own_redis() -> Iterator[RedisProcess]:
-    proc = RedisProcess().start()  # its own: tests freeze it
-    try:
-        yield proc
-    finally:
-        assert proc.proc is not None
-        proc.proc.send_signal(signal.SIGCONT)
-        proc.stop()
+@contextlib.contextmanager
+def metered_stack(
+    redis_url: str,
+    clock: Clock,
+    upstream: Any,
+    team: str,
+    limits: dict[str, int],
+    *,
+    pricing: dict[str, Any] | None = None,
+    **sections: Any,
+) -> Iterator[Stack]:
+    """A gateway on ``clock`` pricing MODEL at PRICE, ``team`` with ``limits``, in front of
+    ``upstream`` (an ASGI app) on a real socket."""
+    with (
+        run_server(upstream) as up_url,
+        pinned_stack(
+            redis_url,
+            clock,
+            sim_url=up_url,
+            teams={"default": {}, team: limits},
+            pricing={"models": {MODEL: PRICE}, **(pricing or {})},
+            **sections,
+        ) as s,
+    ):
+        yield s
 
 
 def chat(s: Stack, bearer: str, content: str, *, stream: bool = False) -> tuple[int, str, str]:
@@ -157,17 +156,14 @@ def test_a_settlement_whose_reply_was_lost_leaves_every_view_agreeing(
     pid = own_redis.proc.pid
     up = Upstream()
     up.act = lambda: os.kill(pid, signal.SIGSTOP)
-    with (
-        run_server(up.app()) as up_url,
-        pinned_stack(
-            own_redis.url,
-            clock,
-            sim_url=up_url,
-            teams={"default": {}, team: {"spend_per_day": 1000}},
-            pricing={"models": {MODEL: PRICE}},
-            redis={"socket_timeout": 0.5, "connect_timeout": 0.5},
-        ) as s,
-    ):
+    with metered_stack(
+        own_redis.url,
+        clock,
+        up.app(),
+        team,
+        {"spend_per_day": 1000},
+        redis={"socket_timeout": 0.5, "connect_timeout": 0.5},
+    ) as s:
         bearer = token(s, clock, team=team, user="carol")
         # A first call loads the scripts (a script Redis has not seen is not run: NOSCRIPT).
         status, cost, _ = chat(s, bearer, "hi", stream=stream)
@@ -219,16 +215,9 @@ def test_a_call_that_settles_after_midnight_corrects_the_day_and_month_it_was_ch
     clock = Clock(_at("2026-12-31T23:59:59"))
     up = Upstream()
     up.act = lambda: clock.advance(2)
-    with (
-        run_server(up.app()) as up_url,
-        pinned_stack(
-            redis_url,
-            clock,
-            sim_url=up_url,
-            teams={"default": {}, team: {"spend_per_day": 1000, "spend_per_month": 1000}},
-            pricing={"models": {MODEL: PRICE}},
-        ) as s,
-    ):
+    with metered_stack(
+        redis_url, clock, up.app(), team, {"spend_per_day": 1000, "spend_per_month": 1000}
+    ) as s:
         bearer = token(s, clock, team=team, user="carol")
         status, cost, text = chat(s, bearer, ACT)
         assert (status, cost) == (200, shown(REAL)), text
@@ -261,16 +250,9 @@ def test_a_reset_between_reservation_and_settlement_refunds_nothing_into_the_new
     clock = pinned_clock()
     day = datetime.fromtimestamp(clock(), UTC).date().isoformat()
     up = Upstream()
-    with (
-        run_server(up.app()) as up_url,
-        pinned_stack(
-            redis_url,
-            clock,
-            sim_url=up_url,
-            teams={"default": {}, team: {"spend_per_day": 1000, "spend_per_month": 1000}},
-            pricing={"models": {MODEL: PRICE}},
-        ) as s,
-    ):
+    with metered_stack(
+        redis_url, clock, up.app(), team, {"spend_per_day": 1000, "spend_per_month": 1000}
+    ) as s:
         bearer = token(s, clock, team=team, user="carol")
         admin = token(s, clock, team="ops", user="root", roles=("gateway-admin",))
 
@@ -317,16 +299,7 @@ def test_a_redis_restart_between_reservation_and_settlement_settles_once(
 
     up.act = restart
     try:
-        with (
-            run_server(up.app()) as up_url,
-            pinned_stack(
-                proc.url,
-                clock,
-                sim_url=up_url,
-                teams={"default": {}, team: {"spend_per_day": 1000}},
-                pricing={"models": {MODEL: PRICE}},
-            ) as s,
-        ):
+        with metered_stack(proc.url, clock, up.app(), team, {"spend_per_day": 1000}) as s:
             bearer = token(s, clock, team=team, user="carol")
             status, _, text = chat(s, bearer, "hi", stream=stream)
             assert status == 200, text
@@ -367,32 +340,22 @@ def test_a_call_forwarded_while_its_reservation_reply_was_lost_is_settled_withou
 
     async def chat_handler(request: Request) -> Response:
         doc = await request.json()
-        answer = {
-            "id": "chatcmpl-1",
-            "object": "chat.completion",
-            "created": 1,
-            "model": doc["model"],
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}}],
-            "usage": USAGE,
-        }
         if doc["messages"][0]["content"] == ACT:
             arrived.set()
             while not release.is_set():
                 await asyncio.sleep(0.01)
-        return JSONResponse(answer)
+        return chat_answer(doc, USAGE)
 
     app = Starlette(routes=[Route("/v1/chat/completions", chat_handler, methods=["POST"])])
-    with (
-        run_server(app) as up_url,
-        pinned_stack(
-            own_redis.url,
-            clock,
-            sim_url=up_url,
-            teams={"default": {}, team: {"spend_per_day": 1000}},
-            pricing={"models": {MODEL: PRICE}, "store_down": "allow"},
-            redis={"socket_timeout": 0.5, "connect_timeout": 0.5},
-        ) as s,
-    ):
+    with metered_stack(
+        own_redis.url,
+        clock,
+        app,
+        team,
+        {"spend_per_day": 1000},
+        pricing={"store_down": "allow"},
+        redis={"socket_timeout": 0.5, "connect_timeout": 0.5},
+    ) as s:
         bearer = token(s, clock, team=team, user="carol")
         status, cost, _ = chat(s, bearer, "hi")  # loads the scripts
         assert (status, cost) == (200, shown(REAL))

@@ -6,9 +6,8 @@ still answers whole, its estimate left charged."""
 
 from __future__ import annotations
 
-import json
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import httpx2
@@ -17,25 +16,17 @@ import redis as redis_sync
 from redis.exceptions import ResponseError
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway.dev.embedded_redis import RedisProcess
 from gateway.store.client import store_down
 from tests.conftest import make_stack
+from tests.metering_views import chat_answer
 from tests.servers import run_server
 
 PRICES = {"gpt-4o-mini": {"input_per_million": 0.15, "output_per_million": 0.6}}
 USAGE = {"prompt_tokens": 9, "completion_tokens": 12, "total_tokens": 21}
-
-
-@pytest.fixture
-def own_redis() -> Iterator[RedisProcess]:
-    proc = RedisProcess().start()  # its own: the tests make it refuse writes
-    try:
-        yield proc
-    finally:
-        proc.stop()
 
 
 def read_only(r: redis_sync.Redis) -> Callable[[], Any]:
@@ -103,25 +94,7 @@ class Upstream:
     async def chat(self, request: Request) -> Response:
         doc = await request.json()
         self.undo.append(self.refuse())
-        answer = {
-            "id": "chatcmpl-1",
-            "object": "chat.completion",
-            "created": 1,
-            "model": doc["model"],
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}}],
-            "usage": USAGE,
-        }
-        if not doc.get("stream"):
-            return JSONResponse(answer)
-
-        async def events() -> Any:
-            chunk = {**answer, "object": "chat.completion.chunk", "usage": None}
-            chunk["choices"] = [{"index": 0, "delta": {"content": "hi"}}]
-            yield f"data: {json.dumps(chunk)}\n\n"
-            yield f"data: {json.dumps({**chunk, 'choices': [], 'usage': USAGE})}\n\n"
-            yield "data: [DONE]\n\n"
-
-        return StreamingResponse(events(), media_type="text/event-stream")
+        return chat_answer(doc, USAGE)
 
 
 @pytest.mark.parametrize("refusal", list(REFUSALS))
