@@ -157,3 +157,31 @@ def test_refusals_redis_answers_by_code_are_redis_down_alone_or_in_a_pipeline(te
     for bug in ("WRONGTYPE Operation against a key holding the wrong kind of value", "ERR x"):
         assert not store_down(ResponseError(bug))
         assert not store_down(ResponseError(f"Command # 2 (GET k) of pipeline caused error: {bug}"))
+
+
+@pytest.mark.parametrize("refusal", list(REFUSALS))
+@pytest.mark.parametrize("action", ["disable", "enable"])
+def test_an_admin_decision_on_a_key_redis_refuses_is_503_and_changes_nothing(
+    own_redis: RedisProcess, refusal: str, action: str
+) -> None:
+    """A decision Redis does not take would hold on one replica only (and its refreshes would
+    undo it): the admin is told 503, and the key keeps the state it had."""
+    r = redis_sync.Redis.from_url(own_redis.url)
+    with make_stack(own_redis.url, key_ids=("primary", "secondary")) as s:
+        admin = {"Authorization": f"Bearer {s.token(team='ops', roles=('gateway-admin',))}"}
+        if action == "enable":
+            got = httpx2.post(s.url + "/admin/v1/upstream-keys/primary/disable", headers=admin)
+            assert got.status_code == 200, got.text
+        before = s.app.pool.state("primary")
+        undo = REFUSALS[refusal](r)
+        try:
+            got = httpx2.post(s.url + f"/admin/v1/upstream-keys/primary/{action}", headers=admin)
+            assert got.status_code == 503, got.text
+            assert got.json()["error"]["code"] == "service_unavailable"
+            assert got.headers["retry-after"] == "1"
+            assert s.app.pool.state("primary") == before
+        finally:
+            undo()
+        listed = httpx2.get(s.url + "/admin/v1/upstream-keys", headers=admin)
+        assert {k["id"]: k["state"] for k in listed.json()["data"]}["primary"] == before
+    r.close()
